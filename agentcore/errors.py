@@ -1,0 +1,59 @@
+"""Typed errors. Every message says what happened and what to do next."""
+
+from __future__ import annotations
+
+
+class AgentCoreError(Exception):
+    """Base class of every error agentcore raises on purpose."""
+
+
+class ContextOverflow(AgentCoreError):
+    """A request cannot fit the engine's real context window, even after compaction."""
+
+
+class DSMLError(AgentCoreError):
+    """A DSML document could not be rendered (parsing never raises; it reports errors)."""
+
+
+class ToolError(AgentCoreError):
+    """A tool definition is invalid (raised at registration, never while the loop runs)."""
+
+
+class ToolTimeout(AgentCoreError):
+    """A tool ran past its timeout (turned into an error ToolMessage by the registry)."""
+
+
+class WorkspaceEscape(AgentCoreError):
+    """A path given to a built-in tool resolves outside the workspace root."""
+
+
+class SummarizerError(AgentCoreError):
+    """The off-box summarizer failed after its retries."""
+
+
+class ModelFormatError(AgentCoreError):
+    """A GGUF file is truncated, inconsistent or hostile."""
+
+
+class UnsupportedArchitecture(ModelFormatError):
+    """The GGUF architecture is not in the registry."""
+
+
+class UnsupportedQuantization(ModelFormatError):
+    """A tensor uses a weight type the engine cannot read."""
+
+
+class TokenizerError(AgentCoreError):
+    """The GGUF vocabulary cannot be turned into a tokenizer."""
+
+
+class DeviceUnavailable(AgentCoreError):
+    """device="cuda" was asked for but CuPy or a GPU is missing."""
+
+
+class ModelNotFound(AgentCoreError):
+    """A named model is not in the cache and could not be pulled."""
+
+
+class CacheError(AgentCoreError):
+    """The KV checkpoint store cannot be used (bad kv_dir, budget too small)."""
