@@ -1,0 +1,119 @@
+"""Paged KV bookkeeping: fixed-size blocks, chained block hashes, per-session block tables.
+
+A block holds ``block_size`` consecutive positions of every layer's K and V, laid out as one
+contiguous array ``(n_layers, 2, block_size, n_kv_heads, head_dim)`` so it moves between a
+device, host memory and a file as one copy. A block's identity is the chained hash of
+(parent block hash, its token ids, the model fingerprint, the KV dtype and layout): equal
+hashes mean equal KV, so sessions that share a prefix share its blocks, and a checkpoint
+stores only blocks nobody stored before.
+
+The live KV a model computes with (``DenseKV`` on the CPU, the CUDA backend's cache on a
+GPU) is addressed by position; ``read_span``/``write_span`` copy a block between it and the
+block form. Invariant: a session's ledger (``Session.ids``) is exactly the token ids whose KV
+is valid in ``Session.kv``, in order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["KVLayout", "Session", "block_hashes", "common_prefix", "read_span", "write_span"]
+
+ROOT = "0" * 32
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    """What a block's bytes mean; part of every block's identity."""
+
+    fingerprint: str
+    n_layers: int
+    n_kv_heads: int
+    head_dim: int
+    dtype: str
+    block_size: int
+
+    def block_shape(self, n_tokens: int) -> tuple[int, ...]:
+        return (self.n_layers, 2, n_tokens, self.n_kv_heads, self.head_dim)
+
+    def bytes_per_token(self) -> int:
+        return self.n_layers * 2 * self.n_kv_heads * self.head_dim * np.dtype(self.dtype).itemsize
+
+    @property
+    def salt(self) -> bytes:
+        return (
+            f"{self.fingerprint}|{self.dtype}|{self.n_layers}x{self.n_kv_heads}x{self.head_dim}"
+            f"|{self.block_size}"
+        ).encode()
+
+
+def chain_hash(parent: str, tokens: Sequence[int], salt: bytes) -> str:
+    h = hashlib.sha256(bytes.fromhex(parent))
+    h.update(salt)
+    h.update(np.asarray(tokens, dtype=np.int64).tobytes())
+    return h.hexdigest()[:32]
+
+
+def block_hashes(ids: Sequence[int], layout: KVLayout) -> list[str]:
+    """Chained hashes of every full block of ``ids``."""
+    out: list[str] = []
+    parent = ROOT
+    bs = layout.block_size
+    for start in range(0, len(ids) - bs + 1, bs):
+        parent = chain_hash(parent, ids[start : start + bs], layout.salt)
+        out.append(parent)
+    return out
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two id sequences."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    x = np.asarray(a[:n], dtype=np.int64)
+    y = np.asarray(b[:n], dtype=np.int64)
+    diff = np.flatnonzero(x != y)
+    return int(diff[0]) if len(diff) else n
+
+
+def read_span(kv: Any, start: int, n: int) -> np.ndarray:
+    """Positions [start, start+n) of every layer as one contiguous host array."""
+    if hasattr(kv, "read_span"):
+        return kv.read_span(start, n)
+    return np.ascontiguousarray(kv.data[:, :, start : start + n])
+
+
+def write_span(kv: Any, start: int, block: np.ndarray) -> None:
+    """Write a block read by ``read_span`` back at positions [start, start+len)."""
+    if hasattr(kv, "write_span"):
+        kv.write_span(start, block)
+        return
+    n = block.shape[2]
+    kv.grow(start + n)
+    kv.data[:, :, start : start + n] = block
+
+
+@dataclass
+class Session:
+    """One conversation's live KV and its ledger.
+
+    ``table`` is the session's block table: the chained hashes of its full blocks that the
+    checkpoint store holds; ``tail`` names the stored record of the partial last block.
+    """
+
+    kv: Any
+    ids: list[int] = field(default_factory=list)
+    table: list[str] = field(default_factory=list)
+    tail: str | None = None
+    turns: int = 0
+
+    def truncate(self, n: int) -> None:
+        """Roll the live KV back to its first ``n`` tokens (a shared prefix)."""
+        n = min(n, len(self.ids))
+        self.kv.truncate(n)
+        del self.ids[n:]

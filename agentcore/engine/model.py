@@ -1,0 +1,183 @@
+"""The transformer forward pass, written once over an ops backend.
+
+Job: turn token ids at absolute positions into logits for the decoder-only architectures of
+the registry (llama, qwen2, qwen3), reading and extending a KV cache.
+
+Invariants:
+- All array work goes through ``ops`` (NumPy on CPU, CuPy on GPU): weights are prepared once
+  in ``__init__``; ``forward`` only slices and reshapes the arrays ops return. Logits come
+  back as float32 NumPy arrays on the host.
+- ``forward(ids, pos0, kv)`` requires ``pos0 <= kv.length``; it overwrites positions from pos0
+  on and leaves ``kv.length == pos0 + len(ids)``. Results do not depend on how a sequence
+  is split across calls (one prefill, chunks, or token-by-token decode agree).
+- Long prompts run in chunks of ``chunk`` tokens, so attention never holds more than
+  chunk x context scores at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from agentcore.engine.gguf import GGUFModel, ModelSpec, WeightTensor
+
+__all__ = ["KVCache", "Ops", "Transformer", "llama3_inv_freq", "rope_inv_freq"]
+
+Array = Any  # a backend array (numpy.ndarray, cupy.ndarray)
+
+
+class KVCache(Protocol):
+    """Per-sequence K/V storage; ``length`` counts the valid positions."""
+
+    length: int
+
+    def store(self, layer: int, pos0: int, k: Array, v: Array) -> None: ...
+    def truncate(self, n: int) -> None: ...
+
+
+class Ops(Protocol):
+    """What a backend provides. Activations are (T, features) or (T, heads, head_dim)."""
+
+    def prepare_linear(
+        self, weights: Sequence[WeightTensor], biases: Sequence[WeightTensor] | None = None
+    ) -> Any:
+        """One projection whose outputs are the given matrices' outputs, concatenated."""
+
+    def prepare_vector(self, t: WeightTensor) -> Any: ...
+    def prepare_embedding(self, t: WeightTensor) -> Any: ...
+    def tied_linear(self, embedding: Any) -> Any:
+        """The LM head that shares the embedding table's storage."""
+
+    def prepare_rope(self, inv_freq: np.ndarray, neox: bool, max_positions: int) -> Any: ...
+    def new_kv(self, spec: ModelSpec, capacity: int) -> KVCache: ...
+    def embed(self, table: Any, ids: Sequence[int]) -> Array: ...
+    def matmul(self, x: Array, lin: Any) -> Array: ...
+    def rmsnorm(self, x: Array, w: Any, eps: float) -> Array: ...
+    def rope(self, x: Array, pos0: int, rope: Any) -> Array: ...
+    def attention(self, q: Array, kv: KVCache, layer: int, pos0: int) -> Array:
+        """Causal attention of q (T, H, D) over positions [0, pos0 + T) -> (T, H * D)."""
+
+    def swiglu(self, gate_up: Array) -> Array: ...
+    def add(self, x: Array, y: Array) -> Array: ...
+    def logits(self, x: Array, head: Any) -> np.ndarray:
+        """Head projection of x (T, n_embd) as a float32 host array (T, vocab)."""
+
+
+def llama3_inv_freq(inv_freq: np.ndarray, scaling: dict) -> np.ndarray:
+    """Llama 3.1 frequency scaling: keep high frequencies, divide low ones by ``factor``,
+    interpolate smoothly in between (the formula the HF and llama.cpp converters use)."""
+    factor, lo, hi = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_ctx = scaling["original_context_length"]
+    wavelen = 2 * math.pi / inv_freq
+    smooth = np.clip((old_ctx / wavelen - lo) / (hi - lo), 0.0, 1.0)
+    return (1 - smooth) * inv_freq / factor + smooth * inv_freq
+
+
+def rope_inv_freq(spec: ModelSpec, freq_factors: np.ndarray | None = None) -> np.ndarray:
+    """Rotary inverse frequencies base^(-2i/d), with the model's scaling applied (float64)."""
+    inv_freq = spec.rope_base ** (-np.arange(0, spec.head_dim, 2, dtype=np.float64) / spec.head_dim)
+    kind = (spec.rope_scaling or {}).get("type")
+    if kind == "llama3":
+        return llama3_inv_freq(inv_freq, spec.rope_scaling)
+    if kind == "linear":
+        return inv_freq / spec.rope_scaling["factor"]
+    if kind == "freq_factors":
+        return inv_freq / np.asarray(freq_factors, dtype=np.float64)
+    return inv_freq
+
+
+@dataclass
+class Block:
+    attn_norm: Any
+    qkv: Any  # fused Q/K/V (and their biases for qwen2)
+    q_norm: Any
+    k_norm: Any
+    out: Any
+    ffn_norm: Any
+    gate_up: Any  # fused gate/up
+    down: Any
+
+
+class Transformer:
+    """A decoder-only transformer whose weights live in ``ops``' prepared form."""
+
+    def __init__(self, model: GGUFModel, ops: Ops, *, chunk: int = 512) -> None:
+        spec, t = model.spec, model.tensor
+        self.spec, self.ops, self.chunk = spec, ops, chunk
+        self.embedding = ops.prepare_embedding(t("token_embd.weight"))
+        self.output_norm = ops.prepare_vector(t("output_norm.weight"))
+        self.head = (
+            ops.tied_linear(self.embedding)
+            if spec.tied_embeddings
+            else ops.prepare_linear([t("output.weight")])
+        )
+        factors = None
+        if spec.rope_scaling and spec.rope_scaling.get("type") == "freq_factors":
+            factors = t(spec.rope_scaling["tensor"]).dequantize()
+        self.rope = ops.prepare_rope(
+            rope_inv_freq(spec, factors), spec.rope_neox, spec.context_length
+        )
+        self.blocks = [self._block(model, f"blk.{i}.") for i in range(spec.n_layers)]
+
+    def _block(self, model: GGUFModel, p: str) -> Block:
+        ops, t = self.ops, model.tensor
+        names = (p + "attn_q", p + "attn_k", p + "attn_v")
+        bias = [t(n + ".bias") for n in names] if self.spec.qkv_bias else None
+        qk_norm = self.spec.qk_norm
+        return Block(
+            attn_norm=ops.prepare_vector(t(p + "attn_norm.weight")),
+            qkv=ops.prepare_linear([t(n + ".weight") for n in names], bias),
+            q_norm=ops.prepare_vector(t(p + "attn_q_norm.weight")) if qk_norm else None,
+            k_norm=ops.prepare_vector(t(p + "attn_k_norm.weight")) if qk_norm else None,
+            out=ops.prepare_linear([t(p + "attn_output.weight")]),
+            ffn_norm=ops.prepare_vector(t(p + "ffn_norm.weight")),
+            gate_up=ops.prepare_linear([t(p + "ffn_gate.weight"), t(p + "ffn_up.weight")]),
+            down=ops.prepare_linear([t(p + "ffn_down.weight")]),
+        )
+
+    def forward(
+        self, ids: Sequence[int], pos0: int, kv: KVCache, *, all_logits: bool = False
+    ) -> np.ndarray:
+        """Logits of the last position (vocab,), or of every position (T, vocab)."""
+        if not len(ids):
+            raise ValueError("forward needs at least one token")
+        if not 0 <= pos0 <= kv.length:
+            raise ValueError(f"pos0={pos0} must be within the {kv.length} cached positions")
+        out = []
+        for start in range(0, len(ids), self.chunk):
+            chunk = ids[start : start + self.chunk]
+            x = self._hidden(chunk, pos0 + start, kv)
+            kv.length = pos0 + start + len(chunk)
+            if all_logits:
+                out.append(self._logits(x))
+        return np.concatenate(out) if all_logits else self._logits(x[-1:])[0]
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits at every position of ``ids`` from an empty cache: the referee's view."""
+        return self.forward(ids, 0, self.ops.new_kv(self.spec, len(ids)), all_logits=True)
+
+    def _logits(self, x: Array) -> np.ndarray:
+        return self.ops.logits(self.ops.rmsnorm(x, self.output_norm, self.spec.rms_eps), self.head)
+
+    def _hidden(self, ids: Sequence[int], pos0: int, kv: KVCache) -> Array:
+        ops, s = self.ops, self.spec
+        t, hd, eps = len(ids), s.head_dim, s.rms_eps
+        nq, nkv = s.n_heads * hd, s.n_kv_heads * hd
+        x = ops.embed(self.embedding, ids)
+        for layer, b in enumerate(self.blocks):
+            qkv = ops.matmul(ops.rmsnorm(x, b.attn_norm, eps), b.qkv)
+            q = qkv[:, :nq].reshape(t, s.n_heads, hd)
+            k = qkv[:, nq : nq + nkv].reshape(t, s.n_kv_heads, hd)
+            v = qkv[:, nq + nkv :].reshape(t, s.n_kv_heads, hd)
+            if s.qk_norm:
+                q, k = ops.rmsnorm(q, b.q_norm, eps), ops.rmsnorm(k, b.k_norm, eps)
+            q, k = ops.rope(q, pos0, self.rope), ops.rope(k, pos0, self.rope)
+            kv.store(layer, pos0, k, v)
+            x = ops.add(x, ops.matmul(ops.attention(q, kv, layer, pos0), b.out))
+            h = ops.matmul(ops.rmsnorm(x, b.ffn_norm, eps), b.gate_up)
+            x = ops.add(x, ops.matmul(ops.swiglu(h), b.down))
+        return x

@@ -1,0 +1,236 @@
+"""NumPy ops: the reference (CPU) backend of the transformer in model.py.
+
+Job: implement the ops interface (``model.Ops``) with plain NumPy so that it is both the
+correctness reference for faster backends and a usable CPU engine.
+
+Invariants:
+- Activations are float32 and row-major: a sequence of T tokens is (T, features) or
+  (T, heads, head_dim). Softmax and norms accumulate in float32.
+- Weights are dequantized once, at prepare time, to float32 C-contiguous (out, in) matrices:
+  ``x @ w.T`` then runs as one BLAS sgemv/sgemm with no copy. Q/K/V and gate/up are fused into
+  one matrix each, so a layer costs four BLAS calls.
+- ``DenseKV`` holds ``(n_layers, 2, capacity, n_kv_heads, head_dim)``: K is [:, 0], V is [:, 1];
+  the tokens of a layer are contiguous, so a block of positions is one slice to page or save.
+- Attention is causal in absolute positions: query i of a call at ``pos0`` sees keys
+  ``[0, pos0 + i]``; the caller stores this call's K/V before attending.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from agentcore.engine.gguf import ModelSpec, WeightTensor
+
+__all__ = ["DenseKV", "Linear", "NumpyOps", "Rope"]
+
+
+@dataclass(frozen=True)
+class Linear:
+    """A prepared projection ``y = x @ w.T + bias`` with ``w`` of shape (out, in)."""
+
+    w: np.ndarray
+    bias: np.ndarray | None = None
+
+
+class Rope:
+    """Rotary tables: cos/sin of shape (positions, head_dim // 2), grown on demand."""
+
+    def __init__(self, inv_freq: np.ndarray, neox: bool, positions: int) -> None:
+        self.inv_freq = np.asarray(inv_freq, dtype=np.float64)
+        self.neox = neox
+        self.cos = self.sin = np.empty((0, len(self.inv_freq)), np.float32)
+        self.ensure(positions)
+
+    def ensure(self, positions: int) -> None:
+        if positions <= len(self.cos):
+            return
+        # Angles in float64: pos * inv_freq loses precision in float32 at long contexts.
+        angles = np.outer(np.arange(max(positions, 2 * len(self.cos)), dtype=np.float64),
+                          self.inv_freq)
+        self.cos, self.sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+class DenseKV:
+    """A contiguous KV cache for one sequence; grows by doubling when a store overflows it.
+
+    ``length`` is the number of valid positions; ``Transformer.forward`` sets it after each
+    chunk. ``truncate(n)`` rolls back to a shared prefix without touching the data.
+    """
+
+    def __init__(self, spec: ModelSpec, capacity: int = 256, dtype: type = np.float32) -> None:
+        shape = (spec.n_layers, 2, max(1, capacity), spec.n_kv_heads, spec.head_dim)
+        self.data = np.zeros(shape, dtype)
+        self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.data.shape[2]
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
+
+    def store(self, layer: int, pos0: int, k: np.ndarray, v: np.ndarray) -> None:
+        """Write K/V of shape (T, n_kv_heads, head_dim) at positions [pos0, pos0 + T)."""
+        end = pos0 + len(k)
+        if end > self.capacity:
+            self.grow(end)
+        self.data[layer, 0, pos0:end] = k
+        self.data[layer, 1, pos0:end] = v
+
+    def load(self, layer: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Views of K and V for the first ``n`` positions, each (n, n_kv_heads, head_dim)."""
+        return self.data[layer, 0, :n], self.data[layer, 1, :n]
+
+    def truncate(self, n: int) -> None:
+        if not 0 <= n <= self.length:
+            raise ValueError(f"cannot truncate a KV cache of {self.length} tokens to {n}")
+        self.length = n
+
+    def grow(self, min_capacity: int) -> None:
+        """Reallocate to at least ``min_capacity`` positions (doubling keeps appends O(1))."""
+        if min_capacity <= self.capacity:
+            return
+        shape = list(self.data.shape)
+        shape[2] = max(min_capacity, 2 * self.capacity)
+        data = np.zeros(shape, self.data.dtype)
+        # Copy every slot, not just ``length``: a forward in progress may have stored
+        # positions of the current chunk in earlier layers before ``length`` moves.
+        data[:, :, : self.capacity] = self.data
+        self.data = data
+
+    def export(self, n: int) -> list[np.ndarray]:
+        """Per layer, a contiguous copy of shape (2, n, n_kv_heads, head_dim)."""
+        if n > self.length:
+            raise ValueError(f"cannot export {n} tokens from a KV cache of {self.length}")
+        return [np.ascontiguousarray(layer[:, :n]) for layer in self.data]
+
+    def import_(self, layers: Sequence[np.ndarray]) -> None:
+        """Replace the contents with ``export``'s output; ``length`` becomes its token count."""
+        if len(layers) != self.data.shape[0]:
+            raise ValueError(f"expected {self.data.shape[0]} layers, got {len(layers)}")
+        n = layers[0].shape[1]
+        self.grow(n)
+        for dst, src in zip(self.data, layers, strict=True):
+            if src.shape != (2, n, *self.data.shape[3:]):
+                raise ValueError(f"layer shape {src.shape} does not match this cache")
+            dst[:, :n] = src
+        self.length = n
+
+
+def _f32(t: WeightTensor) -> np.ndarray:
+    return np.ascontiguousarray(t.dequantize(np.float32))
+
+
+class NumpyOps:
+    """The ops interface over NumPy (see ``model.Ops`` for the contract of each method)."""
+
+    dtype = np.float32
+
+    # ---- preparation (once per model) ----
+
+    def prepare_linear(
+        self, weights: Sequence[WeightTensor], biases: Sequence[WeightTensor] | None = None
+    ) -> Linear:
+        w = np.concatenate([_f32(t) for t in weights]) if len(weights) > 1 else _f32(weights[0])
+        bias = np.concatenate([_f32(b) for b in biases]) if biases else None
+        return Linear(w, bias)
+
+    def prepare_vector(self, t: WeightTensor) -> np.ndarray:
+        return _f32(t)
+
+    def prepare_embedding(self, t: WeightTensor) -> np.ndarray:
+        return _f32(t)
+
+    def tied_linear(self, embedding: np.ndarray) -> Linear:
+        # The (vocab, n_embd) table already is the (out, in) head matrix: share, don't copy.
+        return Linear(embedding)
+
+    def prepare_rope(self, inv_freq: np.ndarray, neox: bool, max_positions: int) -> Rope:
+        return Rope(inv_freq, neox, max_positions)
+
+    def new_kv(self, spec: ModelSpec, capacity: int) -> DenseKV:
+        return DenseKV(spec, capacity)
+
+    # ---- compute ----
+
+    def embed(self, table: np.ndarray, ids: Sequence[int]) -> np.ndarray:
+        return table[np.asarray(ids, dtype=np.int64)]
+
+    def matmul(self, x: np.ndarray, lin: Linear) -> np.ndarray:
+        y = x @ lin.w.T
+        if lin.bias is not None:
+            y += lin.bias
+        return y
+
+    def rmsnorm(self, x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+        """Normalise over the last axis (also per head: x (T, H, D) with w (D,))."""
+        ms = np.einsum("...i,...i->...", x, x)[..., None]
+        ms *= 1.0 / x.shape[-1]
+        ms += eps
+        np.sqrt(ms, out=ms)
+        y = x / ms
+        y *= w
+        return y
+
+    def rope(self, x: np.ndarray, pos0: int, rope: Rope) -> np.ndarray:
+        """Rotate x (T, H, D) at positions pos0..pos0+T-1; returns a new array."""
+        t, _, d = x.shape
+        rope.ensure(pos0 + t)
+        cos = rope.cos[pos0 : pos0 + t, None, :]
+        sin = rope.sin[pos0 : pos0 + t, None, :]
+        # NORM rotates adjacent pairs (x0, x1), (x2, x3), ...; NEOX pairs x[i] with x[i + D/2].
+        x0, x1 = (x[..., : d // 2], x[..., d // 2 :]) if rope.neox else (x[..., 0::2], x[..., 1::2])
+        y = np.empty_like(x)
+        y0, y1 = (y[..., : d // 2], y[..., d // 2 :]) if rope.neox else (y[..., 0::2], y[..., 1::2])
+        np.multiply(x0, cos, out=y0)
+        y0 -= x1 * sin
+        np.multiply(x0, sin, out=y1)
+        y1 += x1 * cos
+        return y
+
+    def attention(self, q: np.ndarray, kv: DenseKV, layer: int, pos0: int) -> np.ndarray:
+        """Causal GQA of q (T, H, D) over the cache's first pos0 + T positions -> (T, H * D)."""
+        t, h, d = q.shape
+        n = pos0 + t
+        k, v = kv.load(layer, n)  # (n, KVH, D)
+        kvh = k.shape[1]
+        g = h // kvh
+        # Query heads h*g .. h*g+g-1 share KV head h: group them so one batched matmul per
+        # KV head covers all T*g query rows.
+        qg = q.reshape(t, kvh, g, d).transpose(1, 0, 2, 3).reshape(kvh, t * g, d)
+        scores = qg @ k.transpose(1, 2, 0)  # (KVH, T*g, n)
+        scores *= 1.0 / np.sqrt(d)
+        if t > 1:
+            future = np.arange(n)[None, :] > (pos0 + np.arange(t))[:, None]  # (T, n)
+            scores.reshape(kvh, t, g, n)[...] += np.where(future, -np.inf, 0.0).astype(
+                np.float32
+            )[:, None, :]
+        scores -= scores.max(axis=-1, keepdims=True)
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=-1, keepdims=True)
+        out = scores @ v.transpose(1, 0, 2)  # (KVH, T*g, D)
+        return out.reshape(kvh, t, g, d).transpose(1, 0, 2, 3).reshape(t, h * d)
+
+    def swiglu(self, gate_up: np.ndarray) -> np.ndarray:
+        """silu(gate) * up for the fused (T, 2 * n_ff) projection."""
+        n_ff = gate_up.shape[-1] // 2
+        gate, up = gate_up[:, :n_ff], gate_up[:, n_ff:]
+        y = np.negative(gate)
+        np.exp(y, out=y)
+        y += 1.0
+        np.divide(gate, y, out=y)
+        y *= up
+        return y
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """x + y; may reuse x's memory (the residual stream is never shared)."""
+        x += y
+        return x
+
+    def logits(self, x: np.ndarray, head: Linear) -> np.ndarray:
+        return self.matmul(x, head)
+
