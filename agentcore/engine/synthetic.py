@@ -31,22 +31,22 @@ __all__ = ["LLAMA3_8B", "SMOLLM2_135M", "TINY", "write_synthetic_gguf"]
 _Q = GGMLQuantizationType
 
 # Presets are keyword arguments of write_synthetic_gguf; override with {**PRESET, "seed": 1}.
-SMOLLM2_135M: dict[str, Any] = dict(
-    arch="llama", n_layers=30, n_embd=576, n_heads=9, n_kv_heads=3, n_ff=1536, vocab=49152,
-    context_length=8192, rope_base=100000.0, tied=True,
-    qtype={"default": "Q4_1", "token_embd": "Q8_0"},
-)  # fmt: skip
-LLAMA3_8B: dict[str, Any] = dict(
-    arch="llama", n_layers=32, n_embd=4096, n_heads=32, n_kv_heads=8, n_ff=14336, vocab=128256,
-    context_length=8192, rope_base=500000.0, chat="llama3",
-    qtype={"default": "Q4_K", "output": "Q6_K"},
-)  # fmt: skip
-TINY: dict[str, dict[str, Any]] = {
-    "llama": dict(arch="llama", n_layers=2, n_embd=64, n_heads=4, n_kv_heads=2, n_ff=128),
-    "qwen2": dict(arch="qwen2", n_layers=2, n_embd=64, n_heads=4, n_kv_heads=2, n_ff=128),
-    "qwen3": dict(arch="qwen3", n_layers=2, n_embd=64, n_heads=4, n_kv_heads=2, n_ff=128,
-                  head_dim=32),
+SMOLLM2_135M: dict[str, Any] = {
+    "arch": "llama", "n_layers": 30, "n_embd": 576, "n_heads": 9, "n_kv_heads": 3,
+    "n_ff": 1536, "vocab": 49152, "context_length": 8192, "rope_base": 100000.0, "tied": True,
+    "qtype": {"default": "Q4_1", "token_embd": "Q8_0"},
 }  # fmt: skip
+LLAMA3_8B: dict[str, Any] = {
+    "arch": "llama", "n_layers": 32, "n_embd": 4096, "n_heads": 32, "n_kv_heads": 8,
+    "n_ff": 14336, "vocab": 128256, "context_length": 8192, "rope_base": 500000.0,
+    "chat": "llama3", "qtype": {"default": "Q4_K", "output": "Q6_K"},
+}  # fmt: skip
+_TINY_SHAPE = {"n_layers": 2, "n_embd": 64, "n_heads": 4, "n_kv_heads": 2, "n_ff": 128}
+TINY: dict[str, dict[str, Any]] = {
+    "llama": {"arch": "llama", **_TINY_SHAPE},
+    "qwen2": {"arch": "qwen2", **_TINY_SHAPE},
+    "qwen3": {"arch": "qwen3", **_TINY_SHAPE, "head_dim": 32},
+}
 
 MATRIX_ROLES = (
     "token_embd", "output", "attn_q", "attn_k", "attn_v", "attn_output",
@@ -251,7 +251,7 @@ def _set_scales(blocks: np.ndarray, qt: GGMLQuantizationType, d: np.ndarray) -> 
 @cache
 def _unit_std(qt: GGMLQuantizationType) -> float:
     """Std of dequantized random blocks whose scale d is 1 (min fields centred)."""
-    block, type_size = GGML_QUANT_SIZES[qt]
+    type_size = GGML_QUANT_SIZES[qt][1]
     blocks = np.random.default_rng(0).integers(0, 256, (256, type_size), dtype=np.uint8)
     _set_scales(blocks, qt, np.ones(256))
     return float(gguf_quants.dequantize(blocks, qt).std())

@@ -1,0 +1,200 @@
+"""GGUF vocabulary -> tiktoken Encoding + special tokens (byte-level BPE only).
+
+A ``tokenizer.ggml.model == "gpt2"`` vocabulary becomes a ``tiktoken.Encoding``: NORMAL
+tokens are the mergeable ranks (rank = token id, which is merge order in GPT-2 style
+vocabularies), every other token type is a special token, and the pre-tokenizer regex is
+chosen by ``tokenizer.ggml.pre``. llama.cpp applies some pre-tokenizers as a *sequence* of
+regexes (each splits the pieces the previous one left); tiktoken takes one regex, so those
+are folded into one whose alternatives never cross the earlier splits (see ``_PRE``).
+
+Invariants:
+- ``encode`` treats control-token text as plain text (user content can never inject a
+  turn marker); USER_DEFINED tokens are matched, as llama.cpp and HF do.
+- ``decode_bytes(encode(s)) == s.encode()`` for every string s.
+- Every id in [0, vocab_size) decodes; ids outside decode to nothing (a model whose
+  embedding table is larger than its vocabulary may sample padding ids).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import cache
+from typing import Any
+
+import tiktoken
+from gguf import TokenType
+
+from agentcore.errors import TokenizerError
+
+__all__ = ["SUPPORTED_PRE_TOKENIZERS", "Tokenizer", "bytes_to_unicode"]
+
+_CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+_LLAMA3 = (
+    _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2 = (
+    _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# GPT-2's regex; llama.cpp's hand-written splitter for it also emits the leftover single
+# whitespace before a non-space as its own piece, hence the final \s+.
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+# smollm / starcoder: llama.cpp isolates every digit first, then runs GPT-2's regex on the
+# rest. Folded: digits come first; ' ?\p{N}+' can no longer match; a whitespace run before
+# a digit ends at a piece boundary, so the lookahead treats a digit like the end of text.
+_SMOLLM = (
+    r"\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+"
+    r"|\s+(?![^\s\p{N}])|\s+"
+)
+# deepseek-v3: llama.cpp splits by \p{N}{1,3}, then by CJK runs, then by a third regex.
+# Folded: numbers and CJK runs first; the third regex's classes exclude digits and CJK so
+# no match crosses those pieces; a final catch-all keeps text llama.cpp leaves unmatched.
+_CJK = "一-龥\u3040-ゟ゠-ヿ"
+_DEEPSEEK3 = (
+    r"\p{N}{1,3}|[" + _CJK + r"]+"
+    r"|[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+"
+    r"|[^\r\n\p{L}\p{P}\p{S}\p{N}" + _CJK + r"]?[[\p{L}\p{M}]--[" + _CJK + r"]]+"
+    r"| ?[[\p{P}\p{S}]--[" + _CJK + r"]]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?![^\s\p{N}" + _CJK + r"])|\s+|[\s\S]"
+)
+_PRE: dict[str, str] = {
+    "gpt-2": _GPT2,
+    "gpt2": _GPT2,
+    "llama3": _LLAMA3,
+    "llama-v3": _LLAMA3,
+    "llama-bpe": _LLAMA3,
+    "qwen2": _QWEN2,
+    "deepseek-r1-qwen": _QWEN2,
+    "smollm": _SMOLLM,
+    "starcoder": _SMOLLM,
+    "deepseek-v3": _DEEPSEEK3,
+}
+SUPPORTED_PRE_TOKENIZERS = tuple(_PRE)
+
+# Texts of end-of-turn tokens across families (llama.cpp's end-of-generation set).
+_EOT_TEXTS = (
+    "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|endoftext|>", "<|end_of_text|>", "<|end|>",
+    "<end_of_turn>", "<｜end▁of▁sentence｜>",
+)  # fmt: skip
+
+
+@cache
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map used in byte-level vocabularies."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    mapping = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in mapping:
+            mapping[b] = chr(256 + extra)
+            extra += 1
+    return dict(sorted(mapping.items()))
+
+
+class Tokenizer:
+    """Byte-level BPE tokenizer of a GGUF model (see the module docstring)."""
+
+    def __init__(self, metadata: dict[str, Any], *, source: str = "<metadata>") -> None:
+        model = metadata.get("tokenizer.ggml.model")
+        if model != "gpt2":
+            raise TokenizerError(
+                f"{source}: tokenizer.ggml.model is {model!r}; agentcore supports byte-level "
+                "BPE vocabularies ('gpt2': Llama 3, SmolLM2, Qwen, DeepSeek) only"
+            )
+        pre = metadata.get("tokenizer.ggml.pre")
+        if pre not in _PRE:
+            raise TokenizerError(
+                f"{source}: pre-tokenizer {pre!r} is not supported; supported: "
+                f"{', '.join(SUPPORTED_PRE_TOKENIZERS)}. Re-convert the model with a recent "
+                "llama.cpp, or use a model with one of these"
+            )
+        tokens = metadata.get("tokenizer.ggml.tokens")
+        types = metadata.get("tokenizer.ggml.token_type")
+        if not isinstance(tokens, list) or not isinstance(types, list) or not tokens:
+            raise TokenizerError(f"{source}: the vocabulary (tokenizer.ggml.tokens) is missing")
+        if len(types) != len(tokens):
+            raise TokenizerError(
+                f"{source}: {len(tokens)} tokens but {len(types)} token types; file is corrupt"
+            )
+        self.pre = pre
+        self.vocab_size = len(tokens)
+        self.add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", False))
+
+        to_byte = {c: b for b, c in bytes_to_unicode().items()}
+        ranks: dict[bytes, int] = {}
+        self.special_ids: dict[str, int] = {}
+        self._bytes: list[bytes] = []
+        for i, (text, ttype) in enumerate(zip(tokens, types, strict=True)):
+            if ttype == TokenType.NORMAL:
+                data = b"".join(
+                    bytes([to_byte[c]]) if c in to_byte else c.encode() for c in text
+                )
+                ranks.setdefault(data, i)
+            else:
+                data = text.encode()
+                self.special_ids.setdefault(text, i)
+            self._bytes.append(data)
+        missing = [b for b in range(256) if bytes([b]) not in ranks]
+        if missing:
+            raise TokenizerError(
+                f"{source}: the vocabulary lacks {len(missing)} of the 256 byte tokens (e.g. "
+                f"byte {missing[0]:#04x}); it is not a byte-level BPE vocabulary"
+            )
+        self._encoding = tiktoken.Encoding(
+            name=f"gguf-{pre}",
+            pat_str=_PRE[pre],
+            mergeable_ranks=ranks,
+            special_tokens=self.special_ids,
+        )
+        user_defined = {t for t, ty in zip(tokens, types) if ty == TokenType.USER_DEFINED}
+        self._user_defined = frozenset(user_defined)
+        self.bos_id = self._token_id(metadata, "tokenizer.ggml.bos_token_id")
+        self.eos_id = self._token_id(metadata, "tokenizer.ggml.eos_token_id")
+        eot = {self.special_ids[t] for t in _EOT_TEXTS if t in self.special_ids}
+        for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id",
+                    "tokenizer.ggml.eom_token_id"):  # fmt: skip
+            tid = self._token_id(metadata, key)
+            if tid is not None:
+                eot.add(tid)
+        self.eot_ids: frozenset[int] = frozenset(eot)
+
+    @classmethod
+    def from_gguf(cls, model: Any) -> Tokenizer:
+        """Build from a loaded ``GGUFModel``."""
+        return cls(model.metadata, source=str(model.path))
+
+    def _token_id(self, metadata: dict[str, Any], key: str) -> int | None:
+        tid = metadata.get(key)
+        return tid if isinstance(tid, int) and 0 <= tid < self.vocab_size else None
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``; control-token text is encoded as ordinary text."""
+        return self._encoding.encode(
+            text, allowed_special=self._user_defined, disallowed_special=()
+        )
+
+    def encode_with_specials(self, text: str) -> list[int]:
+        """Token ids of ``text`` where special-token text becomes the special token."""
+        return self._encoding.encode(text, allowed_special="all")
+
+    def token_bytes(self, token_id: int) -> bytes:
+        if 0 <= token_id < self.vocab_size:
+            return self._bytes[token_id]
+        return b""
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        return b"".join(self.token_bytes(int(i)) for i in ids)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def special(self, text: str) -> int:
+        """Id of a special token by its text; TokenizerError if the vocabulary lacks it."""
+        try:
+            return self.special_ids[text]
+        except KeyError:
+            raise TokenizerError(
+                f"the vocabulary has no special token {text!r}; this chat format needs it"
+            ) from None
