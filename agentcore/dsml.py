@@ -382,7 +382,8 @@ def parse_completion(
     content = "".join(e.text for e in events if isinstance(e, Visible))
     reasoning = "".join(e.text for e in events if isinstance(e, Reasoning))
     reader = _BlockReader(tools or ())
-    if stream._tokens:
+    in_block = stream._mode in ("block", "after")
+    if in_block:
         reader.read(stream._tokens, closed=stream._block_closed)
     if _TAG_START.search("".join(stream._trailing)):
         reader.errors.append(
@@ -394,7 +395,7 @@ def parse_completion(
         reasoning=reasoning if stream._reasoned else None,
         tool_calls=reader.calls,
         errors=reader.errors,
-        incomplete=bool(stream._tokens) and not stream._block_closed,
+        incomplete=in_block and not stream._block_closed,
     )
 
 
@@ -447,7 +448,9 @@ class _BlockReader:
 
     def _feed_xml(self, token: _Token) -> bool:
         self._tags.append(token)
-        markup = f"</{token.name}>" if token.closing else f'<{token.name} i="{len(self._tags) - 1}">'
+        markup = (
+            f"</{token.name}>" if token.closing else f'<{token.name} i="{len(self._tags) - 1}">'
+        )
         try:
             self._xml.feed(markup)
         except etree.XMLSyntaxError:
@@ -476,6 +479,8 @@ class _BlockReader:
 
     def _finish_invoke(self, invoke: Any) -> None:
         faults = self._faults.pop(int(invoke.get("i")), [])
+        if invoke.getparent().tag != "tool_calls":
+            return  # reported, and charged to the enclosing invoke, when it was opened
         name = self._tag(invoke).attrs.get("name", "")
         if not name:
             faults.append('the invoke has no name attribute (write name="TOOL")')

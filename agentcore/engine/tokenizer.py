@@ -10,7 +10,8 @@ are folded into one whose alternatives never cross the earlier splits (see ``_PR
 Invariants:
 - ``encode`` treats control-token text as plain text (user content can never inject a
   turn marker); USER_DEFINED tokens are matched, as llama.cpp and HF do.
-- ``decode_bytes(encode(s)) == s.encode()`` for every string s.
+- ``decode_bytes(encode(s)) == s.encode()`` for every string s, except bytes the vocabulary
+  has no token for (a few control bytes in SmolLM2): like llama.cpp, encode drops them.
 - Every id in [0, vocab_size) decodes; ids outside decode to nothing (a model whose
   embedding table is larger than its vocabulary may sample padding ids).
 """
@@ -128,20 +129,24 @@ class Tokenizer:
         self._bytes: list[bytes] = []
         for i, (text, ttype) in enumerate(zip(tokens, types, strict=True)):
             if ttype == TokenType.NORMAL:
-                data = b"".join(
-                    bytes([to_byte[c]]) if c in to_byte else c.encode() for c in text
-                )
+                data = b"".join(bytes([to_byte[c]]) if c in to_byte else c.encode() for c in text)
                 ranks.setdefault(data, i)
             else:
                 data = text.encode()
                 self.special_ids.setdefault(text, i)
             self._bytes.append(data)
+        # Some vocabularies (SmolLM2) lack a few rare byte tokens. llama.cpp drops such bytes
+        # from the output; tiktoken would panic on them. Give them placeholder ranks past the
+        # vocabulary and filter those ids out in encode().
         missing = [b for b in range(256) if bytes([b]) not in ranks]
-        if missing:
+        if len(missing) > 128:
             raise TokenizerError(
-                f"{source}: the vocabulary lacks {len(missing)} of the 256 byte tokens (e.g. "
-                f"byte {missing[0]:#04x}); it is not a byte-level BPE vocabulary"
+                f"{source}: the vocabulary lacks {len(missing)} of the 256 byte tokens; it is "
+                "not a byte-level BPE vocabulary"
             )
+        for k, b in enumerate(missing):
+            ranks[bytes([b])] = self.vocab_size + k
+        self._has_placeholders = bool(missing)
         self._encoding = tiktoken.Encoding(
             name=f"gguf-{pre}",
             pat_str=_PRE[pre],
@@ -171,13 +176,17 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``; control-token text is encoded as ordinary text."""
-        return self._encoding.encode(
-            text, allowed_special=self._user_defined, disallowed_special=()
-        )
+        ids = self._encoding.encode(text, allowed_special=self._user_defined, disallowed_special=())
+        return self._drop_placeholders(ids)
 
     def encode_with_specials(self, text: str) -> list[int]:
         """Token ids of ``text`` where special-token text becomes the special token."""
-        return self._encoding.encode(text, allowed_special="all")
+        return self._drop_placeholders(self._encoding.encode(text, allowed_special="all"))
+
+    def _drop_placeholders(self, ids: list[int]) -> list[int]:
+        if self._has_placeholders:
+            return [i for i in ids if i < self.vocab_size]
+        return ids
 
     def token_bytes(self, token_id: int) -> bytes:
         if 0 <= token_id < self.vocab_size:
