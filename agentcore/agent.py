@@ -152,6 +152,11 @@ class Agent:
             compactions=self.compactions[start[2] :],
         )
 
+    async def compact(self) -> CompactionEvent | None:
+        """Compact now, whatever the budget says (e.g. a REPL's /compact); checkpoints after."""
+        events = [e async for e in self._fit_context(force=True)]
+        return next((e for e in events if isinstance(e, CompactionEvent)), None)
+
     async def stream(self, task: str) -> AsyncIterator[Event]:
         """Run and yield typed events: text, tool calls and results, checkpoints, turns."""
         self.messages.append(UserMessage(content=task))
@@ -160,6 +165,9 @@ class Agent:
             async for event in self._fit_context():
                 yield event
             request = self._request(max_tokens=self._room())
+            if step > 1 and self.tool_choice == "required":
+                # "required" forces the run's first call; later steps may answer.
+                request.tool_choice = "auto"
             completion: Completion | None = None
             parser = StreamParser(thinking=self._thinking)
             async for item in self.engine.stream(request):
@@ -230,9 +238,9 @@ class Agent:
             )
         return min(self.max_tokens, room)
 
-    async def _fit_context(self) -> AsyncIterator[Event]:
+    async def _fit_context(self, *, force: bool = False) -> AsyncIterator[Event]:
         prompt = self._count(self.messages)
-        if not self.compactor.needs_compaction(prompt):
+        if not force and not self.compactor.needs_compaction(prompt):
             return
         result = await self.compactor.compact(self.messages)
         if result.messages == self.messages:

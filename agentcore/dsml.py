@@ -423,14 +423,20 @@ class _BlockReader:
                 if not self._take(token):
                     return
         if not closed:
-            self._cut_off()
+            message = (
+                f"The output ended before {TOOL_CALLS_END}: the tool_calls block is incomplete."
+            )
+            invokes = [e for e in self._open if e.tag == "invoke"]
+            if invokes:
+                message += f" {self._describe(invokes[-1])} was cut off and was not called."
+            self._stop(message)
 
     def _take(self, token: _Token) -> bool:
         """Consume one token; False once the structure is too broken to read further."""
         if token.kind == "body":
             self._values[int(self._open[-1].get("i"))] = token.text
         elif token.kind == "gap" and token.text.strip():
-            self._fault(f"stray text {_quote(token.text)} between tags")
+            self._fault(f"stray text {_quote(token.text.strip())} between tags")
         elif token.kind == "bad":
             self._fault(f"malformed tag {_quote(token.text)}")
         elif token.kind == "tag":
@@ -455,7 +461,7 @@ class _BlockReader:
             self._xml.feed(markup)
         except etree.XMLSyntaxError:
             inner = self._open[-1]
-            self.errors.append(
+            self._stop(
                 f"Unexpected {_quote(token.text)} while {self._describe(inner)} was still open: "
                 f"close it with </{DSML}{inner.tag}> first. The rest of the block was not read."
             )
@@ -515,11 +521,11 @@ class _BlockReader:
             schema = properties.get(name) if isinstance(properties, dict) else None
             return _lenient(raw, schema)
 
-    def _cut_off(self) -> None:
-        message = f"The output ended before {TOOL_CALLS_END}: the tool_calls block is incomplete."
-        invokes = [e for e in self._open if e.tag == "invoke"]
-        if invokes:
-            message += f" {self._describe(invokes[-1])} was cut off and was not called."
+    def _stop(self, message: str) -> None:
+        """Reading ends with invokes still open: report what was wrong inside them, then why."""
+        for invoke in self._open:
+            if faults := self._faults.pop(int(invoke.get("i")), None):
+                self.errors.append(f"{self._describe(invoke)}: {'; '.join(faults)}.")
         self.errors.append(message)
 
     def _fault(self, what: str) -> None:

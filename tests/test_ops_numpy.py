@@ -13,11 +13,12 @@ ops = NumpyOps()
 
 
 def make_spec(**kw) -> ModelSpec:
-    base = dict(
-        arch="llama", name="t", n_layers=2, n_embd=64, n_heads=4, n_kv_heads=2, head_dim=16,
-        n_ff=128, vocab_size=100, context_length=64, rope_base=10000.0, rope_scaling=None,
-        rms_eps=1e-5, rope_neox=False, qkv_bias=False, qk_norm=False, tied_embeddings=True,
-    )  # fmt: skip
+    base = {
+        "arch": "llama", "name": "t", "n_layers": 2, "n_embd": 64, "n_heads": 4,
+        "n_kv_heads": 2, "head_dim": 16, "n_ff": 128, "vocab_size": 100, "context_length": 64,
+        "rope_base": 10000.0, "rope_scaling": None, "rms_eps": 1e-5, "rope_neox": False,
+        "qkv_bias": False, "qk_norm": False, "tied_embeddings": True,
+    }  # fmt: skip
     return ModelSpec(**(base | kw))
 
 
@@ -69,10 +70,10 @@ def test_rope_inverse_frequencies_are_base_powers():
 
 
 def test_llama3_scaling_matches_the_reference_formula():
-    scaling = dict(
-        type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-        original_context_length=8192,
-    )  # fmt: skip
+    scaling = {
+        "type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_context_length": 8192,
+    }  # fmt: skip
     spec = make_spec(head_dim=128, rope_base=500000.0, rope_scaling=scaling)
     base = rope_inv_freq(make_spec(head_dim=128, rope_base=500000.0))
     want = []

@@ -1,5 +1,7 @@
 """Sampling filters and stop detection, as specifications."""
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -152,7 +154,7 @@ def test_empty_stop_string_is_rejected():
 )
 def test_any_chunking_emits_the_text_before_the_first_stop(text, cuts, stop, include):
     bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
-    pieces = [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    pieces = [text[a:b] for a, b in itertools.pairwise(bounds)]
     got = run(StopChecker(stops=[StopString(stop, include)]), pieces)
     i = text.find(stop)
     want = text if i < 0 else text[: i + len(stop)] if include else text[:i]

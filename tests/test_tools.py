@@ -8,6 +8,7 @@ import time
 from typing import Literal, Optional
 
 import anyio
+import anyio.lowlevel
 import pytest
 from pydantic import BaseModel
 
@@ -240,7 +241,7 @@ async def test_sync_tool_returns_its_result():
 async def test_async_tool_returns_its_result():
     @tool
     async def double(n: int) -> int:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         return n * 2
 
     result = await double.call({"n": 21}, call_id="c1")
@@ -358,7 +359,10 @@ async def test_structured_results_become_json():
         return {"address": Address(street="Main"), "city": "台北"}
 
     result = await lookup.call({}, call_id="c1")
-    assert json.loads(result.content) == {"address": {"street": "Main", "zip_code": 0}, "city": "台北"}
+    assert json.loads(result.content) == {
+        "address": {"street": "Main", "zip_code": 0},
+        "city": "台北",
+    }
     assert "台北" in result.content
 
 

@@ -49,7 +49,7 @@ from agentcore.engine.kv import (
     write_span,
 )
 from agentcore.engine.model import Transformer
-from agentcore.engine.sampler import StopChecker, sample
+from agentcore.engine.sampler import StopChecker, StopString, sample
 from agentcore.engine.tokenizer import Tokenizer
 from agentcore.errors import ContextOverflow, DeviceUnavailable
 from agentcore.messages import Message, ToolMessage, UserMessage
@@ -139,7 +139,7 @@ class LocalEngine:
             raise ValueError("context_length must be positive")
         self.ops = select_backend(device)
         self.device = "cuda" if type(self.ops).__name__ == "CudaOps" else "cpu"
-        self.tokenizer = Tokenizer.from_model(model)
+        self.tokenizer = Tokenizer.from_gguf(model)
         self.chat: ChatFormat = detect_chat_format(model, self.tokenizer, thinking=thinking)
         self.thinking = thinking
         self.transformer = Transformer(model, self.ops)
@@ -155,7 +155,6 @@ class LocalEngine:
         self.max_live_sessions = max_live_sessions
         self.turns: list[TurnRecord] = []
         self._lock = anyio.Lock()
-        self._stop_text = (dsml.TOOL_CALLS_END,)
 
     @classmethod
     def from_gguf(cls, path: str | Path, **kwargs: Any) -> LocalEngine:
@@ -291,34 +290,33 @@ class LocalEngine:
             ttft = time.perf_counter() - t0
             out: list[int] = []
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            # The DSML closing tag ends generation and stays in the text: the block is complete.
             stops = StopChecker(
-                stop_strings=tuple(request.stop) + self._stop_text,
-                include=self._stop_text,
+                self.chat.stop_ids,
+                (StopString(dsml.TOOL_CALLS_END, include=True), *request.stop),
             )
             text_parts: list[str] = []
-            finish = "length"
             t_dec = time.perf_counter()
-            while len(out) < request.max_tokens:
+            while True:
                 tok = sample(logits, sampling, rng, out[-64:])
                 out.append(tok)
-                if tok in self.chat.stop_ids:
-                    finish = "stop"
-                    break
-                emitted, stopped = stops.feed(decoder.decode(self.tokenizer.token_bytes(tok)))
+                emitted = stops.push(decoder.decode(self.tokenizer.token_bytes(tok)), tok)
                 if emitted:
                     text_parts.append(emitted)
                     yield TextDelta(text=emitted)
-                if stopped is not None:
-                    finish = "tool_calls" if stopped == dsml.TOOL_CALLS_END else "stop"
-                    break
-                if len(out) >= request.max_tokens:
+                if stops.stopped or len(out) >= request.max_tokens:
                     break
                 logits = await anyio.to_thread.run_sync(self._step, session, tok)
-            if finish == "length" or finish == "stop" and out and out[-1] in self.chat.stop_ids:
-                tail = stops.flush(decoder.decode(b"", final=True))
+            if not stops.stopped:
+                tail = stops.push(decoder.decode(b"", final=True)) + stops.flush()
                 if tail:
                     text_parts.append(tail)
                     yield TextDelta(text=tail)
+            matched = stops.matched
+            if isinstance(matched, StopString) and matched.text == dsml.TOOL_CALLS_END:
+                finish = "tool_calls"
+            else:
+                finish = "stop" if stops.stopped else "length"
             decode_s = time.perf_counter() - t_dec
             session.turns += 1
         rec = prep.record

@@ -48,8 +48,9 @@ class Rope:
         if positions <= len(self.cos):
             return
         # Angles in float64: pos * inv_freq loses precision in float32 at long contexts.
-        angles = np.outer(np.arange(max(positions, 2 * len(self.cos)), dtype=np.float64),
-                          self.inv_freq)
+        angles = np.outer(
+            np.arange(max(positions, 2 * len(self.cos)), dtype=np.float64), self.inv_freq
+        )
         self.cos, self.sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
@@ -205,10 +206,9 @@ class NumpyOps:
         scores = qg @ k.transpose(1, 2, 0)  # (KVH, T*g, n)
         scores *= 1.0 / np.sqrt(d)
         if t > 1:
-            future = np.arange(n)[None, :] > (pos0 + np.arange(t))[:, None]  # (T, n)
-            scores.reshape(kvh, t, g, n)[...] += np.where(future, -np.inf, 0.0).astype(
-                np.float32
-            )[:, None, :]
+            future = np.arange(n) > (pos0 + np.arange(t))[:, None]  # (T, n)
+            masked = scores.reshape(kvh, t, g, n)  # a view: adding to it masks ``scores``
+            masked += np.where(future, np.float32(-np.inf), np.float32(0.0))[:, None, :]
         scores -= scores.max(axis=-1, keepdims=True)
         np.exp(scores, out=scores)
         scores /= scores.sum(axis=-1, keepdims=True)
@@ -233,4 +233,3 @@ class NumpyOps:
 
     def logits(self, x: np.ndarray, head: Linear) -> np.ndarray:
         return self.matmul(x, head)
-

@@ -1,0 +1,328 @@
+// Elementwise and attention kernels of the CUDA backend (see ops_cuda.py for the layouts).
+//
+// Paged KV pool: half of shape (n_blocks, n_layers, 2, BS, KVH, D); a sequence's logical
+// block b lives in physical block table[b]. Positions read from device memory (pos_dev) let
+// the captured decode graph run at any position; when pos_dev is null the host value is used.
+
+#include <cuda_fp16.h>
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
+__device__ __forceinline__ long long kv_index(const int* table, int pos, int layer, int kv,
+                                              int h, int L, int BS, int KVH, int D) {
+    long long blk = table[pos / BS];
+    return ((((blk * L + layer) * 2 + kv) * BS + pos % BS) * KVH + h) * (long long)D;
+}
+
+__device__ __forceinline__ float block_sum(float v, float* red) {
+    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    v = 0.f;
+    for (int i = 0; i < nw; i++) v += red[i];
+    return v;
+}
+
+// out[r] = x[r] / rms(x[r]) * w, one block per row of n.
+extern "C" __global__ void rmsnorm(const float* __restrict__ x, const float* __restrict__ w,
+                                   float* __restrict__ out, int n, float eps) {
+    __shared__ float red[32];
+    x += (long long)blockIdx.x * n;
+    out += (long long)blockIdx.x * n;
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) ss += x[i] * x[i];
+    float s = rsqrtf(block_sum(ss, red) / n + eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = x[i] * s * w[i];
+}
+
+__device__ __forceinline__ void rotate(const float* x, float* y, int D, int pos,
+                                       const float* cos_t, const float* sin_t, int neox) {
+    for (int i = threadIdx.x; i < D / 2; i += blockDim.x) {
+        int a = neox ? i : 2 * i, b = neox ? i + D / 2 : 2 * i + 1;
+        float c = cos_t[(long long)pos * (D / 2) + i], s = sin_t[(long long)pos * (D / 2) + i];
+        float x0 = x[a], x1 = x[b];
+        y[a] = x0 * c - x1 * s;
+        y[b] = x0 * s + x1 * c;
+    }
+}
+
+// x (T, H, D) -> out, rotated at positions pos0 + t (+ *pos_dev). One block per (t, h).
+extern "C" __global__ void rope(const float* __restrict__ x, float* __restrict__ out, int H,
+                                int D, const float* cos_t, const float* sin_t, int pos0,
+                                const int* pos_dev, int neox) {
+    int t = blockIdx.x / H;
+    int pos = pos0 + t + (pos_dev ? *pos_dev : 0);
+    long long off = (long long)blockIdx.x * D;
+    rotate(x + off, out + off, D, pos, cos_t, sin_t, neox);
+}
+
+// K/V (T, KVH, D) fp32 -> pool at positions pos0 + t (+ *pos_dev).
+extern "C" __global__ void kv_store(const float* __restrict__ k, const float* __restrict__ v,
+                                    __half* pool, const int* table, int layer, int L, int BS,
+                                    int KVH, int D, int T, int pos0, const int* pos_dev) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)T * KVH * D) return;
+    int d = i % D, h = (i / D) % KVH, t = i / ((long long)D * KVH);
+    int pos = pos0 + t + (pos_dev ? *pos_dev : 0);
+    pool[kv_index(table, pos, layer, 0, h, L, BS, KVH, D) + d] = __float2half(k[i]);
+    pool[kv_index(table, pos, layer, 1, h, L, BS, KVH, D) + d] = __float2half(v[i]);
+}
+
+// Decode step, fused: qkv (H + 2 KVH heads of D) -> q rotated (optionally head-normed first,
+// qwen3) into q_out; k rotated and v stored into the pool at *pos_dev. Block per head.
+extern "C" __global__ void rope_kv_decode(const float* __restrict__ qkv, float* __restrict__ q_out,
+                                          __half* pool, const int* table, int layer, int L,
+                                          int BS, int H, int KVH, int D, const float* cos_t,
+                                          const float* sin_t, const int* pos_dev, int neox,
+                                          const float* q_norm, const float* k_norm, float eps) {
+    __shared__ float buf[2][512];
+    __shared__ float red[32];
+    int hb = blockIdx.x, pos = *pos_dev;
+    const float* src = qkv + (long long)hb * D;
+    const float* nw = hb < H ? q_norm : (hb < H + KVH ? k_norm : nullptr);
+    float s = 1.f;
+    if (nw) {
+        float ss = 0.f;
+        for (int i = threadIdx.x; i < D; i += blockDim.x) ss += src[i] * src[i];
+        s = rsqrtf(block_sum(ss, red) / D + eps);
+    }
+    for (int i = threadIdx.x; i < D; i += blockDim.x) buf[0][i] = nw ? src[i] * s * nw[i] : src[i];
+    __syncthreads();
+    if (hb < H + KVH) rotate(buf[0], buf[1], D, pos, cos_t, sin_t, neox);
+    __syncthreads();
+    if (hb < H) {
+        for (int i = threadIdx.x; i < D; i += blockDim.x) q_out[(long long)hb * D + i] = buf[1][i];
+    } else if (hb < H + KVH) {
+        long long o = kv_index(table, pos, layer, 0, hb - H, L, BS, KVH, D);
+        for (int i = threadIdx.x; i < D; i += blockDim.x) pool[o + i] = __float2half(buf[1][i]);
+    } else {
+        long long o = kv_index(table, pos, layer, 1, hb - H - KVH, L, BS, KVH, D);
+        for (int i = threadIdx.x; i < D; i += blockDim.x) pool[o + i] = __float2half(buf[0][i]);
+    }
+}
+
+// Flash-decoding, phase 1. Grid (KVH, NSPLIT), 256 threads. The context [0, n) is cut into
+// NSPLIT equal slices; TPP = D/8 threads share one position (each loads 8 halves of K and
+// of V as one 16-byte access), so 256/TPP positions are in flight per iteration. Each of
+// the G query heads of this KV head keeps an online softmax (max m, sum l, acc); the block
+// merges its position groups and writes (m, l, acc) per head and split.
+// n = *pos_dev + 1 when pos_dev is set, else n_host. GMAX bounds G (query heads per KV head).
+template <int D>
+__global__ void __launch_bounds__(256) attn_split(
+    const float* __restrict__ q, const __half* __restrict__ pool, const int* __restrict__ table,
+    int layer, int L, int BS, int KVH, int G, int n_host, const int* pos_dev, float scale,
+    float* __restrict__ part_o, float* __restrict__ part_ml, int nsplit) {
+    constexpr int TPP = D / 8, GROUPS = 256 / TPP, GMAX = 8;
+    __shared__ float sm_m[GROUPS][GMAX], sm_l[GROUPS][GMAX];
+    __shared__ float sm_acc[GMAX][D];
+    const int h = blockIdx.x, split = blockIdx.y;
+    const int n = pos_dev ? *pos_dev + 1 : n_host;
+    const int per = ((n + nsplit - 1) / nsplit + GROUPS - 1) / GROUPS * GROUPS;
+    const int start = split * per, end = min(n, start + per);
+    const int grp = threadIdx.x / TPP, sub = threadIdx.x % TPP;
+    float qr[GMAX][8];
+#pragma unroll
+    for (int j = 0; j < GMAX; j++)
+#pragma unroll
+        for (int e = 0; e < 8; e++)
+            qr[j][e] = j < G ? q[(long long)(h * G + j) * D + sub * 8 + e] * scale : 0.f;
+    float m[GMAX], l[GMAX], acc[GMAX][8];
+#pragma unroll
+    for (int j = 0; j < GMAX; j++) {
+        m[j] = -INFINITY; l[j] = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; e++) acc[j][e] = 0.f;
+    }
+    // The trip count is uniform across the block (groups past `end` idle), so the width-TPP
+    // shuffles always run with every lane of the warp present.
+    for (int base = start; base < end; base += GROUPS) {
+        const int p = base + grp;
+        const bool ok = p < end;
+        uint4 kraw = make_uint4(0, 0, 0, 0), vraw = make_uint4(0, 0, 0, 0);
+        if (ok) {
+            kraw = *(const uint4*)(pool + kv_index(table, p, layer, 0, h, L, BS, KVH, D) + sub * 8);
+            vraw = *(const uint4*)(pool + kv_index(table, p, layer, 1, h, L, BS, KVH, D) + sub * 8);
+        }
+        const __half2* kh = (const __half2*)&kraw;
+        const __half2* vh = (const __half2*)&vraw;
+        float kf[8], vf[8];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float2 a = __half22float2(kh[e]), b = __half22float2(vh[e]);
+            kf[2 * e] = a.x; kf[2 * e + 1] = a.y; vf[2 * e] = b.x; vf[2 * e + 1] = b.y;
+        }
+#pragma unroll
+        for (int j = 0; j < GMAX; j++) {
+            if (j >= G) break;
+            float s = 0.f;
+#pragma unroll
+            for (int e = 0; e < 8; e++) s += qr[j][e] * kf[e];
+#pragma unroll
+            for (int o = TPP / 2; o; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o, TPP);
+            if (!ok) continue;
+            float mn = fmaxf(m[j], s);
+            float c = __expf(m[j] - mn), w = __expf(s - mn);
+            l[j] = l[j] * c + w;
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[j][e] = acc[j][e] * c + w * vf[e];
+            m[j] = mn;
+        }
+    }
+    // Merge the GROUPS position groups of this block.
+    if (sub == 0)
+        for (int j = 0; j < G; j++) { sm_m[grp][j] = m[j]; sm_l[grp][j] = l[j]; }
+    for (int i = threadIdx.x; i < GMAX * D; i += 256) (&sm_acc[0][0])[i] = 0.f;
+    __syncthreads();
+    for (int j = 0; j < G; j++) {
+        float M = -INFINITY;
+        for (int g2 = 0; g2 < GROUPS; g2++) M = fmaxf(M, sm_m[g2][j]);
+        float c = M == -INFINITY ? 0.f : __expf(m[j] - M);
+#pragma unroll
+        for (int e = 0; e < 8; e++) atomicAdd(&sm_acc[j][sub * 8 + e], acc[j][e] * c);
+        if (threadIdx.x == 0) {
+            float Lsum = 0.f;
+            for (int g2 = 0; g2 < GROUPS; g2++)
+                Lsum += M == -INFINITY ? 0.f : sm_l[g2][j] * __expf(sm_m[g2][j] - M);
+            long long pi = ((long long)(h * G + j) * nsplit + split) * 2;
+            part_ml[pi] = M;
+            part_ml[pi + 1] = Lsum;
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < G * D; i += 256) {
+        int j = i / D, d = i % D;
+        part_o[((long long)(h * G + j) * nsplit + split) * D + d] = sm_acc[j][d];
+    }
+}
+
+// Flash-decoding, phase 2: merge the splits of each query head. Grid H, block D.
+extern "C" __global__ void attn_combine(const float* __restrict__ part_o,
+                                        const float* __restrict__ part_ml, float* __restrict__ out,
+                                        int D, int nsplit) {
+    int hq = blockIdx.x;
+    const float* ml = part_ml + (long long)hq * nsplit * 2;
+    float M = -INFINITY;
+    for (int s = 0; s < nsplit; s++) M = fmaxf(M, ml[2 * s]);
+    float Lsum = 0.f, o = 0.f;
+    for (int s = 0; s < nsplit; s++) {
+        float mm = ml[2 * s];
+        if (mm == -INFINITY) continue;
+        float c = __expf(mm - M);
+        Lsum += ml[2 * s + 1] * c;
+        if (threadIdx.x < D) o += part_o[((long long)hq * nsplit + s) * D + threadIdx.x] * c;
+    }
+    if (threadIdx.x < D) out[(long long)hq * D + threadIdx.x] = o / Lsum;
+}
+
+// Prefill attention helpers (the two products run as cuBLAS batched GEMMs, one batch per KV
+// head; scores are chunk x context, never T x T for the whole prompt).
+// q (T, KVH*G, D) fp32 -> q16 (KVH, T*G, D) fp16, scaled.
+extern "C" __global__ void q_pack(const float* __restrict__ q, __half* __restrict__ q16, int T,
+                                  int KVH, int G, int D, float scale) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)T * KVH * G * D) return;
+    int d = i % D, j = (i / D) % G, h = (i / ((long long)D * G)) % KVH;
+    long long t = i / ((long long)D * G * KVH);
+    q16[(((long long)h * T + t) * G + j) * D + d] = __float2half(q[i] * scale);
+}
+
+// Pool positions [0, n) of one layer -> K16, V16 (KVH, n, D) contiguous fp16.
+extern "C" __global__ void kv_gather(const __half* __restrict__ pool, const int* table, int layer,
+                                     int L, int BS, int KVH, int D, int n, __half* __restrict__ k16,
+                                     __half* __restrict__ v16) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)n * KVH * D) return;
+    int d = i % D, h = (i / D) % KVH, p = i / ((long long)D * KVH);
+    long long o = ((long long)h * n + p) * D + d;
+    k16[o] = pool[kv_index(table, p, layer, 0, h, L, BS, KVH, D) + d];
+    v16[o] = pool[kv_index(table, p, layer, 1, h, L, BS, KVH, D) + d];
+}
+
+// Causal softmax of score rows (KVH, T*G, n) fp32 -> P fp16. Row (t, j) sees keys [0, pos0+t].
+extern "C" __global__ void softmax_causal(const float* __restrict__ s, __half* __restrict__ p,
+                                          int TG, int G, int n, int pos0) {
+    __shared__ float red[32];
+    long long row = blockIdx.x;
+    int t = (row % TG) / G;
+    int valid = min(n, pos0 + t + 1);
+    const float* sr = s + row * n;
+    __half* pr = p + row * n;
+    float mx = -INFINITY;
+    for (int i = threadIdx.x; i < valid; i += blockDim.x) mx = fmaxf(mx, sr[i]);
+    for (int o = 16; o; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
+    __shared__ float redm[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (lane == 0) redm[warp] = mx;
+    __syncthreads();
+    mx = -INFINITY;
+    for (int i = 0; i < nw; i++) mx = fmaxf(mx, redm[i]);
+    float sum = 0.f;
+    for (int i = threadIdx.x; i < valid; i += blockDim.x) sum += __expf(sr[i] - mx);
+    float inv = 1.f / block_sum(sum, red);
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        pr[i] = __float2half(i < valid ? __expf(sr[i] - mx) * inv : 0.f);
+}
+
+// O (KVH, T*G, D) fp32 -> out (T, KVH*G*D).
+extern "C" __global__ void o_unpack(const float* __restrict__ o, float* __restrict__ out, int T,
+                                    int KVH, int G, int D) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)T * KVH * G * D) return;
+    int d = i % D, j = (i / D) % G, h = (i / ((long long)D * G)) % KVH;
+    long long t = i / ((long long)D * G * KVH);
+    out[i] = o[(((long long)h * T + t) * G + j) * D + d];
+}
+
+// silu(gate) * up for gate_up (T, 2F) -> (T, F).
+extern "C" __global__ void swiglu(const float* __restrict__ gu, float* __restrict__ out, int T,
+                                  int F) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)T * F) return;
+    long long t = i / F, f = i % F;
+    float g = gu[t * 2 * F + f], u = gu[t * 2 * F + F + f];
+    out[i] = g / (1.f + __expf(-g)) * u;
+}
+
+__device__ __forceinline__ unsigned hash3(unsigned a, unsigned b, unsigned c) {
+    unsigned h = a * 0x9E3779B1u ^ (b + 0x7F4A7C15u) * 0x85EBCA77u ^ (c + 0x165667B1u) * 0xC2B2AE3Du;
+    h ^= h >> 15; h *= 0x2C1B3C6Du; h ^= h >> 12; h *= 0x297A2D39u; h ^= h >> 15;
+    return h;
+}
+
+// Next token on the device, one block of 1024 threads. inv_temp == 0: argmax (lowest index on
+// ties, as numpy). Else a sample from softmax(logits * inv_temp) by the Gumbel-max trick with
+// a counter-based hash of (seed, position, index). state = [pos, token]: writes token; if
+// advance, also history[pos + 1] = token and pos += 1 (the graph's feedback for the next step).
+extern "C" __global__ void next_token(const float* __restrict__ logits, int V, float inv_temp,
+                                      unsigned seed, int* state, int* history, int advance) {
+    __shared__ float bv[32];
+    __shared__ int bi[32];
+    int pos = state[0];
+    float best = -INFINITY;
+    int idx = 0x7fffffff;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        float v = logits[i];
+        if (inv_temp > 0.f) {
+            float u = (hash3(seed, (unsigned)pos, (unsigned)i) >> 8) * (1.f / 16777216.f) + 0.5f / 16777216.f;
+            v = v * inv_temp - __logf(-__logf(u));
+        }
+        if (v > best || (v == best && i < idx)) { best = v; idx = i; }
+    }
+    for (int o = 16; o; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffff, best, o);
+        int oi = __shfl_xor_sync(0xffffffff, idx, o);
+        if (ov > best || (ov == best && oi < idx)) { best = ov; idx = oi; }
+    }
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) { bv[warp] = best; bi[warp] = idx; }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < (int)(blockDim.x >> 5); w++)
+            if (bv[w] > best || (bv[w] == best && bi[w] < idx)) { best = bv[w]; idx = bi[w]; }
+        state[1] = idx;
+        if (advance) { history[pos + 1] = idx; state[0] = pos + 1; }
+    }
+}

@@ -1,0 +1,327 @@
+"""Parsing completions: every variant of shared/DSML.md, and malformed input as errors."""
+
+import pytest
+
+from agentcore.dsml import EOS, parse_completion, render_tool_calls
+from agentcore.messages import ToolCall, ToolSpec
+
+CANONICAL = (
+    "Let me check.\n\n<｜DSML｜tool_calls>\n"
+    '<｜DSML｜invoke name="get_weather">\n'
+    '<｜DSML｜parameter name="location" string="true">Beijing</｜DSML｜parameter>\n'
+    '<｜DSML｜parameter name="unit" string="true">celsius</｜DSML｜parameter>\n'
+    "</｜DSML｜invoke>\n"
+    "</｜DSML｜tool_calls><｜end▁of▁sentence｜>"
+)
+
+TYPED = ToolSpec(
+    name="f",
+    parameters={
+        "type": "object",
+        "properties": {
+            "s": {"type": "string"},
+            "i": {"type": "integer"},
+            "n": {"type": "number"},
+            "b": {"type": "boolean"},
+            "a": {"type": "array"},
+            "o": {"type": "object"},
+            "maybe": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+        },
+    },
+)
+
+
+def block(*invokes: str) -> str:
+    return "<｜DSML｜tool_calls>\n" + "\n".join(invokes) + "\n</｜DSML｜tool_calls>"
+
+
+def invoke(name: str, *parameters: str) -> str:
+    return "\n".join([f'<｜DSML｜invoke name="{name}">', *parameters, "</｜DSML｜invoke>"])
+
+
+def param(name: str, value: str, string: str | None = "true") -> str:
+    attr = "" if string is None else f' string="{string}"'
+    return f'<｜DSML｜parameter name="{name}"{attr}>{value}</｜DSML｜parameter>'
+
+
+def only_arguments(text: str, **kwargs) -> dict:
+    parsed = parse_completion(text, **kwargs)
+    assert parsed.errors == [] and not parsed.incomplete
+    [only] = parsed.tool_calls
+    return only.arguments
+
+
+# ---------------------------------------------------------------- the canonical form
+
+
+def test_canonical_completion_gives_content_and_the_call():
+    parsed = parse_completion(CANONICAL)
+    assert parsed.content == "Let me check."
+    assert [(c.name, c.arguments) for c in parsed.tool_calls] == [
+        ("get_weather", {"location": "Beijing", "unit": "celsius"})
+    ]
+    assert parsed.errors == [] and parsed.incomplete is False and parsed.reasoning is None
+
+
+def test_content_before_a_rendered_block_comes_back_exactly():
+    content = "  Two lines,\n  indented."
+    calls = [ToolCall(id="x", name="f", arguments={"a": 1})]
+    assert parse_completion(content + render_tool_calls(calls)).content == content
+
+
+def test_plain_answer_is_all_content_kept_exactly():
+    assert parse_completion("\n\nThe answer is 4.\n" + EOS).content == "\n\nThe answer is 4.\n"
+
+
+def test_eos_and_whitespace_after_it_are_stripped():
+    parsed = parse_completion(CANONICAL + "\n \n")
+    assert parsed.errors == [] and len(parsed.tool_calls) == 1
+
+
+def test_nothing_after_eos_is_read():
+    parsed = parse_completion("done" + EOS + block(invoke("f")))
+    assert parsed.content == "done" and parsed.tool_calls == [] and parsed.errors == []
+
+
+# ---------------------------------------------------------------- accepted variants
+
+
+def test_any_whitespace_between_tags_is_accepted():
+    text = 'Hi\n\n\n\n<｜DSML｜tool_calls>  <｜DSML｜invoke name="f">\t\n\n'
+    text += param("a", "1") + "\r\n </｜DSML｜invoke>\n\n</｜DSML｜tool_calls>"
+    parsed = parse_completion(text)
+    assert parsed.content == "Hi" and parsed.errors == []
+    assert parsed.tool_calls[0].arguments == {"a": "1"}
+
+
+def test_missing_string_attribute_means_a_raw_string():
+    assert only_arguments(block(invoke("f", param("n", "42", string=None)))) == {"n": "42"}
+
+
+def test_ascii_bars_are_accepted():
+    text = '<|DSML|tool_calls><|DSML|invoke name="f"><|DSML|parameter name="a" string="false">'
+    text += "[1]</|DSML|parameter></|DSML|invoke></|DSML|tool_calls>"
+    assert only_arguments(text) == {"a": [1]}
+
+
+def test_dropped_first_bar_is_accepted():
+    text = '<DSML｜tool_calls><DSML｜invoke name="f"><DSML｜parameter name="a">x'
+    text += "</DSML｜parameter></DSML｜invoke></DSML｜tool_calls>"
+    assert only_arguments(text) == {"a": "x"}
+
+
+def test_v41_space_after_the_bar_is_accepted():
+    text = '<｜DSML｜ tool_calls><｜DSML｜ invoke name="f"><｜DSML｜ parameter name="a">x'
+    text += "</｜DSML｜ parameter></｜DSML｜ invoke></｜DSML｜ tool_calls>"
+    assert only_arguments(text) == {"a": "x"}
+
+
+def test_raw_markup_characters_in_values_are_kept_verbatim():
+    value = 'if a < b && c > d: print("<ok>") # ]]> <![CDATA[ x ]]>'
+    assert only_arguments(block(invoke("f", param("code", value)))) == {"code": value}
+
+
+def test_escaped_entities_are_not_decoded():
+    assert only_arguments(block(invoke("f", param("s", "&amp; &lt; &#60;")))) == {
+        "s": "&amp; &lt; &#60;"
+    }
+
+
+def test_newlines_unicode_and_control_characters_are_kept_verbatim():
+    value = "line1\r\nline2\n\tдом 家 🦀 \x00\x1b[0m\u2028"
+    assert only_arguments(block(invoke("f", param("s", value)))) == {"s": value}
+
+
+def test_whitespace_around_a_string_value_is_not_stripped():
+    assert only_arguments(block(invoke("f", param("s", "\n  padded  \n")))) == {
+        "s": "\n  padded  \n"
+    }
+
+
+def test_other_dsml_tags_inside_a_value_are_part_of_the_value():
+    value = '</｜DSML｜invoke></｜DSML｜tool_calls><｜DSML｜invoke name="g">'
+    assert only_arguments(block(invoke("f", param("s", value)))) == {"s": value}
+
+
+def test_json_values_are_decoded():
+    text = block(invoke("f", param("n", "3.5", "false"), param("o", '{"k": [null, true]}', "false")))
+    assert only_arguments(text) == {"n": 3.5, "o": {"k": [None, True]}}
+
+
+def test_invalid_json_without_a_schema_falls_back_to_the_raw_string():
+    assert only_arguments(block(invoke("f", param("a", "Beijing", "false")))) == {"a": "Beijing"}
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "value"),
+    [
+        ("s", "Beijing", "Beijing"),
+        ("i", "+7", 7),
+        ("n", ".5", 0.5),
+        ("b", "True", True),
+        ("a", "['x', 'y']", ["x", "y"]),
+        ("o", "{'k': None, 'on': False}", {"k": None, "on": False}),
+        ("maybe", "None", None),
+        ("i", "seven", "seven"),  # nothing fits: the raw string, for the registry to reject
+    ],
+)
+def test_invalid_json_is_read_by_the_schema_type(name, raw, value):
+    text = block(invoke("f", param(name, raw, "false")))
+    arguments = only_arguments(text, tools=[TYPED])
+    assert arguments == {name: value} and type(arguments[name]) is type(value)
+
+
+def test_several_invokes_give_parallel_calls_in_order():
+    text = block(invoke("a", param("x", "1")), invoke("b"), invoke("a", param("x", "2")))
+    parsed = parse_completion(text)
+    assert [(c.name, c.arguments) for c in parsed.tool_calls] == [
+        ("a", {"x": "1"}),
+        ("b", {}),
+        ("a", {"x": "2"}),
+    ]
+
+
+def test_call_ids_are_deterministic_and_unique_even_for_identical_calls():
+    text = block(invoke("a", param("x", "1")), invoke("a", param("x", "1")))
+    ids = [c.id for c in parse_completion(text).tool_calls]
+    assert len(set(ids)) == 2 and all(i.startswith("call_") for i in ids)
+    assert ids == [c.id for c in parse_completion(text).tool_calls]
+
+
+def test_unknown_tool_names_are_parsed_for_the_registry_to_report():
+    parsed = parse_completion(block(invoke("no_such_tool", param("a", "1"))), tools=[TYPED])
+    assert [c.name for c in parsed.tool_calls] == ["no_such_tool"] and parsed.errors == []
+
+
+# ---------------------------------------------------------------- reasoning
+
+
+def test_thinking_mode_splits_reasoning_at_think_end():
+    parsed = parse_completion("I should call f.</think>Calling." + render_tool_calls([]), thinking=True)
+    assert parsed.reasoning == "I should call f." and parsed.content == "Calling."
+
+
+def test_leading_think_block_is_reasoning_without_thinking_mode():
+    parsed = parse_completion("<think>hmm</think>Answer")
+    assert parsed.reasoning == "hmm" and parsed.content == "Answer"
+
+
+def test_dsml_inside_reasoning_is_not_a_call():
+    text = "maybe " + block(invoke("wrong")) + "</think>\n\n" + block(invoke("right"))
+    parsed = parse_completion(text, thinking=True)
+    assert [c.name for c in parsed.tool_calls] == ["right"]
+    assert "wrong" in parsed.reasoning and parsed.content == "" and parsed.errors == []
+
+
+def test_unclosed_reasoning_in_thinking_mode_is_all_reasoning():
+    parsed = parse_completion("still thinking " + block(invoke("f")), thinking=True)
+    assert parsed.content == "" and parsed.tool_calls == [] and parsed.errors == []
+    assert parsed.reasoning.startswith("still thinking")
+
+
+def test_think_end_inside_a_value_does_not_end_the_block():
+    assert only_arguments(block(invoke("f", param("s", "a</think>b")))) == {"s": "a</think>b"}
+
+
+def test_reasoning_is_none_without_think_and_empty_when_thinking_wrote_none():
+    assert parse_completion("hi").reasoning is None
+    assert parse_completion("</think>hi", thinking=True).reasoning == ""
+
+
+# ---------------------------------------------------------------- cut-off output
+
+
+def test_output_cut_inside_a_parameter_is_incomplete_and_invents_no_call():
+    text = 'Hi\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name="f">\n<｜DSML｜parameter name="a">'
+    parsed = parse_completion(text + "partial val")
+    assert parsed.incomplete and parsed.tool_calls == [] and parsed.content == "Hi"
+    assert 'invoke "f" was cut off' in parsed.errors[0]
+
+
+def test_output_cut_inside_a_tag_is_incomplete():
+    parsed = parse_completion(block(invoke("f"))[:-8])
+    assert parsed.incomplete and parsed.tool_calls != [] and parsed.errors
+
+
+def test_output_cut_before_the_block_tag_finished_is_incomplete():
+    parsed = parse_completion("Hi <｜DSML｜tool_ca")
+    assert parsed.incomplete and parsed.content == "Hi" and parsed.errors
+
+
+def test_invokes_closed_before_the_cut_are_kept_but_the_open_one_is_dropped():
+    text = "<｜DSML｜tool_calls>\n" + invoke("done", param("a", "1")) + "\n"
+    text += '<｜DSML｜invoke name="cut">\n' + param("b", "2")
+    parsed = parse_completion(text)
+    assert parsed.incomplete and [c.name for c in parsed.tool_calls] == ["done"]
+    assert 'invoke "cut"' in parsed.errors[0]
+
+
+# ---------------------------------------------------------------- malformed blocks
+
+
+def test_invoke_without_a_name_is_an_error():
+    parsed = parse_completion(block("<｜DSML｜invoke>" + param("a", "1") + "</｜DSML｜invoke>"))
+    assert parsed.tool_calls == [] and "no name attribute" in parsed.errors[0]
+    assert '<｜DSML｜invoke name="TOOL">' in parsed.errors[0]  # the right form is shown
+
+
+def test_parameter_without_a_name_is_an_error():
+    text = block(invoke("f", "<｜DSML｜parameter>1</｜DSML｜parameter>"))
+    parsed = parse_completion(text)
+    assert parsed.tool_calls == [] and 'invoke "f"' in parsed.errors[0]
+
+
+def test_duplicate_parameter_names_are_an_error():
+    parsed = parse_completion(block(invoke("f", param("a", "1"), param("a", "2"))))
+    assert parsed.tool_calls == [] and 'parameter "a" is given twice' in parsed.errors[0]
+
+
+def test_stray_text_inside_an_invoke_drops_that_call_only():
+    text = block(invoke("bad", "oops", param("a", "1")), invoke("good"))
+    parsed = parse_completion(text)
+    assert [c.name for c in parsed.tool_calls] == ["good"]
+    assert len(parsed.errors) == 1 and "'oops'" in parsed.errors[0]
+
+
+def test_stray_text_between_invokes_is_reported_but_calls_are_kept():
+    parsed = parse_completion(block(invoke("a"), "and then", invoke("b")))
+    assert [c.name for c in parsed.tool_calls] == ["a", "b"]
+    assert "stray text 'and then'" in parsed.errors[0]
+
+
+def test_missing_invoke_end_is_an_error_and_no_call():
+    text = '<｜DSML｜tool_calls>\n<｜DSML｜invoke name="f">\n' + param("a", "1") + "\n"
+    parsed = parse_completion(text + "</｜DSML｜tool_calls>")
+    assert parsed.tool_calls == [] and not parsed.incomplete
+    assert "close it with </｜DSML｜invoke>" in parsed.errors[0]
+
+
+def test_invoke_outside_a_tool_calls_block_is_an_error():
+    parsed = parse_completion("Sure. " + invoke("f", param("a", "1")))
+    assert parsed.content == "Sure." and parsed.tool_calls == []
+    assert "must start with <｜DSML｜tool_calls>" in parsed.errors[0]
+
+
+def test_nested_invoke_is_an_error_and_neither_is_called():
+    inner = invoke("inner")
+    text = block('<｜DSML｜invoke name="outer">\n' + inner + "\n</｜DSML｜invoke>")
+    parsed = parse_completion(text)
+    assert parsed.tool_calls == [] and 'not allowed inside invoke "outer"' in parsed.errors[0]
+
+
+def test_unknown_and_malformed_tags_are_errors():
+    text = block(invoke("f", '<｜DSML｜argument name="a">1</｜DSML｜argument>'))
+    assert "unknown tag" in parse_completion(text).errors[0]
+    text = block(invoke("f", '<｜DSML｜parameter name="a<b">1</｜DSML｜parameter>'))
+    assert "malformed tag" in parse_completion(text).errors[0]
+
+
+def test_text_after_the_block_is_ignored_without_error():
+    parsed = parse_completion(block(invoke("f")) + " Done!" + EOS)
+    assert len(parsed.tool_calls) == 1 and parsed.errors == []
+
+
+def test_a_second_block_is_ignored_with_an_error():
+    parsed = parse_completion(block(invoke("a")) + "\n" + block(invoke("b")))
+    assert [c.name for c in parsed.tool_calls] == ["a"]
+    assert "one tool_calls block" in parsed.errors[0]

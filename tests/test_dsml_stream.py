@@ -1,0 +1,104 @@
+"""StreamParser: what it shows, holds back and signals while tokens arrive."""
+
+from agentcore.dsml import (
+    EOS,
+    Reasoning,
+    StreamParser,
+    ToolCallsComplete,
+    ToolCallsStarted,
+    Visible,
+    parse_completion,
+)
+
+COMPLETION = (
+    "Plan: call f.</think>Sure, 1 < 2 && <b>bold</b>.\n\n"
+    "<｜DSML｜tool_calls>\n"
+    '<｜DSML｜invoke name="f">\n'
+    '<｜DSML｜parameter name="a" string="true">x</think><think></｜DSML｜parameter>\n'
+    "</｜DSML｜invoke>\n"
+    "</｜DSML｜tool_calls>" + EOS
+)
+
+
+def run(chunks, thinking=False):
+    stream = StreamParser(thinking=thinking)
+    events = [e for chunk in chunks for e in stream.feed(chunk)]
+    return stream, events + stream.close()
+
+
+def visible(events):
+    return "".join(e.text for e in events if isinstance(e, Visible))
+
+
+def signals(events):
+    return [type(e).__name__ for e in events if isinstance(e, ToolCallsStarted | ToolCallsComplete)]
+
+
+def test_one_character_at_a_time_gives_the_parsed_content_and_reasoning():
+    stream, events = run(COMPLETION, thinking=True)
+    parsed = parse_completion(COMPLETION, thinking=True)
+    assert visible(events) == parsed.content == "Sure, 1 < 2 && <b>bold</b>."
+    assert "".join(e.text for e in events if isinstance(e, Reasoning)) == parsed.reasoning
+    assert signals(events) == ["ToolCallsStarted", "ToolCallsComplete"]
+
+
+def test_markup_never_reaches_visible_text():
+    _, events = run(COMPLETION, thinking=True)
+    for event in events:
+        if isinstance(event, Visible):
+            assert "DSML" not in event.text and "think>" not in event.text
+
+
+def test_a_possible_tag_is_held_until_it_is_decided():
+    stream = StreamParser()
+    assert stream.feed("Hi <｜DS") == [Visible("Hi")]
+    assert stream.feed("ML｜tool_calls>") == [ToolCallsStarted()]
+
+
+def test_a_held_prefix_is_released_when_it_is_not_a_tag():
+    stream = StreamParser()
+    assert stream.feed("a <thi") == [Visible("a")]
+    assert stream.feed("s> b") == [Visible(" <this> b")]
+
+
+def test_a_prefix_still_held_at_the_end_is_released_by_close():
+    stream = StreamParser()
+    stream.feed("1 <")
+    assert stream.close() == [Visible(" <")]
+
+
+def test_whitespace_before_the_block_is_never_shown():
+    _, events = run(["Done.", "\n", "\n", "<｜DSML｜tool_calls>"])
+    assert visible(events) == "Done."
+
+
+def test_trailing_whitespace_without_a_block_is_released_at_close():
+    _, events = run(["Done.", "\n"])
+    assert visible(events) == "Done.\n"
+
+
+def test_complete_is_signalled_when_the_closing_tag_arrives():
+    stream = StreamParser()
+    stream.feed('<｜DSML｜tool_calls><｜DSML｜invoke name="f"></｜DSML｜invoke></｜DSML｜tool_')
+    assert stream.feed("calls>") == [ToolCallsComplete()]
+
+
+def test_a_closing_tag_inside_a_value_does_not_complete_the_block():
+    stream = StreamParser()
+    events = stream.feed('<｜DSML｜tool_calls><｜DSML｜invoke name="f"><｜DSML｜parameter name="a">')
+    assert stream.feed("</｜DSML｜tool_calls>") == [] and events == [ToolCallsStarted()]
+
+
+def test_reasoning_streams_as_reasoning_events():
+    _, events = run(["<think>a", "b</thi", "nk>c"])
+    assert events == [Reasoning("a"), Reasoning("b"), Visible("c")]
+
+
+def test_text_after_eos_is_ignored():
+    _, events = run(["ok<｜end▁of", "▁sentence｜>more"])
+    assert visible(events) == "ok"
+
+
+def test_text_is_everything_fed():
+    stream, _ = run(["ab", "<think>", "c" + EOS, "tail"])
+    assert stream.text == "ab<think>c" + EOS + "tail"
