@@ -5,8 +5,10 @@ teaches it to every model family, so this module is the only tool-call parser.
 
 Invariants
 - Rendering is byte-exact to DeepSeek's encoder and deterministic (any byte change in the
-  prompt invalidates every cached prefix after it). A value rendering cannot round-trip (a
-  string holding the closing ``</｜DSML｜parameter>`` tag) raises ``DSMLError``.
+  prompt invalidates every cached prefix after it), and every rendered call parses back to
+  the same names and arguments. The one string a raw value cannot hold, its own closing tag
+  ``</｜DSML｜parameter>``, is written as a JSON string instead. A name holding ``"<>`` or a
+  value JSON cannot encode raises ``DSMLError``.
 - Parsing never raises. Whatever is wrong goes into ``ParsedCompletion.errors`` as a sentence
   the model can act on; a call is returned only from an invoke that was written completely
   and correctly, never from an unclosed or malformed one.
@@ -16,16 +18,17 @@ Invariants
 How a completion is split
 - Generation ends at the first ``<｜end▁of▁sentence｜>``; what follows it is ignored.
 - ``<think>`` … ``</think>`` is reasoning (with ``thinking=True`` the text starts inside it;
-  unclosed, everything is reasoning). A ``</think>`` outside reasoning is dropped markup.
-  DSML inside reasoning is reasoning, so only text after the last ``</think>`` holds calls.
+  unclosed, everything is reasoning). DSML inside reasoning is reasoning, never a call, so
+  calls come only after the last ``</think>`` (one inside a parameter value is just value).
+  A ``</think>`` in visible text is dropped markup: a stream cannot take back what it showed.
 - Visible text up to the first DSML tag is ``content``; the whitespace right before the
   block is not (the encoder writes ``"\\n\\n"`` there). Content is otherwise kept exactly, so
   a chat format can re-render it byte for byte.
 - The block ends at the first ``</｜DSML｜tool_calls>`` outside a parameter value. Text after
   it is ignored (engines stop there); only a second DSML block there is reported.
-- A cut-off block (no closing tag) sets ``incomplete``. Invokes that closed before the cut
-  are returned, since they are exactly what the model wrote; the loop decides whether to
-  run them.
+- A cut-off block (no closing tag) sets ``incomplete`` and returns no call at all, not even
+  the invokes that closed before the cut: the model meant the block as one batch, and
+  running part of it would act on a plan it never finished writing.
 
 Values are raw text, not XML: the lexer cuts each parameter value at its closing tag and
 keeps it out of band, and lxml sees only the tags. Nothing is escaped or normalised, so
@@ -40,7 +43,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any
@@ -74,10 +77,11 @@ _PARAMETER_END = re.compile("|".join(map(re.escape, _PARAMETER_ENDS)))
 # The optional space after the bar is V4.1's spelling (`<｜DSML｜ invoke`).
 _TAG = re.compile(r"<(/?)[｜|]?DSML[｜|] ?(\w*)([^<>]*)>")
 _TAG_STOP = re.compile("[<>]")
-_ATTR = re.compile(r"""(\w+)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
+_ATTR = re.compile(r'(\w+)\s*=\s*"([^"]*)"')
 _VISIBLE_MARKER = re.compile(f"{THINK_START}|{THINK_END}|{_TAG_START.pattern}")
 _VISIBLE_MARKERS = (THINK_START, THINK_END, *_TAG_STARTS)
-_ELEMENTS = ("tool_calls", "invoke", "parameter")
+# Each DSML element and the element it must sit directly in.
+_PARENT = {"tool_calls": None, "invoke": "tool_calls", "parameter": "invoke"}
 
 # The correct form, quoted in error messages so the model can copy it.
 _FORM = (
@@ -140,7 +144,8 @@ def render_tool_calls(calls: Sequence[ToolCall]) -> str:
 
 def render_tool_result(content: str) -> str:
     # A literal closing tag would end the result early; ds4 neutralises it the same way.
-    return f"{TOOL_RESULT_START}{content.replace(TOOL_RESULT_END, '&lt;/tool_result>')}{TOOL_RESULT_END}"
+    safe = content.replace(TOOL_RESULT_END, "&lt;/tool_result>")
+    return f"{TOOL_RESULT_START}{safe}{TOOL_RESULT_END}"
 
 
 def render_tool_results(results: Sequence[str | ToolMessage]) -> str:
@@ -151,19 +156,18 @@ def render_tool_results(results: Sequence[str | ToolMessage]) -> str:
 
 
 def _render_parameter(tool: str, name: str, value: Any) -> str:
-    if isinstance(value, str):
-        body, string = value, "true"
-    else:
-        try:
-            body, string = json.dumps(value, ensure_ascii=False), "false"
-        except (TypeError, ValueError) as exc:
-            raise DSMLError(f"{tool}.{name}: value is not JSON-serialisable ({exc})") from exc
-    if _PARAMETER_END.search(body):
-        raise DSMLError(
-            f"{tool}.{name}: the value contains a closing parameter tag, which DSML cannot carry"
-        )
     name = _attribute(name, "parameter name")
-    return f'<{DSML}parameter name="{name}" string="{string}">{body}{PARAMETER_END}'
+    if isinstance(value, str) and not _PARAMETER_END.search(value):
+        return f'<{DSML}parameter name="{name}" string="true">{value}{PARAMETER_END}'
+    try:
+        body = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise DSMLError(f"{tool}.{name}: value is not JSON-serialisable ({exc})") from exc
+    if _PARAMETER_END.search(body):
+        # A raw value cannot hold its own closing tag, but JSON can: "<\/" is JSON for "</"
+        # (and "<" only occurs inside JSON strings). So such a string goes as a JSON string.
+        body = body.replace("</", "<\\/")
+    return f'<{DSML}parameter name="{name}" string="false">{body}{PARAMETER_END}'
 
 
 def _attribute(value: str, what: str) -> str:
@@ -337,7 +341,7 @@ class StreamParser:
             self._token("bad", buf[m.start() : stop.start()])
             return buf[stop.start() :]
         closing, name = bool(tag[1]), tag[2]
-        attrs = {k: v1 or v2 for k, v1, v2 in _ATTR.findall(tag[3])}
+        attrs = dict(_ATTR.findall(tag[3]))
         self._tokens.append(_Token("tag", tag.group(), closing, name, attrs))
         if name == "parameter" and not closing:
             self._in_parameter = True
@@ -414,22 +418,17 @@ class _BlockReader:
         self.errors: list[str] = []
 
     def read(self, tokens: list[_Token], *, closed: bool) -> None:
-        # The stream cuts long values and gaps into pieces; join them back.
-        for kind, group in groupby(tokens, key=lambda t: t.kind):
-            pieces = list(group)
-            if kind != "tag":
-                pieces = [_Token(kind, "".join(t.text for t in pieces))]
-            for token in pieces:
-                if not self._take(token):
-                    return
+        for token in _joined(tokens):
+            if not self._take(token):
+                break
         if not closed:
-            message = (
-                f"The output ended before {TOOL_CALLS_END}: the tool_calls block is incomplete."
-            )
             invokes = [e for e in self._open if e.tag == "invoke"]
-            if invokes:
-                message += f" {self._describe(invokes[-1])} was cut off and was not called."
-            self._stop(message)
+            cut = f" inside {self._describe(invokes[-1])}" if invokes else ""
+            self._stop(
+                f"The output ended{cut} before {TOOL_CALLS_END}: the tool_calls block is "
+                f"incomplete, so none of its calls were taken ({len(self.calls)} had closed)."
+            )
+            self.calls.clear()
 
     def _take(self, token: _Token) -> bool:
         """Consume one token; False once the structure is too broken to read further."""
@@ -440,7 +439,7 @@ class _BlockReader:
         elif token.kind == "bad":
             self._fault(f"malformed tag {_quote(token.text)}")
         elif token.kind == "tag":
-            if token.name not in _ELEMENTS:
+            if token.name not in _PARENT:
                 self._fault(f"unknown tag {_quote(token.text)}")
             elif not self._tags and (token.closing or token.name != "tool_calls"):
                 self.errors.append(
@@ -478,8 +477,7 @@ class _BlockReader:
 
     def _start(self, element: Any) -> None:
         parent = self._open[-1].tag if self._open else None
-        expected = {"tool_calls": None, "invoke": "tool_calls", "parameter": "invoke"}
-        if parent != expected[element.tag]:
+        if parent != _PARENT[element.tag]:
             where = f"inside {self._describe(self._open[-1])}" if self._open else "at the top"
             self._fault(f"{_quote(self._tag(element).text)} is not allowed {where}")
 
@@ -544,6 +542,15 @@ class _BlockReader:
         return f'{element.tag} "{name}"' if name else element.tag
 
 
+def _joined(tokens: list[_Token]) -> Iterator[_Token]:
+    """The tokens with each run of value or gap pieces (the stream cuts them up) joined."""
+    for kind, group in groupby(tokens, key=lambda t: t.kind):
+        if kind == "tag":
+            yield from group
+        else:
+            yield _Token(kind, "".join(t.text for t in group))
+
+
 def _quote(text: str, limit: int = 80) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "…")
 
@@ -575,7 +582,9 @@ def _schema_types(schema: Any) -> list[str]:
     if not isinstance(schema, dict):
         return []
     declared = schema.get("type")
-    types = [declared] if isinstance(declared, str) else list(declared or [])
-    for alternative in [*schema.get("anyOf", []), *schema.get("oneOf", [])]:
-        types += _schema_types(alternative)
+    types = [declared] if isinstance(declared, str) else declared
+    types = list(types) if isinstance(types, list) else []
+    for key in ("anyOf", "oneOf"):
+        if isinstance(alternatives := schema.get(key), list):
+            types += [t for alternative in alternatives for t in _schema_types(alternative)]
     return types

@@ -143,7 +143,11 @@ PROMPTS = [
         False,
     ),
     ("plain-json", '{"name": "Alice", "age": 30, "city": "Paris", "hobbies": [', False),
-    ("chat-math", chatml(("user", "What is 2+2?")), True),
+    (
+        "chat-math",
+        chatml(("system", "You are a helpful math tutor."), ("user", "What is 2+2? Be brief.")),
+        True,
+    ),
     (
         "chat-haiku",
         chatml(("system", "You are a poet."), ("user", "Write a haiku about the sea.")),

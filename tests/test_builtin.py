@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -198,9 +197,7 @@ async def test_cancelling_run_shell_kills_the_whole_process_group(registry, work
     assert gone_soon(int((workspace / "bg.pid").read_text()))
 
 
-async def test_background_process_holding_the_output_is_killed_after_a_grace(
-    registry, workspace
-):
+async def test_background_process_holding_the_output_is_killed_after_a_grace(registry, workspace):
     start = time.monotonic()
     result = await run(registry, "run_shell", command="sleep 300 & echo $! > bg.pid; echo hi")
     assert time.monotonic() - start < 5

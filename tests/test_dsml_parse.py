@@ -144,7 +144,9 @@ def test_other_dsml_tags_inside_a_value_are_part_of_the_value():
 
 
 def test_json_values_are_decoded():
-    text = block(invoke("f", param("n", "3.5", "false"), param("o", '{"k": [null, true]}', "false")))
+    text = block(
+        invoke("f", param("n", "3.5", "false"), param("o", '{"k": [null, true]}', "false"))
+    )
     assert only_arguments(text) == {"n": 3.5, "o": {"k": [None, True]}}
 
 
@@ -169,6 +171,13 @@ def test_invalid_json_is_read_by_the_schema_type(name, raw, value):
     text = block(invoke("f", param(name, raw, "false")))
     arguments = only_arguments(text, tools=[TYPED])
     assert arguments == {name: value} and type(arguments[name]) is type(value)
+
+
+def test_a_malformed_schema_never_makes_parsing_raise():
+    odd = ToolSpec(name="f", parameters={"properties": {"a": {"type": 5, "anyOf": "x"}}})
+    assert only_arguments(block(invoke("f", param("a", "nope", "false"))), tools=[odd]) == {
+        "a": "nope"
+    }
 
 
 def test_several_invokes_give_parallel_calls_in_order():
@@ -197,7 +206,9 @@ def test_unknown_tool_names_are_parsed_for_the_registry_to_report():
 
 
 def test_thinking_mode_splits_reasoning_at_think_end():
-    parsed = parse_completion("I should call f.</think>Calling." + render_tool_calls([]), thinking=True)
+    parsed = parse_completion(
+        "I should call f.</think>Calling." + render_tool_calls([]), thinking=True
+    )
     assert parsed.reasoning == "I should call f." and parsed.content == "Calling."
 
 
@@ -235,12 +246,12 @@ def test_output_cut_inside_a_parameter_is_incomplete_and_invents_no_call():
     text = 'Hi\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name="f">\n<｜DSML｜parameter name="a">'
     parsed = parse_completion(text + "partial val")
     assert parsed.incomplete and parsed.tool_calls == [] and parsed.content == "Hi"
-    assert 'invoke "f" was cut off' in parsed.errors[0]
+    assert 'ended inside invoke "f"' in parsed.errors[0]
 
 
 def test_output_cut_inside_a_tag_is_incomplete():
     parsed = parse_completion(block(invoke("f"))[:-8])
-    assert parsed.incomplete and parsed.tool_calls != [] and parsed.errors
+    assert parsed.incomplete and parsed.tool_calls == [] and parsed.errors
 
 
 def test_output_cut_before_the_block_tag_finished_is_incomplete():
@@ -248,12 +259,12 @@ def test_output_cut_before_the_block_tag_finished_is_incomplete():
     assert parsed.incomplete and parsed.content == "Hi" and parsed.errors
 
 
-def test_invokes_closed_before_the_cut_are_kept_but_the_open_one_is_dropped():
+def test_a_cut_off_block_returns_no_call_even_from_invokes_closed_before_the_cut():
     text = "<｜DSML｜tool_calls>\n" + invoke("done", param("a", "1")) + "\n"
     text += '<｜DSML｜invoke name="cut">\n' + param("b", "2")
     parsed = parse_completion(text)
-    assert parsed.incomplete and [c.name for c in parsed.tool_calls] == ["done"]
-    assert 'invoke "cut"' in parsed.errors[0]
+    assert parsed.incomplete and parsed.tool_calls == []
+    assert 'invoke "cut"' in parsed.errors[0] and "1 had closed" in parsed.errors[0]
 
 
 # ---------------------------------------------------------------- malformed blocks

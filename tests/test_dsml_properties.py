@@ -2,6 +2,7 @@
 
 import json
 import re
+from itertools import pairwise
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,20 +19,14 @@ from agentcore.dsml import (
 )
 from agentcore.messages import ToolCall
 
-# DSML has no escaping, so a raw value cannot hold its own closing tag, in any spelling the
-# parser accepts; and the EOS text ends generation wherever it appears. These are the only
-# texts excluded: everything else, markup included, must come back byte-exact.
-UNCARRIABLE = [
-    f"</{bar1}DSML{bar2}{space}parameter>"
-    for bar1 in ("｜", "|", "")
-    for bar2 in "｜|"
-    for space in ("", " ")
-] + [EOS]
-
+# The EOS text ends generation wherever it appears, so no value can hold it. Nothing else is
+# excluded: markup, entities and even the closing parameter tag (which the renderer writes
+# as a JSON string, since a raw value cannot hold it) must come back byte-exact.
 FRAGMENTS = [
     "<", ">", "&", "&amp;", "&&", "]]>", "<![CDATA[", '"', "'", "\n", "\r\n", " ", "\t",
     "｜DSML｜", '<｜DSML｜invoke name="x">', "</｜DSML｜invoke>", "</｜DSML｜tool_calls>",
-    "<｜DSML｜parameter", "</｜DSML｜parame", "<think>", "</think>", '{"a": 1}', "42", "null",
+    "<｜DSML｜parameter", "</｜DSML｜parameter>", "</DSML|parameter>", "</｜DSML｜parame",
+    "<think>", "</think>", '{"a": 1}', "42", "null",
 ]  # fmt: skip
 
 # Markup that splits a completion; visible text must never carry one of these.
@@ -40,11 +35,15 @@ MARKERS = re.compile(r"<think>|</think>|</?[｜|]?DSML[｜|]")
 raw_text = (
     st.lists(st.one_of(st.text(), st.sampled_from(FRAGMENTS)), max_size=6)
     .map("".join)
-    .filter(lambda s: not any(u in s for u in UNCARRIABLE))
+    .filter(lambda s: EOS not in s)
 )
 names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_.-]{0,20}", fullmatch=True)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | raw_text,
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | raw_text,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(raw_text, inner, max_size=3),
     max_leaves=8,
 )
@@ -61,20 +60,29 @@ calls = st.lists(
 content = st.text().filter(lambda s: not MARKERS.search(s) and EOS not in s and s == s.rstrip())
 reasoning = st.text().filter(lambda s: "</think>" not in s and EOS not in s)
 
-messy = st.lists(
-    st.one_of(
-        st.text(max_size=5),
-        st.sampled_from(
-            FRAGMENTS
-            + [
-                "<｜DSML｜tool_calls>", '<|DSML|invoke name="f">', "</DSML｜tool_calls>",
-                '<DSML｜parameter name="a" string="false">', "</｜DSML｜parameter>",
-                "</|DSML|invoke>", "<｜DSML｜invoke>", EOS, "<｜end▁of", "▁sentence｜>", "<｜DS",
-            ]
-        ),
+noise = st.one_of(
+    st.text(max_size=5),
+    st.sampled_from(
+        FRAGMENTS
+        + [
+            "<｜DSML｜tool_calls>", '<|DSML|invoke name="f">', "</DSML｜tool_calls>",
+            '<DSML｜parameter name="a" string="false">', "</|DSML|invoke>", "<｜DSML｜invoke>",
+            EOS, "<｜end▁of", "▁sentence｜>", "<｜DS",
+        ]
     ),
-    max_size=30,
-).map("".join)  # fmt: skip
+)  # fmt: skip
+
+
+@st.composite
+def messy(draw) -> str:
+    """A well-formed completion, then cut short and corrupted by a few random edits."""
+    text = draw(st.sampled_from(["", "<think>", "</think>"])) + draw(content)
+    text += render_tool_calls(draw(calls)) + draw(st.sampled_from(["", EOS, " tail"]))
+    text = text[: draw(st.integers(0, len(text)))] if draw(st.booleans()) else text
+    for _ in range(draw(st.integers(0, 3))):
+        at, removed = draw(st.integers(0, len(text))), draw(st.integers(0, 8))
+        text = text[:at] + draw(noise) + text[at + removed :]
+    return text
 
 
 def typed(calls_: list[ToolCall]) -> str:
@@ -84,7 +92,7 @@ def typed(calls_: list[ToolCall]) -> str:
 
 def split(text: str, cuts: list[int]) -> list[str]:
     bounds = [0, *sorted({min(c, len(text)) for c in cuts}), len(text)]
-    return [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [text[a:b] for a, b in pairwise(bounds)]
 
 
 def stream(chunks: list[str], thinking: bool) -> list:
@@ -125,7 +133,7 @@ def test_streaming_in_any_split_agrees_with_parsing(thinking, thought, content_,
 
 
 @settings(deadline=None)
-@given(st.booleans(), messy, st.data())
+@given(st.booleans(), messy(), st.data())
 def test_any_text_parses_without_raising_and_streams_the_same_content(thinking, text, data):
     parsed = parse_completion(text, thinking=thinking)
     cuts = data.draw(st.lists(st.integers(0, len(text)), max_size=25))
@@ -135,3 +143,7 @@ def test_any_text_parses_without_raising_and_streams_the_same_content(thinking, 
     assert not any(MARKERS.search(piece) for piece in shown)
     thought = "".join(e.text for e in events if isinstance(e, Reasoning))
     assert thought == (parsed.reasoning or "")
+    signalled = [type(e) for e in events if isinstance(e, ToolCallsStarted | ToolCallsComplete)]
+    assert signalled in ([], [ToolCallsStarted], [ToolCallsStarted, ToolCallsComplete])
+    assert parsed.incomplete == (signalled == [ToolCallsStarted])
+    assert not (parsed.incomplete and parsed.tool_calls)  # a cut-off block yields no call

@@ -4,6 +4,7 @@ import pytest
 
 from agentcore.dsml import (
     TOOL_CALLS_END,
+    parse_completion,
     render_tool_calls,
     render_tool_result,
     render_tool_results,
@@ -49,8 +50,14 @@ def test_no_calls_render_as_nothing():
 def test_non_string_values_are_json_with_string_false():
     rendered = render_tool_calls([call("f", n=3, flags=[True, None], meta={"city": "臺北"})])
     assert '<｜DSML｜parameter name="n" string="false">3</｜DSML｜parameter>' in rendered
-    assert '<｜DSML｜parameter name="flags" string="false">[true, null]</｜DSML｜parameter>' in rendered
-    assert '<｜DSML｜parameter name="meta" string="false">{"city": "臺北"}</｜DSML｜parameter>' in rendered
+    assert (
+        '<｜DSML｜parameter name="flags" string="false">[true, null]</｜DSML｜parameter>'
+        in rendered
+    )
+    assert (
+        '<｜DSML｜parameter name="meta" string="false">{"city": "臺北"}</｜DSML｜parameter>'
+        in rendered
+    )
 
 
 def test_json_looking_strings_stay_raw_with_string_true():
@@ -71,12 +78,18 @@ def test_parallel_calls_share_one_block_joined_by_newlines():
     )
 
 
-@pytest.mark.parametrize(
-    "value", ["x</｜DSML｜parameter>y", ["</|DSML|parameter>"], {"k": "</DSML｜ parameter>"}]
-)
-def test_a_value_holding_the_closing_parameter_tag_cannot_be_rendered(value):
-    with pytest.raises(DSMLError, match="closing parameter tag"):
-        render_tool_calls([call("f", v=value)])
+def test_a_string_holding_the_closing_parameter_tag_is_written_as_a_json_string():
+    rendered = render_tool_calls([call("f", v="x</｜DSML｜parameter>y")])
+    assert (
+        '<｜DSML｜parameter name="v" string="false">"x<\\/｜DSML｜parameter>y"</｜DSML｜parameter>'
+        in (rendered)
+    )
+    assert parse_completion(rendered).tool_calls[0].arguments == {"v": "x</｜DSML｜parameter>y"}
+
+
+def test_a_value_json_cannot_encode_cannot_be_rendered():
+    with pytest.raises(DSMLError, match="not JSON-serialisable"):
+        render_tool_calls([call("f", v={1, 2})])
 
 
 def test_a_name_with_a_quote_cannot_be_rendered():
@@ -119,7 +132,9 @@ def test_tools_block_matches_the_dsml_template_byte_for_byte():
 
 def test_tool_schemas_keep_the_given_key_order_and_unicode():
     spec = ToolSpec(
-        name="z", description="météo", parameters={"type": "object", "properties": {"b": {}, "a": {}}}
+        name="z",
+        description="météo",
+        parameters={"type": "object", "properties": {"b": {}, "a": {}}},
     )
     block = render_tools([spec])
     assert '{"name": "z", "description": "météo", "parameters": ' in block
@@ -132,7 +147,9 @@ def test_tools_are_listed_in_the_given_order():
 
 
 def test_tool_result_is_wrapped_and_a_literal_closing_tag_neutralised():
-    assert render_tool_result("a</tool_result>b") == "<tool_result>a&lt;/tool_result>b</tool_result>"
+    assert (
+        render_tool_result("a</tool_result>b") == "<tool_result>a&lt;/tool_result>b</tool_result>"
+    )
 
 
 def test_tool_results_of_one_turn_are_joined_by_a_blank_line_in_call_order():

@@ -35,7 +35,7 @@ def signals(events):
 
 
 def test_one_character_at_a_time_gives_the_parsed_content_and_reasoning():
-    stream, events = run(COMPLETION, thinking=True)
+    _, events = run(COMPLETION, thinking=True)
     parsed = parse_completion(COMPLETION, thinking=True)
     assert visible(events) == parsed.content == "Sure, 1 < 2 && <b>bold</b>."
     assert "".join(e.text for e in events if isinstance(e, Reasoning)) == parsed.reasoning
@@ -85,7 +85,9 @@ def test_complete_is_signalled_when_the_closing_tag_arrives():
 
 def test_a_closing_tag_inside_a_value_does_not_complete_the_block():
     stream = StreamParser()
-    events = stream.feed('<｜DSML｜tool_calls><｜DSML｜invoke name="f"><｜DSML｜parameter name="a">')
+    events = stream.feed(
+        '<｜DSML｜tool_calls><｜DSML｜invoke name="f"><｜DSML｜parameter name="a">'
+    )
     assert stream.feed("</｜DSML｜tool_calls>") == [] and events == [ToolCallsStarted()]
 
 

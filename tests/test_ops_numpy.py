@@ -7,7 +7,7 @@ import pytest
 
 from agentcore.engine.gguf import ModelSpec
 from agentcore.engine.model import llama3_inv_freq, rope_inv_freq
-from agentcore.engine.ops_numpy import DenseKV, NumpyOps
+from agentcore.engine.ops_numpy import DenseKV, Linear, NumpyOps
 
 ops = NumpyOps()
 
@@ -194,3 +194,17 @@ def test_kv_export_import_round_trips():
         for a, b in zip(other.load(layer, 4), kv.load(layer, 4), strict=True):
             np.testing.assert_array_equal(a, b)
     assert other.nbytes == other.data.nbytes
+
+
+@pytest.mark.parametrize("pos0", [0, 50])
+def test_threaded_row_splits_equal_the_single_thread_result(pos0):
+    spec = make_spec(n_heads=4, n_kv_heads=2, head_dim=8)
+    kv = DenseKV(spec, pos0 + 64)
+    kv.store(0, 0, rand(pos0 + 64, 2, 8, seed=1), rand(pos0 + 64, 2, 8, seed=2))
+    q = rand(64, 4, 8, seed=3)
+    one, three = NumpyOps(threads=1), NumpyOps(threads=3)
+    np.testing.assert_allclose(
+        three.attention(q, kv, 0, pos0), one.attention(q, kv, 0, pos0), atol=1e-6
+    )
+    x, lin = rand(64, 32, seed=4), Linear(rand(48, 32, seed=5), rand(48, seed=6))
+    np.testing.assert_allclose(three.matmul(x, lin), x @ lin.w.T + lin.bias, rtol=1e-5, atol=1e-5)

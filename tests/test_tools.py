@@ -160,14 +160,22 @@ def test_multi_line_arg_descriptions_are_joined():
     )
 
 
-def test_title_keywords_are_dropped_but_a_property_named_title_is_kept():
+class Listing(BaseModel):
+    title: str
+    default: Address
+
+
+def test_properties_named_like_keywords_are_kept_and_walked_as_properties():
     @tool
-    def publish(title: str, where: Address) -> str:
+    def publish(title: str, listing: Listing) -> str:
         return title
 
-    text = json.dumps(params(publish))
-    assert '"title": {"type": "string"}' in text
-    assert text.count('"title":') == 1
+    schema = params(publish)
+    assert schema["properties"]["title"] == {"type": "string"}
+    listing = schema["properties"]["listing"]["properties"]
+    assert listing["title"] == {"type": "string"}
+    assert listing["default"]["properties"]["street"] == {"type": "string"}
+    assert json.dumps(schema).count('"title":') == 2  # the two properties; no title keywords
 
 
 def test_explicit_name_and_description_override_the_function():
@@ -416,13 +424,13 @@ async def test_calls_of_one_block_run_concurrently_and_return_in_call_order(tmp_
 
     registry = ToolRegistry([nap, block], workspace=tmp_path)
     calls = [
-        call("nap", "a", seconds=0.6, label="first"),
-        call("block", "b", seconds=0.4, label="second"),
-        call("nap", "c", seconds=0.2, label="third"),
+        call("nap", "a", seconds=1.0, label="first"),
+        call("block", "b", seconds=0.8, label="second"),
+        call("nap", "c", seconds=0.6, label="third"),
     ]
     start = time.monotonic()
     results = await registry.run(calls)
-    assert time.monotonic() - start < 1.0  # the sum would be 1.2 s
+    assert time.monotonic() - start < 1.8  # the sum would be 2.4 s
     assert [(r.call_id, r.content) for r in results] == [
         ("a", "first"),
         ("b", "second"),

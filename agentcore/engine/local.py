@@ -39,6 +39,7 @@ from agentcore.engine.base import (
 )
 from agentcore.engine.cache import CheckpointStore
 from agentcore.engine.chat import ChatFormat, detect_chat_format
+from agentcore.engine.constrain import Allowed, Forced, ToolCallConstraint
 from agentcore.engine.gguf import GGUFModel, load_gguf
 from agentcore.engine.kv import (
     KVLayout,
@@ -296,17 +297,32 @@ class LocalEngine:
                 (StopString(dsml.TOOL_CALLS_END, include=True), *request.stop),
             )
             text_parts: list[str] = []
+            constraint = (
+                ToolCallConstraint(self.tokenizer, request.tools, request.tool_choice)
+                if request.tools and request.tool_choice != "none" else None
+            )
+            raw = ""  # everything generated, held-back stop-string prefixes included
             t_dec = time.perf_counter()
             while True:
-                tok = sample(logits, sampling, rng, out[-64:])
-                out.append(tok)
-                emitted = stops.push(decoder.decode(self.tokenizer.token_bytes(tok)), tok)
-                if emitted:
-                    text_parts.append(emitted)
-                    yield TextDelta(text=emitted)
+                step = constraint.next(raw) if constraint else None
+                if isinstance(step, Forced):
+                    new = list(step.ids)[: request.max_tokens - len(out)]
+                else:
+                    masked = logits if not isinstance(step, Allowed) else np.where(step.mask, logits, -np.inf)
+                    new = [sample(masked, sampling, rng, out[-64:])]
+                for tok in new:
+                    out.append(tok)
+                    piece = decoder.decode(self.tokenizer.token_bytes(tok))
+                    raw += piece
+                    emitted = stops.push(piece, tok)
+                    if emitted:
+                        text_parts.append(emitted)
+                        yield TextDelta(text=emitted)
+                    if stops.stopped:
+                        break
                 if stops.stopped or len(out) >= request.max_tokens:
                     break
-                logits = await anyio.to_thread.run_sync(self._step, session, tok)
+                logits = await anyio.to_thread.run_sync(self._feed, session, new)
             if not stops.stopped:
                 tail = stops.push(decoder.decode(b"", final=True)) + stops.flush()
                 if tail:
@@ -334,9 +350,10 @@ class LocalEngine:
             ),
         )
 
-    def _step(self, session: Session, tok: int) -> np.ndarray:
-        logits = self.transformer.forward([tok], len(session.ids), session.kv)
-        session.ids.append(tok)
+    def _feed(self, session: Session, ids: list[int]) -> np.ndarray:
+        """Run new tokens through the model; logits of the last one."""
+        logits = self.transformer.forward(ids, len(session.ids), session.kv)
+        session.ids.extend(ids)
         return logits
 
     async def checkpoint(self, request: GenerationRequest) -> CheckpointInfo:

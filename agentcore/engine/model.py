@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -54,6 +55,9 @@ class Ops(Protocol):
 
     def prepare_rope(self, inv_freq: np.ndarray, neox: bool, max_positions: int) -> Any: ...
     def new_kv(self, spec: ModelSpec, capacity: int) -> KVCache: ...
+    def compute(self) -> AbstractContextManager[object]:
+        """Entered around each forward (thread pinning, device or stream selection)."""
+
     def embed(self, table: Any, ids: Sequence[int]) -> Array: ...
     def matmul(self, x: Array, lin: Any) -> Array: ...
     def rmsnorm(self, x: Array, w: Any, eps: float) -> Array: ...
@@ -148,13 +152,14 @@ class Transformer:
         if not 0 <= pos0 <= kv.length:
             raise ValueError(f"pos0={pos0} must be within the {kv.length} cached positions")
         out = []
-        for start in range(0, len(ids), self.chunk):
-            chunk = ids[start : start + self.chunk]
-            x = self._hidden(chunk, pos0 + start, kv)
-            kv.length = pos0 + start + len(chunk)
-            if all_logits:
-                out.append(self._logits(x))
-        return np.concatenate(out) if all_logits else self._logits(x[-1:])[0]
+        with self.ops.compute():
+            for start in range(0, len(ids), self.chunk):
+                chunk = ids[start : start + self.chunk]
+                x = self._hidden(chunk, pos0 + start, kv)
+                kv.length = pos0 + start + len(chunk)
+                if all_logits:
+                    out.append(self._logits(x))
+            return np.concatenate(out) if all_logits else self._logits(x[-1:])[0]
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits at every position of ``ids`` from an empty cache: the referee's view."""

@@ -80,16 +80,29 @@ _LLAMA3_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
     "{% endif %}"
 )
-# chat format -> (special tokens, bos, eos, add_bos, pre-tokenizer, template)
-_CHAT: dict[str, tuple[tuple[str, ...], str, str, bool, str, str]] = {
+_DEEPSEEK_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{{ '<｜User｜>' + message['content'] }}{% elif message['role'] == 'assistant' %}"
+    "{{ '<｜Assistant｜></think>' + message['content'] + '<｜end▁of▁sentence｜>' }}"
+    "{% else %}{{ message['content'] }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<｜Assistant｜></think>' }}{% endif %}"
+)
+# chat format -> (control tokens, user-defined tokens, bos, eos, add_bos, pre, template)
+_CHAT: dict[str, tuple[tuple[str, ...], tuple[str, ...], str, str, bool, str, str]] = {
     "chatml": (
-        ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+        ("<|endoftext|>", "<|im_start|>", "<|im_end|>"), (),
         "<|im_start|>", "<|im_end|>", False, "smollm", _CHATML_TEMPLATE,
     ),
     "llama3": (
         ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-         "<|eot_id|>"),
+         "<|eot_id|>"), (),
         "<|begin_of_text|>", "<|eot_id|>", True, "llama-bpe", _LLAMA3_TEMPLATE,
+    ),
+    "deepseek": (
+        ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"),
+        ("<think>", "</think>", "｜DSML｜"),
+        "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", True, "deepseek-v3",
+        _DEEPSEEK_TEMPLATE,
     ),
 }  # fmt: skip
 
@@ -263,14 +276,16 @@ _LETTERS = "etaoinshrdlucmfwypvbgkjqxz"
 
 
 def _add_vocabulary(writer: GGUFWriter, vocab: int, chat: str) -> None:
-    specials, bos, eos, add_bos, pre, template = _CHAT[chat]
+    control, user_defined, bos, eos, add_bos, pre, template = _CHAT[chat]
+    specials = control + user_defined
     byte_tokens = list(bytes_to_unicode().values())
     n_merges = vocab - len(specials) - len(byte_tokens)
     if n_merges < 0:
         raise ValueError(f"vocab must be at least {len(specials) + 256}, not {vocab}")
     merges = _synthetic_merges(n_merges)
     tokens = [*specials, *byte_tokens, *(a + b for a, b in merges)]
-    types = [TokenType.CONTROL] * len(specials) + [TokenType.NORMAL] * (vocab - len(specials))
+    types = [TokenType.CONTROL] * len(control) + [TokenType.USER_DEFINED] * len(user_defined)
+    types += [TokenType.NORMAL] * (vocab - len(specials))
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)

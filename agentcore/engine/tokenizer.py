@@ -5,7 +5,7 @@ tokens are the mergeable ranks (rank = token id, which is merge order in GPT-2 s
 vocabularies), every other token type is a special token, and the pre-tokenizer regex is
 chosen by ``tokenizer.ggml.pre``. llama.cpp applies some pre-tokenizers as a *sequence* of
 regexes (each splits the pieces the previous one left); tiktoken takes one regex, so those
-are folded into one whose alternatives never cross the earlier splits (see ``_PRE``).
+are folded into one whose alternatives never cross the earlier splits (see ``PRE_TOKENIZERS``).
 
 Invariants:
 - ``encode`` treats control-token text as plain text (user content can never inject a
@@ -27,7 +27,7 @@ from gguf import TokenType
 
 from agentcore.errors import TokenizerError
 
-__all__ = ["SUPPORTED_PRE_TOKENIZERS", "Tokenizer", "bytes_to_unicode"]
+__all__ = ["PRE_TOKENIZERS", "SUPPORTED_PRE_TOKENIZERS", "Tokenizer", "bytes_to_unicode"]
 
 _CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
 _LLAMA3 = (
@@ -48,18 +48,20 @@ _SMOLLM = (
     r"\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+"
     r"|\s+(?![^\s\p{N}])|\s+"
 )
-# deepseek-v3: llama.cpp splits by \p{N}{1,3}, then by CJK runs, then by a third regex.
-# Folded: numbers and CJK runs first; the third regex's classes exclude digits and CJK so
+# deepseek-v3: llama.cpp splits by \p{N}{1,3}, then by CJK runs, then every piece by a third
+# regex. Folded: numbers first; CJK runs as the third regex re-splits them (letters and marks
+# apart from punctuation and symbols); the third regex's classes exclude digits and CJK so
 # no match crosses those pieces; a final catch-all keeps text llama.cpp leaves unmatched.
-_CJK = "一-龥\u3040-ゟ゠-ヿ"
+_CJK = "[一-龥\u3040-ゟ゠-ヿ]"
 _DEEPSEEK3 = (
-    r"\p{N}{1,3}|[" + _CJK + r"]+"
+    r"\p{N}{1,3}"
+    rf"|[{_CJK}--[\p{{L}}\p{{P}}\p{{S}}]]?[{_CJK}&&[\p{{L}}\p{{M}}]]+|[{_CJK}&&[\p{{P}}\p{{S}}]]+"
     r"|[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+"
-    r"|[^\r\n\p{L}\p{P}\p{S}\p{N}" + _CJK + r"]?[[\p{L}\p{M}]--[" + _CJK + r"]]+"
-    r"| ?[[\p{P}\p{S}]--[" + _CJK + r"]]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?![^\s\p{N}" + _CJK + r"])|\s+|[\s\S]"
+    rf"|[^\r\n\p{{L}}\p{{P}}\p{{S}}\p{{N}}{_CJK[1:-1]}]?[[\p{{L}}\p{{M}}]--{_CJK}]+"
+    rf"| ?[[\p{{P}}\p{{S}}]--{_CJK}]+[\r\n]*"
+    rf"|\s*[\r\n]+|\s+(?![^\s\p{{N}}{_CJK[1:-1]}])|\s+|[\s\S]"
 )
-_PRE: dict[str, str] = {
+PRE_TOKENIZERS: dict[str, str] = {
     "gpt-2": _GPT2,
     "gpt2": _GPT2,
     "llama3": _LLAMA3,
@@ -71,7 +73,7 @@ _PRE: dict[str, str] = {
     "starcoder": _SMOLLM,
     "deepseek-v3": _DEEPSEEK3,
 }
-SUPPORTED_PRE_TOKENIZERS = tuple(_PRE)
+SUPPORTED_PRE_TOKENIZERS = tuple(PRE_TOKENIZERS)
 
 # Texts of end-of-turn tokens across families (llama.cpp's end-of-generation set).
 _EOT_TEXTS = (
@@ -105,7 +107,7 @@ class Tokenizer:
                 "BPE vocabularies ('gpt2': Llama 3, SmolLM2, Qwen, DeepSeek) only"
             )
         pre = metadata.get("tokenizer.ggml.pre")
-        if pre not in _PRE:
+        if pre not in PRE_TOKENIZERS:
             raise TokenizerError(
                 f"{source}: pre-tokenizer {pre!r} is not supported; supported: "
                 f"{', '.join(SUPPORTED_PRE_TOKENIZERS)}. Re-convert the model with a recent "
@@ -149,7 +151,7 @@ class Tokenizer:
         self._has_placeholders = bool(missing)
         self._encoding = tiktoken.Encoding(
             name=f"gguf-{pre}",
-            pat_str=_PRE[pre],
+            pat_str=PRE_TOKENIZERS[pre],
             mergeable_ranks=ranks,
             special_tokens=self.special_ids,
         )

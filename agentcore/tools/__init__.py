@@ -13,7 +13,8 @@ Invariants:
 - The calls of one block run concurrently; results come back in call order.
 
 A sync tool runs in a worker thread. When it overruns its timeout the thread is abandoned,
-not killed (Python cannot kill a thread): tools that can hang should be async or run a
+not killed (Python cannot kill a thread); it runs on until it returns and, under trio, keeps
+its worker-thread slot until then. Tools that can hang should be async or run a
 subprocess, as ``run_shell`` does.
 """
 
@@ -67,7 +68,7 @@ _DOC_SECTIONS = re.compile(
 _DOC_ARG = re.compile(r"^\*{0,2}(\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Tool:
     """A callable the model may invoke, with the spec it is shown and its limits.
 
@@ -344,40 +345,44 @@ class _RecursiveModel(Exception):
     """A "$ref" points back into its own definition."""
 
 
-def _inline_refs(node: Any, defs: dict[str, Any], seen: tuple[str, ...]) -> Any:
+def _inline_refs(schema: dict[str, Any], defs: dict[str, Any], seen: tuple[str, ...]) -> Any:
     """Replace local "$ref"s with their definitions (siblings such as description win)."""
-    if isinstance(node, list):
-        return [_inline_refs(item, defs, seen) for item in node]
-    if not isinstance(node, dict):
-        return node
-    ref = node.get("$ref")
+    ref = schema.get("$ref")
     if isinstance(ref, str) and ref.startswith("#/$defs/"):
         name = ref.removeprefix("#/$defs/")
         if name in seen:
             raise _RecursiveModel(name)
-        siblings = {k: v for k, v in node.items() if k != "$ref"}
+        siblings = {k: v for k, v in schema.items() if k != "$ref"}
         return {**_inline_refs(defs[name], defs, (*seen, name)), **siblings}
-    return {
-        k: v if k in ("default", "enum", "const", "examples") else _inline_refs(v, defs, seen)
-        for k, v in node.items()
-    }
+    return _map_subschemas(schema, lambda sub: _inline_refs(sub, defs, seen))
 
 
 def _canonical(schema: dict[str, Any]) -> dict[str, Any]:
     """Drop "title" keywords and put keys in one fixed order, recursively."""
-    out: dict[str, Any] = {}
     rank = {key: i for i, key in enumerate(_KEY_ORDER)}
-    for key in sorted(schema, key=lambda k: (rank.get(k, len(rank)), k)):
-        value = schema[key]
-        if key == "title":
-            continue
+    ordered = {
+        key: schema[key]
+        for key in sorted(schema, key=lambda k: (rank.get(k, len(rank)), k))
+        if key != "title"
+    }
+    return _map_subschemas(ordered, _canonical)
+
+
+def _map_subschemas(schema: dict[str, Any], fn: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
+    """Apply ``fn`` to each direct subschema; data keywords ("default", "enum") are left as is.
+
+    Walking by keyword, not by every nested dict, keeps a property *named* "title" or
+    "default" from being mistaken for a keyword. Mapping order (properties in signature
+    order) is preserved.
+    """
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
         if key in _SUBSCHEMA_KEYS and isinstance(value, dict):
-            value = _canonical(value)
+            value = fn(value)
         elif key in _SUBSCHEMA_LIST_KEYS:
-            value = [_canonical(v) if isinstance(v, dict) else v for v in value]
+            value = [fn(v) if isinstance(v, dict) else v for v in value]
         elif key in _SUBSCHEMA_MAP_KEYS:
-            # Property order is the signature's order: keep it, only normalise each schema.
-            value = {name: _canonical(sub) for name, sub in value.items()}
+            value = {name: fn(sub) for name, sub in value.items()}
         out[key] = value
     return out
 

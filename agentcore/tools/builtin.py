@@ -43,15 +43,18 @@ _BINARY_SNIFF_BYTES = 8192
 
 
 def resolve_in_workspace(root: Path, path: str) -> Path:
-    """Resolve ``path`` (relative to ``root``, or absolute) and refuse it outside ``root``."""
+    """Resolve ``path`` (relative to ``root``, or absolute) and refuse it outside ``root``.
+
+    ``root`` must already be resolved.
+    """
     candidate = Path(path) if os.path.isabs(path) else root / path
     resolved = candidate.resolve()
-    if resolved == root or resolved.is_relative_to(root):
+    if resolved.is_relative_to(root):
         return resolved
     lexical = Path(os.path.normpath(candidate))
     how = (
         f"a symlink inside it points to {resolved}"
-        if lexical == root or lexical.is_relative_to(root)
+        if lexical.is_relative_to(root)
         else f"it resolves to {resolved}"
     )
     raise WorkspaceEscape(

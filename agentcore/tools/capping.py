@@ -85,14 +85,12 @@ def cap_output(
     original_tokens = count_tokens(text)
     original_chars = len(text)
 
-    def fits(candidate: str) -> bool:
-        return (max_chars is None or len(candidate) <= max_chars) and (
-            max_tokens is None or count_tokens(candidate) <= max_tokens
+    def within(chars: int, tokens: int) -> bool:
+        return (max_chars is None or chars <= max_chars) and (
+            max_tokens is None or tokens <= max_tokens
         )
 
-    if (max_chars is None or original_chars <= max_chars) and (
-        max_tokens is None or original_tokens <= max_tokens
-    ):
+    if within(original_chars, original_tokens):
         return CappedOutput(text, False, None, original_tokens, original_chars)
 
     spill_path: str | None = None
@@ -139,11 +137,12 @@ def cap_output(
         if head and not head.endswith("\n"):
             head += "\n"
         capped = head + marker_between(head_end, tail_start) + ("\n" + tail if tail else "")
-        if fits(capped):
+        capped_tokens = count_tokens(capped)
+        if within(len(capped), capped_tokens):
             return CappedOutput(capped, True, spill_path, original_tokens, original_chars)
         # Tokens are not additive across the joins; shrink by the overshoot and retry.
         if token_room is not None:
-            token_room -= max(1, count_tokens(capped) - max_tokens)
+            token_room -= max(1, capped_tokens - max_tokens)
         if char_room is not None:
             char_room -= max(1, len(capped) - max_chars)
     alone = marker_between(0, original_chars)
@@ -181,11 +180,12 @@ def _cut_points(
     )
     tail_len = _longest(n - head_end, lambda k: tail_fits(text[n - k :]))
     tail_start = n - tail_len
-    newline = text.find("\n", tail_start)
-    if newline != -1 and n - (newline + 1) >= tail_len // 2:
-        tail_start = newline + 1
-    elif tail_start < n and _is_low_surrogate(text[tail_start]):
-        tail_start += 1
+    if 0 < tail_start < n and text[tail_start - 1] != "\n":
+        newline = text.find("\n", tail_start)
+        if newline != -1 and n - (newline + 1) >= tail_len // 2:
+            tail_start = newline + 1
+        elif _is_low_surrogate(text[tail_start]):
+            tail_start += 1
     return head_end, max(tail_start, head_end)
 
 

@@ -1,0 +1,971 @@
+"""Constrained decoding of DSML tool calls: the engine writes the structure, the model the values.
+
+A small model cannot write a valid ``<｜DSML｜tool_calls>`` block on its own. A
+``ToolCallConstraint`` watches the text generated in one turn and tells the decode loop, step
+by step, what may come next: ``Forced`` text (tags, a tool name once it is determined), an
+``Allowed`` token mask (a choice among tool or parameter names, a value being written), or
+``None`` (free text). The block it shapes is one invoke of a registered tool:
+
+    <｜DSML｜tool_calls>\\n<｜DSML｜invoke name="NAME">\\n<｜DSML｜parameter name="P" string="true|false">VALUE</｜DSML｜parameter>\\n…</｜DSML｜invoke>\\n</｜DSML｜tool_calls>
+
+Invariants
+- Once the block has started, every text the engine appends under the constraint keeps it a
+  prefix of a block that ``dsml.parse_completion`` reads as exactly one call to a registered
+  tool, with every required parameter and a value of the schema's type for each parameter
+  written; the block always ends (values are capped at ``max_value_tokens``), and ``done``
+  turns true at the closing ``</｜DSML｜tool_calls>``.
+- Parameters come in schema order; required ones are forced, optional ones may be skipped.
+  ``string="true"`` exactly when the schema admits a string. A raw string value is any text
+  without ``<``, CR or LF, at least one character long; a ``string="false"`` value is JSON of
+  the schema's type (compact: no whitespace but one space after ``,`` and ``:``). Numeric
+  bounds are honoured only as far as the sign goes (``minimum >= 0``: no ``-``; an integer
+  with ``minimum >= 1``: no ``0``).
+- Masks never admit a control token (end of turn, turn markers), an empty token, or a token
+  whose text is not whole UTF-8: the engine's incremental decoder would hold such bytes back,
+  and the constraint, which reads text, would lose step with the tokens.
+- ``next`` is cheap: token texts and the masks of raw values are computed once per tokenizer;
+  choices cost a dictionary lookup per character of the options; the mask of each JSON state
+  is computed once per constraint from a few candidate buckets and then reused.
+
+Where the vocabulary has no token for the fullwidth bar (SmolLM2, Llama 3), the choice
+between another parameter and ``</｜DSML｜invoke>`` is offered with ASCII bars too
+(``<|DSML|parameter …>``), which the parser accepts; otherwise the model could only ever
+close the invoke after its required parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from collections.abc import Hashable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+import numpy as np
+
+from agentcore.dsml import (
+    DSML,
+    INVOKE_END,
+    PARAMETER_END,
+    THINK_END,
+    THINK_START,
+    TOOL_CALLS_END,
+    TOOL_CALLS_START,
+)
+from agentcore.errors import DSMLError
+from agentcore.messages import ToolSpec
+
+__all__ = ["Allowed", "Forced", "ToolCallConstraint"]
+
+_ASCII_TOOL_CALLS_START = TOOL_CALLS_START.replace("｜", "|")
+_MIN_TRIGGER = 2  # "<" alone is too common to commit to a block
+
+
+@dataclass(frozen=True, slots=True)
+class Forced:
+    """Append ``ids`` (whose text is ``text``) without sampling, in one forward call."""
+
+    ids: list[int]
+    text: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Allowed:
+    """Sample only among the tokens where ``mask`` (bool, one per vocabulary id, read-only) is True."""
+
+    mask: np.ndarray
+
+
+Step = Forced | Allowed | None
+
+
+class ToolCallConstraint:
+    """What the next decode step may produce, given the text of the turn so far.
+
+    ``tool_choice``: ``"auto"`` (free text until the model starts a tool_calls block itself,
+    then constrained), ``"required"`` (a block of one call to any tool, from the first step),
+    ``{"name": NAME}`` (a call to that tool) or ``"none"`` (never constrained). ``thinking``:
+    the prompt ended with ``<think>``, so no block starts before ``</think>``.
+
+    Call ``next`` once per decode step with the full text generated so far; stop when ``done``.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        tools: Sequence[ToolSpec],
+        tool_choice: Any = "auto",
+        *,
+        thinking: bool = False,
+        max_value_tokens: int = 64,
+    ) -> None:
+        if max_value_tokens < 1:
+            raise ValueError("max_value_tokens must be at least 1")
+        self._tokenizer = tokenizer
+        self._vocab = _Vocab.of(tokenizer)
+        self._thinking = thinking
+        self._max_value_tokens = max_value_tokens
+        self._mode, self._tools = _resolve_choice(tools, tool_choice)
+        self._json_masks: dict[tuple[_Node, Hashable], np.ndarray] = {}
+        self._forced: dict[str, list[int]] = {}
+        self._seen = ""  # the text of the last call
+        self._machine: _Machine | None = None
+
+    @property
+    def done(self) -> bool:
+        """The closing ``</｜DSML｜tool_calls>`` has been written: the engine stops here."""
+        return self._machine is not None and self._machine.done
+
+    def next(self, text: str) -> Step:
+        """``Forced``, ``Allowed`` or ``None`` (unconstrained) for the step after ``text``."""
+        if self._mode == "none":
+            return None
+        # A trailing U+FFFD may be a character still being written: wait for the rest.
+        text = text.rstrip("\ufffd")
+        if not text.startswith(self._seen):
+            self._machine = None  # the turn was restarted: read it again
+            self._seen = ""
+        if self._machine is None:
+            self._machine = self._start(text)
+        else:
+            self._machine.feed(text[len(self._seen) :])
+        self._seen = text
+        return None if self._machine is None else self._decide(self._machine)
+
+    # ---------------------------------------------------------------- where the block starts
+
+    def _start(self, text: str) -> _Machine | None:
+        """A machine fed with the block written so far, or None while no block has begun."""
+        if self._mode == "required":
+            if self._thinking and THINK_END not in text:
+                return None
+            return _Machine(self._grammar(TOOL_CALLS_START))
+        # auto: look for a tag opening in the text that is new since the last call.
+        first = max(0, len(self._seen) - len(TOOL_CALLS_START))
+        at = text.find("<", first)
+        while at >= 0:
+            tail = text[at:]
+            for opening in (TOOL_CALLS_START, _ASCII_TOOL_CALLS_START):
+                begun = len(tail) >= _MIN_TRIGGER and opening.startswith(tail)
+                if (begun or tail.startswith(opening)) and self._visible(text, at):
+                    machine = _Machine(self._grammar(opening))
+                    machine.feed(tail)
+                    return machine
+            at = text.find("<", at + 1)
+        return None
+
+    def _visible(self, text: str, at: int) -> bool:
+        """Whether ``text[at]`` lies outside ``<think>…</think>`` (DSML there is reasoning)."""
+        head = text[:at]
+        closed = head.rfind(THINK_END)
+        if self._thinking and closed < 0:
+            return False
+        return head.rfind(THINK_START) <= closed
+
+    def _grammar(self, opening: str) -> Iterator[_Part]:
+        return _block(opening, self._tools, fullwidth_bar=self._vocab.writes_fullwidth_bar)
+
+    # ---------------------------------------------------------------- the next step
+
+    def _decide(self, m: _Machine) -> Step:
+        if m.broken or m.done:
+            return None
+        if not m.literal:
+            mask = self._mask(m)
+            if mask is not None:
+                return Allowed(mask)
+        return self._force(m.literal)
+
+    def _mask(self, m: _Machine) -> np.ndarray | None:
+        """The mask of the current choice or value; None after committing ``m`` to a literal."""
+        vocab, expect = self._vocab, m.expect
+        if isinstance(expect, _Choice):
+            rests = [o[len(m.partial) :] for o in expect.options if o.startswith(m.partial)]
+            mask = vocab.prefix_mask(rests)
+            if mask is None:  # no whole token starts any option: write the first one
+                m.commit(rests[0])
+            return mask
+        assert isinstance(expect, _Value)
+        node = expect.node
+        if m.steps >= self._max_value_tokens:
+            m.commit("" if node is None else node.finish(m.state))
+            return None
+        if node is None:
+            m.steps += 1
+            return vocab.raw_more if m.partial else vocab.raw_first
+        mask = self._json_mask(node, m.state)
+        if not mask.any():
+            m.commit(node.finish(m.state))
+            return None
+        m.steps += 1
+        return mask
+
+    def _json_mask(self, node: _Node, state: Hashable) -> np.ndarray:
+        key = (node, state)
+        mask = self._json_masks.get(key)
+        if mask is None:
+            mask = self._vocab.json_mask(node, state)
+            self._json_masks[key] = mask
+        return mask
+
+    def _force(self, text: str) -> Forced:
+        ids = self._forced.get(text)
+        if ids is None:
+            ids = self._tokenizer.encode(text)
+            if self._tokenizer.decode(ids) != text:
+                raise DSMLError(
+                    f"the vocabulary cannot write {text!r} exactly; rename the tool or "
+                    "parameter to plain ASCII"
+                )
+            self._forced[text] = ids
+        return Forced(list(ids), text)
+
+
+def _resolve_choice(tools: Sequence[ToolSpec], tool_choice: Any) -> tuple[str, list[_ToolPlan]]:
+    """The mode ("auto" | "required" | "none") and the tools a block may call."""
+    plans = [_ToolPlan.of(spec) for spec in tools]
+    if isinstance(tool_choice, dict):
+        name = tool_choice.get("name")
+        chosen = [p for p in plans if p.name == name]
+        if not chosen:
+            known = ", ".join(p.name for p in plans) or "none"
+            raise ValueError(
+                f"tool_choice names {name!r}, which is not a tool here (tools: {known})"
+            )
+        return "required", chosen
+    if tool_choice not in ("auto", "required", "none"):
+        raise ValueError(
+            f'tool_choice must be "auto", "required", "none" or {{"name": TOOL}}, not {tool_choice!r}'
+        )
+    return (tool_choice if plans else "none"), plans
+
+
+# ---------------------------------------------------------------------------- block grammar
+
+
+@dataclass(frozen=True, slots=True)
+class _Choice:
+    """One of ``options`` (prefix-free strings) comes next; the grammar receives the one written."""
+
+    options: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Value:
+    """A parameter value: raw text (``node is None``) or JSON matched by ``node``; ends at ``<``."""
+
+    node: _Node | None
+
+
+_Part = str | _Choice | _Value  # a str is literal text
+
+
+@dataclass(frozen=True, slots=True)
+class _Param:
+    name: str
+    required: bool
+    string: bool
+    options: tuple[str, ...] | None  # the written forms of a fixed set of values
+    node: _Node | None  # JSON grammar of a string="false" value without fixed options
+
+    @property
+    def opening(self) -> str:
+        return f'<{DSML}parameter name="{self.name}" string="{"true" if self.string else "false"}">'
+
+    @classmethod
+    def of(cls, name: str, schema: Any, required: bool) -> _Param:
+        fixed = _fixed_values(schema)
+        if fixed is not None:
+            if all(isinstance(v, str) for v in fixed):
+                return cls(name, required, True, tuple(dict.fromkeys(fixed)), None)
+            texts = (json.dumps(v, ensure_ascii=False) for v in fixed)
+            return cls(name, required, False, tuple(dict.fromkeys(texts)), None)
+        if _admits_string(schema):
+            return cls(name, required, True, None, None)
+        return cls(name, required, False, None, _json_node(schema))
+
+
+@dataclass(frozen=True, slots=True)
+class _ToolPlan:
+    name: str
+    params: tuple[_Param, ...]
+
+    @classmethod
+    def of(cls, spec: ToolSpec) -> _ToolPlan:
+        properties = spec.parameters.get("properties") or {}
+        required = set(spec.parameters.get("required") or ())
+        return cls(spec.name, tuple(_Param.of(n, s, n in required) for n, s in properties.items()))
+
+
+def _block(opening: str, tools: Sequence[_ToolPlan], *, fullwidth_bar: bool) -> Iterator[_Part]:
+    """The parts of one tool_calls block, in order; choices are sent back as written."""
+    yield f'{opening}\n<{DSML}invoke name="'
+    by_option = {f'{t.name}">': t for t in tools}
+    tool = by_option[(yield _Choice(tuple(by_option)))]
+    yield "\n"
+    params = tool.params
+    i = 0
+    while True:
+        # Next: any optional parameter up to and including the next required one, or the
+        # end of the invoke once no required parameter is left.
+        ahead = params[i:]
+        required = next((k for k, p in enumerate(ahead) if p.required), None)
+        reachable = ahead if required is None else ahead[: required + 1]
+        targets = {p.opening: i + k for k, p in enumerate(reachable)}
+        if required is None:
+            targets[INVOKE_END] = len(params)
+        if not fullwidth_bar and len(targets) > 1:
+            targets.update({tag.replace("｜", "|"): k for tag, k in list(targets.items())})
+        j = targets[(yield _Choice(tuple(targets)))]
+        if j == len(params):
+            break
+        param = params[j]
+        if param.options is not None:
+            yield _Choice(tuple(v + PARAMETER_END for v in param.options))
+        else:
+            yield _Value(param.node)
+            yield PARAMETER_END
+        yield "\n"
+        i = j + 1
+    yield "\n" + TOOL_CALLS_END
+
+
+class _Machine:
+    """Follows the text of one block through the grammar.
+
+    ``literal`` is fixed text that must come next (consecutive literals and one-option
+    choices merged); after it comes ``expect``: a choice (``partial`` written of it so
+    far), a value (``partial``: raw text so far, ``state``: its JSON state, ``steps``:
+    tokens sampled for it), or None at the end of the block.
+    """
+
+    def __init__(self, grammar: Iterator[_Part]) -> None:
+        self._grammar = grammar
+        self.literal = ""
+        self.expect: _Choice | _Value | None = None
+        self.partial = ""
+        self.state: Hashable = None
+        self.steps = 0
+        self.broken = False
+        self._pull(None)
+
+    @property
+    def done(self) -> bool:
+        return not self.broken and not self.literal and self.expect is None
+
+    def feed(self, text: str) -> None:
+        i = 0
+        while i < len(text) and not self.broken and not self.done:
+            ch = text[i]
+            if self.literal:
+                self.broken = ch != self.literal[0]
+                self.literal = self.literal[1:]
+            elif isinstance(self.expect, _Choice):
+                self._choose(ch)
+            elif self._ends_value(ch):
+                self._pull(None)
+                continue  # the "<" begins the closing tag, now the literal
+            elif self.expect.node is None:
+                self.partial += ch
+            else:
+                self.state = self.expect.node.step(self.state, ch)
+                self.broken = self.state is None
+            i += 1
+
+    def commit(self, text: str) -> None:
+        """Finish the current choice or value with ``text``, which becomes literal."""
+        chosen = self.partial + text if isinstance(self.expect, _Choice) else None
+        self.literal = text
+        self._pull(chosen)
+
+    def _choose(self, ch: str) -> None:
+        written = self.partial + ch
+        alive = [o for o in self.expect.options if o.startswith(written)]
+        if len(alive) == 1:  # determined: the rest is literal
+            self.partial = written
+            self.commit(alive[0][len(written) :])
+        else:
+            self.partial = written
+            self.broken = not alive
+
+    def _ends_value(self, ch: str) -> bool:
+        if ch != "<":
+            return False
+        node = self.expect.node
+        return node is None or node.accepting(self.state)
+
+    def _pull(self, sent: str | None) -> None:
+        """Advance the grammar to its next choice or value, merging literals on the way."""
+        while True:
+            try:
+                part = self._grammar.send(sent)
+            except StopIteration:
+                self.expect = None
+                return
+            sent = None
+            if isinstance(part, str):
+                self.literal += part
+            elif isinstance(part, _Choice) and len(part.options) == 1:
+                self.literal += part.options[0]
+                sent = part.options[0]
+            else:
+                self.expect, self.partial, self.steps = part, "", 0
+                self.state = part.node.start() if isinstance(part, _Value) and part.node else None
+                return
+
+
+# ---------------------------------------------------------------------------- vocabulary
+
+
+class _Vocab:
+    """Token texts of one tokenizer and the masks that depend on them alone (built once)."""
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> _Vocab:
+        vocab = _VOCABS.get(tokenizer)
+        if vocab is None:
+            vocab = _VOCABS[tokenizer] = cls(tokenizer)
+        return vocab
+
+    def __init__(self, tokenizer: Any) -> None:
+        n = self.size = tokenizer.vocab_size
+        texts = [tokenizer.token_bytes(i).decode("utf-8", errors="replace") for i in range(n)]
+        usable = np.ones(n, dtype=bool)
+        for text, i in tokenizer.special_ids.items():
+            # A user-defined token is text the tokenizer itself writes; a control token is not.
+            usable[i] = tokenizer.encode(text) == [i]
+        self.by_text: dict[str, list[int]] = {}
+        raw_body, raw_close, raw_close_after = (np.zeros(n, dtype=bool) for _ in range(3))
+        json_inert = np.zeros(n, dtype=bool)
+        json_breaking: list[int] = []  # tokens with '"' or '\\': they may leave a JSON string
+        singles: dict[str, list[int]] = {}
+        pairs: dict[str, dict[str | None, list[int]]] = {}
+        for i, t in enumerate(texts):
+            if not t or "\ufffd" in t:
+                usable[i] = False
+            if not usable[i]:
+                continue
+            self.by_text.setdefault(t, []).append(i)
+            cut = t.find("<")
+            head = t if cut < 0 else t[:cut]
+            if "\n" not in head and "\r" not in head:
+                if cut < 0:
+                    raw_body[i] = True
+                elif PARAMETER_END.startswith(t[cut:]):
+                    raw_close[i] = True
+                    raw_close_after[i] = cut > 0
+            if '"' in t or "\\" in t:
+                json_breaking.append(i)
+            elif cut < 0 and min(t) >= " ":
+                json_inert[i] = True
+            if t[0] < "\x80":
+                if len(t) == 1:
+                    singles.setdefault(t, []).append(i)
+                else:
+                    second = t[1] if t[1] < "\x80" else None
+                    pairs.setdefault(t[0], {}).setdefault(second, []).append(i)
+        self.texts = texts
+        self.usable = usable
+        self.writes_fullwidth_bar = any(t.startswith("｜") for t in self.by_text)
+        self.raw_first = _frozen(raw_body | raw_close_after)  # a raw value is not empty
+        self.raw_more = _frozen(raw_body | raw_close)
+        self._json_inert = json_inert
+        self._json_breaking = np.array(json_breaking, dtype=np.int64)
+        self._singles = {c: np.array(ids, dtype=np.int64) for c, ids in singles.items()}
+        self._pairs = {
+            c: {c2: np.array(ids, dtype=np.int64) for c2, ids in by2.items()}
+            for c, by2 in pairs.items()
+        }
+        self._first_chars = sorted(set(self._singles) | set(self._pairs))
+
+    def prefix_mask(self, rests: Sequence[str]) -> np.ndarray | None:
+        """Tokens whose text is a prefix of one of ``rests``; None if there is none."""
+        ids = [i for r in rests for k in range(1, len(r) + 1) for i in self.by_text.get(r[:k], ())]
+        if not ids:
+            return None
+        mask = np.zeros(self.size, dtype=bool)
+        mask[ids] = True
+        mask.flags.writeable = False
+        return mask
+
+    def json_mask(self, node: _Node, state: Hashable) -> np.ndarray:
+        """Tokens that keep a JSON value matched by ``node`` from ``state`` on track; a "<"
+        is admitted where the value is complete, followed by a prefix of the closing tag."""
+        mask = np.zeros(self.size, dtype=bool)
+        if node.in_string(state):
+            mask |= self._json_inert  # text without '"', '\\', '<' or controls stays inside
+            candidates = self._json_breaking
+        else:
+            candidates = self._json_candidates(node, state)
+        texts = self.texts
+        ok = [i for i in candidates.tolist() if _json_token_fits(node, state, texts[i])]
+        mask[ok] = True
+        mask.flags.writeable = False
+        return mask
+
+    def _json_candidates(self, node: _Node, state: Hashable) -> np.ndarray:
+        """Tokens whose first two characters fit (outside a string only ASCII can)."""
+        buckets: list[np.ndarray] = []
+        for c in self._first_chars:
+            if c == "<":
+                if node.accepting(state):
+                    buckets.append(self._singles.get(c, _NONE))
+                    buckets.extend(self._pairs.get(c, {}).values())
+                continue
+            after = node.step(state, c)
+            if after is None:
+                continue
+            buckets.append(self._singles.get(c, _NONE))
+            for c2, ids in self._pairs.get(c, {}).items():
+                if c2 is None:
+                    fits = node.in_string(after)
+                elif c2 == "<":
+                    fits = node.accepting(after)
+                else:
+                    fits = node.step(after, c2) is not None
+                if fits:
+                    buckets.append(ids)
+        return np.concatenate(buckets) if buckets else _NONE
+
+
+_VOCABS: weakref.WeakKeyDictionary[Any, _Vocab] = weakref.WeakKeyDictionary()
+_NONE = np.zeros(0, dtype=np.int64)
+
+
+def _frozen(mask: np.ndarray) -> np.ndarray:
+    mask.flags.writeable = False
+    return mask
+
+
+def _json_token_fits(node: _Node, state: Hashable, text: str) -> bool:
+    for k, ch in enumerate(text):
+        if ch == "<" and node.accepting(state):
+            return PARAMETER_END.startswith(text[k:])
+        state = node.step(state, ch)
+        if state is None:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------- schemas
+
+
+def _fixed_values(schema: Any) -> list[Any] | None:
+    """The values a schema allows when they are a finite set (enum, const, boolean, null)."""
+    if not isinstance(schema, dict):
+        return None
+    if "const" in schema:
+        return [schema["const"]]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return list(schema["enum"])
+    alternatives = schema.get("anyOf") or schema.get("oneOf")
+    if isinstance(alternatives, list):
+        values = [_fixed_values(a) for a in alternatives]
+        return None if any(v is None for v in values) else [x for v in values for x in v]
+    kinds = _types(schema)
+    if kinds and set(kinds) <= {"boolean", "null"}:
+        return [v for k in kinds for v in ((True, False) if k == "boolean" else (None,))]
+    return None
+
+
+def _admits_string(schema: Any) -> bool:
+    """Whether any string is valid: such a value is written raw, with string="true"."""
+    if not isinstance(schema, dict):
+        return True
+    if "enum" in schema or "const" in schema:
+        return False
+    alternatives = schema.get("anyOf") or schema.get("oneOf")
+    if isinstance(alternatives, list):
+        return any(_admits_string(a) for a in alternatives)
+    kinds = _types(schema)
+    return "string" in kinds or not kinds and "properties" not in schema and "items" not in schema
+
+
+def _types(schema: dict[str, Any]) -> list[str]:
+    kinds = schema.get("type")
+    return [kinds] if isinstance(kinds, str) else list(kinds or ())
+
+
+def _json_node(schema: Any) -> _Node:
+    if not isinstance(schema, dict):
+        return _ANY
+    fixed = _fixed_values(schema)
+    if fixed is not None:
+        return _Literals(tuple(dict.fromkeys(json.dumps(v, ensure_ascii=False) for v in fixed)))
+    alternatives = schema.get("anyOf") or schema.get("oneOf")
+    if isinstance(alternatives, list):
+        return _union([_json_node(a) for a in alternatives])
+    kinds = _types(schema) or (["object"] if "properties" in schema else [])
+    if not kinds:
+        return _ANY
+    return _union([_typed_node(kind, schema) for kind in kinds])
+
+
+def _typed_node(kind: str, schema: dict[str, Any]) -> _Node:
+    if kind == "string":
+        return _STRING
+    if kind in ("integer", "number"):
+        low, above = schema.get("minimum"), schema.get("exclusiveMinimum")
+        nonnegative = _at_least(low, 0) or _at_least(above, 0)
+        positive = kind == "integer" and (_at_least(low, 1) or _at_least(above, 0))
+        return _Number(kind == "integer", signed=not nonnegative, nonzero=positive)
+    if kind == "boolean":
+        return _Literals(("true", "false"))
+    if kind == "null":
+        return _Literals(("null",))
+    if kind == "array":
+        return _Array(_json_node(schema.get("items", {})))
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            additional: _Node | None = _json_node(extra)
+        else:
+            # Declared properties and nothing else, unless the object is free-form.
+            additional = None if properties or extra is False else _ANY
+        return _Object(
+            {k: _json_node(v) for k, v in properties.items()},
+            frozenset(schema.get("required") or ()),
+            additional,
+        )
+    return _ANY
+
+
+def _at_least(bound: Any, value: float) -> bool:
+    return isinstance(bound, int | float) and not isinstance(bound, bool) and bound >= value
+
+
+# ---------------------------------------------------------------------------- JSON matchers
+
+
+class _Node(Protocol):
+    """A JSON grammar as a character automaton with hashable, immutable states."""
+
+    def start(self) -> Hashable: ...
+    def step(self, state: Hashable, ch: str) -> Hashable | None: ...  # None: rejected
+    def accepting(self, state: Hashable) -> bool: ...
+    def in_string(self, state: Hashable) -> bool: ...  # inside a string body
+    def finish(self, state: Hashable) -> str: ...  # the shortest text that completes the value
+
+
+class _Literals:
+    """One of a fixed set of texts."""
+
+    def __init__(self, options: tuple[str, ...]) -> None:
+        self.options = options
+        self._prefixes = {o[:k] for o in options for k in range(len(o) + 1)}
+
+    def start(self) -> str:
+        return ""
+
+    def step(self, state: str, ch: str) -> str | None:
+        written = state + ch
+        return written if written in self._prefixes else None
+
+    def accepting(self, state: str) -> bool:
+        return state in self.options
+
+    def in_string(self, state: str) -> bool:
+        return False
+
+    def finish(self, state: str) -> str:
+        return min((o for o in self.options if o.startswith(state)), key=len)[len(state) :]
+
+
+_DIGITS = frozenset("0123456789")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+class _Number:
+    """A JSON number (integer: no fraction or exponent). States: "" start, "-", "0" a leading
+    zero, "I" integer digits, "." point, "F" fraction digits, "E" e, "S" exponent sign, "X"
+    exponent digits."""
+
+    def __init__(self, integer: bool, *, signed: bool, nonzero: bool) -> None:
+        self.integer, self.signed, self.nonzero = integer, signed, nonzero
+
+    def start(self) -> str:
+        return ""
+
+    def step(self, state: str, ch: str) -> str | None:
+        if state in ("", "-"):
+            if ch == "-" and state == "" and self.signed:
+                return "-"
+            if ch == "0":
+                return None if self.nonzero else "0"
+            return "I" if ch in _DIGITS else None
+        if ch in _DIGITS:
+            return {"I": "I", ".": "F", "F": "F", "E": "X", "S": "X", "X": "X"}.get(state)
+        if self.integer:
+            return None
+        if ch == "." and state in ("0", "I"):
+            return "."
+        if ch in "eE" and state in ("0", "I", "F"):
+            return "E"
+        return "S" if ch in "+-" and state == "E" else None
+
+    def accepting(self, state: str) -> bool:
+        return state in ("0", "I", "F", "X")
+
+    def in_string(self, state: str) -> bool:
+        return False
+
+    def finish(self, state: str) -> str:
+        if state == "":
+            return "1" if self.nonzero else "0"
+        return "" if self.accepting(state) else "0" if state != "-" else "1"
+
+
+class _String:
+    """A JSON string without "<" (it could begin the closing tag). States: "O" before the
+    quote, "B" body, "\\" after a backslash, "U0".."U3" hex digits of \\u read, "C" closed."""
+
+    def start(self) -> str:
+        return "O"
+
+    def step(self, state: str, ch: str) -> str | None:
+        if state == "B":
+            if ch == '"':
+                return "C"
+            if ch == "\\":
+                return "\\"
+            return None if ch == "<" or ch < " " else "B"
+        if state == "O":
+            return "B" if ch == '"' else None
+        if state == "\\":
+            return "B" if ch in '"\\/bfnrt' else "U0" if ch == "u" else None
+        if state[0] == "U" and ch in _HEX:
+            return "B" if state == "U3" else f"U{int(state[1]) + 1}"
+        return None
+
+    def accepting(self, state: str) -> bool:
+        return state == "C"
+
+    def in_string(self, state: str) -> bool:
+        return state == "B"
+
+    def finish(self, state: str) -> str:
+        if state[0] == "U":
+            return "0" * (4 - int(state[1])) + '"'
+        return {"O": '""', "B": '"', "\\": '\\"', "C": ""}[state]
+
+
+class _Array:
+    """``[item, item]``. States: ("[",), ("F",) after "[", ("I", item state), ("C",) after
+    ",", ("CS",) after ", ", ("D",) closed."""
+
+    def __init__(self, item: _Node) -> None:
+        self.item = item
+
+    def start(self) -> tuple:
+        return ("[",)
+
+    def step(self, state: tuple, ch: str) -> tuple | None:
+        phase = state[0]
+        if phase == "I":
+            inner = self.item.step(state[1], ch)
+            if inner is not None:
+                return ("I", inner)
+            if not self.item.accepting(state[1]):
+                return None
+            return ("C",) if ch == "," else ("D",) if ch == "]" else None
+        if phase == "[":
+            return ("F",) if ch == "[" else None
+        if phase == "F" and ch == "]":
+            return ("D",)
+        if phase == "C" and ch == " ":
+            return ("CS",)
+        if phase in ("F", "C", "CS"):
+            inner = self.item.step(self.item.start(), ch)
+            return None if inner is None else ("I", inner)
+        return None
+
+    def accepting(self, state: tuple) -> bool:
+        return state[0] == "D"
+
+    def in_string(self, state: tuple) -> bool:
+        return state[0] == "I" and self.item.in_string(state[1])
+
+    def finish(self, state: tuple) -> str:
+        phase = state[0]
+        if phase == "I":
+            return self.item.finish(state[1]) + "]"
+        if phase in ("C", "CS"):
+            return self.item.finish(self.item.start()) + "]"
+        return {"[": "[]", "F": "]", "D": ""}[phase]
+
+
+class _Object:
+    """``{"key": value, …}`` over declared properties (each at most once, required ones
+    before "}") and, if ``additional``, any other key. States: ("{",), ("F", used) after "{",
+    ("K", used, key text, key state), ("V0", used, key) after ":", ("VS", used, key) after
+    ": ", ("V", used, key, value state), ("C", used) after ",", ("CS", used), ("D",)."""
+
+    def __init__(
+        self, properties: dict[str, _Node], required: frozenset[str], additional: _Node | None
+    ) -> None:
+        self.properties, self.required, self.additional = properties, required, additional
+        self._keys: dict[frozenset[str], _Node] = {}
+
+    def start(self) -> tuple:
+        return ("{",)
+
+    def step(self, state: tuple, ch: str) -> tuple | None:
+        phase = state[0]
+        if phase == "{":
+            return ("F", frozenset()) if ch == "{" else None
+        if phase == "K":
+            _, used, text, inner = state
+            keys = self._key_node(used)
+            after = keys.step(inner, ch)
+            if after is not None:
+                return ("K", used, text + ch, after)
+            if ch != ":" or not keys.accepting(inner):
+                return None
+            key = json.loads(text)
+            return None if key in used else ("V0", used | {key}, key)
+        if phase in ("V0", "VS", "V"):
+            value = self._value_node(state[2])
+            if phase == "V0" and ch == " ":
+                return ("VS", state[1], state[2])
+            if phase != "V":
+                after = value.step(value.start(), ch)
+                return None if after is None else ("V", state[1], state[2], after)
+            after = value.step(state[3], ch)
+            if after is not None:
+                return ("V", state[1], state[2], after)
+            if not value.accepting(state[3]):
+                return None
+            return self._after_value(state[1], ch)
+        if phase == "F" and ch == "}":
+            return ("D",) if self.required <= state[1] else None
+        if phase == "C" and ch == " ":
+            return ("CS", state[1])
+        if phase in ("F", "C", "CS"):
+            keys = self._key_node(state[1])
+            after = keys.step(keys.start(), ch)
+            return None if after is None else ("K", state[1], ch, after)
+        return None
+
+    def _after_value(self, used: frozenset[str], ch: str) -> tuple | None:
+        if ch == "}":
+            return ("D",) if self.required <= used else None
+        more = self.additional is not None or any(k not in used for k in self.properties)
+        return ("C", used) if ch == "," and more else None
+
+    def _key_node(self, used: frozenset[str]) -> _Node:
+        node = self._keys.get(used)
+        if node is None:
+            names = tuple(
+                json.dumps(k, ensure_ascii=False) for k in self.properties if k not in used
+            )
+            alternatives: list[_Node] = [_Literals(names)]
+            if self.additional is not None:
+                alternatives.append(_STRING)
+            node = self._keys[used] = _union(alternatives)
+        return node
+
+    def _value_node(self, key: str) -> _Node:
+        node = self.properties.get(key, self.additional)
+        assert node is not None  # the key node only admits declared keys otherwise
+        return node
+
+    def accepting(self, state: tuple) -> bool:
+        return state[0] == "D"
+
+    def in_string(self, state: tuple) -> bool:
+        phase = state[0]
+        if phase == "K":
+            return self._key_node(state[1]).in_string(state[3])
+        return phase == "V" and self._value_node(state[2]).in_string(state[3])
+
+    def finish(self, state: tuple) -> str:
+        phase = state[0]
+        if phase == "{":
+            return "{" + self._fill(frozenset(), first=True) + "}"
+        if phase == "D":
+            return ""
+        used = state[1]
+        if phase == "F":
+            return self._fill(used, first=True) + "}"
+        if phase in ("C", "CS"):
+            if self.required <= used:  # a key must follow the comma: the first one free
+                free = [k for k in self.properties if k not in used]
+                if free:
+                    return self._pair(free[0]) + "}"
+                extra = cast(_Node, self.additional)
+                return '"": ' + extra.finish(extra.start()) + "}"
+            return self._fill(used, first=True) + "}"
+        if phase == "K":
+            rest = self._key_node(used).finish(state[3])
+            key = json.loads(state[2] + rest)
+            value = self._value_node(key)
+            tail = ": " + value.finish(value.start())
+            return rest + tail + self._fill(used | {key}, first=False) + "}"
+        value = self._value_node(state[2])
+        now = value.finish(value.start()) if phase in ("V0", "VS") else value.finish(state[3])
+        return now + self._fill(used, first=False) + "}"
+
+    def _fill(self, used: frozenset[str], *, first: bool) -> str:
+        pairs = [self._pair(k) for k in self.properties if k in self.required and k not in used]
+        text = ", ".join(pairs)
+        return text if first or not text else ", " + text
+
+    def _pair(self, key: str) -> str:
+        value = self.properties[key]
+        return f"{json.dumps(key, ensure_ascii=False)}: {value.finish(value.start())}"
+
+
+class _Union:
+    """Any of several grammars: the state holds every alternative still alive."""
+
+    def __init__(self, alternatives: Sequence[_Node]) -> None:
+        self.alternatives = tuple(alternatives)
+
+    def start(self) -> tuple:
+        return tuple((i, a.start()) for i, a in enumerate(self.alternatives))
+
+    def step(self, state: tuple, ch: str) -> tuple | None:
+        alive = []
+        for i, inner in state:
+            after = self.alternatives[i].step(inner, ch)
+            if after is not None:
+                alive.append((i, after))
+        return tuple(alive) or None
+
+    def accepting(self, state: tuple) -> bool:
+        return any(self.alternatives[i].accepting(inner) for i, inner in state)
+
+    def in_string(self, state: tuple) -> bool:
+        return all(self.alternatives[i].in_string(inner) for i, inner in state)
+
+    def finish(self, state: tuple) -> str:
+        return min((self.alternatives[i].finish(inner) for i, inner in state), key=len)
+
+
+def _union(nodes: Sequence[_Node]) -> _Node:
+    """One node for several; fixed texts merge into one ``_Literals``."""
+    texts = [o for n in nodes if isinstance(n, _Literals) for o in n.options]
+    others = [n for n in nodes if not isinstance(n, _Literals)]
+    if texts or not others:
+        others.append(_Literals(tuple(dict.fromkeys(texts))))
+    return others[0] if len(others) == 1 else _Union(others)
+
+
+class _AnyJson(_Union):
+    """Any JSON value (a schema that says nothing, an array's untyped items)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            (
+                _STRING,
+                _Number(False, signed=True, nonzero=False),
+                _Literals(("true", "false", "null")),
+                _Array(self),
+                _Object({}, frozenset(), self),
+            )
+        )
+
+
+_STRING = _String()
+_ANY = _AnyJson()

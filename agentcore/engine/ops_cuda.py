@@ -1,0 +1,777 @@
+"""CuPy ops: the CUDA backend of the transformer in model.py, plus a CUDA-graph decode step.
+
+Job: implement the ops interface (``model.Ops``) on an NVIDIA GPU reading GGUF weight blocks
+in place, and offer a one-graph-per-token decode path. CUDA C lives in ``kernels/*.cu``
+(compiled once per process through ``cupy.RawModule``; CuPy caches the binaries on disk).
+
+API for the engine:
+- ``select_ops(device)``: ``"cpu"`` -> ``NumpyOps``; ``"cuda"`` -> ``CudaOps`` or
+  ``DeviceUnavailable``; ``"auto"`` -> ``CudaOps`` when CuPy and a GPU are there, else
+  ``NumpyOps``. Importing this module never imports CuPy; ``CudaOps()`` does.
+- ``Transformer(model, CudaOps(), chunk=2048)`` runs as on the CPU (prefill, all logits).
+- ``GraphDecoder(transformer, kv)``: ``step(token) -> next token`` (one graph replay and a
+  4-byte read-back), ``generate(token, n) -> n tokens`` (n replays, one read-back),
+  ``logits()`` (the last step's logits on the host). Greedy by default; ``temperature > 0``
+  samples on the device (Gumbel-max; no top-k/top-p there: use ``logits()`` and the host
+  sampler for those). The decoder advances ``kv.length``; recapture happens by itself if
+  the KV pool was reallocated (``kv.grow``).
+- ``CudaKV`` (from ``ops.new_kv``): paged fp16 pool ``(n_blocks, n_layers, 2, block_size,
+  n_kv_heads, head_dim)`` with a block table; a block is one contiguous copy, in
+  ``kv.KVLayout``'s block form. ``read_span(start, n)`` / ``write_span(start, block)`` move
+  positions ``(n_layers, 2, n, n_kv_heads, head_dim)`` float16 through pinned host memory
+  (what ``kv.read_span``/``write_span`` call); ``export_blocks(ids)`` / ``import_blocks(ids,
+  host)`` move whole logical blocks ``(len(ids), n_layers, 2, block_size, kvh, hd)``;
+  ``export(n)`` / ``import_(layers)`` match ``DenseKV`` (float32 per layer).
+
+Invariants:
+- Activations are float32 (T, features); KV is float16; accumulation is float32.
+- Weights stay GGUF blocks on the device (Q4_0, Q4_1, Q8_0, Q2_K, Q4_K, Q5_K, Q6_K, F16, BF16,
+  F32). Other types the loader accepts (Q5_0, Q5_1, Q3_K) are uploaded as F16.
+- T <= 8 tokens: quantized GEMV. Longer: each matrix is dequantized to an fp16 scratch and
+  multiplied by cuBLAS (fp32 accumulate); attention runs as two batched GEMMs per chunk
+  (scores chunk x context in fp32, probabilities fp16), never T x T for a whole prompt.
+- The decode graph uses only our kernels (CuPy refuses cuBLAS inside capture); every
+  buffer it touches is owned by the decoder, and the position lives in device memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agentcore.engine.gguf import ModelSpec, WeightTensor
+from agentcore.errors import DeviceUnavailable
+
+__all__ = ["CudaKV", "CudaOps", "GraphDecoder", "cuda_available", "select_ops"]
+
+KERNELS = Path(__file__).parent / "kernels"
+# GGML type ids read in place by the kernels; the rest of SUPPORTED_QTYPES go up as F16.
+NATIVE_QTYPES = (0, 1, 2, 3, 8, 10, 12, 13, 14, 30)
+F16 = 1
+GEMV_MAX_T = 8
+HEAD_DIMS = (16, 32, 64, 128, 256)
+_U64 = np.uint64
+_I32 = np.int32
+_F32 = np.float32
+
+
+def _cupy() -> Any:
+    import cupy
+
+    return cupy
+
+
+def cuda_available() -> bool:
+    """True when CuPy imports and sees at least one GPU."""
+    try:
+        cp = _cupy()
+        return cp.cuda.runtime.getDeviceCount() > 0
+    except (ImportError, RuntimeError):  # no CuPy, or no driver / device
+        return False
+
+
+def select_ops(device: str = "auto") -> Any:
+    """The ops backend for ``device`` ("auto", "cuda" or "cpu")."""
+    from agentcore.engine.ops_numpy import NumpyOps
+
+    if device == "cpu":
+        return NumpyOps()
+    if device not in ("auto", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', not {device!r}")
+    if cuda_available():
+        return CudaOps()
+    if device == "auto":
+        return NumpyOps()
+    raise DeviceUnavailable(
+        "device='cuda' needs CuPy and an NVIDIA GPU, and none was found; install the CUDA "
+        "extra matching your driver (pip install 'agentcore[cuda12]' or 'agentcore[cuda13]'), "
+        "or use device='cpu'"
+    )
+
+
+@cache
+def _module() -> Any:
+    cp = _cupy()
+    code = (KERNELS / "quant.cu").read_text() + "\n" + (KERNELS / "ops.cu").read_text()
+    names = [f"gemv<{q},{m}>" for q in NATIVE_QTYPES for m in (0, 1, 2)]
+    names += [f"dequant_f16<{q}>" for q in NATIVE_QTYPES]
+    names += [f"embed<{q}>" for q in NATIVE_QTYPES]
+    names += [f"attn_split<{d}>" for d in HEAD_DIMS]
+    return cp.RawModule(code=code, options=("-std=c++17",), name_expressions=names)
+
+
+@cache
+def _kernel(name: str) -> Any:
+    return _module().get_function(name)
+
+
+def _ptr(a: Any) -> np.uint64:
+    return _U64(0 if a is None else a.data.ptr)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# ---------------------------------------------------------------------------- weights
+
+
+@dataclass
+class QMatrix:
+    """Rows of GGUF blocks on the device: ``data`` is uint8 (rows, row_bytes)."""
+
+    qtype: int
+    rows: int
+    cols: int
+    data: Any
+
+    @property
+    def row_bytes(self) -> int:
+        return self.data.shape[1]
+
+
+@dataclass
+class CudaLinear:
+    """A projection whose output rows are its parts' rows in order (fused Q/K/V, gate/up)."""
+
+    parts: list[QMatrix]
+    bias: Any = None
+
+    @property
+    def rows(self) -> int:
+        return sum(p.rows for p in self.parts)
+
+    @property
+    def cols(self) -> int:
+        return self.parts[0].cols
+
+
+def _host_blocks(t: WeightTensor) -> tuple[int, np.ndarray]:
+    """(qtype id, uint8 rows) of a matrix as the kernels read it."""
+    qt = int(t.qtype)
+    if qt not in NATIVE_QTYPES:
+        return F16, t.dequantize(np.float16).view(np.uint8).reshape(t.shape[0], -1)
+    raw = np.ascontiguousarray(t.raw)
+    return qt, raw.view(np.uint8).reshape(t.shape[0], -1)
+
+
+def _upload_matrices(tensors: Sequence[WeightTensor]) -> list[QMatrix]:
+    cp = _cupy()
+    host = [_host_blocks(t) for t in tensors]
+    parts: list[QMatrix] = []
+    i = 0
+    while i < len(host):  # stack consecutive matrices of one type: one launch for them all
+        j = i
+        while j + 1 < len(host) and host[j + 1][0] == host[i][0]:
+            j += 1
+        rows = np.concatenate([h[1] for h in host[i : j + 1]]) if j > i else host[i][1]
+        parts.append(QMatrix(host[i][0], rows.shape[0], tensors[i].shape[1], cp.asarray(rows)))
+        i = j + 1
+    return parts
+
+
+class CudaRope:
+    """cos/sin tables (positions, head_dim // 2) float32 on the device, grown on demand."""
+
+    def __init__(self, inv_freq: np.ndarray, neox: bool, positions: int) -> None:
+        self.inv_freq = np.asarray(inv_freq, dtype=np.float64)
+        self.neox = neox
+        self.cos = self.sin = None
+        self.positions = 0
+        self.ensure(positions)
+
+    def ensure(self, positions: int) -> None:
+        if positions <= self.positions:
+            return
+        cp = _cupy()
+        n = max(positions, 2 * self.positions)
+        angles = np.outer(np.arange(n, dtype=np.float64), self.inv_freq)
+        self.cos = cp.asarray(np.cos(angles).astype(np.float32))
+        self.sin = cp.asarray(np.sin(angles).astype(np.float32))
+        self.positions = n
+
+
+# ---------------------------------------------------------------------------- KV cache
+
+
+def pinned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A host array in page-locked memory (async, full-bandwidth copies to and from the GPU)."""
+    cp = _cupy()
+    count = int(np.prod(shape))
+    mem = cp.cuda.alloc_pinned_memory(max(1, count * np.dtype(dtype).itemsize))
+    return np.frombuffer(mem, dtype, count).reshape(shape)
+
+
+class CudaKV:
+    """Paged fp16 KV of one sequence: pool (n_blocks, L, 2, BS, KVH, D) and a block table.
+
+    Logical block b (positions [b*BS, (b+1)*BS)) lives in physical block ``table[b]``.
+    ``length`` counts valid positions (``Transformer.forward`` sets it).
+    """
+
+    dtype = "float16"
+
+    def __init__(self, spec: ModelSpec, capacity: int, block_size: int = 64) -> None:
+        cp = _cupy()
+        self.spec = spec
+        self.block_size = block_size
+        n = max(1, _cdiv(capacity, block_size))
+        self.pool = cp.zeros((n, spec.n_layers, 2, block_size, spec.n_kv_heads, spec.head_dim),
+                             cp.float16)  # fmt: skip
+        self.table = cp.arange(n, dtype=cp.int32)
+        self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.pool.shape[0] * self.block_size
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.pool.nbytes)
+
+    def store(self, layer: int, pos0: int, k: Any, v: Any) -> None:
+        """Write K/V (T, n_kv_heads, head_dim) at positions [pos0, pos0 + T)."""
+        cp = _cupy()
+        t = k.shape[0]
+        self.grow(pos0 + t)
+        k = cp.ascontiguousarray(k, dtype=cp.float32)
+        v = cp.ascontiguousarray(v, dtype=cp.float32)
+        s = self.spec
+        n = t * s.n_kv_heads * s.head_dim
+        _kernel("kv_store")(
+            (_cdiv(n, 256),), (256,),
+            (k, v, self.pool, self.table, _I32(layer), _I32(s.n_layers), _I32(self.block_size),
+             _I32(s.n_kv_heads), _I32(s.head_dim), _I32(t), _I32(pos0), _U64(0)),
+        )  # fmt: skip
+
+    def truncate(self, n: int) -> None:
+        if not 0 <= n <= self.length:
+            raise ValueError(f"cannot truncate a KV cache of {self.length} tokens to {n}")
+        self.length = n
+
+    def grow(self, min_capacity: int) -> None:
+        """Reallocate to at least ``min_capacity`` positions (doubling); keeps every slot."""
+        if min_capacity <= self.capacity:
+            return
+        cp = _cupy()
+        old = self.pool.shape[0]
+        n = max(_cdiv(min_capacity, self.block_size), 2 * old)
+        pool = cp.zeros((n, *self.pool.shape[1:]), cp.float16)
+        pool[:old] = self.pool[self.table]  # logical order from now on
+        self.pool, self.table = pool, cp.arange(n, dtype=cp.int32)
+
+    # ---- moving KV between the device and host memory ----
+
+    def _span_view(self, start: int, n: int) -> tuple[Any, int]:
+        """Logical blocks covering [start, start+n) as (L, 2, positions, KVH, D) + offset."""
+        bs = self.block_size
+        b0, b1 = start // bs, _cdiv(start + n, bs)
+        blocks = self.pool[self.table[b0:b1]]  # (nb, L, 2, BS, KVH, D), a gathered copy
+        s = blocks.shape
+        span = blocks.transpose(1, 2, 0, 3, 4, 5).reshape(s[1], s[2], s[0] * bs, s[4], s[5])
+        return span, start - b0 * bs
+
+    def read_span(self, start: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Positions [start, start+n) of every layer: host float16 (L, 2, n, KVH, D)."""
+        cp = _cupy()
+        if start + n > self.length:
+            raise ValueError(f"cannot read positions up to {start + n} of {self.length}")
+        span, off = self._span_view(start, n)
+        dev = cp.ascontiguousarray(span[:, :, off : off + n])
+        if out is None:
+            out = pinned_empty(dev.shape, np.float16)
+        dev.get(out=out)
+        return out
+
+    def write_span(self, start: int, block: np.ndarray) -> None:
+        """Write ``read_span``'s output back at positions [start, start+len)."""
+        cp = _cupy()
+        n = block.shape[2]
+        self.grow(start + n)
+        bs = self.block_size
+        b0, b1 = start // bs, _cdiv(start + n, bs)
+        ids = self.table[b0:b1]
+        blocks = self.pool[ids]
+        nb = b1 - b0
+        span = blocks.transpose(1, 2, 0, 3, 4, 5).reshape(
+            blocks.shape[1], 2, nb * bs, *blocks.shape[4:]
+        )
+        off = start - b0 * bs
+        span[:, :, off : off + n] = cp.asarray(block, dtype=cp.float16)
+        self.pool[ids] = span.reshape(blocks.shape[1], 2, nb, bs, *blocks.shape[4:]).transpose(
+            2, 0, 1, 3, 4, 5
+        )
+        self.length = max(self.length, start + n)
+
+    def export_blocks(self, block_ids: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+        """Logical blocks as one pinned host array (len, L, 2, BS, KVH, D) float16."""
+        cp = _cupy()
+        ids = cp.asarray(np.asarray(block_ids, np.int64))
+        dev = self.pool[self.table[ids]]
+        if out is None:
+            out = pinned_empty(dev.shape, np.float16)
+        dev.get(out=out)
+        return out
+
+    def import_blocks(self, block_ids: Sequence[int], host: np.ndarray, stream: Any = None) -> None:
+        """Write ``export_blocks``' layout into logical blocks (one async copy a run of blocks
+        when the blocks are contiguous in the pool; ``host`` should be pinned for full speed).
+        The caller sets ``length``. Completes before return unless a ``stream`` is given."""
+        cp = _cupy()
+        ids = [int(b) for b in block_ids]
+        self.grow((max(ids) + 1) * self.block_size)
+        phys = cp.asnumpy(self.table)[ids]
+        given = stream is not None
+        stream = stream or cp.cuda.get_current_stream()
+        per_block = int(np.prod(self.pool.shape[1:])) * 2
+        src = np.ascontiguousarray(host, dtype=np.float16)
+        i = 0
+        while i < len(ids):
+            j = i
+            while j + 1 < len(ids) and phys[j + 1] == phys[j] + 1:
+                j += 1
+            dst = self.pool.data.ptr + int(phys[i]) * per_block
+            cp.cuda.runtime.memcpyAsync(
+                dst, src.ctypes.data + i * per_block, (j - i + 1) * per_block,
+                cp.cuda.runtime.memcpyHostToDevice, stream.ptr,
+            )  # fmt: skip
+            i = j + 1
+        if not given:
+            stream.synchronize()
+
+    def export(self, n: int) -> list[np.ndarray]:
+        """Like ``DenseKV.export``: per layer a float32 (2, n, KVH, D) host array."""
+        span = self.read_span(0, n).astype(np.float32)
+        return list(span)
+
+    def import_(self, layers: Sequence[np.ndarray]) -> None:
+        """Replace the contents with ``export``'s output; ``length`` becomes its token count."""
+        self.write_span(0, np.stack(layers))
+        self.length = layers[0].shape[1]
+
+
+# ---------------------------------------------------------------------------- ops
+
+
+class CudaOps:
+    """The ops interface on CuPy (see ``model.Ops``); arrays are cupy float32."""
+
+    dtype = np.float32
+
+    def __init__(self) -> None:
+        if not cuda_available():
+            select_ops("cuda")  # raises DeviceUnavailable with the install hint
+        cp = _cupy()
+        self.cp = cp
+        self.device_id = cp.cuda.Device().id
+        self.n_sm = cp.cuda.Device().attributes["MultiProcessorCount"]
+        self._scratch16 = cp.empty(0, cp.float16)
+
+    # ---- preparation ----
+
+    def prepare_linear(
+        self, weights: Sequence[WeightTensor], biases: Sequence[WeightTensor] | None = None
+    ) -> CudaLinear:
+        bias = None
+        if biases:
+            bias = self.cp.asarray(np.concatenate([b.dequantize(np.float32) for b in biases]))
+        return CudaLinear(_upload_matrices(weights), bias)
+
+    def prepare_vector(self, t: WeightTensor) -> Any:
+        return self.cp.asarray(np.ascontiguousarray(t.dequantize(np.float32)))
+
+    def prepare_embedding(self, t: WeightTensor) -> CudaLinear:
+        return CudaLinear(_upload_matrices([t]))
+
+    def tied_linear(self, embedding: CudaLinear) -> CudaLinear:
+        return embedding
+
+    def prepare_rope(self, inv_freq: np.ndarray, neox: bool, max_positions: int) -> CudaRope:
+        return CudaRope(inv_freq, neox, max_positions)
+
+    def new_kv(self, spec: ModelSpec, capacity: int) -> CudaKV:
+        return CudaKV(spec, capacity)
+
+    def compute(self) -> Any:
+        """Entered around each forward: makes this ops' GPU the current device."""
+        return self.cp.cuda.Device(self.device_id)
+
+    # ---- kernels, callable from the graph capture too ----
+
+    def gemv(self, part: QMatrix, x: Any, y: Any, *, t: int = 1, y_stride: int = 0,
+             mode: int = 0, norm: Any = None, eps: float = 0.0, bias: Any = None) -> None:  # fmt: skip
+        """y (device pointer / array view) <- part @ x for t rows of x; see quant.cu gemv."""
+        k = _kernel(f"gemv<{part.qtype},{mode}>")
+        smem = (part.cols + part.cols // 32 * 4) * 4
+        if smem > 48 * 1024 and k.max_dynamic_shared_size_bytes < smem:
+            k.max_dynamic_shared_size_bytes = smem
+        rows = part.rows // 2 if mode == 2 else part.rows
+        grid = _cdiv(rows, 8 if mode == 2 else 16)
+        k((grid, t), (256,),
+          (part.data, np.int64(part.row_bytes), _as_ptr(x), _I32(part.cols), _as_ptr(y),
+           _I32(rows), np.int64(y_stride), _as_ptr(norm), _F32(eps), _as_ptr(bias)),
+          shared_mem=smem)  # fmt: skip
+
+    def dequantize(self, part: QMatrix, out: Any) -> None:
+        n = part.rows * (part.cols // 32)
+        _kernel(f"dequant_f16<{part.qtype}>")(
+            (_cdiv(n, 128),), (128,),
+            (part.data, np.int64(part.row_bytes), _I32(part.rows), _I32(part.cols), out),
+        )  # fmt: skip
+
+    # ---- compute ----
+
+    def embed(self, table: CudaLinear, ids: Sequence[int]) -> Any:
+        cp = self.cp
+        part = table.parts[0]
+        dev_ids = cp.asarray(np.asarray(ids, dtype=np.int32))
+        out = cp.empty((len(dev_ids), part.cols), cp.float32)
+        _kernel(f"embed<{part.qtype}>")(
+            (len(dev_ids),), (128,),
+            (part.data, np.int64(part.row_bytes), _I32(part.cols), dev_ids, out),
+        )  # fmt: skip
+        return out
+
+    def matmul(self, x: Any, lin: CudaLinear) -> Any:
+        cp = self.cp
+        x = cp.ascontiguousarray(x, dtype=cp.float32)
+        t = x.shape[0]
+        y = cp.empty((t, lin.rows), cp.float32)
+        if t <= GEMV_MAX_T:
+            off = 0
+            for p in lin.parts:
+                self.gemv(p, x, _Offset(y, off), t=t, y_stride=lin.rows)
+                off += p.rows
+        else:
+            w16 = self._dequant_linear(lin)
+            x16 = x.astype(cp.float16)
+            _gemm(w16, x16, y, m=lin.rows, n=t, k=lin.cols)
+        if lin.bias is not None:
+            y += lin.bias
+        return y
+
+    def _dequant_linear(self, lin: CudaLinear) -> Any:
+        cp = self.cp
+        need = lin.rows * lin.cols
+        if self._scratch16.size < need:
+            self._scratch16 = cp.empty(need, cp.float16)
+        w16 = self._scratch16[:need]
+        off = 0
+        for p in lin.parts:
+            self.dequantize(p, w16[off * lin.cols :])
+            off += p.rows
+        return w16
+
+    def rmsnorm(self, x: Any, w: Any, eps: float) -> Any:
+        cp = self.cp
+        x = cp.ascontiguousarray(x, dtype=cp.float32)
+        out = cp.empty_like(x)
+        n = x.shape[-1]
+        _kernel("rmsnorm")((x.size // n,), (256,), (x, w, out, _I32(n), _F32(eps)))
+        return out
+
+    def rope(self, x: Any, pos0: int, rope: CudaRope) -> Any:
+        cp = self.cp
+        x = cp.ascontiguousarray(x, dtype=cp.float32)
+        t, h, d = x.shape
+        rope.ensure(pos0 + t)
+        out = cp.empty_like(x)
+        _kernel("rope")(
+            (t * h,), (min(128, d // 2),),
+            (x, out, _I32(h), _I32(d), rope.cos, rope.sin, _I32(pos0), _U64(0), _I32(rope.neox)),
+        )  # fmt: skip
+        return out
+
+    def attention(self, q: Any, kv: CudaKV, layer: int, pos0: int) -> Any:
+        cp = self.cp
+        q = cp.ascontiguousarray(q, dtype=cp.float32)
+        t, h, d = q.shape
+        s = kv.spec
+        g = h // s.n_kv_heads
+        n = pos0 + t
+        if t == 1:
+            out = cp.empty((1, h * d), cp.float32)
+            nsplit = self.decode_splits(s, n)
+            po = cp.empty((h, nsplit, d), cp.float32)
+            pml = cp.empty((h, nsplit, 2), cp.float32)
+            self.attend_decode(q, kv, layer, po, pml, out, nsplit, n_host=n)
+            return out
+        kvh = s.n_kv_heads
+        scale = 1.0 / math.sqrt(d)
+        q16 = cp.empty((kvh, t * g, d), cp.float16)
+        _kernel("q_pack")((_cdiv(q.size, 256),), (256,),
+                          (q, q16, _I32(t), _I32(kvh), _I32(g), _I32(d), _F32(scale)))
+        k16 = cp.empty((kvh, n, d), cp.float16)
+        v16 = cp.empty((kvh, n, d), cp.float16)
+        _kernel("kv_gather")(
+            (_cdiv(n * kvh * d, 256),), (256,),
+            (kv.pool, kv.table, _I32(layer), _I32(s.n_layers), _I32(kv.block_size), _I32(kvh),
+             _I32(d), _I32(n), k16, v16),
+        )  # fmt: skip
+        scores = cp.empty((kvh, t * g, n), cp.float32)
+        _gemm(k16, q16, scores, m=n, n=t * g, k=d, batch=kvh, transa=True)
+        probs = cp.empty((kvh, t * g, n), cp.float16)
+        _kernel("softmax_causal")((kvh * t * g,), (256,),
+                                  (scores, probs, _I32(t * g), _I32(g), _I32(n), _I32(pos0)))
+        del scores
+        o = cp.empty((kvh, t * g, d), cp.float32)
+        _gemm(v16, probs, o, m=d, n=t * g, k=n, batch=kvh, transa=False)
+        out = cp.empty((t, h * d), cp.float32)
+        _kernel("o_unpack")((_cdiv(out.size, 256),), (256,),
+                            (o, out, _I32(t), _I32(kvh), _I32(g), _I32(d)))
+        return out
+
+    def decode_splits(self, spec: ModelSpec, n: int) -> int:
+        """How many context slices flash-decoding uses for ``n`` positions (fixed in graphs)."""
+        per_iter = 256 // (spec.head_dim // 8)
+        return max(1, min(_cdiv(n, per_iter), 4 * self.n_sm // spec.n_kv_heads, 1024))
+
+    def attend_decode(self, q: Any, kv: CudaKV, layer: int, po: Any, pml: Any, out: Any,
+                      nsplit: int, *, n_host: int = 0, pos_dev: Any = None) -> None:  # fmt: skip
+        """Flash-decoding of one query (H, D) over the first n positions (n_host, or
+        ``*pos_dev + 1`` read on the device) into out (H * D)."""
+        s = kv.spec
+        d, g = s.head_dim, s.n_heads // s.n_kv_heads
+        if d not in HEAD_DIMS or g > 8:
+            raise ValueError(f"CUDA decode attention supports head_dim {HEAD_DIMS} and at most "
+                             f"8 query heads per KV head, not {d} and {g}")  # fmt: skip
+        _kernel(f"attn_split<{d}>")(
+            (s.n_kv_heads, nsplit), (256,),
+            (q, kv.pool, kv.table, _I32(layer), _I32(s.n_layers), _I32(kv.block_size),
+             _I32(s.n_kv_heads), _I32(g), _I32(n_host), _as_ptr(pos_dev),
+             _F32(1.0 / math.sqrt(d)), po, pml, _I32(nsplit)),
+        )  # fmt: skip
+        _kernel("attn_combine")((s.n_heads,), (256,), (po, pml, out, _I32(d), _I32(nsplit)))
+
+    def swiglu(self, gate_up: Any) -> Any:
+        cp = self.cp
+        gate_up = cp.ascontiguousarray(gate_up, dtype=cp.float32)
+        t, f2 = gate_up.shape
+        out = cp.empty((t, f2 // 2), cp.float32)
+        _kernel("swiglu")((_cdiv(out.size, 256),), (256,), (gate_up, out, _I32(t), _I32(f2 // 2)))
+        return out
+
+    def add(self, x: Any, y: Any) -> Any:
+        x += y
+        return x
+
+    def logits(self, x: Any, head: CudaLinear) -> np.ndarray:
+        return self.cp.asnumpy(self.matmul(x, head))
+
+
+class _Offset:
+    """A device pointer ``elements`` float32s into an array (a kernel argument)."""
+
+    def __init__(self, a: Any, elements: int) -> None:
+        self.ptr = a.data.ptr + 4 * elements
+
+
+def _as_ptr(a: Any) -> np.uint64:
+    if a is None:
+        return _U64(0)
+    if isinstance(a, _Offset):
+        return _U64(a.ptr)
+    return _U64(a.data.ptr)
+
+
+def _gemm(a: Any, b: Any, c: Any, *, m: int, n: int, k: int, batch: int = 1,
+          transa: bool = True) -> None:  # fmt: skip
+    """Row-major C (batch, n, m) fp32 = B (batch, n, k) @ op(A) with fp16 A, B, fp32 accumulate.
+
+    transa: A is (batch, m, k) row-major (C = B A^T); else A is (batch, k, m) (C = B A).
+    """
+    cp = _cupy()
+    from cupy_backends.cuda.libs import cublas
+
+    handle = cp.cuda.device.get_cublas_handle()
+    one, zero = np.ones(1, np.float32), np.zeros(1, np.float32)
+    r16, r32, compute32 = 2, 0, 68  # CUDA_R_16F, CUDA_R_32F, CUBLAS_COMPUTE_32F
+    op_a = 1 if transa else 0
+    lda = k if transa else m
+    if batch == 1:
+        cublas.gemmEx(handle, op_a, 0, m, n, k, one.ctypes.data, a.data.ptr, r16, lda,
+                      b.data.ptr, r16, k, zero.ctypes.data, c.data.ptr, r32, m, compute32, -1)
+    else:
+        cublas.gemmStridedBatchedEx(
+            handle, op_a, 0, m, n, k, one.ctypes.data, a.data.ptr, r16, lda, m * k,
+            b.data.ptr, r16, k, n * k, zero.ctypes.data, c.data.ptr, r32, m, m * n, batch,
+            compute32, -1,
+        )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- decode graph
+
+
+class GraphDecoder:
+    """Single-token decode of ``model`` (a ``Transformer`` on ``CudaOps``) as one CUDA graph.
+
+    The graph reads the input token and position from device state ``[pos, token]``, runs
+    every layer with our kernels (fused RMSNorm+GEMV, RoPE+KV write, flash-decoding,
+    GEMV+residual, GEMV+SwiGLU), writes the logits and the next token, and advances the
+    position: replaying it n times decodes n tokens with no host round trip.
+    """
+
+    def __init__(self, model: Any, kv: CudaKV, *, temperature: float = 0.0, seed: int = 0) -> None:
+        ops = model.ops
+        if not isinstance(ops, CudaOps):
+            raise TypeError("GraphDecoder needs a Transformer built on CudaOps")
+        self.model, self.ops, self.kv = model, ops, kv
+        self.inv_temp = 0.0 if temperature <= 0 else 1.0 / temperature
+        self.seed = seed
+        self.graph = None
+        self._pool_ptr = None
+        self._marks: list[tuple[str, Any]] | None = None
+
+    def _capture(self) -> None:
+        cp, ops, kv, s = self.ops.cp, self.ops, self.kv, self.model.spec
+        self.model.rope.ensure(kv.capacity + 1)
+        hd, h, kvh = s.head_dim, s.n_heads, s.n_kv_heads
+        self.state = cp.zeros(2, cp.int32)
+        self.history = cp.zeros(kv.capacity + 1, cp.int32)
+        self.x = cp.empty(s.n_embd, cp.float32)
+        self.qkv = cp.empty((h + 2 * kvh) * hd, cp.float32)
+        self.q = cp.empty(h * hd, cp.float32)
+        self.attn = cp.empty(h * hd, cp.float32)
+        self.gu = cp.empty(2 * s.n_ff, cp.float32)
+        self.ffn = cp.empty(s.n_ff, cp.float32)
+        self.logits_dev = cp.empty(s.vocab_size, cp.float32)
+        self.nsplit = ops.decode_splits(s, kv.capacity)
+        self.po = cp.empty((h, self.nsplit, hd), cp.float32)
+        self.pml = cp.empty((h, self.nsplit, 2), cp.float32)
+        self.host_state = pinned_empty((2,), np.int32)
+        self.stream = cp.cuda.Stream(non_blocking=True)
+        cp.cuda.Device().synchronize()  # the buffers above were set on the default stream
+        # Warm-up (compiles and checks every kernel outside capture) at the next position to
+        # be written, so the KV it stores is overwritten by the first real step.
+        self._start(0)
+        with self.stream:
+            self._launch_step()
+            self.stream.synchronize()
+            self.stream.begin_capture()
+            self._launch_step()
+            self.graph = self.stream.end_capture()
+        self._pool_ptr = (kv.pool.data.ptr, self.model.rope.cos.data.ptr)
+
+    def _mark(self, label: str) -> None:
+        if self._marks is not None:
+            ev = self.ops.cp.cuda.Event()
+            ev.record(self.stream)
+            self._marks.append((label, ev))
+
+    def profile(self, token: int = 0) -> dict[str, float]:
+        """Milliseconds per kernel kind for one step run eagerly (not as a graph), by CUDA
+        events between launches; launch gaps are included, so the sum exceeds a replay."""
+        self._ready(1)
+        self._start(token)
+        self._marks = []
+        with self.stream:
+            _kernel("spin")((1,), (1,), (np.int64(200_000_000),))  # ~0.1 s: launches queue up
+            self._mark("start")
+            self._launch_step()
+            self._mark("end")
+        self.stream.synchronize()
+        marks, self._marks = self._marks[1:], None
+        out: dict[str, float] = {}
+        for (label, a), (_, b) in itertools.pairwise(marks):
+            out[label] = out.get(label, 0.0) + self.ops.cp.cuda.get_elapsed_time(a, b)
+        return out
+
+    def _launch_step(self) -> None:
+        ops, m, s, kv = self.ops, self.model, self.model.spec, self.kv
+        eps = s.rms_eps
+        self._mark("embed")
+        emb = m.embedding.parts[0]
+        _kernel(f"embed<{emb.qtype}>")(
+            (1,), (128,), (emb.data, np.int64(emb.row_bytes), _I32(emb.cols),
+                           _as_ptr(_Offset(self.state, 1)), self.x))  # fmt: skip
+        pos = self.state  # state[0] is the position
+        for layer, b in enumerate(m.blocks):
+            self._mark("gemv_qkv")
+            off = 0
+            for p in b.qkv.parts:
+                bias = None if b.qkv.bias is None else _Offset(b.qkv.bias, off)
+                ops.gemv(p, self.x, _Offset(self.qkv, off), norm=b.attn_norm, eps=eps, bias=bias)
+                off += p.rows
+            self._mark("rope_kv")
+            _kernel("rope_kv_decode")(
+                (s.n_heads + 2 * s.n_kv_heads,), (128,),
+                (self.qkv, self.q, kv.pool, kv.table, _I32(layer), _I32(s.n_layers),
+                 _I32(kv.block_size), _I32(s.n_heads), _I32(s.n_kv_heads), _I32(s.head_dim),
+                 m.rope.cos, m.rope.sin, pos, _I32(m.rope.neox), _as_ptr(b.q_norm),
+                 _as_ptr(b.k_norm), _F32(eps)),
+            )  # fmt: skip
+            self._mark("attention")
+            ops.attend_decode(self.q, kv, layer, self.po, self.pml, self.attn, self.nsplit,
+                              pos_dev=pos)  # fmt: skip
+            self._mark("gemv_out")
+            ops.gemv(b.out.parts[0], self.attn, self.x, mode=1)
+            self._mark("gemv_gate_up")
+            if len(b.gate_up.parts) == 1:
+                ops.gemv(b.gate_up.parts[0], self.x, self.ffn, mode=2, norm=b.ffn_norm, eps=eps)
+            else:
+                off = 0
+                for p in b.gate_up.parts:
+                    ops.gemv(p, self.x, _Offset(self.gu, off), norm=b.ffn_norm, eps=eps)
+                    off += p.rows
+                _kernel("swiglu")((_cdiv(s.n_ff, 256),), (256,),
+                                  (self.gu, self.ffn, _I32(1), _I32(s.n_ff)))
+            self._mark("gemv_down")
+            ops.gemv(b.down.parts[0], self.ffn, self.x, mode=1)
+        self._mark("gemv_head")
+        off = 0
+        for p in m.head.parts:
+            ops.gemv(p, self.x, _Offset(self.logits_dev, off), norm=m.output_norm, eps=eps)
+            off += p.rows
+        self._mark("next_token")
+        _kernel("next_token")(
+            (1,), (1024,),
+            (self.logits_dev, _I32(s.vocab_size), _F32(self.inv_temp), np.uint32(self.seed),
+             self.state, self.history, _I32(1)),
+        )  # fmt: skip
+
+    def _ready(self, steps: int) -> None:
+        if self.kv.length + steps > self.kv.capacity:
+            self.kv.grow(self.kv.length + steps)
+        if self.graph is None or self._pool_ptr != (self.kv.pool.data.ptr, self.model.rope.cos.data.ptr):
+            self._capture()
+
+    def _start(self, token: int) -> None:
+        # Order after work queued on the caller's stream (a prefill writing this KV).
+        self.stream.wait_event(self.ops.cp.cuda.get_current_stream().record())
+        self.host_state[:] = (self.kv.length, token)
+        self.state.set(self.host_state, stream=self.stream)
+
+    def step(self, token: int) -> int:
+        """Feed ``token`` at position ``kv.length``; return the next token."""
+        self._ready(1)
+        self._start(token)
+        self.graph.launch(self.stream)
+        self.state.get(out=self.host_state, stream=self.stream)
+        self.stream.synchronize()
+        self.kv.length += 1
+        return int(self.host_state[1])
+
+    def generate(self, token: int, n: int) -> list[int]:
+        """Greedy/sampled continuation of ``token`` for n steps, one host sync at the end."""
+        self._ready(n)
+        pos0 = self.kv.length
+        self._start(token)
+        for _ in range(n):
+            self.graph.launch(self.stream)
+        out = self.history[pos0 + 1 : pos0 + 1 + n].get(stream=self.stream)
+        self.stream.synchronize()
+        self.kv.length += n
+        return [int(t) for t in out]
+
+    def logits(self) -> np.ndarray:
+        """Logits of the last step, float32 on the host."""
+        out = self.logits_dev.get(stream=self.stream)
+        self.stream.synchronize()
+        return out
