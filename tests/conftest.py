@@ -6,3 +6,11 @@ import pytest
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request):
     return request.param
+
+
+from engine_fixtures import (  # noqa: E402,F401  (fixtures shared by the engine tests)
+    reference_smollm2,
+    smollm2_model,
+    smollm2_path,
+    smollm2_tokenizer,
+)
