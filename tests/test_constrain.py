@@ -30,7 +30,7 @@ from agentcore.tools import tool
 pytestmark = pytest.mark.real_model
 
 try:  # CI pulls the model through this fixture
-    from engine_fixtures import smollm2_path  # noqa: F401
+    from engine_fixtures import smollm2_path
 except ImportError:
     _MODEL = Path.home() / ".cache/agentcore/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -173,17 +173,17 @@ def check_mask(mask: np.ndarray, tok: Tokenizer) -> None:
     assert not mask.flags.writeable
 
 
-def plain_ids(tok: Tokenizer) -> np.ndarray:
+@pytest.fixture(scope="module")
+def prose(tok) -> np.ndarray:
     """Ids of ordinary prose tokens (letters, digits, spaces, light punctuation)."""
-    prose = re.compile(r"[ A-Za-z0-9.,!?']+")
+    plain = re.compile(r"[ A-Za-z0-9.,!?']+")
     return np.array(
-        [i for i in range(tok.vocab_size) if prose.fullmatch(tok.decode([i]))], dtype=np.int64
+        [i for i in range(tok.vocab_size) if plain.fullmatch(tok.decode([i]))], dtype=np.int64
     )
 
 
-def writer(tok: Tokenizer, rng: np.random.Generator, script: list[int]) -> Callable[[int], int]:
+def writer(prose: np.ndarray, rng: np.random.Generator, script: list[int]) -> Callable[[int], int]:
     """A free-text policy: ``script`` token by token, then random prose."""
-    prose = plain_ids(tok)
     queue = list(script)
     return lambda step: queue.pop(0) if queue else int(rng.choice(prose))
 
@@ -263,18 +263,18 @@ def test_named_tool_choice_always_calls_that_tool(tok, policy):
 
 
 @pytest.mark.parametrize("policy", POLICIES, ids=lambda p: p.__name__)
-def test_auto_takes_over_once_the_model_opens_a_block(tok, policy):
+def test_auto_takes_over_once_the_model_opens_a_block(tok, prose, policy):
     for seed in range(EPISODES):
         rng = np.random.default_rng(seed)
         opening = (TOOL_CALLS_START, "<|DSML|tool_calls>")[seed % 2]
-        prose = [int(i) for i in rng.choice(plain_ids(tok), size=seed % 12)]
-        free = writer(tok, rng, prose + tok.encode(opening))
+        content = [int(i) for i in rng.choice(prose, size=seed % 12)]
+        free = writer(prose, rng, content + tok.encode(opening))
         episode = drive(ToolCallConstraint(tok, SPECS, "auto"), tok, rng, policy, free)
         the_call(episode)
         kinds = episode.kinds
         constrained = next(k for k, kind in enumerate(kinds) if kind != "free")
         assert "free" not in kinds[constrained:], "constrained for good once the block began"
-        assert parse_completion(episode.text).content == tok.decode(prose).rstrip()
+        assert parse_completion(episode.text).content == tok.decode(content).rstrip()
 
 
 def test_auto_leaves_ordinary_text_alone(tok):
@@ -297,10 +297,10 @@ def test_auto_commits_at_two_characters_of_the_opening(tok):
     assert forced.text == 'DSML｜tool_calls>\n<｜DSML｜invoke name="'
 
 
-def test_none_never_constrains(tok):
+def test_none_never_constrains(tok, prose):
     for seed in range(EPISODES):
         rng = np.random.default_rng(seed)
-        free = writer(tok, rng, tok.encode(TOOL_CALLS_START + '\n<｜DSML｜invoke name="'))
+        free = writer(prose, rng, tok.encode(TOOL_CALLS_START + '\n<｜DSML｜invoke name="'))
         constraint = ToolCallConstraint(tok, SPECS, "none")
         episode = drive(constraint, tok, rng, uniform, free, max_steps=40)
         assert set(episode.kinds) == {"free"} and not episode.done

@@ -18,7 +18,7 @@ from agentcore.engine.model import Transformer
 from agentcore.engine.ops_cuda import CudaOps, GraphDecoder, cuda_available
 from agentcore.engine.ops_numpy import DenseKV, NumpyOps, Rope
 from agentcore.engine.synthetic import LLAMA3_8B, SMOLLM2_135M, TINY, write_synthetic_gguf
-from tests.test_ops_cuda_decode import random_rows
+from test_ops_cuda_decode import random_rows
 
 pytestmark = [
     pytest.mark.gpu,

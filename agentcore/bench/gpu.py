@@ -238,10 +238,10 @@ def main(argv: list[str]) -> int:
         peer = {} if args.no_peer else hf_peer(tr.spec, [64], [512, 8192], 16 if big else 32)
         for ctx in contexts:
             fast, synced, dec = time_decode(cp, tr, ctx, steps)
-            fig = dict(figure="decode", model=name, quant=quant, ctx=ctx, value=round(fast, 1),
-                       unit="tok/s", value_sync_per_token=round(synced, 1),
-                       ceiling=round(ceiling, 1), ratio_to_ceiling=round(fast / ceiling, 3),
-                       weight_bytes_per_token=wbytes)  # fmt: skip
+            fig = {"figure": "decode", "model": name, "quant": quant, "ctx": ctx, "value": round(fast, 1),
+                       "unit": "tok/s", "value_sync_per_token": round(synced, 1),
+                       "ceiling": round(ceiling, 1), "ratio_to_ceiling": round(fast / ceiling, 3),
+                       "weight_bytes_per_token": wbytes}  # fmt: skip
             if f"decode{ctx}" in peer:
                 fig["peer"] = {"name": "hf-transformers-eager-bf16", "value": round(peer[f"decode{ctx}"], 1)}
             if ctx in (64, contexts[-1]):
@@ -250,8 +250,8 @@ def main(argv: list[str]) -> int:
             del dec
         for n in (512, 8192):
             tps = time_prefill(cp, tr, n, tr.spec.vocab_size)
-            fig = dict(figure="prefill", model=name, quant=quant, ctx=n, value=round(tps, 1),
-                       unit="tok/s")  # fmt: skip
+            fig = {"figure": "prefill", "model": name, "quant": quant, "ctx": n, "value": round(tps, 1),
+                       "unit": "tok/s"}  # fmt: skip
             if f"prefill{n}" in peer:
                 fig["peer"] = {"name": "hf-transformers-eager-bf16", "value": round(peer[f"prefill{n}"], 1)}
             run.emit(**fig)

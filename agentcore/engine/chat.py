@@ -27,9 +27,11 @@ ends in tool results. DeepSeek V4 needs no closing tokens: ``<｜Assistant｜>``
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from agentcore.dsml import render_tool_calls, render_tool_result, render_tools
+from agentcore.engine.gguf import GGUFModel
 from agentcore.engine.tokenizer import Tokenizer
 from agentcore.errors import TokenizerError
 from agentcore.messages import (
@@ -43,7 +45,7 @@ from agentcore.messages import (
 __all__ = ["ChatFormat", "ChatML", "DeepSeekV4", "Llama3", "detect_chat_format"]
 
 
-class ChatFormat:
+class ChatFormat(ABC):
     """Base of the chat formats; subclasses define how one turn opens, closes and ends."""
 
     name = "base"
@@ -59,16 +61,17 @@ class ChatFormat:
     end_of_turn: list[int]  # closes an assistant turn the model did not close itself
     separator: list[int]  # follows every closed turn (ChatML: "\n")
 
+    @abstractmethod
     def _open(self, role: str, text: str) -> list[int]:
         """A turn's opening and its text, without the closing tokens."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _close(self) -> list[int]:
         """Closes a user or system turn."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _assistant_prompt(self) -> list[int]:
-        raise NotImplementedError
+        """Opens an assistant turn (the generation prompt, less any pending closing)."""
 
     def _assistant_body(self, message: AssistantMessage) -> list[int]:
         """Tokens of an assistant turn written as text (no token_ids), before end_of_turn."""
@@ -222,11 +225,13 @@ class DeepSeekV4(ChatFormat):
 
 
 def detect_chat_format(
-    model: object, tokenizer: Tokenizer, *, thinking: bool = False
+    model: GGUFModel, tokenizer: Tokenizer, *, thinking: bool = False
 ) -> ChatFormat:
-    """The chat format of a GGUF model, from its chat template and special tokens."""
-    metadata = getattr(model, "metadata", {})
-    template = str(metadata.get("tokenizer.chat_template", ""))
+    """The chat format of a GGUF model, from its chat template and special tokens.
+
+    ``thinking`` selects DeepSeek V4's thinking mode; other formats ignore it.
+    """
+    template = str(model.metadata.get("tokenizer.chat_template", ""))
     specials = tokenizer.special_ids
 
     def has(marker: str) -> bool:
@@ -239,7 +244,7 @@ def detect_chat_format(
     if has("<|im_start|>"):
         return ChatML(tokenizer)
     raise TokenizerError(
-        f"{getattr(model, 'path', 'model')}: no supported chat format found in the chat "
+        f"{model.path}: no supported chat format found in the chat "
         "template or special tokens; supported: ChatML (<|im_start|>), Llama 3 "
         "(<|start_header_id|>), DeepSeek V4 (<｜Assistant｜>)"
     )

@@ -50,9 +50,10 @@ from agentcore.engine.kv import (
     write_span,
 )
 from agentcore.engine.model import Transformer
+from agentcore.engine.ops_cuda import select_ops
 from agentcore.engine.sampler import StopChecker, StopString, sample
 from agentcore.engine.tokenizer import Tokenizer
-from agentcore.errors import ContextOverflow, DeviceUnavailable
+from agentcore.errors import ContextOverflow
 from agentcore.messages import Message, ToolMessage, UserMessage
 
 __all__ = ["LocalEngine", "TurnRecord"]
@@ -87,31 +88,6 @@ class _Prepared:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def select_backend(device: str):
-    """Ops backend for ``device``: "cpu", "cuda" or "auto" (CUDA when CuPy and a GPU exist)."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f'device must be "auto", "cpu" or "cuda", not {device!r}')
-    if device in ("auto", "cuda"):
-        try:
-            from agentcore.engine.ops_cuda import CudaOps, cuda_available
-        except ImportError as exc:
-            if device == "cuda":
-                raise DeviceUnavailable(
-                    f"device='cuda' needs CuPy ({exc}): pip install 'agentcore[cuda12]' "
-                    "(or [cuda13] for CUDA 13 drivers)"
-                ) from None
-        else:
-            if cuda_available():
-                return CudaOps()
-            if device == "cuda":
-                raise DeviceUnavailable(
-                    "device='cuda' but CuPy sees no usable NVIDIA GPU; use device='cpu' or 'auto'"
-                )
-    from agentcore.engine.ops_numpy import NumpyOps
-
-    return NumpyOps()
-
-
 class LocalEngine:
     """An in-process engine over one GGUF model.
 
@@ -138,7 +114,7 @@ class LocalEngine:
         self.context_length = int(context_length or trained)
         if self.context_length < 1:
             raise ValueError("context_length must be positive")
-        self.ops = select_backend(device)
+        self.ops = select_ops(device)
         self.device = "cuda" if type(self.ops).__name__ == "CudaOps" else "cpu"
         self.tokenizer = Tokenizer.from_gguf(model)
         self.chat: ChatFormat = detect_chat_format(model, self.tokenizer, thinking=thinking)

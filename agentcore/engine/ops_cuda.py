@@ -363,6 +363,8 @@ class CudaKV:
 class CudaOps:
     """The ops interface on CuPy (see ``model.Ops``); arrays are cupy float32."""
 
+    kv_dtype = "float16"  # the paged KV pool stores fp16; part of every block's identity
+
     dtype = np.float32
 
     def __init__(self) -> None:
