@@ -1,39 +1,35 @@
 """DSML codec: render tools, tool calls and tool results; parse completions, whole or streamed.
 
-DSML (see shared/DSML.md) is the XML-like markup DeepSeek V4 writes tool calls in; agentcore
-teaches it to every model family, so this module is the only tool-call parser.
+DSML (shared/DSML.md) is the XML-like markup DeepSeek V4 writes tool calls in. agentcore
+teaches it to every model family, so this is the only tool-call parser.
 
 Invariants
-- Rendering is byte-exact to DeepSeek's encoder and deterministic (any byte change in the
+- Rendering is byte-exact to DeepSeek's encoder and deterministic (a changed byte in the
   prompt invalidates every cached prefix after it), and every rendered call parses back to
-  the same names and arguments. The one string a raw value cannot hold, its own closing tag
-  ``</｜DSML｜parameter>``, is written as a JSON string instead. A name holding ``"<>`` or a
-  value JSON cannot encode raises ``DSMLError``.
-- Parsing never raises. Whatever is wrong goes into ``ParsedCompletion.errors`` as a sentence
-  the model can act on; a call is returned only from an invoke that was written completely
-  and correctly, never from an unclosed or malformed one.
-- ``parse_completion`` runs the same state machine as ``StreamParser``, so the streamed
-  ``Visible`` texts concatenate to exactly ``parse_completion(stream.text).content``.
+  the same names and arguments: the one string a raw value cannot hold, its own closing tag,
+  is written as a JSON string. Only a name holding ``"<>`` or a non-JSON value raises.
+- Parsing never raises. Problems go to ``ParsedCompletion.errors`` as sentences the model
+  can act on; a call comes only from an invoke written completely and correctly.
+- ``parse_completion`` runs ``StreamParser``'s state machine, so streamed ``Visible`` texts
+  concatenate to exactly ``parse_completion(stream.text).content``, however the text is cut.
 
 How a completion is split
-- Generation ends at the first ``<｜end▁of▁sentence｜>``; what follows it is ignored.
-- ``<think>`` … ``</think>`` is reasoning (with ``thinking=True`` the text starts inside it;
-  unclosed, everything is reasoning). DSML inside reasoning is reasoning, never a call, so
-  calls come only after the last ``</think>`` (one inside a parameter value is just value).
-  A ``</think>`` in visible text is dropped markup: a stream cannot take back what it showed.
-- Visible text up to the first DSML tag is ``content``; the whitespace right before the
-  block is not (the encoder writes ``"\\n\\n"`` there). Content is otherwise kept exactly, so
-  a chat format can re-render it byte for byte.
+- Generation ends at the first ``<｜end▁of▁sentence｜>``; anything after it is ignored.
+- ``<think>``…``</think>`` is reasoning (``thinking=True``: the text starts inside it; if it
+  never closes, all is reasoning). DSML in reasoning is never a call, so calls come only
+  after the last ``</think>``. A ``</think>`` in visible text is dropped: a stream cannot
+  take back what it showed. Inside a parameter value it is just part of the value.
+- ``content`` is the visible text before the first DSML tag, kept exactly (a chat format
+  re-renders it byte for byte) except the whitespace right before the block.
 - The block ends at the first ``</｜DSML｜tool_calls>`` outside a parameter value. Text after
   it is ignored (engines stop there); only a second DSML block there is reported.
-- A cut-off block (no closing tag) sets ``incomplete`` and returns no call at all, not even
-  the invokes that closed before the cut: the model meant the block as one batch, and
-  running part of it would act on a plan it never finished writing.
+- A cut-off block sets ``incomplete`` and yields no call, not even from invokes that closed
+  before the cut: the block is one batch, and running part of it would act on a plan the
+  model never finished writing.
 
-Values are raw text, not XML: the lexer cuts each parameter value at its closing tag and
-keeps it out of band, and lxml sees only the tags. Nothing is escaped or normalised, so
-values come back byte-exact (an XML parser would turn ``\\r\\n`` into ``\\n`` and reject
-control characters even inside CDATA).
+Values are raw text, not XML: the lexer cuts each value at its closing tag and keeps it out
+of band; lxml sees only the tags. So nothing is unescaped or normalised (an XML parser turns
+``\r\n`` into ``\n`` and rejects control characters, even inside CDATA).
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -23,27 +22,15 @@ from pydantic import BaseModel, Field
 
 from agentcore.dsml import TOOL_CALLS_START, parse_completion
 from agentcore.engine.constrain import Allowed, Forced, ToolCallConstraint
-from agentcore.engine.gguf import load_gguf
 from agentcore.engine.tokenizer import Tokenizer
 from agentcore.tools import tool
 
 pytestmark = pytest.mark.real_model
 
-try:  # CI pulls the model through this fixture
-    from engine_fixtures import smollm2_path
-except ImportError:
-    _MODEL = Path.home() / ".cache/agentcore/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-    @pytest.fixture(scope="session")
-    def smollm2_path() -> Path:
-        if not _MODEL.exists():
-            pytest.skip(f"needs the SmolLM2 GGUF at {_MODEL} (its vocabulary is the test's)")
-        return _MODEL
-
 
 @pytest.fixture(scope="module")
-def tok(smollm2_path) -> Tokenizer:
-    return Tokenizer.from_gguf(load_gguf(smollm2_path))
+def tok(smollm2_tokenizer: Tokenizer) -> Tokenizer:
+    return smollm2_tokenizer
 
 
 # ---------------------------------------------------------------------------- tools
@@ -380,6 +367,32 @@ def test_json_values_of_every_shape_parse_to_their_type(tok):
         episode = drive(constraint, tok, rng, POLICIES[seed % len(POLICIES)], never)
         call = the_call(episode, {"plot": plot})
         assert "origin" in call.arguments and "grid" in call.arguments
+
+
+def test_an_optional_parameter_can_be_chosen_without_a_fullwidth_bar_token(tok):
+    constraint = ToolCallConstraint(tok, SPECS, {"name": "read_file"})
+    text = constraint.next("").text + "a.txt<"
+    text += constraint.next(text).text  # closes the path; what follows is a choice
+    assert text.endswith("</｜DSML｜parameter>\n<")  # every option starts with "<"
+    after = constraint.next(text)
+    assert isinstance(after, Allowed)
+    assert {tok.decode([i]) for i in np.flatnonzero(after.mask)} == {"|", "/"}
+    step = constraint.next(text + "|")  # SmolLM2 has no token for "｜": ASCII bars pick one
+    assert isinstance(step, Forced) and step.text == 'DSML|parameter name="'
+
+
+def test_closing_the_invoke_is_forced_in_canonical_spelling(tok):
+    constraint = ToolCallConstraint(tok, SPECS, {"name": "read_file"})
+    text = constraint.next("").text + "a.txt<"
+    text += constraint.next(text).text
+    step = constraint.next(text + "/")
+    assert isinstance(step, Forced) and step.text == "｜DSML｜invoke>\n</｜DSML｜tool_calls>"
+
+
+def test_masks_cover_every_logit_of_a_padded_vocabulary(tok):
+    constraint = ToolCallConstraint(tok, SPECS, "required", vocab_size=tok.vocab_size + 64)
+    names = constraint.next(constraint.next("").text)
+    assert names.mask.shape == (tok.vocab_size + 64,) and not names.mask[tok.vocab_size :].any()
 
 
 def test_thinking_keeps_the_block_out_of_reasoning(tok):

@@ -80,10 +80,10 @@ def test_parallel_calls_share_one_block_joined_by_newlines():
 
 def test_a_string_holding_the_closing_parameter_tag_is_written_as_a_json_string():
     rendered = render_tool_calls([call("f", v="x</｜DSML｜parameter>y")])
-    assert (
+    expected = (
         '<｜DSML｜parameter name="v" string="false">"x<\\/｜DSML｜parameter>y"</｜DSML｜parameter>'
-        in (rendered)
     )
+    assert expected in rendered
     assert parse_completion(rendered).tool_calls[0].arguments == {"v": "x</｜DSML｜parameter>y"}
 
 

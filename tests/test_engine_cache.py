@@ -96,8 +96,9 @@ async def test_new_engine_on_same_kv_dir_restores_from_disk_with_identical_logit
     nxt = msgs + [UserMessage(content="and now?")]
     with caplog.at_level(logging.INFO, logger="agentcore.kv"):
         done = await generate(restarted, req(nxt, max_tokens=1))
-    assert done.usage.cached_tokens / done.usage.prompt_tokens >= 0.95
     assert done.usage.cache_source == "disk"
+    # Every checkpointed token comes back (full blocks and the partial tail block).
+    assert done.usage.cached_tokens == first.turns[-1].prompt
     assert "kv cache hit source=disk" in caplog.text
     # The restarted session's KV (restored from disk + prefilled tail) gives the logits a
     # cold prefill of the whole prompt gives.

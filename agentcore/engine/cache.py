@@ -222,7 +222,8 @@ class CheckpointStore:
             tokens = len(got) * bs
             tail_key = None
             rest = list(ids[tokens:])
-            if rest and len(got) == len(hashes):
+            if rest:
+                # Wherever the chain of full blocks stops, a stored partial block may go on.
                 tail_key, block, src = self._best_tail(parent, rest)
                 if block is not None:
                     write_block(tokens, block)

@@ -4,9 +4,15 @@ A small model cannot write a valid ``<｜DSML｜tool_calls>`` block on its own. 
 ``ToolCallConstraint`` watches the text generated in one turn and tells the decode loop, step
 by step, what may come next: ``Forced`` text (tags, a tool name once it is determined), an
 ``Allowed`` token mask (a choice among tool or parameter names, a value being written), or
-``None`` (free text). The block it shapes is one invoke of a registered tool:
+``None`` (free text). The block it shapes is one invoke of a registered tool, each line
+below ending in "\\n" but the last:
 
-    <｜DSML｜tool_calls>\\n<｜DSML｜invoke name="NAME">\\n<｜DSML｜parameter name="P" string="true|false">VALUE</｜DSML｜parameter>\\n…</｜DSML｜invoke>\\n</｜DSML｜tool_calls>
+    <｜DSML｜tool_calls>
+    <｜DSML｜invoke name="NAME">
+    <｜DSML｜parameter name="P" string="true|false">VALUE</｜DSML｜parameter>
+    …
+    </｜DSML｜invoke>
+    </｜DSML｜tool_calls>
 
 Invariants
 - Once the block has started, every text the engine appends under the constraint keeps it a
@@ -15,11 +21,13 @@ Invariants
   written; the block always ends (values are capped at ``max_value_tokens``), and ``done``
   turns true at the closing ``</｜DSML｜tool_calls>``.
 - Parameters come in schema order; required ones are forced, optional ones may be skipped.
-  ``string="true"`` exactly when the schema admits a string. A raw string value is any text
-  without ``<``, CR or LF, at least one character long; a ``string="false"`` value is JSON of
-  the schema's type (compact: no whitespace but one space after ``,`` and ``:``). Numeric
-  bounds are honoured only as far as the sign goes (``minimum >= 0``: no ``-``; an integer
-  with ``minimum >= 1``: no ``0``).
+  ``string="true"`` exactly when the value is a string: the schema admits any string, or
+  only strings (an enum of strings). A raw string value is any text without ``<``, CR or LF,
+  at least one character long (so multi-line text cannot be written); a ``string="false"``
+  value is JSON of the schema's type (no whitespace but an optional space after ``,`` and
+  ``:``); enum and boolean values are chosen among their written forms. Numeric bounds are
+  honoured only as far as the sign goes (``minimum >= 0``: no ``-``; an integer with
+  ``minimum >= 1``: no ``0``); string formats, lengths and array sizes are not.
 - Masks never admit a control token (end of turn, turn markers), an empty token, or a token
   whose text is not whole UTF-8: the engine's incremental decoder would hold such bytes back,
   and the constraint, which reads text, would lose step with the tokens.
@@ -27,15 +35,17 @@ Invariants
   choices cost a dictionary lookup per character of the options; the mask of each JSON state
   is computed once per constraint from a few candidate buckets and then reused.
 
-Where the vocabulary has no token for the fullwidth bar (SmolLM2, Llama 3), the choice
-between another parameter and ``</｜DSML｜invoke>`` is offered with ASCII bars too
-(``<|DSML|parameter …>``), which the parser accepts; otherwise the model could only ever
-close the invoke after its required parameters.
+Where the vocabulary has no token for the fullwidth bar (SmolLM2), a choice between another
+parameter and ``</｜DSML｜invoke>`` would be made on a character no token starts with, so
+the model could never pick a parameter. There the tags are also offered with ASCII bars
+(``<|DSML|parameter …>``, which the parser accepts); once the choice is settled, the rest is
+forced in the canonical spelling where it is still possible.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import weakref
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
@@ -59,6 +69,7 @@ __all__ = ["Allowed", "Forced", "ToolCallConstraint"]
 
 _ASCII_TOOL_CALLS_START = TOOL_CALLS_START.replace("｜", "|")
 _MIN_TRIGGER = 2  # "<" alone is too common to commit to a block
+_JSON_MASKS_KEPT = 256  # masks of JSON states kept per constraint (one vocabulary of bools each)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +82,7 @@ class Forced:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Allowed:
-    """Sample only among the tokens where ``mask`` (bool, one per vocabulary id, read-only) is True."""
+    """Sample only the tokens where ``mask`` (read-only bools, one per logit) is True."""
 
     mask: np.ndarray
 
@@ -86,6 +97,9 @@ class ToolCallConstraint:
     then constrained), ``"required"`` (a block of one call to any tool, from the first step),
     ``{"name": NAME}`` (a call to that tool) or ``"none"`` (never constrained). ``thinking``:
     the prompt ended with ``<think>``, so no block starts before ``</think>``.
+    ``max_value_tokens``: sampled tokens per value before it is closed. ``vocab_size``: the
+    length of the masks, the model's number of logits (default: the tokenizer's vocabulary;
+    ids past it are never allowed).
 
     Call ``next`` once per decode step with the full text generated so far; stop when ``done``.
     """
@@ -98,11 +112,12 @@ class ToolCallConstraint:
         *,
         thinking: bool = False,
         max_value_tokens: int = 64,
+        vocab_size: int | None = None,
     ) -> None:
         if max_value_tokens < 1:
             raise ValueError("max_value_tokens must be at least 1")
         self._tokenizer = tokenizer
-        self._vocab = _Vocab.of(tokenizer)
+        self._vocab = _Vocab.of(tokenizer, vocab_size or tokenizer.vocab_size)
         self._thinking = thinking
         self._max_value_tokens = max_value_tokens
         self._mode, self._tools = _resolve_choice(tools, tool_choice)
@@ -204,8 +219,9 @@ class ToolCallConstraint:
         key = (node, state)
         mask = self._json_masks.get(key)
         if mask is None:
-            mask = self._vocab.json_mask(node, state)
-            self._json_masks[key] = mask
+            if len(self._json_masks) >= _JSON_MASKS_KEPT:
+                self._json_masks.clear()
+            mask = self._json_masks[key] = self._vocab.json_mask(node, state)
         return mask
 
     def _force(self, text: str) -> Forced:
@@ -245,9 +261,20 @@ def _resolve_choice(tools: Sequence[ToolSpec], tool_choice: Any) -> tuple[str, l
 
 @dataclass(frozen=True, slots=True)
 class _Choice:
-    """One of ``options`` (prefix-free strings) comes next; the grammar receives the one written."""
+    """One of ``options`` (prefix-free strings) comes next; the grammar receives the one written.
+
+    ``targets``, if given, maps each option to what it means: spellings of one meaning are
+    settled as soon as the meaning is, in the first spelling still possible.
+    """
 
     options: tuple[str, ...]
+    targets: tuple[int, ...] = ()
+
+    def settled(self, written: str) -> str | None:
+        """The option ``written`` has settled on (the first alive spelling), if any."""
+        alive = [i for i, o in enumerate(self.options) if o.startswith(written)]
+        meanings = {self.targets[i] if self.targets else i for i in alive}
+        return self.options[alive[0]] if len(meanings) == 1 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,12 +338,13 @@ def _block(opening: str, tools: Sequence[_ToolPlan], *, fullwidth_bar: bool) -> 
         ahead = params[i:]
         required = next((k for k, p in enumerate(ahead) if p.required), None)
         reachable = ahead if required is None else ahead[: required + 1]
-        targets = {p.opening: i + k for k, p in enumerate(reachable)}
+        targets = [(p.opening, i + k) for k, p in enumerate(reachable)]
         if required is None:
-            targets[INVOKE_END] = len(params)
+            targets.append((INVOKE_END, len(params)))
         if not fullwidth_bar and len(targets) > 1:
-            targets.update({tag.replace("｜", "|"): k for tag, k in list(targets.items())})
-        j = targets[(yield _Choice(tuple(targets)))]
+            targets += [(tag.replace("｜", "|"), k) for tag, k in targets]
+        picked = yield _Choice(tuple(t for t, _ in targets), tuple(k for _, k in targets))
+        j = dict(targets)[picked]
         if j == len(params):
             break
         param = params[j]
@@ -333,10 +361,10 @@ def _block(opening: str, tools: Sequence[_ToolPlan], *, fullwidth_bar: bool) -> 
 class _Machine:
     """Follows the text of one block through the grammar.
 
-    ``literal`` is fixed text that must come next (consecutive literals and one-option
-    choices merged); after it comes ``expect``: a choice (``partial`` written of it so
-    far), a value (``partial``: raw text so far, ``state``: its JSON state, ``steps``:
-    tokens sampled for it), or None at the end of the block.
+    ``literal`` is fixed text that must come next (consecutive literals, settled choices and
+    the prefix all options of a choice share, merged); after it comes ``expect``: a choice
+    (``partial``: the part of it written or forced so far), a value (``partial``: raw text so
+    far, ``state``: its JSON state, ``steps``: tokens sampled for it), or None at the end.
     """
 
     def __init__(self, grammar: Iterator[_Part]) -> None:
@@ -375,18 +403,25 @@ class _Machine:
     def commit(self, text: str) -> None:
         """Finish the current choice or value with ``text``, which becomes literal."""
         chosen = self.partial + text if isinstance(self.expect, _Choice) else None
-        self.literal = text
+        self.literal += text
         self._pull(chosen)
 
     def _choose(self, ch: str) -> None:
-        written = self.partial + ch
-        alive = [o for o in self.expect.options if o.startswith(written)]
-        if len(alive) == 1:  # determined: the rest is literal
-            self.partial = written
-            self.commit(alive[0][len(written) :])
+        self.partial += ch
+        option = self.expect.settled(self.partial)
+        if option is not None:  # determined: the rest is literal
+            self.commit(option[len(self.partial) :])
+        elif any(o.startswith(self.partial) for o in self.expect.options):
+            self._force_common()
         else:
-            self.partial = written
-            self.broken = not alive
+            self.broken = True
+
+    def _force_common(self) -> None:
+        """What all options still possible have in common comes next: make it literal."""
+        rests = [o[len(self.partial) :] for o in self.expect.options if o.startswith(self.partial)]
+        common = os.path.commonprefix(rests)
+        self.partial += common
+        self.literal += common
 
     def _ends_value(self, ch: str) -> bool:
         if ch != "<":
@@ -405,12 +440,15 @@ class _Machine:
             sent = None
             if isinstance(part, str):
                 self.literal += part
-            elif isinstance(part, _Choice) and len(part.options) == 1:
-                self.literal += part.options[0]
-                sent = part.options[0]
+            elif isinstance(part, _Choice) and (settled := part.settled("")) is not None:
+                self.literal += settled
+                sent = settled
             else:
                 self.expect, self.partial, self.steps = part, "", 0
-                self.state = part.node.start() if isinstance(part, _Value) and part.node else None
+                if isinstance(part, _Choice):
+                    self._force_common()
+                elif part.node is not None:
+                    self.state = part.node.start()
                 return
 
 
@@ -421,19 +459,21 @@ class _Vocab:
     """Token texts of one tokenizer and the masks that depend on them alone (built once)."""
 
     @classmethod
-    def of(cls, tokenizer: Any) -> _Vocab:
-        vocab = _VOCABS.get(tokenizer)
+    def of(cls, tokenizer: Any, size: int) -> _Vocab:
+        sizes = _VOCABS.setdefault(tokenizer, {})
+        vocab = sizes.get(size)
         if vocab is None:
-            vocab = _VOCABS[tokenizer] = cls(tokenizer)
+            vocab = sizes[size] = cls(tokenizer, size)
         return vocab
 
-    def __init__(self, tokenizer: Any) -> None:
-        n = self.size = tokenizer.vocab_size
+    def __init__(self, tokenizer: Any, size: int) -> None:
+        n = self.size = size
         texts = [tokenizer.token_bytes(i).decode("utf-8", errors="replace") for i in range(n)]
         usable = np.ones(n, dtype=bool)
         for text, i in tokenizer.special_ids.items():
             # A user-defined token is text the tokenizer itself writes; a control token is not.
-            usable[i] = tokenizer.encode(text) == [i]
+            if i < n:
+                usable[i] = tokenizer.encode(text) == [i]
         self.by_text: dict[str, list[int]] = {}
         raw_body, raw_close, raw_close_after = (np.zeros(n, dtype=bool) for _ in range(3))
         json_inert = np.zeros(n, dtype=bool)
@@ -465,7 +505,6 @@ class _Vocab:
                     second = t[1] if t[1] < "\x80" else None
                     pairs.setdefault(t[0], {}).setdefault(second, []).append(i)
         self.texts = texts
-        self.usable = usable
         self.writes_fullwidth_bar = any(t.startswith("｜") for t in self.by_text)
         self.raw_first = _frozen(raw_body | raw_close_after)  # a raw value is not empty
         self.raw_more = _frozen(raw_body | raw_close)
@@ -485,8 +524,7 @@ class _Vocab:
             return None
         mask = np.zeros(self.size, dtype=bool)
         mask[ids] = True
-        mask.flags.writeable = False
-        return mask
+        return _frozen(mask)
 
     def json_mask(self, node: _Node, state: Hashable) -> np.ndarray:
         """Tokens that keep a JSON value matched by ``node`` from ``state`` on track; a "<"
@@ -498,10 +536,8 @@ class _Vocab:
         else:
             candidates = self._json_candidates(node, state)
         texts = self.texts
-        ok = [i for i in candidates.tolist() if _json_token_fits(node, state, texts[i])]
-        mask[ok] = True
-        mask.flags.writeable = False
-        return mask
+        mask[[i for i in candidates.tolist() if _json_token_fits(node, state, texts[i])]] = True
+        return _frozen(mask)
 
     def _json_candidates(self, node: _Node, state: Hashable) -> np.ndarray:
         """Tokens whose first two characters fit (outside a string only ASCII can)."""
@@ -528,7 +564,7 @@ class _Vocab:
         return np.concatenate(buckets) if buckets else _NONE
 
 
-_VOCABS: weakref.WeakKeyDictionary[Any, _Vocab] = weakref.WeakKeyDictionary()
+_VOCABS: weakref.WeakKeyDictionary[Any, dict[int, _Vocab]] = weakref.WeakKeyDictionary()
 _NONE = np.zeros(0, dtype=np.int64)
 
 

@@ -242,7 +242,8 @@ class _Reader:
                 dt = np.dtype(_SCALARS[itype])
                 start = self.take(n * dt.itemsize, f"metadata {key!r}")
                 return np.frombuffer(self.buf, dt, n, start).tolist()
-            n = self.count(f"metadata {key!r}", 1)
+            min_item = {GGUFValueType.STRING: 8, GGUFValueType.ARRAY: 12}.get(itype, 1)
+            n = self.count(f"metadata {key!r}", min_item)
             return [self.value(itype, key, depth + 1) for _ in range(n)]
         raise self.fail(f"metadata {key!r} has unknown value type {vtype}")
 
@@ -254,7 +255,9 @@ def load_gguf(path: str | Path) -> GGUFModel:
         raise ModelNotFound(f"{path}: no such model file; pass the path of a .gguf file")
     size = path.stat().st_size
     if size < 24:
-        raise ModelFormatError(f"{path}: {size} bytes is too small to be a GGUF file")
+        raise ModelFormatError(
+            f"{path}: {size} bytes is too small to be a GGUF file; download it again"
+        )
     with open(path, "rb") as f:
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     if buf[:4] != GGUF_MAGIC:

@@ -9,6 +9,7 @@ Invariants:
 - Weights are dequantized once, at prepare time, to float32 C-contiguous (out, in) matrices:
   ``x @ w.T`` then runs as one BLAS sgemv/sgemm with no copy. Q/K/V and gate/up are fused into
   one matrix each, so a layer costs four BLAS calls.
+- Inside ``compute()`` BLAS is single-threaded; prefill rows are split over our own threads.
 - ``DenseKV`` holds ``(n_layers, 2, capacity, n_kv_heads, head_dim)``: K is [:, 0], V is [:, 1];
   the tokens of a layer are contiguous, so a block of positions is one slice to page or save.
 - Attention is causal in absolute positions: query i of a call at ``pos0`` sees keys
