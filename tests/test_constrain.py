@@ -193,6 +193,8 @@ def the_call(episode: Episode, tools: dict[str, Any] = TOOLS):
     assert list(call.arguments) == [p for p in properties if p in call.arguments], "schema order"
     for name, value in call.arguments.items():
         assert conforms(value, properties[name]), (name, value, episode.text)
+        if properties[name].get("type") == "string" and "enum" not in properties[name]:
+            assert value and not set(value) & set("<\r\n"), "a raw value is one line of text"
     tools[call.name].arguments_model.model_validate(call.arguments)
     return call
 
