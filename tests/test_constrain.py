@@ -92,7 +92,7 @@ def plot(
 TOOLS = {t.name: t for t in (read_file, search, configure, ping)}
 SPECS = [t.spec for t in TOOLS.values()]
 EPISODES = 200
-MAX_STEPS = 600  # > 4 parameters x (64 value tokens + choices) + forced steps
+MAX_STEPS = 600  # > 5 parameters x (64 value tokens + name choices) + forced steps
 
 
 # ---------------------------------------------------------------------------- driving

@@ -55,9 +55,15 @@ def peer(path, prompt_ids: list[int], n_decode: int, threads: int) -> tuple[floa
     t0 = time.perf_counter()
     llm.eval(prompt_ids)
     prefill = len(prompt_ids) / (time.perf_counter() - t0)
+    n_vocab = llm.n_vocab()
+
+    def last_logits() -> np.ndarray:
+        # Without logits_all, llama-cpp-python keeps no scores; read the context's last row.
+        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,))
+
     t0 = time.perf_counter()
     for _ in range(n_decode):
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        tok = int(np.argmax(last_logits()))
         llm.eval([tok])
     decode = n_decode / (time.perf_counter() - t0)
     return prefill, decode

@@ -476,10 +476,11 @@ class _Vocab:
                 usable[i] = tokenizer.encode(text) == [i]
         self.by_text: dict[str, list[int]] = {}
         raw_body, raw_close, raw_close_after = (np.zeros(n, dtype=bool) for _ in range(3))
-        json_inert = np.zeros(n, dtype=bool)
         json_breaking: list[int] = []  # tokens with '"' or '\\': they may leave a JSON string
-        singles: dict[str, list[int]] = {}
-        pairs: dict[str, dict[str | None, list[int]]] = {}
+        # Where the tail of a token that a string body keeps inside it (nothing of '"', '\\',
+        # '<' or a control character) begins.
+        self._inert_from = [0] * n
+        buckets: dict[str, list[int]] = {}
         for i, t in enumerate(texts):
             if not t or "\ufffd" in t:
                 usable[i] = False
@@ -496,26 +497,22 @@ class _Vocab:
                     raw_close_after[i] = cut > 0
             if '"' in t or "\\" in t:
                 json_breaking.append(i)
-            elif cut < 0 and min(t) >= " ":
-                json_inert[i] = True
-            if t[0] < "\x80":
-                if len(t) == 1:
-                    singles.setdefault(t, []).append(i)
-                else:
-                    second = t[1] if t[1] < "\x80" else None
-                    pairs.setdefault(t[0], {}).setdefault(second, []).append(i)
+            self._inert_from[i] = max(
+                (k + 1 for k, c in enumerate(t) if c in '"\\<' or c < " "), default=0
+            )
+            buckets.setdefault(_bucket_key(t), []).append(i)
         self.texts = texts
         self.writes_fullwidth_bar = any(t.startswith("｜") for t in self.by_text)
         self.raw_first = _frozen(raw_body | raw_close_after)  # a raw value is not empty
         self.raw_more = _frozen(raw_body | raw_close)
-        self._json_inert = json_inert
+        self._json_inert = usable & (np.array(self._inert_from) == 0)
         self._json_breaking = np.array(json_breaking, dtype=np.int64)
-        self._singles = {c: np.array(ids, dtype=np.int64) for c, ids in singles.items()}
-        self._pairs = {
-            c: {c2: np.array(ids, dtype=np.int64) for c2, ids in by2.items()}
-            for c, by2 in pairs.items()
-        }
-        self._first_chars = sorted(set(self._singles) | set(self._pairs))
+        # Tokens by the first characters of their text (_bucket_key), and those keys as a trie.
+        self._buckets = {key: np.array(ids, dtype=np.int64) for key, ids in buckets.items()}
+        self._next_chars: dict[str, set[str]] = {}
+        for key in self._buckets:
+            for k in range(len(key)):
+                self._next_chars.setdefault(key[:k], set()).add(key[k])
 
     def prefix_mask(self, rests: Sequence[str]) -> np.ndarray | None:
         """Tokens whose text is a prefix of one of ``rests``; None if there is none."""
@@ -535,37 +532,37 @@ class _Vocab:
             candidates = self._json_breaking
         else:
             candidates = self._json_candidates(node, state)
-        texts = self.texts
-        mask[[i for i in candidates.tolist() if _json_token_fits(node, state, texts[i])]] = True
+        texts, inert_from = self.texts, self._inert_from
+        fits = [i for i in candidates.tolist() if _fits(node, state, texts[i], inert_from[i])]
+        mask[fits] = True
         return _frozen(mask)
 
     def _json_candidates(self, node: _Node, state: Hashable) -> np.ndarray:
-        """Tokens whose first two characters fit (outside a string only ASCII can)."""
-        buckets: list[np.ndarray] = []
-        for c in self._first_chars:
-            if c == "<":
-                if node.accepting(state):
-                    buckets.append(self._singles.get(c, _NONE))
-                    buckets.extend(self._pairs.get(c, {}).values())
-                continue
-            after = node.step(state, c)
-            if after is None:
-                continue
-            buckets.append(self._singles.get(c, _NONE))
-            for c2, ids in self._pairs.get(c, {}).items():
-                if c2 is None:
-                    fits = node.in_string(after)
-                elif c2 == "<":
-                    fits = node.accepting(after)
-                else:
-                    fits = node.step(after, c2) is not None
-                if fits:
-                    buckets.append(ids)
-        return np.concatenate(buckets) if buckets else _NONE
+        """Tokens whose bucket key fits: a walk of the key trie, pruned where ``node`` rejects."""
+        found: list[np.ndarray] = []
+        walk: list[tuple[str, Hashable]] = [("", state)]
+        while walk:
+            prefix, at = walk.pop()
+            if prefix in self._buckets:
+                found.append(self._buckets[prefix])
+            for c in self._next_chars.get(prefix, ()):
+                if at is _CLOSING or c == "<" and node.accepting(at):
+                    walk.append((prefix + c, _CLOSING))  # checked against the tag by _fits
+                elif c != "<" and (after := node.step(at, c)) is not None:
+                    walk.append((prefix + c, after))
+        return np.concatenate(found) if found else _NONE
 
 
 _VOCABS: weakref.WeakKeyDictionary[Any, dict[int, _Vocab]] = weakref.WeakKeyDictionary()
 _NONE = np.zeros(0, dtype=np.int64)
+_CLOSING = object()  # a trie walk past the "<" that ends a value
+_KEY_CHARS = 3
+
+
+def _bucket_key(text: str) -> str:
+    """The first characters of a token's text, any non-ASCII one as "\\x80" (which, like every
+    non-ASCII character, only a string body admits)."""
+    return "".join(min("\x80", c) for c in text[:_KEY_CHARS])
 
 
 def _frozen(mask: np.ndarray) -> np.ndarray:
@@ -573,8 +570,12 @@ def _frozen(mask: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _json_token_fits(node: _Node, state: Hashable, text: str) -> bool:
+def _fits(node: _Node, state: Hashable, text: str, inert_from: int) -> bool:
+    """Whether ``text`` continues the value from ``state`` (``text[inert_from:]`` has no
+    '"', '\\', '<' or control character: inside a string body it changes nothing)."""
     for k, ch in enumerate(text):
+        if k >= inert_from and node.in_string(state):
+            return True
         if ch == "<" and node.accepting(state):
             return PARAMETER_END.startswith(text[k:])
         state = node.step(state, ch)

@@ -274,7 +274,8 @@ class LocalEngine:
             )
             text_parts: list[str] = []
             constraint = (
-                ToolCallConstraint(self.tokenizer, request.tools, request.tool_choice)
+                ToolCallConstraint(self.tokenizer, request.tools, request.tool_choice,
+                                   thinking=self.thinking, vocab_size=self.spec.vocab_size)
                 if request.tools and request.tool_choice != "none" else None
             )
             raw = ""  # everything generated, held-back stop-string prefixes included
