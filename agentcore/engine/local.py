@@ -21,7 +21,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,6 @@ class TurnRecord:
 class _Prepared:
     logits: np.ndarray | None
     record: TurnRecord
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class LocalEngine:
