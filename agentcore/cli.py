@@ -49,7 +49,7 @@ def default_kv_dir() -> Path:
 
 def _load_engine(model: str, ctx: int | None, kv_dir: str | None, device: str, quiet: bool = False):
     from agentcore.engine.local import LocalEngine
-    from agentcore.engine.model_cache import resolve_model
+    from agentcore.model_cache import resolve_model
 
     path = resolve_model(model)
     t0 = time.perf_counter()
@@ -219,7 +219,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from agentcore.engine import model_cache
+    from agentcore import model_cache
 
     if args.action == "pull":
         path = model_cache.pull(args.name, progress=not args.json)

@@ -150,12 +150,12 @@ class Compactor:
         return head, middle, recent
 
     def _mask(self, m: Message) -> Message:
-        if not isinstance(m, ToolMessage) or m.content.startswith(MASK_PREFIX):
+        if not isinstance(m, ToolMessage) or m.compacted:
             return m
         path = m.spill_path or self.spill(m)
         status = "error" if m.is_error else "ok"
         placeholder = f"{MASK_PREFIX}: {m.name} ({status}); full output in {path}]"
-        return m.model_copy(update={"content": placeholder, "spill_path": path})
+        return m.model_copy(update={"content": placeholder, "spill_path": path, "compacted": True})
 
     async def _shrink_middle(
         self, msgs: list[Message], head: set[int], middle: set[int], recent: set[int], target: int
@@ -170,7 +170,7 @@ class Compactor:
                     middle_msgs, max_tokens=self.policy.summary_tokens
                 )
                 text = f"{SUMMARY_PREFIX} ({len(middle_msgs)} messages compacted)]\n{summary}"
-                return head_msgs + [UserMessage(content=text)] + recent_msgs, "summarize", ""
+                return head_msgs + [UserMessage(content=text, compacted=True)] + recent_msgs, "summarize", ""
             except Exception as exc:  # noqa: BLE001 - any summarizer failure falls back
                 failure = f"summarizer failed: {exc}"
         # Drop the oldest middle units until the target is met; a note keeps the model honest.
@@ -182,7 +182,8 @@ class Compactor:
             kept = [middle_msgs[i] for u in units for i in u]
             note_msg = UserMessage(
                 content=f"{DROP_PREFIX}: {dropped} earlier messages were removed to fit the "
-                f"context window ({failure}). Masked tool outputs remain in their spill files.]"
+                f"context window ({failure}). Masked tool outputs remain in their spill files.]",
+                compacted=True,
             )
             candidate = head_msgs + [note_msg] + kept + recent_msgs
             if self.count(candidate) <= target:

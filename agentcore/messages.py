@@ -42,6 +42,8 @@ class SystemMessage(_Model):
 class UserMessage(_Model):
     role: Literal["user"] = "user"
     content: str
+    # Written by compaction (a summary or a note about removed turns), not by the user.
+    compacted: bool = False
 
 
 class AssistantMessage(_Model):
@@ -61,6 +63,13 @@ class ToolMessage(_Model):
     is_error: bool = False
     truncated: bool = False
     spill_path: str | None = None
+    # The output was replaced by a pointer to its spill file by compaction.
+    compacted: bool = False
+
+
+def is_compacted(message: object) -> bool:
+    """True for a message that compaction wrote or rewrote (summary, drop note, masked output)."""
+    return bool(getattr(message, "compacted", False))
 
 
 Message = Annotated[

@@ -9,7 +9,7 @@ import anyio
 
 from agentcore import Agent, TextDelta, TurnEvent
 from agentcore.engine.local import LocalEngine
-from agentcore.engine.model_cache import pull
+from agentcore.model_cache import pull
 
 
 async def main(question: str) -> None:

@@ -19,7 +19,7 @@ from agentcore import (
     ToolResultEvent,
 )
 from agentcore.engine.local import LocalEngine
-from agentcore.engine.model_cache import pull
+from agentcore.model_cache import pull
 from agentcore.tools.builtin import builtin_tools
 
 

@@ -20,7 +20,7 @@ from agentcore import (
     tool,
 )
 from agentcore.dsml import render_tool_calls
-from agentcore.engine.scripted import ScriptedEngine
+from agentcore.testing.scripted import ScriptedEngine
 from agentcore.messages import ToolCall
 
 

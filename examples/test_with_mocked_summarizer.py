@@ -9,7 +9,7 @@ import respx
 
 from agentcore import Agent, ContextPolicy, OpenAICompatibleSummarizer, UserMessage, tool
 from agentcore.dsml import render_tool_calls
-from agentcore.engine.scripted import ScriptedEngine
+from agentcore.testing.scripted import ScriptedEngine
 from agentcore.messages import ToolCall
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from agentcore.engine.gguf import GGUFModel, load_gguf
-from agentcore.engine.model_cache import pull
-from agentcore.engine.tokenizer import Tokenizer
+from agentcore.engine.model.gguf import GGUFModel, load_gguf
+from agentcore.model_cache import pull
+from agentcore.engine.model.tokenizer import Tokenizer
 
 REFERENCE_SMOLLM2 = Path(__file__).parent / "data" / "reference_smollm2.json"
 

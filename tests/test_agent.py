@@ -11,7 +11,7 @@ from agentcore.agent import Agent
 from agentcore.context import MASK_PREFIX, ContextPolicy
 from agentcore.dsml import render_tool_calls
 from agentcore.engine.base import GenerationRequest
-from agentcore.engine.scripted import ScriptedEngine
+from agentcore.testing.scripted import ScriptedEngine
 from agentcore.errors import ContextOverflow
 from agentcore.messages import (
     AssistantMessage,

@@ -6,8 +6,8 @@ import multiprocessing as mp
 import numpy as np
 import pytest
 
-from agentcore.engine.cache import CheckpointStore
-from agentcore.engine.kv import KVLayout, block_hashes
+from agentcore.engine.kvstore.store import CheckpointStore
+from agentcore.engine.kvstore.blocks import KVLayout, block_hashes
 
 LAYOUT = KVLayout("f" * 64, n_layers=2, n_kv_heads=2, head_dim=4, dtype="float32", block_size=4)
 PER_BLOCK = 2 * 2 * 4 * 2 * 4 * 4  # layers * kv * block * heads * dim * 4 bytes

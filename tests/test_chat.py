@@ -9,10 +9,10 @@ import pytest
 from engine_fixtures import REFERENCE_SMOLLM2
 
 from agentcore.dsml import render_tool_calls, render_tools
-from agentcore.engine.chat import ChatML, DeepSeekV4, Llama3, detect_chat_format
-from agentcore.engine.gguf import load_gguf
-from agentcore.engine.synthetic import write_synthetic_gguf
-from agentcore.engine.tokenizer import Tokenizer
+from agentcore.engine.model.chat import ChatML, DeepSeekV4, Llama3, detect_chat_format
+from agentcore.engine.model.gguf import load_gguf
+from agentcore.testing.synthetic import write_synthetic_gguf
+from agentcore.engine.model.tokenizer import Tokenizer
 from agentcore.errors import TokenizerError
 from agentcore.messages import (
     AssistantMessage,

@@ -21,8 +21,8 @@ import pytest
 from pydantic import BaseModel, Field
 
 from agentcore.dsml import TOOL_CALLS_START, parse_completion
-from agentcore.engine.constrain import Allowed, Forced, ToolCallConstraint
-from agentcore.engine.tokenizer import Tokenizer
+from agentcore.engine.decode.constrain import Allowed, Forced, ToolCallConstraint
+from agentcore.engine.model.tokenizer import Tokenizer
 from agentcore.tools import tool
 
 pytestmark = pytest.mark.real_model

@@ -9,7 +9,7 @@ from agentcore import Agent, tool
 from agentcore.dsml import render_tool_calls
 from agentcore.engine.base import GenerationRequest
 from agentcore.engine.local import LocalEngine
-from agentcore.engine.synthetic import write_synthetic_gguf
+from agentcore.testing.synthetic import write_synthetic_gguf
 from agentcore.messages import AssistantMessage, SystemMessage, ToolCall, ToolMessage, UserMessage
 
 pytestmark = pytest.mark.anyio

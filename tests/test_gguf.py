@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 
-from agentcore.engine.gguf import SUPPORTED_ARCHS, SUPPORTED_QTYPES, load_gguf
-from agentcore.engine.synthetic import TINY, write_synthetic_gguf
+from agentcore.engine.model.gguf import SUPPORTED_ARCHS, SUPPORTED_QTYPES, load_gguf
+from agentcore.testing.synthetic import TINY, write_synthetic_gguf
 from agentcore.errors import ModelFormatError, ModelNotFound
 
 

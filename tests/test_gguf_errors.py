@@ -14,8 +14,8 @@ from gguf import GGUFWriter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agentcore.engine.gguf import load_gguf
-from agentcore.engine.synthetic import write_synthetic_gguf
+from agentcore.engine.model.gguf import load_gguf
+from agentcore.testing.synthetic import write_synthetic_gguf
 from agentcore.errors import (
     AgentCoreError,
     ModelFormatError,

@@ -5,8 +5,8 @@ import pytest
 
 from agentcore.engine.base import GenerationRequest
 from agentcore.engine.local import LocalEngine
-from agentcore.engine.ops_cuda import cuda_available
-from agentcore.engine.synthetic import write_synthetic_gguf
+from agentcore.engine.backends.cuda import cuda_available
+from agentcore.testing.synthetic import write_synthetic_gguf
 from agentcore.messages import SystemMessage, UserMessage
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="needs CuPy and a GPU")]

@@ -4,10 +4,10 @@ across calls (prefill, chunks, decode, rollback) never changes the logits."""
 import numpy as np
 import pytest
 
-from agentcore.engine.gguf import load_gguf
-from agentcore.engine.model import Transformer
-from agentcore.engine.ops_numpy import DenseKV, NumpyOps
-from agentcore.engine.synthetic import TINY, write_synthetic_gguf
+from agentcore.engine.model.gguf import load_gguf
+from agentcore.engine.model.transformer import Transformer
+from agentcore.engine.backends.cpu import DenseKV, NumpyOps
+from agentcore.testing.synthetic import TINY, write_synthetic_gguf
 
 ARCHS = sorted(TINY)
 IDS = [int(i) for i in np.random.default_rng(7).integers(0, 1024, 24)]

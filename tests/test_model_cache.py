@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agentcore.engine.model_cache import (
+from agentcore.model_cache import (
     KNOWN_MODELS,
     ModelSource,
     list_models,

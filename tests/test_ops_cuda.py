@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 
-from agentcore.engine.gguf import WeightTensor, load_gguf
-from agentcore.engine.model import Transformer
-from agentcore.engine.ops_cuda import CudaOps, GraphDecoder, cuda_available
-from agentcore.engine.ops_numpy import DenseKV, NumpyOps, Rope
-from agentcore.engine.synthetic import LLAMA3_8B, SMOLLM2_135M, TINY, write_synthetic_gguf
+from agentcore.engine.model.gguf import WeightTensor, load_gguf
+from agentcore.engine.model.transformer import Transformer
+from agentcore.engine.backends.cuda import CudaOps, GraphDecoder, cuda_available
+from agentcore.engine.backends.cpu import DenseKV, NumpyOps, Rope
+from agentcore.testing.synthetic import LLAMA3_8B, SMOLLM2_135M, TINY, write_synthetic_gguf
 from test_ops_cuda_decode import random_rows
 
 pytestmark = [

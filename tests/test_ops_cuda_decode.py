@@ -14,7 +14,7 @@ import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants as gguf_quants
 
-SRC = Path(__file__).parents[1] / "agentcore" / "engine" / "kernels" / "quant.cu"
+SRC = Path(__file__).parents[1] / "agentcore" / "engine" / "backends" / "kernels" / "quant.cu"
 QTYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0", "Q2_K", "Q4_K", "Q5_K", "Q6_K"]
 # Offsets of the fp16 scale fields, set to finite values so random blocks decode to numbers.
 SCALES = {"Q4_0": (0,), "Q4_1": (0, 2), "Q8_0": (0,), "Q2_K": (80, 82), "Q4_K": (0, 2),

@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agentcore.engine.base import Sampling
-from agentcore.engine.sampler import StopChecker, StopString, sample
+from agentcore.engine.decode.sampler import sample
+from agentcore.engine.decode.stop import StopChecker, StopString
 
 LOGITS = np.log(np.array([0.5, 0.2, 0.15, 0.1, 0.05], dtype=np.float32))
 

@@ -8,7 +8,7 @@ import json
 import pytest
 from engine_fixtures import REFERENCE_SMOLLM2
 
-from agentcore.engine.model_cache import KNOWN_MODELS
+from agentcore.model_cache import KNOWN_MODELS
 
 pytestmark = pytest.mark.real_model
 

@@ -22,9 +22,9 @@ import numpy as np
 
 from agentcore.bench.cpu import git_sha
 from agentcore.engine.base import GenerationRequest
-from agentcore.engine.kv import block_hashes, read_span, write_span
+from agentcore.engine.kvstore.blocks import block_hashes, read_span, write_span
 from agentcore.engine.local import LocalEngine
-from agentcore.engine.model_cache import resolve_model
+from agentcore.model_cache import resolve_model
 from agentcore.messages import (
     AssistantMessage,
     SystemMessage,

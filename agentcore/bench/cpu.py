@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agentcore.engine.model_cache import resolve_model
+from agentcore.model_cache import resolve_model
 
 
 def git_sha() -> str:
@@ -76,8 +76,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--decode-tokens", type=int, default=64)
     args = p.parse_args(argv)
     path = resolve_model(args.model)
-    from agentcore.engine.gguf import load_gguf
-    from agentcore.engine.tokenizer import Tokenizer
+    from agentcore.engine.model.gguf import load_gguf
+    from agentcore.engine.model.tokenizer import Tokenizer
 
     tok = Tokenizer.from_gguf(load_gguf(path))
     text = Path(__file__).read_text(encoding="utf-8") * 20

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from agentcore.engine.gguf import load_gguf
-from agentcore.engine.model import Transformer
-from agentcore.engine.ops_cuda import CudaOps, GraphDecoder
-from agentcore.engine.synthetic import LLAMA3_8B, SMOLLM2_135M, write_synthetic_gguf
+from agentcore.engine.model.gguf import load_gguf
+from agentcore.engine.model.transformer import Transformer
+from agentcore.engine.backends.cuda import CudaOps, GraphDecoder
+from agentcore.testing.synthetic import LLAMA3_8B, SMOLLM2_135M, write_synthetic_gguf
 
 MODELS = {
     "smollm2-135m": ({**SMOLLM2_135M, "context_length": 40960}, "Q4_1"),

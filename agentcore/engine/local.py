@@ -29,7 +29,6 @@ import anyio
 import numpy as np
 
 from agentcore import dsml
-from agentcore.context import DROP_PREFIX, MASK_PREFIX, SUMMARY_PREFIX
 from agentcore.engine.base import (
     CheckpointInfo,
     Completion,
@@ -37,11 +36,11 @@ from agentcore.engine.base import (
     TextDelta,
     Usage,
 )
-from agentcore.engine.cache import CheckpointStore
-from agentcore.engine.chat import ChatFormat, detect_chat_format
-from agentcore.engine.constrain import Allowed, Forced, ToolCallConstraint
-from agentcore.engine.gguf import GGUFModel, load_gguf
-from agentcore.engine.kv import (
+from agentcore.engine.kvstore.store import CheckpointStore
+from agentcore.engine.model.chat import ChatFormat, detect_chat_format
+from agentcore.engine.decode.constrain import Allowed, Forced, ToolCallConstraint
+from agentcore.engine.model.gguf import GGUFModel, load_gguf
+from agentcore.engine.kvstore.blocks import (
     KVLayout,
     Session,
     block_hashes,
@@ -49,12 +48,13 @@ from agentcore.engine.kv import (
     read_span,
     write_span,
 )
-from agentcore.engine.model import Transformer
-from agentcore.engine.ops_cuda import select_ops
-from agentcore.engine.sampler import StopChecker, StopString, sample
-from agentcore.engine.tokenizer import Tokenizer
+from agentcore.engine.model.transformer import Transformer
+from agentcore.engine.backends.cuda import select_ops
+from agentcore.engine.decode.sampler import sample
+from agentcore.engine.decode.stop import StopChecker, StopString
+from agentcore.engine.model.tokenizer import Tokenizer
 from agentcore.errors import ContextOverflow
-from agentcore.messages import Message, ToolMessage, UserMessage
+from agentcore.messages import Message, is_compacted
 
 __all__ = ["LocalEngine", "TurnRecord"]
 
@@ -194,9 +194,7 @@ class LocalEngine:
     def _miss_reason(self, had: int, hashes: list[str], messages: Sequence[Message], msg: int) -> str:
         if had and msg < len(messages):
             m = messages[msg]
-            if isinstance(m, (ToolMessage, UserMessage)) and m.content.startswith(
-                (MASK_PREFIX, SUMMARY_PREFIX, DROP_PREFIX)
-            ):
+            if is_compacted(m):
                 return "compaction"
         if any(h in self.store.evicted for h in hashes):
             return "evicted"

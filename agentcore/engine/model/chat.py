@@ -31,8 +31,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from agentcore.dsml import render_tool_calls, render_tool_result, render_tools
-from agentcore.engine.gguf import GGUFModel
-from agentcore.engine.tokenizer import Tokenizer
+from agentcore.engine.model.gguf import GGUFModel
+from agentcore.engine.model.tokenizer import Tokenizer
 from agentcore.errors import TokenizerError
 from agentcore.messages import (
     AssistantMessage,

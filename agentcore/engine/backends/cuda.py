@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from agentcore.engine.gguf import ModelSpec, WeightTensor
+from agentcore.engine.model.gguf import ModelSpec, WeightTensor
 from agentcore.errors import DeviceUnavailable
 
 __all__ = ["CudaKV", "CudaOps", "GraphDecoder", "cuda_available", "select_ops"]
@@ -79,7 +79,7 @@ def cuda_available() -> bool:
 
 def select_ops(device: str = "auto") -> Any:
     """The ops backend for ``device`` ("auto", "cuda" or "cpu")."""
-    from agentcore.engine.ops_numpy import NumpyOps
+    from agentcore.engine.backends.cpu import NumpyOps
 
     if device == "cpu":
         return NumpyOps()
@@ -694,7 +694,7 @@ class GraphDecoder:
             (1,), (128,), (emb.data, np.int64(emb.row_bytes), _I32(emb.cols),
                            _as_ptr(_Offset(self.state, 1)), self.x))  # fmt: skip
         pos = self.state  # state[0] is the position
-        for layer, b in enumerate(m.blocks):
+        for layer, b in enumerate(m.layers):
             self._mark("gemv_qkv")
             off = 0
             for p in b.qkv.parts:

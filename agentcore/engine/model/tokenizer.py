@@ -29,7 +29,7 @@ from typing import Any
 import tiktoken
 from gguf import TokenType
 
-from agentcore.engine.gguf import GGUFModel
+from agentcore.engine.model.gguf import GGUFModel
 from agentcore.errors import TokenizerError
 
 __all__ = ["PRE_TOKENIZERS", "SUPPORTED_PRE_TOKENIZERS", "Tokenizer", "bytes_to_unicode"]

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from agentcore.engine.gguf import ModelSpec, WeightTensor
+from agentcore.engine.model.gguf import ModelSpec, WeightTensor
 
 __all__ = ["DenseKV", "Linear", "NumpyOps", "Rope"]
 

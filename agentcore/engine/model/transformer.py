@@ -24,14 +24,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from agentcore.engine.gguf import GGUFModel, ModelSpec, WeightTensor
+from agentcore.engine.model.gguf import GGUFModel, ModelSpec, WeightTensor
 
-__all__ = ["KVCache", "Ops", "Transformer", "llama3_inv_freq", "rope_inv_freq"]
+__all__ = ["LiveKV", "Ops", "Transformer", "llama3_inv_freq", "rope_inv_freq"]
 
 Array = Any  # a backend array (numpy.ndarray, cupy.ndarray)
 
 
-class KVCache(Protocol):
+class LiveKV(Protocol):
     """Per-sequence K/V storage; ``length`` counts the valid positions."""
 
     length: int
@@ -54,7 +54,7 @@ class Ops(Protocol):
         """The LM head that shares the embedding table's storage."""
 
     def prepare_rope(self, inv_freq: np.ndarray, neox: bool, max_positions: int) -> Any: ...
-    def new_kv(self, spec: ModelSpec, capacity: int) -> KVCache: ...
+    def new_kv(self, spec: ModelSpec, capacity: int) -> LiveKV: ...
     def compute(self) -> AbstractContextManager[object]:
         """Entered around each forward (thread pinning, device or stream selection)."""
 
@@ -62,7 +62,7 @@ class Ops(Protocol):
     def matmul(self, x: Array, lin: Any) -> Array: ...
     def rmsnorm(self, x: Array, w: Any, eps: float) -> Array: ...
     def rope(self, x: Array, pos0: int, rope: Any) -> Array: ...
-    def attention(self, q: Array, kv: KVCache, layer: int, pos0: int) -> Array:
+    def attention(self, q: Array, kv: LiveKV, layer: int, pos0: int) -> Array:
         """Causal attention of q (T, H, D) over positions [0, pos0 + T) -> (T, H * D)."""
 
     def swiglu(self, gate_up: Array) -> Array: ...
@@ -95,7 +95,7 @@ def rope_inv_freq(spec: ModelSpec, freq_factors: np.ndarray | None = None) -> np
 
 
 @dataclass
-class Block:
+class Layer:
     attn_norm: Any
     qkv: Any  # fused Q/K/V (and their biases for qwen2)
     q_norm: Any
@@ -125,14 +125,14 @@ class Transformer:
         self.rope = ops.prepare_rope(
             rope_inv_freq(spec, factors), spec.rope_neox, spec.context_length
         )
-        self.blocks = [self._block(model, f"blk.{i}.") for i in range(spec.n_layers)]
+        self.layers = [self._layer(model, f"blk.{i}.") for i in range(spec.n_layers)]
 
-    def _block(self, model: GGUFModel, p: str) -> Block:
+    def _layer(self, model: GGUFModel, p: str) -> Layer:
         ops, t = self.ops, model.tensor
         names = (p + "attn_q", p + "attn_k", p + "attn_v")
         bias = [t(n + ".bias") for n in names] if self.spec.qkv_bias else None
         qk_norm = self.spec.qk_norm
-        return Block(
+        return Layer(
             attn_norm=ops.prepare_vector(t(p + "attn_norm.weight")),
             qkv=ops.prepare_linear([t(n + ".weight") for n in names], bias),
             q_norm=ops.prepare_vector(t(p + "attn_q_norm.weight")) if qk_norm else None,
@@ -144,7 +144,7 @@ class Transformer:
         )
 
     def forward(
-        self, ids: Sequence[int], pos0: int, kv: KVCache, *, all_logits: bool = False
+        self, ids: Sequence[int], pos0: int, kv: LiveKV, *, all_logits: bool = False
     ) -> np.ndarray:
         """Logits of the last position (vocab,), or of every position (T, vocab)."""
         if not len(ids):
@@ -168,12 +168,12 @@ class Transformer:
     def _logits(self, x: Array) -> np.ndarray:
         return self.ops.logits(self.ops.rmsnorm(x, self.output_norm, self.spec.rms_eps), self.head)
 
-    def _hidden(self, ids: Sequence[int], pos0: int, kv: KVCache) -> Array:
+    def _hidden(self, ids: Sequence[int], pos0: int, kv: LiveKV) -> Array:
         ops, s = self.ops, self.spec
         t, hd, eps = len(ids), s.head_dim, s.rms_eps
         nq, nkv = s.n_heads * hd, s.n_kv_heads * hd
         x = ops.embed(self.embedding, ids)
-        for layer, b in enumerate(self.blocks):
+        for layer, b in enumerate(self.layers):
             qkv = ops.matmul(ops.rmsnorm(x, b.attn_norm, eps), b.qkv)
             q = qkv[:, :nq].reshape(t, s.n_heads, hd)
             k = qkv[:, nq : nq + nkv].reshape(t, s.n_kv_heads, hd)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agentcore.engine.kv import ROOT, KVLayout, chain_hash
+from agentcore.engine.kvstore.blocks import ROOT, KVLayout, chain_hash
 
 __all__ = ["CheckpointStore", "RestoredPrefix", "StoreStats"]
 

@@ -24,7 +24,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, TokenType
 from gguf import quants as gguf_quants
 
-from agentcore.engine.tokenizer import bytes_to_unicode
+from agentcore.engine.model.tokenizer import bytes_to_unicode
 
 __all__ = ["LLAMA3_8B", "SMOLLM2_135M", "TINY", "write_synthetic_gguf"]
 
