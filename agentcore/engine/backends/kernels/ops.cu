@@ -124,8 +124,10 @@ __global__ void __launch_bounds__(256) attn_split(
     const int start = split * per, end = min(n, start + per);
     const int grp = threadIdx.x / TPP, sub = threadIdx.x % TPP;
     if (start >= end) {  // no positions: only the statistics, which the merge skips
-        for (int j = threadIdx.x; j < G; j += blockDim.x)
+        for (int j = threadIdx.x; j < G; j += blockDim.x) {
             part_ml[((long long)(h * G + j) * nsplit + split) * 2] = -INFINITY;
+            part_ml[((long long)(h * G + j) * nsplit + split) * 2 + 1] = 0.f;
+        }
         return;
     }
     float qr[GMAX][8];
@@ -234,9 +236,10 @@ extern "C" __global__ void attn_combine(const float* __restrict__ part_o,
     float part = 0.f;
     for (int s = threadIdx.x; s < nsplit; s += blockDim.x) {
         float mm = ml[2 * s];
+        // An empty split's sum is never read: 0 * (uninitialised NaN) would poison the head.
         float w = mm == -INFINITY ? 0.f : __expf(mm - M);
         c[s] = w;
-        part += w * ml[2 * s + 1];
+        if (w != 0.f) part += w * ml[2 * s + 1];
     }
     float inv = 1.f / block_sum(part, red);  // block_sum syncs, so c[] is complete after it
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
