@@ -26,8 +26,11 @@ class FakeKV:
 
 
 def save(store, session, ids, prev_tail=None):
+    """Save and wait for the write-behind queue, so the disk tier can be inspected."""
     kv = FakeKV(ids)
-    return store.save(session, ids, block_hashes(ids, LAYOUT), kv.read, prev_tail)
+    out = store.save(session, ids, block_hashes(ids, LAYOUT), kv.read, prev_tail)
+    store.flush()
+    return out
 
 
 def restore(store, ids):

@@ -1,18 +1,23 @@
-"""CheckpointStore: KV blocks in a RAM tier and a disk tier, with budgets and eviction.
+"""CheckpointStore: KV blocks in a RAM tier and a disk tier, with budgets and eviction by reason.
 
-Files under ``<kv_dir>/<fingerprint[:16]>/``:
-- ``blocks/<hash>.<parent>.kvb``: one full block, content-addressed by its chained hash;
-- ``tails/<parent>.<hash>.<ntokens>.kvt``: the partial last block of a checkpoint.
-Each file is a header (magic, format version, JSON with fingerprint, layout, dtype, parent,
-token ids, payload CRC32) plus the raw KV payload. Writes are atomic (temp file + rename), so
-two processes on one kv_dir only ever see whole files; identical blocks have identical
-names, so a race writes the same bytes twice and nothing breaks.
+``save`` copies the blocks nobody stored yet into the RAM tier and returns; a write-behind
+thread (``writer.py``) makes them durable as block files (``blockfile.py``, ``disk.py``).
+``restore`` loads the longest stored prefix of a prompt, from RAM, the write queue or disk,
+either through a ``write_block(start, array)`` callback or straight into a destination array
+(``into=``: a dense KV cache, or pinned host memory on CUDA) with ``os.preadv``.
 
-Invariants: a read is verified (format, fingerprint, layout, token ids, chain hash, CRC32)
-before any byte reaches a KV cache; a corrupt, truncated, foreign or stale file is a logged
-miss, never wrong KV. Eviction over budget takes leaves (blocks no stored block extends)
-before shared ancestors, by recency weighted with hits, and spares the newest checkpoint of
-every live session while older leaves remain (no hits=0 thrash).
+Invariants:
+- a read is verified (header, layout, key and parent, token ids, xxh3 checksum) before it
+  counts; a corrupt, truncated, foreign or stale file, or one that is not a regular file, is
+  a logged miss, never wrong KV; a disk-tier ``OSError`` is logged and the RAM tier carries on:
+  nothing raises out of ``save``/``restore`` because of the disk;
+- eviction over a budget takes, in order: RAM copies of blocks that are on disk or queued for
+  it (dropping them loses nothing), then leaves (blocks no stored block extends) that nothing
+  protects, then leaves of a live session's newest checkpoint, and only when nothing else is
+  left the pinned ones (a session's anchor from ``pin``, the chain of the save or restore in
+  progress), by recency weighted with hits; every eviction is logged, and those of blocks
+  never reused (``hits=0``) are counted;
+- a crash loses only what the write-behind queue held: files appear by rename only.
 """
 
 from __future__ import annotations
@@ -20,27 +25,29 @@ from __future__ import annotations
 import json
 import logging
 import os
-import struct
-import tempfile
 import threading
 import time
-import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
+from agentcore.engine.kvstore import stats as stats_file
+from agentcore.engine.kvstore.blockfile import BlockHeader, BlockRejected, encode, read_into, slabs
 from agentcore.engine.kvstore.blocks import ROOT, KVLayout, chain_hash
+from agentcore.engine.kvstore.disk import DiskTier
+from agentcore.engine.kvstore.stats import StoreStats
+from agentcore.engine.kvstore.writer import BlockWriter, WriteJob
 
 __all__ = ["CheckpointStore", "RestoredPrefix", "StoreStats"]
 
 log = logging.getLogger("agentcore.kv")
 
-MAGIC = b"ACKV"
-FORMAT_VERSION = 1
 HIT_WEIGHT_S = 120.0  # one hit counts like two minutes of recency
-_HEADER = struct.Struct("<4sHI")
+_STORES: weakref.WeakSet[CheckpointStore] = weakref.WeakSet()  # to flush a kv_dir's other writers
 
 
 @dataclass
@@ -53,7 +60,7 @@ class _Entry:
     hits: int = 0
     is_tail: bool = False
     data: np.ndarray | None = None  # RAM tier only
-    path: Path | None = None  # disk tier only
+    name: str = ""  # disk tier only: the file name
 
     def score(self) -> float:
         return self.last_used + HIT_WEIGHT_S * self.hits
@@ -61,27 +68,30 @@ class _Entry:
 
 @dataclass
 class RestoredPrefix:
-    tokens: int
+    tokens: int  # end of the valid prefix (with ``live``, positions below it count as valid)
     source: str  # "ram" | "disk" | "none"
     ms: float
     bytes_read: int
-    blocks: list[str]
-    tail: str | None
+    blocks: list[str]  # hashes of the full blocks of the valid prefix
+    tail: str | None  # the partial block restored after them, if any
 
 
-@dataclass
-class StoreStats:
-    ram_hits: int = 0
-    disk_hits: int = 0
-    misses: int = 0
-    blocks_written: int = 0
-    bytes_written: int = 0
-    evictions: dict[str, int] = field(default_factory=lambda: {"ram": 0, "disk": 0})
-    corrupt: int = 0
+def _file_name(key: str, parent: str, tail: bool, n_tokens: int) -> tuple[str, str]:
+    if tail:
+        return "tails", f"{parent}.{key}.{n_tokens}.kvt"
+    return "blocks", f"{key}.{parent}.kvb"
+
+
+def _tail_salt(layout: KVLayout) -> bytes:
+    return layout.salt + b"|tail"
 
 
 class CheckpointStore:
-    """Two-tier, content-addressed store of KV blocks for one model layout."""
+    """Two-tier, content-addressed store of KV blocks for one model layout.
+
+    Use as a context manager, or call ``close()``, to make every saved block durable;
+    ``flush()`` waits for the write-behind queue without closing.
+    """
 
     def __init__(
         self,
@@ -90,304 +100,425 @@ class CheckpointStore:
         ram_bytes: int = 1 << 30,
         kv_dir: str | Path | None = None,
         disk_bytes: int = 16 << 30,
+        write_behind: bool = True,
+        max_pending_bytes: int = 512 << 20,
     ) -> None:
         self.layout = layout
         self.ram_bytes = ram_bytes
         self.disk_bytes = disk_bytes
         self.ram: dict[str, _Entry] = {}
         self.disk: dict[str, _Entry] = {}
-        self.pinned: dict[str, set[str]] = {}  # live session -> keys of its newest checkpoint
+        self.recent: dict[str, set[str]] = {}  # live session -> keys of its newest checkpoint
+        self.anchors: dict[str, set[str]] = {}  # session -> pinned keys (system + tools + first task)
         self.evicted: set[str] = set()
         self.stats = StoreStats()
+        self._active: frozenset[str] = frozenset()  # chain of the save/restore in progress
+        self._dropped: set[str] = set()  # superseded tails that may still be in flight
         self._lock = threading.RLock()
-        self.dir: Path | None = None
+        self._persisted: dict = {}
+        self.disk_io: DiskTier | None = None
+        self._writer: BlockWriter | None = None
         if kv_dir is not None:
-            self.dir = Path(kv_dir).expanduser() / layout.fingerprint[:16]
-            (self.dir / "blocks").mkdir(parents=True, exist_ok=True)
-            (self.dir / "tails").mkdir(parents=True, exist_ok=True)
+            root = Path(kv_dir).expanduser() / layout.fingerprint[:16]
+            for other in list(_STORES):
+                if other.disk_io is not None and other.disk_io.root == root:
+                    other.flush()  # a new engine on this kv_dir sees what this process saved
+            self.disk_io = DiskTier(root)
             self._scan()
+            if write_behind:
+                self._writer = BlockWriter(_make_write(layout, self.disk_io, weakref.WeakMethod(self._landed)),
+                                           max_pending_bytes)
+                weakref.finalize(self, self._writer.flush)
+        _STORES.add(self)
+
+    @property
+    def dir(self) -> Path | None:
+        return self.disk_io.root if self.disk_io else None
+
+    # ------------------------------------------------------------------ pins
+
+    def pin(self, session_id: str, hashes: Sequence[str]) -> None:
+        """Protect a live session's anchor blocks (system + tools + first task) from eviction."""
+        with self._lock:
+            self.anchors[session_id] = set(hashes)
+
+    def unpin(self, session_id: str) -> None:
+        with self._lock:
+            self.anchors.pop(session_id, None)
+
+    def release(self, session_id: str) -> None:
+        """The session is no longer live: its newest checkpoint and anchor may be evicted."""
+        with self._lock:
+            self.recent.pop(session_id, None)
+            self.anchors.pop(session_id, None)
 
     # ------------------------------------------------------------------ writing
 
     def save(
-        self, session_id: str, ids: Sequence[int], hashes: Sequence[str], read_block, prev_tail: str | None
+        self, session_id: str, ids: Sequence[int], hashes: Sequence[str],
+        read_block: Callable[[int, int], np.ndarray], prev_tail: str | None,
     ) -> tuple[int, int, str | None]:
         """Store the blocks of ``ids`` not stored yet, and a tail record for the rest.
 
         ``read_block(start, n)`` returns positions [start, start+n) as one host array.
-        Returns (blocks written, bytes written, tail key).
+        Returns once the blocks are in the RAM tier: (blocks stored, bytes stored, tail key).
         """
         bs = self.layout.block_size
         written = nbytes = 0
+        jobs: list[WriteJob] = []
         with self._lock:
-            parent = ROOT
-            for i, key in enumerate(hashes):
-                if not self._has(key):
-                    block = read_block(i * bs, bs)
-                    nbytes += self._put(key, parent, ids[i * bs : (i + 1) * bs], block, tail=False)
-                    written += 1
-                parent = key
-            rest = ids[len(hashes) * bs :]
-            tail = None
-            if prev_tail and prev_tail != parent:
-                self._drop_tail(prev_tail)
-            if rest:
-                tail = chain_hash(parent, rest, self.layout.salt + b"|tail")
-                if not self._has(tail):
-                    block = read_block(len(hashes) * bs, len(rest))
-                    nbytes += self._put(tail, parent, rest, block, tail=True)
-            self.pinned[session_id] = set(hashes) | ({tail} if tail else set())
-            self.stats.blocks_written += written
-            self.stats.bytes_written += nbytes
-            self._enforce_budgets()
+            rest = list(ids[len(hashes) * bs :])
+            parent = hashes[-1] if hashes else ROOT
+            tail = chain_hash(parent, rest, _tail_salt(self.layout)) if rest else None
+            chain = frozenset(hashes) | ({tail} if tail else frozenset())
+            self._active = chain
+            try:
+                parent = ROOT
+                for i, key in enumerate(hashes):
+                    if not self._has(key):
+                        block = np.ascontiguousarray(read_block(i * bs, bs))
+                        nbytes += self._put(key, parent, ids[i * bs : (i + 1) * bs], block, False, chain, jobs)
+                        written += 1
+                    parent = key
+                if prev_tail and prev_tail != tail:
+                    self._drop_tail(prev_tail)
+                if tail and not self._has(tail):
+                    block = np.ascontiguousarray(read_block(len(hashes) * bs, len(rest)))
+                    nbytes += self._put(tail, parent, rest, block, True, chain, jobs)
+                self.recent[session_id] = set(chain)
+                self.stats.blocks_written += written
+                self.stats.bytes_written += nbytes
+                self._evict(self.ram, "ram", self.ram_bytes)
+            finally:
+                self._active = frozenset()
+        # Queued outside the lock: a full queue waits for the writer, which needs the lock.
+        for job in jobs:
+            if self._writer is not None:
+                self._writer.submit(job)
+            elif self.disk_io is not None:
+                _make_write(self.layout, self.disk_io, lambda: self._landed)(job)
         return written, nbytes, tail
 
-    def release(self, session_id: str) -> None:
-        """The session is no longer live: its newest checkpoint may be evicted normally."""
-        with self._lock:
-            self.pinned.pop(session_id, None)
-
     def _has(self, key: str) -> bool:
-        return key in self.ram or key in self.disk
+        return key in self.ram or key in self.disk or (self._writer is not None and self._writer.pending(key) is not None)
 
-    def _put(self, key: str, parent: str, tokens: Sequence[int], block: np.ndarray, *, tail: bool) -> int:
-        now = time.time()
-        self.ram[key] = _Entry(key, parent, len(tokens), block.nbytes, now, is_tail=tail, data=block)
+    def _put(self, key: str, parent: str, tokens: Sequence[int], block: np.ndarray, tail: bool,
+             chain: frozenset[str], jobs: list[WriteJob]) -> int:
+        self.ram[key] = _Entry(key, parent, len(tokens), block.nbytes, time.time(), is_tail=tail, data=block)
         self.evicted.discard(key)
-        if self.dir is None:
-            return block.nbytes
-        path = self._path(key, parent, tail, len(tokens))
-        header = json.dumps(
-            {
-                "fingerprint": self.layout.fingerprint,
-                "layout": self._layout_tag(),
-                "dtype": self.layout.dtype,
-                "shape": list(block.shape),
-                "parent": parent,
-                "key": key,
-                "tail": tail,
-                "tokens": [int(t) for t in tokens],
-                "crc32": zlib.crc32(block),
-            }
-        ).encode()
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(_HEADER.pack(MAGIC, FORMAT_VERSION, len(header)))
-                f.write(header)
-                f.write(memoryview(np.ascontiguousarray(block)).cast("B"))
-            os.replace(tmp, path)
-        except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
-            log.warning("kv cache disk write failed path=%s error=%s", path, exc)
-            return block.nbytes
-        size = path.stat().st_size
-        self.disk[key] = _Entry(key, parent, len(tokens), size, now, is_tail=tail, path=path)
-        return size
+        self._dropped.discard(key)
+        if self.disk_io is not None:
+            jobs.append(WriteJob(key, parent, tail, [int(t) for t in tokens], block, chain))
+        return block.nbytes
 
-    def _path(self, key: str, parent: str, tail: bool, n_tokens: int) -> Path:
-        assert self.dir is not None
-        if tail:
-            return self.dir / "tails" / f"{parent}.{key}.{n_tokens}.kvt"
-        return self.dir / "blocks" / f"{key}.{parent}.kvb"
+    def _landed(self, job: WriteJob, size: int | None) -> None:
+        """A block file is durable (``size``) or could not be written (None)."""
+        with self._lock:
+            self.stats.disk_faults = self.disk_io.faults if self.disk_io else 0
+            if size is None:
+                return
+            sub, name = _file_name(job.key, job.parent, job.tail, len(job.tokens))
+            if job.key in self._dropped:
+                self._dropped.discard(job.key)
+                self.disk_io.unlink(sub, name)
+                return
+            self.disk[job.key] = _Entry(job.key, job.parent, len(job.tokens), size, time.time(),
+                                        is_tail=job.tail, name=name)
+            self.stats.disk_blocks_written += 1
+            self.stats.disk_bytes_written += size
+            self._evict(self.disk, "disk", self.disk_bytes, job.chain)
 
     def _drop_tail(self, key: str) -> None:
         """A session's newer checkpoint supersedes its previous partial block."""
         self.ram.pop(key, None)
-        disk = self.disk.pop(key, None)
-        if disk and disk.path:
-            disk.path.unlink(missing_ok=True)
+        if self._writer is not None and self._writer.pending(key) is not None:
+            self._writer.cancel(key)
+            self._dropped.add(key)  # in case it is being written right now
+        entry = self.disk.pop(key, None)
+        if entry is not None and self.disk_io is not None:
+            self.disk_io.unlink("tails", entry.name)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every saved block is on disk (or failed to get there); False on timeout."""
+        done = self._writer.flush(timeout) if self._writer is not None else True
+        self._persist_stats()
+        return done
+
+    def close(self) -> None:
+        """Flush; the store stays usable (a later save starts the writer again)."""
+        self.flush()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ reading
 
-    def restore(self, ids: Sequence[int], hashes: Sequence[str], write_block) -> RestoredPrefix:
-        """Load the longest stored prefix of ``ids`` through ``write_block(start, array)``."""
+    def restore(
+        self, ids: Sequence[int], hashes: Sequence[str],
+        write_block: Callable[[int, np.ndarray], None] | None = None,
+        *, into: np.ndarray | None = None, live: int = 0,
+    ) -> RestoredPrefix:
+        """Load the longest stored prefix of ``ids``.
+
+        Either ``write_block(start, array)`` receives each verified block, or ``into`` (an
+        array ``(n_layers, 2, >= len(ids), n_kv_heads, head_dim)``, its last three axes
+        C-contiguous) is filled in place: positions [0, live) are the caller's and are never
+        touched; on return positions [live, result.tokens) hold verified KV, and positions
+        past result.tokens may have been overwritten with garbage.
+        """
+        if (write_block is None) == (into is None):
+            raise TypeError("pass exactly one of write_block or into=")
         t0 = time.perf_counter()
         bs = self.layout.block_size
+        live = live if into is not None else 0
         sources: set[str] = set()
-        got: list[str] = []
         nbytes = 0
         with self._lock:
-            self._refresh_disk_index()
-            parent = ROOT
-            for i, key in enumerate(hashes):
-                block, src = self._load(key, parent, ids[i * bs : (i + 1) * bs], tail=False)
-                if block is None:
-                    break
-                write_block(i * bs, block)
-                nbytes += block.nbytes
-                sources.add(src)
-                got.append(key)
-                parent = key
-            tokens = len(got) * bs
-            tail_key = None
-            rest = list(ids[tokens:])
-            if rest:
-                # Wherever the chain of full blocks stops, a stored partial block may go on.
-                tail_key, block, src = self._best_tail(parent, rest)
-                if block is not None:
-                    write_block(tokens, block)
-                    tokens += block.shape[2]
-                    nbytes += block.nbytes
-                    sources.add(src)
-        source = "disk" if "disk" in sources else ("ram" if sources else "none")
-        if source == "disk":
-            self.stats.disk_hits += 1
-        elif source == "ram":
-            self.stats.ram_hits += 1
-        else:
-            self.stats.misses += 1
+            self._active = frozenset(hashes)
+            try:
+                n_full = min(live // bs, len(hashes))
+                parent = hashes[n_full - 1] if n_full else ROOT
+                for i in range(n_full, len(hashes)):
+                    key = hashes[i]
+                    got = self._fetch(key, parent, ids[i * bs : (i + 1) * bs], False, i * bs, write_block, into, live)
+                    if got is None:
+                        break
+                    nbytes += got[0]
+                    sources.add(got[1])
+                    n_full = i + 1
+                    parent = key
+                tokens = max(n_full * bs, live)
+                tail_key = None
+                rest = list(ids[n_full * bs :])
+                if rest:
+                    # Wherever the chain of full blocks stops, a stored partial block may go on.
+                    for key, n in self._tails(parent, rest):
+                        got = self._fetch(key, parent, rest[:n], True, n_full * bs, write_block, into, live)
+                        if got is not None:
+                            nbytes += got[0]
+                            sources.add(got[1])
+                            tail_key = key
+                            tokens = max(tokens, n_full * bs + n)
+                            break
+            finally:
+                self._active = frozenset()
+            source = "disk" if "disk" in sources else ("ram" if sources else "none")
+            if source == "disk":
+                self.stats.disk_hits += 1
+            elif source == "ram":
+                self.stats.ram_hits += 1
+            else:
+                self.stats.misses += 1
+            self.stats.bytes_reused += nbytes
+            if tokens < len(ids):
+                self.stats.miss_tokens.append(len(ids) - tokens)
         ms = (time.perf_counter() - t0) * 1000
-        return RestoredPrefix(tokens, source, ms, nbytes, got, tail_key if tokens > len(got) * bs else None)
+        return RestoredPrefix(tokens, source, ms, nbytes, list(hashes[:n_full]), tail_key)
 
-    def _load(self, key: str, parent: str, tokens: Sequence[int], *, tail: bool) -> tuple[np.ndarray | None, str]:
+    def record_miss_cost(self, ms: float) -> None:
+        """The engine reports what prefilling a restore's missing tokens cost (for the p90)."""
+        with self._lock:
+            self.stats.miss_ms.append(float(ms))
+
+    def _fetch(
+        self, key: str, parent: str, tokens: Sequence[int], tail: bool, start: int,
+        write_block, into: np.ndarray | None, live: int,
+    ) -> tuple[int, str] | None:
+        """Put one verified block at ``start``: (bytes, source), or None for a miss."""
+        n = len(tokens)
+        shape = self.layout.block_shape(n)
+        data, src = self._in_memory(key)
+        direct = into is not None and start >= live
+        if data is None:
+            if direct:
+                ok = self._read_file(key, parent, tokens, tail, into, start)
+            else:
+                data = np.empty(shape, self.layout.dtype)
+                ok = self._read_file(key, parent, tokens, tail, data, 0)
+            if not ok:
+                return None
+            src = "disk"
+        if into is None:
+            write_block(start, data)
+        elif not direct:
+            skip = live - start
+            into[:, :, live : start + n] = data[:, :, skip:]
+        elif data is not None:
+            np.copyto(into[:, :, start : start + n], data)
+        return int(np.prod(shape)) * np.dtype(self.layout.dtype).itemsize, src
+
+    def _in_memory(self, key: str) -> tuple[np.ndarray | None, str]:
         entry = self.ram.get(key)
         if entry is not None and entry.data is not None:
             entry.hits += 1
             entry.last_used = time.time()
             return entry.data, "ram"
+        job = self._writer.pending(key) if self._writer is not None else None
+        if job is not None:
+            return job.data, "ram"
+        return None, ""
+
+    def _read_file(self, key: str, parent: str, tokens: Sequence[int], tail: bool, dest: np.ndarray, start: int) -> bool:
+        if self.disk_io is None:
+            return False
+        sub, name = _file_name(key, parent, tail, len(tokens))
+        fd = self.disk_io.open_regular(sub, name)
+        if fd is None:
+            self.disk.pop(key, None)
+            return False
+        head = BlockHeader(key, parent, tail, len(tokens))
+        try:
+            size = os.fstat(fd).st_size
+            read_into(fd, self.layout, head, tokens, slabs(dest, start, len(tokens)))
+        except BlockRejected as exc:
+            self.stats.corrupt += 1
+            log.warning("kv cache miss reason=corrupt file=%s detail=%s", name, exc)
+            self.disk.pop(key, None)
+            if exc.remove:
+                self.disk_io.unlink(sub, name)
+            return False
+        except OSError as exc:
+            self.disk_io.fault("read", exc)
+            self.stats.disk_faults = self.disk_io.faults
+            return False
+        finally:
+            os.close(fd)
         entry = self.disk.get(key)
-        if entry is None or entry.path is None:
-            return None, ""
-        block = self._read_file(entry.path, key, parent, tokens, tail)
-        if block is None:
-            return None, ""
+        if entry is None:  # written by another process since our scan
+            entry = self.disk[key] = _Entry(key, parent, len(tokens), size, time.time(), is_tail=tail, name=name)
         entry.hits += 1
         entry.last_used = time.time()
-        try:
-            os.utime(entry.path)
-        except OSError:
-            pass
-        self.ram[key] = _Entry(key, parent, len(tokens), block.nbytes, time.time(), entry.hits, tail, data=block)
-        return block, "disk"
+        return True
 
-    def _best_tail(self, parent: str, rest: list[int]) -> tuple[str | None, np.ndarray | None, str]:
-        """The stored tail under ``parent`` whose tokens are the longest prefix of ``rest``."""
-        best: tuple[int, str] | None = None
-        for key, entry in list(self.ram.items()) + list(self.disk.items()):
-            if entry.is_tail and entry.parent == parent and entry.tokens <= len(rest):
-                if best is None or entry.tokens > best[0]:
-                    expected = chain_hash(parent, rest[: entry.tokens], self.layout.salt + b"|tail")
-                    if expected == key:
-                        best = (entry.tokens, key)
-        if best is None:
-            return None, None, ""
-        n, key = best
-        block, src = self._load(key, parent, rest[:n], tail=True)
-        return (key, block, src) if block is not None else (None, None, "")
-
-    def _read_file(self, path: Path, key: str, parent: str, tokens: Sequence[int], tail: bool) -> np.ndarray | None:
-        """Read and verify one file; any problem is a logged miss and the file is removed."""
-        try:
-            with open(path, "rb") as f:
-                magic, version, hlen = _HEADER.unpack(f.read(_HEADER.size))
-                if magic != MAGIC:
-                    return self._reject(path, key, "bad magic")
-                if version != FORMAT_VERSION:
-                    return self._reject(path, key, f"format version {version}", remove=False)
-                header = json.loads(f.read(hlen))
-                payload = f.read()
-        except (OSError, ValueError, struct.error) as exc:
-            return self._reject(path, key, f"unreadable ({type(exc).__name__})")
-        if header.get("fingerprint") != self.layout.fingerprint or header.get("layout") != self._layout_tag():
-            return self._reject(path, key, "foreign model or layout", remove=False)
-        if header.get("tokens") != [int(t) for t in tokens] or header.get("parent") != parent:
-            return self._reject(path, key, "token ids differ")
-        salt = self.layout.salt + (b"|tail" if tail else b"")
-        if chain_hash(parent, tokens, salt) != key:
-            return self._reject(path, key, "chain hash differs")
-        shape = tuple(self.layout.block_shape(len(tokens)))
-        expected = int(np.prod(shape)) * np.dtype(self.layout.dtype).itemsize
-        if len(payload) != expected:
-            return self._reject(path, key, f"truncated ({len(payload)} of {expected} bytes)")
-        if zlib.crc32(payload) != header.get("crc32"):
-            return self._reject(path, key, "checksum mismatch")
-        return np.frombuffer(payload, dtype=self.layout.dtype).reshape(shape)
-
-    def _reject(self, path: Path, key: str, why: str, *, remove: bool = True) -> None:
-        self.stats.corrupt += 1
-        log.warning("kv cache miss reason=corrupt file=%s detail=%s", path.name, why)
-        self.disk.pop(key, None)
-        if remove:
-            path.unlink(missing_ok=True)
-
-    def _layout_tag(self) -> str:
-        lay = self.layout
-        return f"{lay.n_layers}x{lay.n_kv_heads}x{lay.head_dim}/{lay.block_size}"
+    def _tails(self, parent: str, rest: list[int]) -> list[tuple[str, int]]:
+        """Stored tails under ``parent`` whose tokens are a prefix of ``rest``, longest first."""
+        found: dict[str, int] = {}
+        for e in list(self.ram.values()) + list(self.disk.values()):
+            if e.is_tail and e.parent == parent:
+                found[e.key] = e.tokens
+        if self.disk_io is not None:  # another process may have written one since our scan
+            for info in self.disk_io.scan("tails"):
+                parts = info.name.split(".")
+                if len(parts) == 4 and parts[0] == parent and parts[2].isdigit():
+                    found.setdefault(parts[1], int(parts[2]))
+        salt = _tail_salt(self.layout)
+        ok = [(k, n) for k, n in found.items() if 0 < n <= len(rest) and chain_hash(parent, rest[:n], salt) == k]
+        return sorted(ok, key=lambda kn: -kn[1])
 
     # ------------------------------------------------------------------ disk index
 
     def _scan(self) -> None:
-        """Index existing files by name (headers are verified when read)."""
-        assert self.dir is not None
+        """Index existing files by name (headers are verified when read); reap orphaned temps."""
+        assert self.disk_io is not None
         self.disk.clear()
+        self.disk_io.temp_bytes = 0
         for sub, tail in (("blocks", False), ("tails", True)):
-            for path in (self.dir / sub).iterdir():
-                if path.name.startswith(".tmp-"):
-                    continue
-                parts = path.name.split(".")
-                if tail and len(parts) == 4 and parts[2].isdigit():
+            for info in self.disk_io.scan(sub, reap=True):
+                parts = info.name.split(".")
+                if tail and len(parts) == 4 and parts[2].isdigit() and parts[3] == "kvt":
                     parent, key, tokens = parts[0], parts[1], int(parts[2])
-                elif not tail and len(parts) == 3:
+                elif not tail and len(parts) == 3 and parts[2] == "kvb":
                     key, parent, tokens = parts[0], parts[1], self.layout.block_size
                 else:
                     continue
-                try:
-                    st = path.stat()
-                except OSError:
-                    continue
-                self.disk[key] = _Entry(key, parent, tokens, st.st_size, st.st_mtime, is_tail=tail, path=path)
-
-    def _refresh_disk_index(self) -> None:
-        """Pick up blocks another process wrote since we last looked."""
-        if self.dir is not None:
-            known = {e.path for e in self.disk.values()}
-            for sub in ("blocks", "tails"):
-                for path in (self.dir / sub).iterdir():
-                    if path not in known and not path.name.startswith(".tmp-"):
-                        self._scan()
-                        return
+                self.disk[key] = _Entry(key, parent, tokens, info.size, info.mtime, is_tail=tail, name=info.name)
+        self._evict(self.disk, "disk", self.disk_bytes)
 
     # ------------------------------------------------------------------ eviction
 
-    def _enforce_budgets(self) -> None:
-        self._evict(self.ram, self.ram_bytes, "ram")
-        if self.dir is not None:
-            self._evict(self.disk, self.disk_bytes, "disk")
+    def _tier_bytes(self, name: str) -> int:
+        if name == "ram":
+            return sum(e.nbytes for e in self.ram.values())
+        temp = self.disk_io.temp_bytes if self.disk_io else 0
+        return sum(e.nbytes for e in self.disk.values()) + temp
 
-    def _evict(self, tier: dict[str, _Entry], budget: int, name: str) -> None:
-        used = sum(e.nbytes for e in tier.values())
+    def _evict(self, tier: dict[str, _Entry], name: str, budget: int, landing: frozenset[str] = frozenset()) -> None:
+        used = self._tier_bytes(name)
         if used <= budget:
             return
-        protected = set().union(*self.pinned.values()) if self.pinned else set()
+        pinned = set(self._active) | set(landing)
+        for keys in self.anchors.values():
+            pinned |= keys
+        recent = set().union(*self.recent.values()) if self.recent else set()
+
+        def rank(e: _Entry, leaves: set[str]) -> int | None:
+            if name == "ram" and (e.key in self.disk or (self._writer and self._writer.pending(e.key))):
+                return 0  # a copy: the block stays on disk
+            if e.key not in leaves:
+                return None
+            return 3 if e.key in pinned else (2 if e.key in recent else 1)
+
         while used > budget and tier:
             parents = {e.parent for e in tier.values()}
-            leaves = [e for e in tier.values() if e.key not in parents]
-            candidates = [e for e in leaves if e.key not in protected] or leaves
-            victim = min(candidates, key=_Entry.score)
+            leaves = {k for k in tier if k not in parents}
+            ranked = [(r, e) for e in tier.values() if (r := rank(e, leaves)) is not None]
+            if not ranked:
+                break
+            best = min(r for r, _ in ranked)
+            victim = min((e for r, e in ranked if r == best), key=_Entry.score)
             del tier[victim.key]
             used -= victim.nbytes
-            if victim.path is not None:
-                victim.path.unlink(missing_ok=True)
-            if not self._has(victim.key):
+            if victim.name and self.disk_io is not None:
+                self.disk_io.unlink("tails" if victim.is_tail else "blocks", victim.name)
+            gone = not self._has(victim.key)
+            hits = victim.hits + (self.ram[victim.key].hits if victim.key in self.ram else 0)
+            if gone:
                 self.evicted.add(victim.key)
+                if hits == 0:
+                    self.stats.evicted_unused[name] += 1
             self.stats.evictions[name] += 1
-            log.info(
-                "kv cache evicted reason=budget tier=%s tokens=%d hits=%d", name, victim.tokens, victim.hits
-            )
+            log.info("kv cache evicted reason=budget tier=%s tokens=%d hits=%d%s", name, victim.tokens, hits,
+                     " pinned=1" if best == 3 else "")
 
     def usage(self) -> dict[str, int]:
-        return {
-            "ram_bytes": sum(e.nbytes for e in self.ram.values()),
-            "disk_bytes": sum(e.nbytes for e in self.disk.values()),
-            "ram_blocks": len(self.ram),
-            "disk_blocks": len(self.disk),
-        }
+        with self._lock:
+            return {
+                "ram_bytes": self._tier_bytes("ram"),
+                "disk_bytes": self._tier_bytes("disk"),
+                "ram_blocks": len(self.ram),
+                "disk_blocks": len(self.disk),
+                "pending_bytes": self._writer.pending_bytes if self._writer else 0,
+                "disk_available": int(bool(self.disk_io and self.disk_io.available)),
+            }
 
     def clear(self) -> None:
+        self.flush()
         with self._lock:
             self.ram.clear()
-            for e in list(self.disk.values()):
-                if e.path is not None:
-                    e.path.unlink(missing_ok=True)
+            if self.disk_io is not None:
+                for e in list(self.disk.values()):
+                    self.disk_io.unlink("tails" if e.is_tail else "blocks", e.name)
             self.disk.clear()
+
+    def _persist_stats(self) -> None:
+        """Add this store's figures since the last call to the kv_dir's stats.json."""
+        if self.disk_io is None or not self.disk_io.available:
+            return
+        with self._lock:
+            now = self.stats.to_dict()
+            base = self._persisted
+        path = self.disk_io.root / "stats.json"
+        try:
+            old = stats_file.load(path.read_text()) if path.exists() else {}
+        except OSError:
+            old = {}
+        merged = stats_file.merge_stats(old, now, base)
+        if self.disk_io.write(".", "stats.json", [json.dumps(merged).encode()]) is not None:
+            self._persisted = now
+
+
+def _make_write(layout: KVLayout, disk: DiskTier, landed) -> Callable[[WriteJob], None]:
+    """The writer's job: encode and write one block file, then tell the store (if it still exists)."""
+
+    def write(job: WriteJob) -> None:
+        sub, name = _file_name(job.key, job.parent, job.tail, len(job.tokens))
+        buffers = encode(layout, BlockHeader(job.key, job.parent, job.tail, len(job.tokens)), job.tokens, job.data)
+        size = disk.write(sub, name, buffers)
+        callback = landed()
+        if callback is not None:
+            callback(job, size)
+
+    return write
