@@ -57,3 +57,31 @@ class ModelNotFound(AgentCoreError):
 
 class CacheError(AgentCoreError):
     """The KV checkpoint store cannot be used (bad kv_dir, budget too small)."""
+
+
+class RemoteEngineError(AgentCoreError):
+    """A remote inference server (vLLM, SGLang, llama.cpp, ds4) could not serve a request."""
+
+
+class ServerUnavailable(RemoteEngineError):
+    """The server refused the connection or stayed busy (429/503) through every retry."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ServerTimeout(RemoteEngineError):
+    """The server did not answer within the engine's timeout."""
+
+
+class ServerRejected(RemoteEngineError):
+    """The server answered a request with an error that retrying will not fix (4xx, 5xx)."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ServerProtocolError(RemoteEngineError):
+    """The server's answer is not what its API documents (garbage body, broken stream)."""

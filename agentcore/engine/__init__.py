@@ -14,6 +14,7 @@ from agentcore.engine.base import (
     Usage,
 )
 from agentcore.engine.local import LocalEngine
+from agentcore.engine.remote import RemoteEngine
 
 __all__ = [
     "CheckpointInfo",
@@ -21,6 +22,7 @@ __all__ = [
     "Engine",
     "GenerationRequest",
     "LocalEngine",
+    "RemoteEngine",
     "Sampling",
     "TextDelta",
     "Usage",
