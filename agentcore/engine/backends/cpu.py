@@ -12,6 +12,8 @@ Invariants:
 - Inside ``compute()`` BLAS is single-threaded; prefill rows are split over our own threads.
 - ``DenseKV`` holds ``(n_layers, 2, capacity, n_kv_heads, head_dim)``: K is [:, 0], V is [:, 1];
   the tokens of a layer are contiguous, so a block of positions is one slice to page or save.
+  ``LatentKV`` (deepseek2's MLA) is the same with one plane of one latent "head":
+  ``(n_layers, 1, capacity, 1, kv_lora_rank + rope dims)``.
 - Attention is causal in absolute positions: query i of a call at ``pos0`` sees keys
   ``[0, pos0 + i]``; the caller stores this call's K/V before attending.
 """
@@ -30,7 +32,7 @@ from threadpoolctl import ThreadpoolController
 
 from agentcore.engine.model.gguf import ModelSpec, WeightTensor
 
-__all__ = ["DenseKV", "Linear", "NumpyOps", "Rope"]
+__all__ = ["DenseKV", "Experts", "LatentKV", "Linear", "NumpyOps", "Rope"]
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ class DenseKV:
         self.data = data
 
     def export(self, n: int) -> list[np.ndarray]:
-        """Per layer, a contiguous copy of shape (2, n, n_kv_heads, head_dim)."""
+        """Per layer, a contiguous copy of shape (planes, n, heads, head_dim) (planes: K, V)."""
         if n > self.length:
             raise ValueError(f"cannot export {n} tokens from a KV cache of {self.length}")
         return [np.ascontiguousarray(layer[:, :n]) for layer in self.data]
@@ -122,10 +124,45 @@ class DenseKV:
         n = layers[0].shape[1]
         self.grow(n)
         for dst, src in zip(self.data, layers, strict=True):
-            if src.shape != (2, n, *self.data.shape[3:]):
+            if src.shape != (self.data.shape[1], n, *self.data.shape[3:]):
                 raise ValueError(f"layer shape {src.shape} does not match this cache")
             dst[:, :n] = src
         self.length = n
+
+
+class LatentKV(DenseKV):
+    """deepseek2's latent cache: per token and layer the normalised compressed KV
+    (``kv_lora_rank``) then the rotated rope key, one row of ``kv_lora_rank + rope dims``.
+    """
+
+    def __init__(self, spec: ModelSpec, capacity: int = 256, dtype: type = np.float32) -> None:
+        mla = spec.mla
+        if mla is None:
+            raise ValueError(f"LatentKV needs a model with latent attention, not {spec.arch!r}")
+        self.data = np.zeros((spec.n_layers, 1, max(1, capacity), 1, mla.latent_dim), dtype)
+        self.kv_lora_rank = mla.kv_lora_rank
+        self.length = 0
+
+    def store(self, layer: int, pos0: int, latent: np.ndarray, k_pe: np.ndarray) -> None:
+        """Write latents (T, kv_lora_rank) and rope keys (T, rope dims) at [pos0, pos0 + T)."""
+        end = pos0 + len(latent)
+        if end > self.capacity:
+            self.grow(end)
+        self.data[layer, 0, pos0:end, 0, : self.kv_lora_rank] = latent
+        self.data[layer, 0, pos0:end, 0, self.kv_lora_rank :] = k_pe
+
+    def load(self, layer: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Views of the latents (n, kv_lora_rank) and rope keys (n, rope dims)."""
+        rows = self.data[layer, 0, :n, 0]
+        return rows[:, : self.kv_lora_rank], rows[:, self.kv_lora_rank :]
+
+
+@dataclass(frozen=True)
+class Experts:
+    """A prepared MoE expert stack: gate/up fused (E, 2 * n_ff, in), down (E, out, n_ff)."""
+
+    gate_up: np.ndarray
+    down: np.ndarray
 
 
 # Below this many rows per thread a split costs more in thread hand-offs than it saves.
@@ -177,7 +214,16 @@ class NumpyOps:
         return Rope(inv_freq, neox, max_positions)
 
     def new_kv(self, spec: ModelSpec, capacity: int) -> DenseKV:
-        return DenseKV(spec, capacity)
+        return LatentKV(spec, capacity) if spec.mla is not None else DenseKV(spec, capacity)
+
+    def prepare_heads(self, w: np.ndarray) -> np.ndarray:
+        """Per-head matrices (H, out, in) for ``head_matmul``."""
+        return np.ascontiguousarray(w, dtype=np.float32)
+
+    def prepare_experts(self, gate_up: Sequence[WeightTensor], down: WeightTensor) -> Experts:
+        """Expert stacks: [gate, up] (each (E, n_ff, in)) or [fused gate_up], and down."""
+        fused = np.concatenate([_f32(t) for t in gate_up], axis=1) if len(gate_up) > 1 else None
+        return Experts(fused if fused is not None else _f32(gate_up[0]), _f32(down))
 
     # ---- compute ----
 
@@ -232,6 +278,63 @@ class NumpyOps:
 
         self._split_rows(rows, t, pos0)
         return out
+
+    def latent_attention(
+        self,
+        q_lat: np.ndarray,
+        q_pe: np.ndarray,
+        kv: LatentKV,
+        layer: int,
+        pos0: int,
+        scale: float,
+        rope_scale: float,
+    ) -> np.ndarray:
+        """Causal MLA over the latent cache -> (T, H, kv_lora_rank), still compressed.
+
+        Scores are ``scale * (q_lat . latent + rope_scale * q_pe . k_pe)`` for absorbed
+        queries q_lat (T, H, kv_lora_rank) and rotated q_pe (T, H, rope dims); the values are
+        the latents themselves.
+        """
+        t, h, r = q_lat.shape
+        latent, k_pe = kv.load(layer, pos0 + t)
+        out = np.empty((t, h, r), np.float32)
+
+        def rows(a: int, b: int) -> None:
+            n = pos0 + b
+            scores = q_lat[a:b].reshape(-1, r) @ latent[:n].T
+            scores += rope_scale * (q_pe[a:b].reshape((b - a) * h, -1) @ k_pe[:n].T)
+            scores *= scale
+            if b - a > 1:
+                future = np.arange(n) > (pos0 + np.arange(a, b))[:, None]  # (rows, n)
+                masked = scores.reshape(b - a, h, n)
+                masked += np.where(future, np.float32(-np.inf), np.float32(0.0))[:, None, :]
+            scores -= scores.max(axis=-1, keepdims=True)
+            np.exp(scores, out=scores)
+            scores /= scores.sum(axis=-1, keepdims=True)
+            out[a:b] = (scores @ latent[:n]).reshape(b - a, h, r)
+
+        self._split_rows(rows, t, pos0)
+        return out
+
+    def head_matmul(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """Per-head projection: x (T, H, in) with w (H, out, in) -> (T, H, out)."""
+        y = np.matmul(x.transpose(1, 0, 2), w.transpose(0, 2, 1))  # (H, T, out)
+        return np.ascontiguousarray(y.transpose(1, 0, 2))
+
+    def moe(
+        self, x: np.ndarray, experts: Experts, ids: np.ndarray, weights: np.ndarray
+    ) -> np.ndarray:
+        """Sum over each token's experts ids (T, k) of weight * down(swiglu(gate_up(x))).
+
+        Only the selected experts' matrices are read: one GEMM pair per expert over the
+        tokens that chose it.
+        """
+        y = np.zeros((len(x), experts.down.shape[1]), np.float32)
+        for e in np.unique(ids):
+            rows, slot = np.nonzero(ids == e)
+            h = self.swiglu(x[rows] @ experts.gate_up[e].T)
+            y[rows] += weights[rows, slot, None] * (h @ experts.down[e].T)
+        return y
 
     def swiglu(self, gate_up: np.ndarray) -> np.ndarray:
         """silu(gate) * up for the fused (T, 2 * n_ff) projection."""

@@ -24,7 +24,7 @@ import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
@@ -37,6 +37,9 @@ from agentcore.errors import (
     UnsupportedQuantization,
 )
 
+if TYPE_CHECKING:
+    from agentcore.engine.model.deepseek2 import MLAParams, MoEParams
+
 __all__ = [
     "SUPPORTED_ARCHS",
     "SUPPORTED_QTYPES",
@@ -48,7 +51,7 @@ __all__ = [
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
-SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3")
+SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "deepseek2")
 _Q = GGMLQuantizationType
 SUPPORTED_QTYPES = (
     _Q.F32, _Q.F16, _Q.BF16, _Q.Q8_0, _Q.Q4_0, _Q.Q4_1, _Q.Q5_0, _Q.Q5_1,
@@ -101,6 +104,9 @@ class ModelSpec:
     qkv_bias: bool  # qwen2
     qk_norm: bool  # qwen3
     tied_embeddings: bool  # no output.weight: the LM head is token_embd.weight
+    # deepseek2 only (see model/deepseek2.py): latent attention and mixture-of-experts FFNs
+    mla: MLAParams | None = None
+    moe: MoEParams | None = None
 
 
 @dataclass
@@ -389,6 +395,13 @@ def _build_spec(path: Path, md: dict[str, Any], tensors: dict[str, WeightTensor]
             )
         return kind(v)
 
+    if arch == "deepseek2":
+        from agentcore.engine.model.deepseek2 import build_spec
+
+        spec = build_spec(path, md, tensors, key)
+        _check_shapes(path, spec, tensors)
+        return spec
+
     n_layers = key("block_count", int, limit=MAX_LAYERS)
     n_embd = key("embedding_length", int, limit=MAX_DIM)
     n_heads = key("attention.head_count", int, limit=MAX_HEADS)
@@ -455,6 +468,10 @@ def _rope_scaling(
 
 
 def _expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    if spec.mla is not None:
+        from agentcore.engine.model.deepseek2 import expected_shapes
+
+        return expected_shapes(spec)
     e, hd = spec.n_embd, spec.head_dim
     q, kv = spec.n_heads * hd, spec.n_kv_heads * hd
     want: dict[str, tuple[int, ...]] = {
