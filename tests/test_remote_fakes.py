@@ -184,14 +184,14 @@ def openai_models(owned_by: str, *, limit_field: str = "max_model_len", limit: i
 
 def completion_chunks(text: str, *, prompt_tokens: int, cached: int, token_ids: bool = False,
                       finish: str = "stop") -> list[dict[str, Any]]:
-    """vLLM/SGLang/ds4 /v1/completions stream: one chunk per byte, then a usage chunk."""
+    """vLLM/SGLang/ds4 /v1/completions stream: one chunk per character, then a usage chunk."""
     chunks = []
     data = encode(text)
-    for i, tok in enumerate(data):
-        choice: dict[str, Any] = {"index": 0, "text": decode([tok]), "logprobs": None,
-                                  "finish_reason": finish if i == len(data) - 1 else None}
+    for i, char in enumerate(text):
+        choice: dict[str, Any] = {"index": 0, "text": char, "logprobs": None,
+                                  "finish_reason": finish if i == len(text) - 1 else None}
         if token_ids:
-            choice["token_ids"] = [tok]
+            choice["token_ids"] = encode(char)
         chunks.append({"id": "cmpl-1", "object": "text_completion", "created": 0, "model": "m",
                        "choices": [choice], "usage": None})
     chunks.append({"id": "cmpl-1", "object": "text_completion", "created": 0, "model": "m", "choices": [],

@@ -12,7 +12,14 @@ from test_remote_fakes import FakeLlamaServer, decode
 from agentcore import dsml
 from agentcore.engine import Completion, GenerationRequest, RemoteEngine, TextDelta
 from agentcore.errors import ContextOverflow
-from agentcore.messages import AssistantMessage, SystemMessage, ToolCall, ToolMessage, ToolSpec, UserMessage
+from agentcore.messages import (
+    AssistantMessage,
+    SystemMessage,
+    ToolCall,
+    ToolMessage,
+    ToolSpec,
+    UserMessage,
+)
 
 BASE = "http://llama.test"
 TOOLS = [ToolSpec(name="get_weather", description="Weather for a city.",
