@@ -4,14 +4,20 @@ plus what it sampled is always a prefix of the next prompt."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from engine_fixtures import REFERENCE_SMOLLM2
 
 from agentcore.dsml import render_tool_calls, render_tools
-from agentcore.engine.model.chat import ChatML, DeepSeekV4, Llama3, detect_chat_format
+from agentcore.engine.model.chat import (
+    ChatML,
+    DeepSeekV4,
+    DeepSeekV41,
+    Llama3,
+    detect_chat_format,
+)
 from agentcore.engine.model.gguf import load_gguf
-from agentcore.testing.synthetic import write_synthetic_gguf
 from agentcore.engine.model.tokenizer import Tokenizer
 from agentcore.errors import TokenizerError
 from agentcore.messages import (
@@ -22,6 +28,7 @@ from agentcore.messages import (
     ToolSpec,
     UserMessage,
 )
+from agentcore.testing.synthetic import write_synthetic_gguf
 
 TOOLS = [
     ToolSpec(
@@ -298,3 +305,145 @@ def test_vocabulary_without_a_known_chat_format_is_rejected(paths):
     model.metadata = md
     with pytest.raises(TokenizerError, match="supported: ChatML"):
         detect_chat_format(model, tokenizer)
+
+
+# ---------------------------------------------------------------------------- golden fixtures
+
+GOLDEN = Path(__file__).parent / "data" / "dsml"
+_ROLES = {
+    "system": SystemMessage,
+    "user": UserMessage,
+    "assistant": AssistantMessage,
+    "tool": ToolMessage,
+}
+
+
+def _golden_cases():
+    for dialect in ("v4", "v4.1"):
+        data = json.loads((GOLDEN / f"{dialect}.json").read_text(encoding="utf-8"))
+        for case in data["cases"]:
+            yield pytest.param(dialect, case, id=f"{dialect}-{case['name']}")
+
+
+def _golden_format(paths, dialect: str, options: dict):
+    model = load_gguf(paths["deepseek"])
+    tokenizer = Tokenizer.from_gguf(model)
+    cls = DeepSeekV41 if dialect == "v4.1" else DeepSeekV4
+    kwargs = {"thinking": options["thinking"], "drop_thinking": options["drop_thinking"]}
+    if "reasoning_effort" in options:
+        kwargs["reasoning_effort"] = options["reasoning_effort"]
+    return cls(tokenizer, **kwargs)
+
+
+@pytest.mark.parametrize(("dialect", "case"), list(_golden_cases()))
+def test_deepseek_prompt_matches_the_official_encoder_byte_for_byte(paths, dialect, case):
+    fmt = _golden_format(paths, dialect, case["options"])
+    messages = [_ROLES[m["role"]](**m) for m in case["messages"]]
+    tools = [ToolSpec(**t) for t in case["tools"]]
+    ids = flat(fmt.render(messages, tools))
+    if not isinstance(messages[-1], AssistantMessage):
+        ids += fmt.generation_prompt(messages)
+    assert text(fmt, ids) == case["prompt"]
+
+
+def test_golden_fixtures_cover_both_encoders_and_modes():
+    names = {(d, c["name"]) for d, c in (p.values for p in _golden_cases())}
+    assert len(names) >= 50
+    for dialect in ("v4", "v4.1"):
+        for needed in ("tools_full_round_trip-thinking", "results_out_of_call_order-chat",
+                       "consecutive_user_messages-chat", "zero_argument_call-chat",
+                       "multi_turn_chat-thinking-drop", "late_system_message-thinking"):
+            assert (dialect, needed) in names
+
+
+# ---------------------------------------------------------------------------- DeepSeek turns
+
+
+def test_deepseek_consecutive_user_messages_are_one_turn(formats):
+    fmt = formats["deepseek"]
+    messages = [UserMessage(content="a"), UserMessage(content="b")]
+    rendered = text(fmt, flat(fmt.render(messages, [])) + fmt.generation_prompt(messages))
+    assert rendered == "<｜begin▁of▁sentence｜><｜User｜>a\n\nb<｜Assistant｜></think>"
+
+
+def test_deepseek_user_text_after_tool_results_joins_their_turn(formats):
+    fmt = formats["deepseek"]
+    messages = [
+        UserMessage(content="q"),
+        AssistantMessage(tool_calls=CALLS[:1]),
+        ToolMessage(call_id="1", name="get_weather", content="28C"),
+        UserMessage(content="and now?"),
+    ]
+    rendered = text(fmt, flat(fmt.render(messages, [])))
+    assert rendered.endswith("<｜User｜><tool_result>28C</tool_result>\n\nand now?")
+
+
+def test_deepseek_tool_results_are_put_in_call_order(formats):
+    fmt = formats["deepseek"]
+    messages = [
+        UserMessage(content="q"),
+        AssistantMessage(tool_calls=CALLS),
+        ToolMessage(call_id="2", name="get_weather", content="second"),
+        ToolMessage(call_id="1", name="get_weather", content="first"),
+    ]
+    rendered = text(fmt, flat(fmt.render(messages, [])))
+    assert rendered.endswith(
+        "<｜User｜><tool_result>first</tool_result>\n\n<tool_result>second</tool_result>"
+    )
+
+
+def test_deepseek_drop_thinking_drops_reasoning_before_the_last_user_turn(paths):
+    fmt = _golden_format(paths, "v4", {"thinking": True, "drop_thinking": True})
+    messages = [
+        UserMessage(content="q1"),
+        AssistantMessage(content="a1", reasoning="r1"),
+        UserMessage(content="q2"),
+    ]
+    rendered = text(fmt, flat(fmt.render(messages, [])) + fmt.generation_prompt(messages))
+    assert "r1" not in rendered
+    assert rendered.endswith("<｜Assistant｜></think>a1<｜end▁of▁sentence｜><｜User｜>q2<｜Assistant｜><think>")
+
+
+def test_deepseek_keeps_reasoning_by_default_so_prefixes_stay_stable(paths):
+    fmt = _golden_format(paths, "v4", {"thinking": True, "drop_thinking": False})
+    messages = [UserMessage(content="q1"), AssistantMessage(content="a1", reasoning="r1")]
+    longer = [*messages, UserMessage(content="q2")]
+    shorter_ids = flat(fmt.render(messages, []))
+    assert flat(fmt.render(longer, []))[: len(shorter_ids)] == shorter_ids
+    assert "r1" in text(fmt, shorter_ids)
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+def test_deepseek_v41_prefixes_are_stable_and_use_spaced_tags(paths, thinking):
+    fmt = _golden_format(paths, "v4.1", {"thinking": thinking, "drop_thinking": False})
+    messages = conversation(sampled_ids(fmt))
+    for n in range(len(messages)):
+        shorter = flat(fmt.render(messages[:n], TOOLS))
+        longer = flat(fmt.render(messages[: n + 1], TOOLS))
+        assert longer[: len(shorter)] == shorter
+    rendered = text(fmt, flat(fmt.render(messages, TOOLS)))
+    assert "<｜DSML｜ calls>" in rendered and "<｜DSML｜tool_calls>" not in rendered
+
+
+def test_deepseek_v41_answers_a_late_system_message_like_a_user_turn(paths):
+    fmt = _golden_format(paths, "v4.1", {"thinking": False, "drop_thinking": False})
+    messages = [UserMessage(content="hi"), SystemMessage(content="be brief")]
+    rendered = text(fmt, flat(fmt.render(messages, [])) + fmt.generation_prompt(messages))
+    assert rendered == "<｜begin▁of▁sentence｜><｜User｜>hi<｜System｜>be brief<｜Assistant｜></think>"
+
+
+def test_detect_chat_format_picks_the_dialect_by_argument(paths):
+    model = load_gguf(paths["deepseek"])
+    tokenizer = Tokenizer.from_gguf(model)
+    assert type(detect_chat_format(model, tokenizer, dialect="v4.1")) is DeepSeekV41
+    assert type(detect_chat_format(model, tokenizer)) is DeepSeekV4
+    with pytest.raises(TokenizerError, match="dialect"):
+        detect_chat_format(model, tokenizer, dialect="v9")
+
+
+def test_detect_chat_format_reads_v41_from_the_template(paths):
+    model = load_gguf(paths["deepseek"])
+    tokenizer = Tokenizer.from_gguf(model)
+    model.metadata = dict(model.metadata)
+    model.metadata["tokenizer.chat_template"] = "{{ '<｜Assistant｜>' }}{{ '<｜System｜>' }}"
+    assert type(detect_chat_format(model, tokenizer)) is DeepSeekV41

@@ -22,7 +22,8 @@ template has no tool role; Llama 3.1's ``ipython`` role is meant for code output
 everywhere keeps the DSML convention uniform). The first ToolMessage's segment opens the
 turn, each later one appends "\\n\\n" + its result; the turn's closing tokens belong to the
 segment of the next non-tool message, or to the generation prompt when the conversation
-ends in tool results. DeepSeek V4 needs no closing tokens: ``<｜Assistant｜>`` follows.
+ends in tool results. DeepSeek (V4, V4.1) follows its official encoders instead, which also
+merge consecutive user messages into one turn: see DeepSeekV4.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
-from agentcore.dsml import render_tool_calls, render_tool_result, render_tools
+from agentcore.dsml import V4, V41, Dialect, render_tool_calls, render_tool_result, render_tools
 from agentcore.engine.model.gguf import GGUFModel
 from agentcore.engine.model.tokenizer import Tokenizer
 from agentcore.errors import TokenizerError
@@ -40,9 +41,10 @@ from agentcore.messages import (
     SystemMessage,
     ToolMessage,
     ToolSpec,
+    UserMessage,
 )
 
-__all__ = ["ChatFormat", "ChatML", "DeepSeekV4", "Llama3", "detect_chat_format"]
+__all__ = ["ChatFormat", "ChatML", "DeepSeekV4", "DeepSeekV41", "Llama3", "detect_chat_format"]
 
 
 class ChatFormat(ABC):
@@ -181,18 +183,38 @@ class Llama3(ChatFormat):
 
 
 class DeepSeekV4(ChatFormat):
-    """DeepSeek V4 (DSML.md): BOS, system text, ``<｜User｜>…<｜Assistant｜></think>…EOS``.
+    """DeepSeek V4, byte-exact to DeepSeek's ``encoding_dsv4.py`` (golden fixtures in
+    tests/data/dsml/): BOS, system text, ``<｜User｜>…<｜Assistant｜><think>…EOS``.
 
-    ``thinking=True`` opens each assistant turn with ``<think>`` instead of ``</think>``;
-    a text-rendered turn is then ``{reasoning}</think>{content}{calls}``. V4 has no system
-    marker: system text follows BOS (a later SystemMessage is rendered as bare text).
+    Turns: consecutive user and tool messages are ONE user turn, their texts joined by
+    "\\n\\n" (tool results as ``<tool_result>`` blocks, put in the order of the calls), so a
+    message's segment opens with ``<｜User｜>`` or with "\\n\\n", by what precedes it. Each
+    assistant segment opens with the assistant prompt, ``<｜Assistant｜>`` plus ``<think>``
+    (thinking) or ``</think>`` (chat), exactly as ``generation_prompt`` gave it.
+
+    ``drop_thinking``: the official encoder's default drops the reasoning of assistant turns
+    before the last user turn (unless tools are declared). That rewrites history, so every
+    cached prefix after the first such turn is lost; agentcore's default keeps reasoning,
+    which is also what the encoder does whenever tools are declared. With
+    ``drop_thinking=True`` a segment depends on later messages (prefix stability is given up).
+
+    Deliberate deviations (the encoder has no sensible output there): an assistant message
+    that follows an assistant, a system message or nothing still gets the assistant prompt;
+    tools without a SystemMessage render as if an empty one led the conversation.
+    Tool results out of call order are put in call order like the encoder does; a conversation
+    cut inside such a run is then not a prefix of the whole (agentcore appends results in
+    call order, so it does not happen there).
     """
 
     name = "deepseek-v4"
+    dialect: Dialect = V4
 
-    def __init__(self, tokenizer: Tokenizer, *, thinking: bool = False) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, *, thinking: bool = False, drop_thinking: bool = False
+    ) -> None:
         super().__init__(tokenizer)
         self.thinking = thinking
+        self.drop_thinking = drop_thinking
         self.bos = [tokenizer.special("<｜begin▁of▁sentence｜>")]
         eos = tokenizer.special("<｜end▁of▁sentence｜>")
         self._user = tokenizer.special("<｜User｜>")
@@ -207,6 +229,7 @@ class DeepSeekV4(ChatFormat):
         tid = self.tokenizer.special_ids.get(text)
         return [tid] if tid is not None else self.tokenizer.encode(text)
 
+    # ChatFormat's hooks, used only by the base class's generic parts
     def _open(self, role: str, text: str) -> list[int]:
         marker = [] if role == "system" else [self._user]
         return marker + self.tokenizer.encode(text)
@@ -214,22 +237,175 @@ class DeepSeekV4(ChatFormat):
     def _close(self) -> list[int]:
         return []
 
-    def _assistant_prompt(self) -> list[int]:
-        return [self._assistant_id, *(self._think if self.thinking else self._think_end)]
+    def _assistant_prompt(self, *, think: bool | None = None) -> list[int]:
+        think = self.thinking if think is None else think
+        return [self._assistant_id, *(self._think if think else self._think_end)]
 
-    def _assistant_body(self, message: AssistantMessage) -> list[int]:
-        visible = self.tokenizer.encode(message.content + render_tool_calls(message.tool_calls))
-        if not self.thinking:
-            return visible
-        return self.tokenizer.encode(message.reasoning or "") + self._think_end + visible
+    # -- the conversation
+    def render(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> list[list[int]]:
+        """One token segment per message (see the class docstring)."""
+        slots = _in_call_order(messages)
+        later_user = _later_user_turns(slots, self._is_user_turn)
+        drop = self.drop_thinking and self.thinking and not tools
+        segments: list[list[int]] = []
+        for i, message in enumerate(slots):
+            segment = self._first_prefix(message, tools) if i == 0 else []
+            previous = slots[i - 1] if i else None
+            if isinstance(message, UserMessage | ToolMessage):
+                text = (
+                    render_tool_result(message.content)
+                    if isinstance(message, ToolMessage)
+                    else message.content
+                )
+                if isinstance(previous, UserMessage | ToolMessage):
+                    segment += self.tokenizer.encode("\n\n" + text)
+                else:
+                    segment += [self._user, *self.tokenizer.encode(text)]
+            elif isinstance(message, SystemMessage):
+                segment += self._system(message, tools, first=i == 0)
+            else:
+                assert isinstance(message, AssistantMessage)
+                dropped = drop and later_user[i]
+                segment += self._assistant_prompt(think=self.thinking and not dropped)
+                segment += self._assistant_turn(message, dropped=dropped)
+            segments.append(segment)
+        return segments
+
+    def generation_prompt(self, messages: Sequence[Message]) -> list[int]:
+        return ([] if messages else self.bos) + self._assistant_prompt()
+
+    def _first_prefix(self, first: Message, tools: Sequence[ToolSpec]) -> list[int]:
+        prefix = list(self.bos)
+        if tools and not isinstance(first, SystemMessage):
+            prefix += self._system(SystemMessage(content=""), tools, first=True)
+        return prefix
+
+    def _system(self, message: SystemMessage, tools: Sequence[ToolSpec], *, first: bool) -> list[int]:
+        text = message.content
+        if first and tools:
+            text = f"{text}\n\n{render_tools(tools, self.dialect)}"
+        return self.tokenizer.encode(text)
+
+    def _is_user_turn(self, message: Message, index: int) -> bool:
+        return isinstance(message, UserMessage | ToolMessage)
+
+    def _assistant_turn(self, message: AssistantMessage, *, dropped: bool) -> list[int]:
+        if message.token_ids is not None and not dropped:
+            ids = list(message.token_ids)
+            closed = bool(ids) and ids[-1] in self.stop_ids
+            return ids + ([] if closed else self.end_of_turn)
+        visible = self.tokenizer.encode(
+            message.content + render_tool_calls(message.tool_calls, self.dialect)
+        )
+        if self.thinking and not dropped:
+            visible = self.tokenizer.encode(message.reasoning or "") + self._think_end + visible
+        return visible + self.end_of_turn
+
+
+class DeepSeekV41(DeepSeekV4):
+    """DeepSeek V4.1, byte-exact to ``encoding/encoding.py`` of DeepSeek-V4.1-Flash: V4's
+    layout, with the spaced DSML tags (``<｜DSML｜ calls>``), a ``<｜System｜>`` marker that
+    opens the first system text and every later system message (a later one is answered
+    like a user turn), and, in thinking mode, a reasoning-effort line after BOS.
+
+    ``reasoning_effort``: 1..100, or "low" (50), "high" (75, the default), "max" (100), as
+    the reference encoder maps them.
+    """
+
+    name = "deepseek-v4.1"
+    dialect = V41
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        *,
+        thinking: bool = False,
+        drop_thinking: bool = False,
+        reasoning_effort: int | str = "high",
+    ) -> None:
+        super().__init__(tokenizer, thinking=thinking, drop_thinking=drop_thinking)
+        effort = _EFFORTS.get(reasoning_effort, reasoning_effort)
+        if not isinstance(effort, int) or not 1 <= effort <= 100:
+            raise ValueError(
+                f"reasoning_effort {reasoning_effort!r}: use 1..100 or one of {list(_EFFORTS)}"
+            )
+        self.reasoning_effort = effort
+        self._system_marker = self._marker("<｜System｜>")
+
+    def _first_prefix(self, first: Message, tools: Sequence[ToolSpec]) -> list[int]:
+        prefix = list(self.bos)
+        leads = isinstance(first, SystemMessage) or bool(tools)
+        if self.thinking or leads:
+            prefix += self._system_marker
+        if self.thinking:
+            prefix += self.tokenizer.encode(
+                f"Reasoning Effort: {self.reasoning_effort} (range 1-100, the higher the "
+                "value, the more thorough the reasoning)\n\n"
+            )
+        if tools and not isinstance(first, SystemMessage):
+            prefix += self._system(SystemMessage(content=""), tools, first=True)
+        return prefix
+
+    def _system(self, message: SystemMessage, tools: Sequence[ToolSpec], *, first: bool) -> list[int]:
+        marker = [] if first else self._system_marker
+        return marker + super()._system(message, tools, first=first)
+
+    def _is_user_turn(self, message: Message, index: int) -> bool:
+        return super()._is_user_turn(message, index) or (
+            isinstance(message, SystemMessage) and index > 0
+        )
+
+
+_EFFORTS = {"low": 50, "high": 75, "max": 100}
+
+
+def _in_call_order(messages: Sequence[Message]) -> list[Message]:
+    """The messages with each user turn's tool results sorted into the order of the calls
+    (of the last assistant turn that made calls), as DeepSeek's encoders do; stable, and
+    results of unknown calls sort first."""
+    slots = list(messages)
+    order: dict[str, int] = {}
+    i = 0
+    while i < len(slots):
+        message = slots[i]
+        if isinstance(message, AssistantMessage) and message.tool_calls:
+            order = {c.id: n for n, c in enumerate(message.tool_calls) if c.id}
+        if not isinstance(message, UserMessage | ToolMessage):
+            i += 1
+            continue
+        j = i
+        while j < len(slots) and isinstance(slots[j], UserMessage | ToolMessage):
+            j += 1
+        places = [k for k in range(i, j) if isinstance(slots[k], ToolMessage)]
+        results = sorted((slots[k] for k in places), key=lambda m: order.get(m.call_id, 0))  # type: ignore[union-attr]
+        for k, result in zip(places, results, strict=True):
+            slots[k] = result
+        i = j
+    return slots
+
+
+def _later_user_turns(messages: Sequence[Message], is_user) -> list[bool]:
+    """For each position: does a user turn come after it?"""
+    out, seen = [False] * len(messages), False
+    for i in range(len(messages) - 1, -1, -1):
+        out[i] = seen
+        seen |= is_user(messages[i], i)
+    return out
 
 
 def detect_chat_format(
-    model: GGUFModel, tokenizer: Tokenizer, *, thinking: bool = False
+    model: GGUFModel,
+    tokenizer: Tokenizer,
+    *,
+    thinking: bool = False,
+    drop_thinking: bool = False,
+    dialect: str | None = None,
 ) -> ChatFormat:
     """The chat format of a GGUF model, from its chat template and special tokens.
 
-    ``thinking`` selects DeepSeek V4's thinking mode; other formats ignore it.
+    ``thinking`` and ``drop_thinking`` select DeepSeek's modes; other formats ignore them.
+    ``dialect`` ("v4" or "v4.1") overrides the DeepSeek generation read from the template
+    (V4.1 is told by its ``<｜System｜>`` token or its spaced ``<｜DSML｜ calls>`` tag).
     """
     template = str(model.metadata.get("tokenizer.chat_template", ""))
     specials = tokenizer.special_ids
@@ -237,8 +413,12 @@ def detect_chat_format(
     def has(marker: str) -> bool:
         return marker in template or marker in specials
 
-    if has("<｜Assistant｜>"):
-        return DeepSeekV4(tokenizer, thinking=thinking)
+    if has("<｜Assistant｜>") or dialect is not None:
+        if dialect is None:
+            dialect = "v4.1" if has("<｜System｜>") or "｜DSML｜ calls" in template else "v4"
+        if dialect not in _DEEPSEEK:
+            raise TokenizerError(f"DeepSeek dialect {dialect!r}: supported are {list(_DEEPSEEK)}")
+        return _DEEPSEEK[dialect](tokenizer, thinking=thinking, drop_thinking=drop_thinking)
     if has("<|start_header_id|>"):
         return Llama3(tokenizer)
     if has("<|im_start|>"):
@@ -246,5 +426,8 @@ def detect_chat_format(
     raise TokenizerError(
         f"{model.path}: no supported chat format found in the chat "
         "template or special tokens; supported: ChatML (<|im_start|>), Llama 3 "
-        "(<|start_header_id|>), DeepSeek V4 (<｜Assistant｜>)"
+        "(<|start_header_id|>), DeepSeek V4 and V4.1 (<｜Assistant｜>)"
     )
+
+
+_DEEPSEEK: dict[str, type[DeepSeekV4]] = {"v4": DeepSeekV4, "v4.1": DeepSeekV41}
