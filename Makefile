@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench-cpu clean
+.PHONY: test test-integration demo lint bench-cpu clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,12 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# RemoteEngine against a real llama-server (built once per machine, cached outside the
+# checkout; 10-15 minutes on two cores) and the real SmolLM2.
+test-integration: $(STAMP)
+	bin="$$(scripts/build_llama_server.sh)" && LLAMA_SERVER="$$bin" \
+	  $(BIN)/python -m pytest -q -s -m integration tests/integration
 
 demo: $(STAMP)
 	$(BIN)/agentcore demo

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 
 from agentcore.errors import (
@@ -99,14 +100,17 @@ class Transport:
         self.retries = 0
         self._sync = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=self._timeout)
         self._async: httpx.AsyncClient | None = None
+        self._loop: object = None
 
     @property
     def aclient(self) -> httpx.AsyncClient:
-        # Created lazily: an AsyncClient belongs to the event loop that first uses it.
-        if self._async is None:
+        # An AsyncClient's connections belong to one event loop: a new loop gets a new client.
+        token = anyio.lowlevel.current_token()
+        if self._async is None or self._loop is not token:
             self._async = httpx.AsyncClient(
                 base_url=self.base_url, headers=self._headers, timeout=self._timeout
             )
+            self._loop = token
         return self._async
 
     async def aclose(self) -> None:
@@ -179,7 +183,7 @@ class Transport:
         for attempt in range(self.max_retries + 1):
             try:
                 response = self._sync.request(method, path, json=json_body, params=params)
-            except httpx.ConnectError as exc:
+            except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
                 if attempt == self.max_retries:
                     raise self._unreachable(path, exc) from None
                 time.sleep(self._wait(attempt, None))
@@ -205,7 +209,7 @@ class Transport:
         for attempt in range(self.max_retries + 1):
             try:
                 response = await self.aclient.post(path, json=body, headers=headers, params=params)
-            except httpx.ConnectError as exc:
+            except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
                 if attempt == self.max_retries:
                     raise self._unreachable(path, exc) from None
                 await anyio.sleep(self._wait(attempt, None))
@@ -228,8 +232,10 @@ class Transport:
                      ) -> AsyncIterator[dict[str, Any]]:
         """POST and yield each SSE ``data:`` object (a JSON body is yielded whole)."""
         for attempt in range(self.max_retries + 1):
+            received = False
             try:
                 async with self.aclient.stream("POST", path, json=body, headers=headers) as response:
+                    received = True
                     if response.status_code in _RETRY_STATUS and attempt < self.max_retries:
                         wait = self._wait(attempt, _retry_after(response))
                     elif response.status_code >= 400:
@@ -246,6 +252,11 @@ class Transport:
             except httpx.TimeoutException as exc:
                 raise self._timed_out(path, exc) from None
             except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                # A pooled connection the server closed (e.g. it restarted): nothing was
+                # received, so sending again is safe.
+                if not received and attempt < self.max_retries:
+                    self.retries += 1
+                    continue
                 raise ServerProtocolError(
                     f"{self.base_url}{path}: the stream broke ({type(exc).__name__}: {exc}); "
                     "nothing was added to the transcript, send the request again"
