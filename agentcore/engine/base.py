@@ -48,8 +48,14 @@ class GenerationRequest(BaseModel):
 
 
 class Usage(BaseModel):
+    """What one generation cost. ``cached_tokens``: prompt tokens not recomputed (live KV or
+    restored); ``reusable_tokens``: the longest prefix of the prompt the session had already
+    computed (its previous prompt plus the sampled tokens), so ``cached/reusable`` is the honest
+    reuse figure: a turn that opens with genuinely new tokens is not a miss."""
+
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    reusable_tokens: int = 0
     completion_tokens: int = 0
     ttft_s: float = 0.0
     decode_tokens_per_s: float = 0.0
@@ -59,6 +65,11 @@ class Usage(BaseModel):
     def reuse(self) -> float:
         """Fraction of the prompt served from cache (common/prompt)."""
         return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+    @property
+    def reuse_of_reusable(self) -> float:
+        """Fraction of the reusable prefix that was reused (1.0 when nothing was reusable)."""
+        return self.cached_tokens / self.reusable_tokens if self.reusable_tokens else 1.0
 
 
 class Completion(BaseModel):

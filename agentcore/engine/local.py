@@ -1,34 +1,36 @@
 """LocalEngine: a GGUF model in process, behind the Engine protocol.
 
-Ties the parts together: gguf (weights) -> tokenizer + chat format (prompt as per-message
-token segments) -> Transformer over an ops backend -> sampler; plus the token ledger and the
-checkpoint store, so each request prefills only what no live session, RAM block or disk
-block already holds.
+Ties the parts together: the GGUF weights, tokenizer and chat format (model/) render a request
+as per-message token segments; a session (session.py) holds its live KV, decoder and ledger;
+the checkpoint store (kvstore/) holds KV blocks in RAM and on disk; generate.py is the one
+decode loop. Each request prefills only what no live session, RAM block or disk block holds.
 
 Invariants:
 - ``prompt_tokens + max_tokens <= context_length`` is checked before any KV is touched;
-- ``Session.ids`` is exactly the ids whose KV is live; a request is matched against the live
-  KV, then the RAM tier, then the disk tier, and only the unmatched tail is prefilled;
+- compute runs in a worker thread, one request at a time (a ``threading.Lock`` taken inside
+  the thread, never held across an ``await`` or a ``yield``), so the event loop stays live and
+  a consumer that leaves ``stream`` early leaves the engine usable;
 - every request logs one ``kv cache hit|miss`` line (DESIGN.md invariant 5) and records its
-  reuse (common/prompt) in ``stats()``;
-- compute runs in a worker thread, one request at a time, so the event loop stays live.
+  reuse against what was reusable (invariant 7) in ``Usage`` and ``stats()``.
 """
 
 from __future__ import annotations
 
-import codecs
 import logging
+import math
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import numpy as np
 
-from agentcore import dsml
+from agentcore.engine.backends import select_ops
 from agentcore.engine.base import (
     CheckpointInfo,
     Completion,
@@ -36,29 +38,25 @@ from agentcore.engine.base import (
     TextDelta,
     Usage,
 )
+from agentcore.engine.decode.constrain import ToolCallConstraint
+from agentcore.engine.decode.stop import StopChecker
+from agentcore.engine.generate import EagerDecoder, GenerationResult, generate
+from agentcore.engine.kvstore.blocks import KVLayout, block_hashes, common_prefix, read_span, write_span
 from agentcore.engine.kvstore.store import CheckpointStore
 from agentcore.engine.model.chat import ChatFormat, detect_chat_format
-from agentcore.engine.decode.constrain import Allowed, Forced, ToolCallConstraint
 from agentcore.engine.model.gguf import GGUFModel, load_gguf
-from agentcore.engine.kvstore.blocks import (
-    KVLayout,
-    Session,
-    block_hashes,
-    common_prefix,
-    read_span,
-    write_span,
-)
-from agentcore.engine.model.transformer import Transformer
-from agentcore.engine.backends.cuda import select_ops
-from agentcore.engine.decode.sampler import sample
-from agentcore.engine.decode.stop import StopChecker, StopString
 from agentcore.engine.model.tokenizer import Tokenizer
+from agentcore.engine.model.transformer import Transformer
+from agentcore.engine.session import Session
 from agentcore.errors import ContextOverflow
 from agentcore.messages import Message, is_compacted
 
 __all__ = ["LocalEngine", "TurnRecord"]
 
 log = logging.getLogger("agentcore.kv")
+
+# Visible text is handed to the event loop at most this often (one cross-thread call each).
+_EMIT_INTERVAL_S = 0.002
 
 
 @dataclass
@@ -68,7 +66,8 @@ class TurnRecord:
     session_id: str
     kind: str  # "generate" | "checkpoint"
     prompt: int
-    common: int
+    common: int  # tokens not recomputed (live or restored)
+    reusable: int  # longest prefix of the prompt the session had already computed
     source: str
     reason: str = ""
     first_diff: int = -1
@@ -80,18 +79,18 @@ class TurnRecord:
     def reuse(self) -> float:
         return self.common / self.prompt if self.prompt else 0.0
 
-
-@dataclass
-class _Prepared:
-    logits: np.ndarray | None
-    record: TurnRecord
+    @property
+    def reuse_of_reusable(self) -> float:
+        return self.common / self.reusable if self.reusable else 1.0
 
 
 class LocalEngine:
     """An in-process engine over one GGUF model.
 
-    Build it with ``LocalEngine.from_gguf(path, ...)``. ``kv_dir`` enables the disk tier
+    Build it with ``LocalEngine.from_gguf(path, ...)``. ``device``: ``"cpu"`` (NumPy),
+    ``"cuda"`` (CuPy; a clear error without it) or ``"auto"``. ``kv_dir`` enables the disk tier
     (checkpoints survive restarts); ``kv_ram_mb`` and ``kv_disk_mb`` are the tier budgets.
+    Use it as a context manager (or call ``close()``) so saved checkpoints reach the disk.
     """
 
     def __init__(
@@ -109,8 +108,7 @@ class LocalEngine:
     ) -> None:
         self.model = model
         self.spec = model.spec
-        trained = model.spec.context_length
-        self.context_length = int(context_length or trained)
+        self.context_length = int(context_length or model.spec.context_length)
         if self.context_length < 1:
             raise ValueError("context_length must be positive")
         self.ops = select_ops(device)
@@ -130,12 +128,22 @@ class LocalEngine:
         self.sessions: OrderedDict[str, Session] = OrderedDict()
         self.max_live_sessions = max_live_sessions
         self.turns: list[TurnRecord] = []
-        self._lock = anyio.Lock()
+        self._compute = threading.Lock()
 
     @classmethod
     def from_gguf(cls, path: str | Path, **kwargs: Any) -> LocalEngine:
         """Load a GGUF file (memory-mapped) and build the engine; see ``__init__`` for options."""
         return cls(load_gguf(path), **kwargs)
+
+    def close(self) -> None:
+        """Make every saved checkpoint durable (the store writes behind)."""
+        self.store.close()
+
+    def __enter__(self) -> LocalEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ referee methods
 
@@ -154,14 +162,11 @@ class LocalEngine:
 
     # ------------------------------------------------------------------ prompt
 
-    def _segments(self, request: GenerationRequest) -> list[list[int]]:
-        return self.chat.render(request.messages, request.tools)
-
     def _prompt(self, request: GenerationRequest, *, generation: bool) -> tuple[list[int], list[int]]:
         """Prompt ids and the end offset of each message's segment."""
         ids: list[int] = []
         ends: list[int] = []
-        for seg in self._segments(request):
+        for seg in self.chat.render(request.messages, request.tools):
             ids.extend(seg)
             ends.append(len(ids))
         if generation:
@@ -178,13 +183,20 @@ class LocalEngine:
                 f"{self.context_length}-token context: compact the conversation or lower max_tokens"
             )
 
-    # ------------------------------------------------------------------ ledger
+    # ------------------------------------------------------------------ sessions and the cache
+
+    def _new_session(self) -> Session:
+        kv = self.ops.new_kv(self.spec, 256)
+        if self.device == "cuda":
+            from agentcore.engine.backends.cuda_graph import CudaDecoder
+
+            return Session(kv, CudaDecoder(self.transformer, kv))
+        return Session(kv, EagerDecoder(self.transformer, kv))
 
     def _session(self, session_id: str) -> Session:
         session = self.sessions.get(session_id)
         if session is None:
-            session = Session(kv=self.ops.new_kv(self.spec, 256))
-            self.sessions[session_id] = session
+            session = self.sessions[session_id] = self._new_session()
             while len(self.sessions) > self.max_live_sessions:
                 old_id, _ = self.sessions.popitem(last=False)
                 self.store.release(old_id)
@@ -192,164 +204,188 @@ class LocalEngine:
         return session
 
     def _miss_reason(self, had: int, hashes: list[str], messages: Sequence[Message], msg: int) -> str:
-        if had and msg < len(messages):
-            m = messages[msg]
-            if is_compacted(m):
-                return "compaction"
+        if had and msg < len(messages) and is_compacted(messages[msg]):
+            return "compaction"
         if any(h in self.store.evicted for h in hashes):
             return "evicted"
         return "token-mismatch" if had else "cold"
 
-    def _prepare(
-        self, session_id: str, messages: Sequence[Message], ids: list[int], ends: list[int],
-        kind: str, want_logits: bool,
-    ) -> _Prepared:
-        """Bring the session's KV to ``ids``: reuse live, then RAM/disk, then prefill the rest."""
+    def _restore(self, session: Session, ids: list[int], hashes: list[str], keep: int,
+                 limit: int) -> tuple[int, str, float]:  # fmt: skip
+        """Extend the live prefix ``keep`` from the store, up to ``limit`` tokens."""
+        kv = session.kv
+        if hasattr(kv, "data"):  # a dense host KV: the store reads straight into it
+            kv.grow(limit)
+            got = self.store.restore(ids[:limit], hashes[: limit // self.layout.block_size],
+                                     into=kv.data, live=keep)  # fmt: skip
+        else:
+            got = self.store.restore(ids[:limit], hashes[: limit // self.layout.block_size],
+                                     lambda start, block: write_span(kv, start, block), live=keep)  # fmt: skip
+        if got.tokens > keep:
+            session.restored(ids[: got.tokens])
+            session.stored = list(got.blocks)
+            return got.tokens, got.source, got.ms
+        session.restored(ids[:keep])  # the store may have written past the live prefix
+        return keep, "live" if keep else "none", 0.0
+
+    def _prepare(self, session_id: str, messages: Sequence[Message], ids: list[int],
+                 ends: list[int], kind: str) -> TurnRecord:  # fmt: skip
+        """Bring the session's KV to ``ids`` (for generation: all but the last token, which is
+        prefilled to get the first logits): reuse live KV, then RAM/disk, then prefill."""
+        generation = kind == "generate"
         session = self._session(session_id)
         had = len(session.ids)
         live = common_prefix(session.ids, ids)
-        # Feeding at least the last token yields the logits the first sample needs.
-        keep = min(live, len(ids) - 1) if want_logits else live
+        limit = len(ids) - 1 if generation else len(ids)
+        keep = min(live, limit)
+        computed = common_prefix(session.computed, ids)
+        diverged = computed < len(session.computed)  # the prompt drops computed tokens
+        reusable = min(max(computed, keep), limit)
         session.truncate(keep)
-        source = "live" if keep else "none"
-        load_ms = 0.0
+        source, load_ms = ("live" if keep else "none"), 0.0
         hashes = block_hashes(ids, self.layout)
-        stored_limit = len(ids) - 1 if want_logits else len(ids)
-        if keep < stored_limit:
-            restored = self.store.restore(ids[:stored_limit], hashes[: stored_limit // self.layout.block_size],
-                                          lambda start, block: write_span(session.kv, start, block))
-            if restored.tokens > keep:
-                session.kv.length = restored.tokens
-                session.ids = list(ids[: restored.tokens])
-                session.table = restored.blocks
-                keep, source, load_ms = restored.tokens, restored.source, restored.ms
-            else:
-                # The restore may have written positions past the live prefix; they are
-                # beyond kv.length and will be overwritten by the prefill below.
-                session.kv.length = keep
+        if keep < limit:
+            keep, source, load_ms = self._restore(session, ids, hashes, keep, limit)
+            reusable = max(reusable, keep)
         t0 = time.perf_counter()
-        logits = None
         if keep < len(ids):
-            logits = self.transformer.forward(ids[keep:], keep, session.kv)
-        session.ids = list(ids)
+            session.prefill(ids[keep:])
         prefill_ms = (time.perf_counter() - t0) * 1000
-        record = TurnRecord(session_id, kind, len(ids), keep, source, load_ms=load_ms, prefill_ms=prefill_ms)
-        if keep and (live >= had or source in ("ram", "disk")):
-            log.info("kv cache hit source=%s tokens=%d load=%.1f ms", source, keep, load_ms)
+        record = TurnRecord(session_id, kind, len(ids), keep, reusable, source,
+                            load_ms=load_ms, prefill_ms=prefill_ms)  # fmt: skip
+        if keep and keep >= reusable and not diverged:
+            log.info("kv cache hit source=%s tokens=%d reusable=%d load=%.1f ms",
+                     source, keep, reusable, load_ms)  # fmt: skip
         else:
             record.first_diff = live
             record.msg = next((i for i, end in enumerate(ends) if end > live), len(ends))
             record.reason = self._miss_reason(had, hashes, messages, record.msg)
             log.info(
-                "kv cache miss prompt=%d common=%d reason=%s first_diff=%d msg=%d",
-                len(ids), keep, record.reason, record.first_diff, record.msg,
+                "kv cache miss prompt=%d common=%d reusable=%d reason=%s first_diff=%d msg=%d",
+                len(ids), keep, reusable, record.reason, record.first_diff, record.msg,
             )
+            if kind == "generate":
+                self.store.record_miss_cost(prefill_ms)
         self.turns.append(record)
-        return _Prepared(logits, record)
+        return record
 
     # ------------------------------------------------------------------ Engine protocol
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:
+        """Generate for ``request``: ``TextDelta`` pieces, then one ``Completion``."""
         ids, ends = self._prompt(request, generation=True)
         self._check_limit(len(ids), request.max_tokens)
-        sampling = request.sampling
-        rng = np.random.default_rng(sampling.seed if sampling else None)
-        async with self._lock:
-            t0 = time.perf_counter()
-            prep = await anyio.to_thread.run_sync(
-                self._prepare, request.session_id, request.messages, ids, ends, "generate", True
-            )
-            session = self.sessions[request.session_id]
-            logits = prep.logits
-            ttft = time.perf_counter() - t0
-            out: list[int] = []
-            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            # The DSML closing tag ends generation and stays in the text: the block is complete.
-            stops = StopChecker(
-                self.chat.stop_ids,
-                (StopString(dsml.TOOL_CALLS_END, include=True), *request.stop),
-            )
-            text_parts: list[str] = []
-            constraint = (
-                ToolCallConstraint(self.tokenizer, request.tools, request.tool_choice,
-                                   thinking=self.thinking, vocab_size=self.spec.vocab_size)
-                if request.tools and request.tool_choice != "none" else None
-            )
-            raw = ""  # everything generated, held-back stop-string prefixes included
-            t_dec = time.perf_counter()
-            while True:
-                step = constraint.next(raw) if constraint else None
-                if isinstance(step, Forced):
-                    new = list(step.ids)[: request.max_tokens - len(out)]
-                else:
-                    masked = logits if not isinstance(step, Allowed) else np.where(step.mask, logits, -np.inf)
-                    new = [sample(masked, sampling, rng, out[-64:])]
-                for tok in new:
-                    out.append(tok)
-                    piece = decoder.decode(self.tokenizer.token_bytes(tok))
-                    raw += piece
-                    emitted = stops.push(piece, tok)
-                    if emitted:
-                        text_parts.append(emitted)
-                        yield TextDelta(text=emitted)
-                    if stops.stopped:
-                        break
-                if stops.stopped or len(out) >= request.max_tokens:
-                    break
-                logits = await anyio.to_thread.run_sync(self._feed, session, new)
-            if not stops.stopped:
-                tail = stops.push(decoder.decode(b"", final=True)) + stops.flush()
-                if tail:
-                    text_parts.append(tail)
-                    yield TextDelta(text=tail)
-            matched = stops.matched
-            if isinstance(matched, StopString) and matched.text == dsml.TOOL_CALLS_END:
-                finish = "tool_calls"
-            else:
-                finish = "stop" if stops.stopped else "length"
-            decode_s = time.perf_counter() - t_dec
-            session.turns += 1
-        rec = prep.record
-        yield Completion(
-            text="".join(text_parts),
-            token_ids=out,
-            finish_reason=finish,
+        send, recv = anyio.create_memory_object_stream[Any](math.inf)
+        cancelled = threading.Event()
+        worker = threading.Thread(
+            target=self._generate_in_thread,
+            args=(request, ids, ends, send, anyio.lowlevel.current_token(), cancelled),
+            name="agentcore-generate", daemon=True,
+        )  # fmt: skip
+        worker.start()
+        try:
+            with recv:
+                async for item in recv:
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+        finally:
+            cancelled.set()
+
+    def _generate_in_thread(self, request: GenerationRequest, ids: list[int], ends: list[int],
+                            send: Any, token: Any, cancelled: threading.Event) -> None:  # fmt: skip
+        def post(item: Any) -> None:
+            try:
+                anyio.from_thread.run_sync(send.send_nowait, item, token=token)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, RuntimeError):
+                cancelled.set()  # the consumer left, or its event loop is gone
+
+        pending: list[str] = []
+        flushed = [time.perf_counter()]
+
+        def flush() -> None:
+            if pending:
+                text = "".join(pending)
+                pending.clear()
+                post(TextDelta(text=text))
+            flushed[0] = time.perf_counter()
+
+        def emit(text: str) -> None:
+            pending.append(text)
+            if time.perf_counter() - flushed[0] >= _EMIT_INTERVAL_S:
+                flush()
+
+        try:
+            with self._compute:
+                started = time.perf_counter()
+                record = self._prepare(request.session_id, request.messages, ids, ends, "generate")
+                session = self.sessions[request.session_id]
+                session.start(request.sampling)
+                result = generate(
+                    session, self.tokenizer.token_bytes, max_tokens=request.max_tokens,
+                    stops=StopChecker(self.chat.stop_ids, request.stop),
+                    constraint=self._constraint(request), emit=emit, cancelled=cancelled,
+                    started=started,
+                )  # fmt: skip
+                flush()
+                if result.finish_reason != "cancelled":
+                    post(self._completion(ids, record, result))
+                    # Off the consumer's path: the last sampled ids join the KV, so the next
+                    # turn (which renders them exactly) reuses everything.
+                    if result.unfed:
+                        session.feed(result.unfed)
+                session.computed = ids + result.token_ids
+                session.turns += 1
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
+            post(exc)
+        finally:
+            try:
+                anyio.from_thread.run_sync(send.close, token=token)
+            except RuntimeError:
+                pass  # the event loop is gone: nobody is listening
+
+    def _constraint(self, request: GenerationRequest) -> ToolCallConstraint | None:
+        if not request.tools or request.tool_choice == "none":
+            return None
+        return ToolCallConstraint(self.tokenizer, request.tools, request.tool_choice,
+                                  thinking=self.thinking, vocab_size=self.spec.vocab_size)  # fmt: skip
+
+    def _completion(self, ids: list[int], record: TurnRecord, result: GenerationResult) -> Completion:
+        return Completion(
+            text=result.text,
+            token_ids=list(result.token_ids),
+            finish_reason=result.finish_reason,
             usage=Usage(
                 prompt_tokens=len(ids),
-                cached_tokens=rec.common,
-                completion_tokens=len(out),
-                ttft_s=ttft,
-                decode_tokens_per_s=(len(out) - 1) / decode_s if len(out) > 1 and decode_s > 0 else 0.0,
-                cache_source=rec.source if rec.common else "none",
+                cached_tokens=record.common,
+                reusable_tokens=record.reusable,
+                completion_tokens=len(result.token_ids),
+                ttft_s=result.ttft_s,
+                decode_tokens_per_s=result.decode_tokens_per_s,
+                cache_source=record.source if record.common else "none",
             ),
         )
-
-    def _feed(self, session: Session, ids: list[int]) -> np.ndarray:
-        """Run new tokens through the model; logits of the last one."""
-        logits = self.transformer.forward(ids, len(session.ids), session.kv)
-        session.ids.extend(ids)
-        return logits
 
     async def checkpoint(self, request: GenerationRequest) -> CheckpointInfo:
         """Prefill what is new in ``request.messages`` (no generation) and persist the KV."""
         ids, ends = self._prompt(request, generation=False)
         self._check_limit(len(ids), 0)
-        async with self._lock:
+        return await anyio.to_thread.run_sync(self._checkpoint_in_thread, request, ids, ends)
+
+    def _checkpoint_in_thread(self, request: GenerationRequest, ids: list[int],
+                              ends: list[int]) -> CheckpointInfo:  # fmt: skip
+        with self._compute:
             t0 = time.perf_counter()
-            await anyio.to_thread.run_sync(self._prepare, request.session_id, request.messages, ids, ends, "checkpoint", False,
-            )
+            self._prepare(request.session_id, request.messages, ids, ends, "checkpoint")
             session = self.sessions[request.session_id]
             hashes = block_hashes(ids, self.layout)
-            written, nbytes, tail = await anyio.to_thread.run_sync(
-                lambda: self.store.save(
-                    request.session_id, ids, hashes,
-                    lambda start, n: read_span(session.kv, start, n), session.tail,
-                )
-            )
-            session.table, session.tail = hashes, tail
+            read: Callable[[int, int], np.ndarray] = lambda start, n: read_span(session.kv, start, n)  # noqa: E731
+            written, nbytes, tail = self.store.save(request.session_id, ids, hashes, read, session.tail)
+            session.stored, session.tail = hashes, tail
+            session.computed = list(ids)
             ms = (time.perf_counter() - t0) * 1000
         log.info("kv cache stored session=%s tokens=%d blocks=%d bytes=%d ms=%.1f",
-                 request.session_id, len(ids), written, nbytes, ms)
+                 request.session_id, len(ids), written, nbytes, ms)  # fmt: skip
         return CheckpointInfo(session_id=request.session_id, tokens=len(ids), bytes_written=nbytes, ms=ms)
 
     # ------------------------------------------------------------------ observability
@@ -364,11 +400,14 @@ class LocalEngine:
             "context_length": self.context_length,
             "turns": [
                 {"session": t.session_id, "kind": t.kind, "prompt": t.prompt, "common": t.common,
-                 "reuse": round(t.reuse, 4), "source": t.source, "reason": t.reason,
-                 "load_ms": round(t.load_ms, 2), "prefill_ms": round(t.prefill_ms, 2)}
+                 "reusable": t.reusable, "reuse": round(t.reuse, 4),
+                 "reuse_of_reusable": round(t.reuse_of_reusable, 4), "source": t.source,
+                 "reason": t.reason, "load_ms": round(t.load_ms, 2),
+                 "prefill_ms": round(t.prefill_ms, 2)}
                 for t in self.turns
             ],
             "reuse_mean": float(np.mean([t.reuse for t in gen])) if gen else 0.0,
+            "reuse_of_reusable_mean": float(np.mean([t.reuse_of_reusable for t in gen])) if gen else 0.0,
             "tiers": {"ram_hits": s.ram_hits, "disk_hits": s.disk_hits, "misses": s.misses,
                       "blocks_written": s.blocks_written, "bytes_written": s.bytes_written,
                       "evictions": dict(s.evictions), "corrupt": s.corrupt},
@@ -380,4 +419,3 @@ class LocalEngine:
         """Drop a live session (its checkpoints stay in the store)."""
         self.sessions.pop(session_id, None)
         self.store.release(session_id)
-

@@ -9,12 +9,8 @@ API for the engine:
   ``DeviceUnavailable``; ``"auto"`` -> ``CudaOps`` when CuPy and a GPU are there, else
   ``NumpyOps``. Importing this module never imports CuPy; ``CudaOps()`` does.
 - ``Transformer(model, CudaOps(), chunk=2048)`` runs as on the CPU (prefill, all logits).
-- ``GraphDecoder(transformer, kv)``: ``step(token) -> next token`` (one graph replay and a
-  4-byte read-back), ``generate(token, n) -> n tokens`` (n replays, one read-back),
-  ``logits()`` (the last step's logits on the host). Greedy by default; ``temperature > 0``
-  samples on the device (Gumbel-max; no top-k/top-p there: use ``logits()`` and the host
-  sampler for those). The decoder advances ``kv.length``; recapture happens by itself if
-  the KV pool was reallocated (``kv.grow``).
+- ``cuda_graph.CudaDecoder(transformer, kv)``: the decode step as one CUDA graph with
+  on-device sampling (the engine's Decoder on CUDA).
 - ``CudaKV`` (from ``ops.new_kv``): paged fp16 pool ``(n_blocks, n_layers, 2, block_size,
   n_kv_heads, head_dim)`` with a block table; a block is one contiguous copy, in
   ``kv.KVLayout``'s block form. ``read_span(start, n)`` / ``write_span(start, block)`` move
@@ -36,7 +32,6 @@ Invariants:
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,7 +44,7 @@ import numpy as np
 from agentcore.engine.model.gguf import ModelSpec, WeightTensor
 from agentcore.errors import DeviceUnavailable
 
-__all__ = ["CudaKV", "CudaOps", "GraphDecoder", "cuda_available", "select_ops"]
+__all__ = ["CudaKV", "CudaOps", "cuda_available", "select_ops"]
 
 KERNELS = Path(__file__).parent / "kernels"
 # GGML type ids read in place by the kernels; the rest of SUPPORTED_QTYPES go up as F16.
@@ -99,7 +94,7 @@ def select_ops(device: str = "auto") -> Any:
 @cache
 def _module() -> Any:
     cp = _cupy()
-    code = (KERNELS / "quant.cu").read_text() + "\n" + (KERNELS / "ops.cu").read_text()
+    code = "\n".join((KERNELS / f).read_text() for f in ("quant.cu", "ops.cu", "sample.cu"))
     names = [f"gemv<{q},{m}>" for q in NATIVE_QTYPES for m in (0, 1, 2)]
     names += [f"dequant_f16<{q}>" for q in NATIVE_QTYPES]
     names += [f"embed<{q}>" for q in NATIVE_QTYPES]
@@ -364,6 +359,7 @@ class CudaOps:
     """The ops interface on CuPy (see ``model.Ops``); arrays are cupy float32."""
 
     kv_dtype = "float16"  # the paged KV pool stores fp16; part of every block's identity
+    prefill_chunk = 2048  # tokens per prefill chunk: GEMMs big enough for the tensor cores
 
     dtype = np.float32
 
@@ -593,6 +589,8 @@ def _gemm(a: Any, b: Any, c: Any, *, m: int, n: int, k: int, batch: int = 1,
     from cupy_backends.cuda.libs import cublas
 
     handle = cp.cuda.device.get_cublas_handle()
+    # The handle is shared: run on the caller's stream (a decoder's non-blocking one).
+    cublas.setStream(handle, cp.cuda.get_current_stream().ptr)
     one, zero = np.ones(1, np.float32), np.zeros(1, np.float32)
     r16, r32, compute32 = 2, 0, 68  # CUDA_R_16F, CUDA_R_32F, CUBLAS_COMPUTE_32F
     op_a = 1 if transa else 0
@@ -606,174 +604,3 @@ def _gemm(a: Any, b: Any, c: Any, *, m: int, n: int, k: int, batch: int = 1,
             b.data.ptr, r16, k, n * k, zero.ctypes.data, c.data.ptr, r32, m, m * n, batch,
             compute32, -1,
         )  # fmt: skip
-
-
-# ---------------------------------------------------------------------------- decode graph
-
-
-class GraphDecoder:
-    """Single-token decode of ``model`` (a ``Transformer`` on ``CudaOps``) as one CUDA graph.
-
-    The graph reads the input token and position from device state ``[pos, token]``, runs
-    every layer with our kernels (fused RMSNorm+GEMV, RoPE+KV write, flash-decoding,
-    GEMV+residual, GEMV+SwiGLU), writes the logits and the next token, and advances the
-    position: replaying it n times decodes n tokens with no host round trip.
-    """
-
-    def __init__(self, model: Any, kv: CudaKV, *, temperature: float = 0.0, seed: int = 0) -> None:
-        ops = model.ops
-        if not isinstance(ops, CudaOps):
-            raise TypeError("GraphDecoder needs a Transformer built on CudaOps")
-        self.model, self.ops, self.kv = model, ops, kv
-        self.inv_temp = 0.0 if temperature <= 0 else 1.0 / temperature
-        self.seed = seed
-        self.graph = None
-        self._pool_ptr = None
-        self._marks: list[tuple[str, Any]] | None = None
-
-    def _capture(self) -> None:
-        cp, ops, kv, s = self.ops.cp, self.ops, self.kv, self.model.spec
-        self.model.rope.ensure(kv.capacity + 1)
-        hd, h, kvh = s.head_dim, s.n_heads, s.n_kv_heads
-        self.state = cp.zeros(2, cp.int32)
-        self.history = cp.zeros(kv.capacity + 1, cp.int32)
-        self.x = cp.empty(s.n_embd, cp.float32)
-        self.qkv = cp.empty((h + 2 * kvh) * hd, cp.float32)
-        self.q = cp.empty(h * hd, cp.float32)
-        self.attn = cp.empty(h * hd, cp.float32)
-        self.gu = cp.empty(2 * s.n_ff, cp.float32)
-        self.ffn = cp.empty(s.n_ff, cp.float32)
-        self.logits_dev = cp.empty(s.vocab_size, cp.float32)
-        self.nsplit = ops.decode_splits(s, kv.capacity)
-        self.po = cp.empty((h, self.nsplit, hd), cp.float32)
-        self.pml = cp.empty((h, self.nsplit, 2), cp.float32)
-        self.host_state = pinned_empty((2,), np.int32)
-        self.stream = cp.cuda.Stream(non_blocking=True)
-        cp.cuda.Device().synchronize()  # the buffers above were set on the default stream
-        # Warm-up (compiles and checks every kernel outside capture) at the next position to
-        # be written, so the KV it stores is overwritten by the first real step.
-        self._start(0)
-        with self.stream:
-            self._launch_step()
-            self.stream.synchronize()
-            self.stream.begin_capture()
-            self._launch_step()
-            self.graph = self.stream.end_capture()
-        self._pool_ptr = (kv.pool.data.ptr, self.model.rope.cos.data.ptr)
-
-    def _mark(self, label: str) -> None:
-        if self._marks is not None:
-            ev = self.ops.cp.cuda.Event()
-            ev.record(self.stream)
-            self._marks.append((label, ev))
-
-    def profile(self, token: int = 0) -> dict[str, float]:
-        """Milliseconds per kernel kind for one step run eagerly (not as a graph), by CUDA
-        events between launches; launch gaps are included, so the sum exceeds a replay."""
-        self._ready(1)
-        self._start(token)
-        self._marks = []
-        with self.stream:
-            _kernel("spin")((1,), (1,), (np.int64(200_000_000),))  # ~0.1 s: launches queue up
-            self._mark("start")
-            self._launch_step()
-            self._mark("end")
-        self.stream.synchronize()
-        marks, self._marks = self._marks[1:], None
-        out: dict[str, float] = {}
-        for (label, a), (_, b) in itertools.pairwise(marks):
-            out[label] = out.get(label, 0.0) + self.ops.cp.cuda.get_elapsed_time(a, b)
-        return out
-
-    def _launch_step(self) -> None:
-        ops, m, s, kv = self.ops, self.model, self.model.spec, self.kv
-        eps = s.rms_eps
-        self._mark("embed")
-        emb = m.embedding.parts[0]
-        _kernel(f"embed<{emb.qtype}>")(
-            (1,), (128,), (emb.data, np.int64(emb.row_bytes), _I32(emb.cols),
-                           _as_ptr(_Offset(self.state, 1)), self.x))  # fmt: skip
-        pos = self.state  # state[0] is the position
-        for layer, b in enumerate(m.layers):
-            self._mark("gemv_qkv")
-            off = 0
-            for p in b.qkv.parts:
-                bias = None if b.qkv.bias is None else _Offset(b.qkv.bias, off)
-                ops.gemv(p, self.x, _Offset(self.qkv, off), norm=b.attn_norm, eps=eps, bias=bias)
-                off += p.rows
-            self._mark("rope_kv")
-            _kernel("rope_kv_decode")(
-                (s.n_heads + 2 * s.n_kv_heads,), (128,),
-                (self.qkv, self.q, kv.pool, kv.table, _I32(layer), _I32(s.n_layers),
-                 _I32(kv.block_size), _I32(s.n_heads), _I32(s.n_kv_heads), _I32(s.head_dim),
-                 m.rope.cos, m.rope.sin, pos, _I32(m.rope.neox), _as_ptr(b.q_norm),
-                 _as_ptr(b.k_norm), _F32(eps)),
-            )  # fmt: skip
-            self._mark("attention")
-            ops.attend_decode(self.q, kv, layer, self.po, self.pml, self.attn, self.nsplit,
-                              pos_dev=pos)  # fmt: skip
-            self._mark("gemv_out")
-            ops.gemv(b.out.parts[0], self.attn, self.x, mode=1)
-            self._mark("gemv_gate_up")
-            if len(b.gate_up.parts) == 1:
-                ops.gemv(b.gate_up.parts[0], self.x, self.ffn, mode=2, norm=b.ffn_norm, eps=eps)
-            else:
-                off = 0
-                for p in b.gate_up.parts:
-                    ops.gemv(p, self.x, _Offset(self.gu, off), norm=b.ffn_norm, eps=eps)
-                    off += p.rows
-                _kernel("swiglu")((_cdiv(s.n_ff, 256),), (256,),
-                                  (self.gu, self.ffn, _I32(1), _I32(s.n_ff)))
-            self._mark("gemv_down")
-            ops.gemv(b.down.parts[0], self.ffn, self.x, mode=1)
-        self._mark("gemv_head")
-        off = 0
-        for p in m.head.parts:
-            ops.gemv(p, self.x, _Offset(self.logits_dev, off), norm=m.output_norm, eps=eps)
-            off += p.rows
-        self._mark("next_token")
-        _kernel("next_token")(
-            (1,), (1024,),
-            (self.logits_dev, _I32(s.vocab_size), _F32(self.inv_temp), np.uint32(self.seed),
-             self.state, self.history, _I32(1)),
-        )  # fmt: skip
-
-    def _ready(self, steps: int) -> None:
-        if self.kv.length + steps > self.kv.capacity:
-            self.kv.grow(self.kv.length + steps)
-        if self.graph is None or self._pool_ptr != (self.kv.pool.data.ptr, self.model.rope.cos.data.ptr):
-            self._capture()
-
-    def _start(self, token: int) -> None:
-        # Order after work queued on the caller's stream (a prefill writing this KV).
-        self.stream.wait_event(self.ops.cp.cuda.get_current_stream().record())
-        self.host_state[:] = (self.kv.length, token)
-        self.state.set(self.host_state, stream=self.stream)
-
-    def step(self, token: int) -> int:
-        """Feed ``token`` at position ``kv.length``; return the next token."""
-        self._ready(1)
-        self._start(token)
-        self.graph.launch(self.stream)
-        self.state.get(out=self.host_state, stream=self.stream)
-        self.stream.synchronize()
-        self.kv.length += 1
-        return int(self.host_state[1])
-
-    def generate(self, token: int, n: int) -> list[int]:
-        """Greedy/sampled continuation of ``token`` for n steps, one host sync at the end."""
-        self._ready(n)
-        pos0 = self.kv.length
-        self._start(token)
-        for _ in range(n):
-            self.graph.launch(self.stream)
-        out = self.history[pos0 + 1 : pos0 + 1 + n].get(stream=self.stream)
-        self.stream.synchronize()
-        self.kv.length += n
-        return [int(t) for t in out]
-
-    def logits(self) -> np.ndarray:
-        """Logits of the last step, float32 on the host."""
-        out = self.logits_dev.get(stream=self.stream)
-        self.stream.synchronize()
-        return out

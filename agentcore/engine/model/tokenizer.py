@@ -22,6 +22,8 @@ Invariants:
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from functools import cache
 from typing import Any
@@ -81,6 +83,10 @@ PRE_TOKENIZERS: dict[str, str] = {
 SUPPORTED_PRE_TOKENIZERS = tuple(PRE_TOKENIZERS)
 
 # Texts of end-of-turn tokens across families (llama.cpp's end-of-generation set).
+# Encodings of texts at least this long are kept, up to this many characters in all.
+_MEMO_MIN_CHARS = 64
+_MEMO_MAX_CHARS = 64 << 20
+
 _EOT_TEXTS = (
     "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|endoftext|>", "<|end_of_text|>", "<|end|>",
     "<end_of_turn>", "<｜end▁of▁sentence｜>",
@@ -176,6 +182,9 @@ class Tokenizer:
             if tid is not None:
                 eot.add(tid)
         self.eot_ids: frozenset[int] = frozenset(eot)
+        self._memo: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        self._memo_chars = 0
+        self._memo_lock = threading.Lock()
 
     @classmethod
     def from_gguf(cls, model: GGUFModel) -> Tokenizer:
@@ -187,7 +196,30 @@ class Tokenizer:
         return tid if isinstance(tid, int) and 0 <= tid < self.vocab_size else None
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``; control-token text is encoded as ordinary text."""
+        """Token ids of ``text``; control-token text is encoded as ordinary text.
+
+        Texts of a message (its content, a tool result) are encoded again every time a
+        conversation is rendered; the memo makes that cost a dictionary lookup, so building a
+        request costs tokenization of the new messages only.
+        """
+        if len(text) < _MEMO_MIN_CHARS:
+            return self._encode(text)
+        with self._memo_lock:
+            hit = self._memo.get(text)
+            if hit is not None:
+                self._memo.move_to_end(text)
+                return list(hit)
+        ids = self._encode(text)
+        with self._memo_lock:
+            if text not in self._memo:
+                self._memo[text] = tuple(ids)
+                self._memo_chars += len(text)
+                while self._memo_chars > _MEMO_MAX_CHARS and len(self._memo) > 1:
+                    old, _ = self._memo.popitem(last=False)
+                    self._memo_chars -= len(old)
+        return ids
+
+    def _encode(self, text: str) -> list[int]:
         ids = self._encoding.encode(text, allowed_special=self._user_defined, disallowed_special=())
         return self._drop_placeholders(ids)
 

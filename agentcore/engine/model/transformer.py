@@ -109,9 +109,10 @@ class Layer:
 class Transformer:
     """A decoder-only transformer whose weights live in ``ops``' prepared form."""
 
-    def __init__(self, model: GGUFModel, ops: Ops, *, chunk: int = 512) -> None:
+    def __init__(self, model: GGUFModel, ops: Ops, *, chunk: int | None = None) -> None:
         spec, t = model.spec, model.tensor
-        self.spec, self.ops, self.chunk = spec, ops, chunk
+        self.spec, self.ops = spec, ops
+        self.chunk = chunk or getattr(ops, "prefill_chunk", 512)
         self.embedding = ops.prepare_embedding(t("token_embd.weight"))
         self.output_norm = ops.prepare_vector(t("output_norm.weight"))
         self.head = (
@@ -147,19 +148,34 @@ class Transformer:
         self, ids: Sequence[int], pos0: int, kv: LiveKV, *, all_logits: bool = False
     ) -> np.ndarray:
         """Logits of the last position (vocab,), or of every position (T, vocab)."""
+        self._check(ids, pos0, kv)
+        out = []
+        with self.ops.compute():
+            for start in range(0, len(ids), self.chunk):
+                x = self._chunk(ids[start : start + self.chunk], pos0 + start, kv)
+                if all_logits:
+                    out.append(self._logits(x))
+            return np.concatenate(out) if all_logits else self._logits(x[-1:])[0]
+
+    def hidden(self, ids: Sequence[int], pos0: int, kv: LiveKV) -> Array:
+        """Append ``ids`` at ``pos0`` to ``kv``; the last chunk's hidden states before the
+        final norm, as a backend array (T_last, n_embd): a device decoder applies the head."""
+        self._check(ids, pos0, kv)
+        with self.ops.compute():
+            for start in range(0, len(ids), self.chunk):
+                x = self._chunk(ids[start : start + self.chunk], pos0 + start, kv)
+        return x
+
+    def _check(self, ids: Sequence[int], pos0: int, kv: LiveKV) -> None:
         if not len(ids):
             raise ValueError("forward needs at least one token")
         if not 0 <= pos0 <= kv.length:
             raise ValueError(f"pos0={pos0} must be within the {kv.length} cached positions")
-        out = []
-        with self.ops.compute():
-            for start in range(0, len(ids), self.chunk):
-                chunk = ids[start : start + self.chunk]
-                x = self._hidden(chunk, pos0 + start, kv)
-                kv.length = pos0 + start + len(chunk)
-                if all_logits:
-                    out.append(self._logits(x))
-            return np.concatenate(out) if all_logits else self._logits(x[-1:])[0]
+
+    def _chunk(self, ids: Sequence[int], pos0: int, kv: LiveKV) -> Array:
+        x = self._hidden(ids, pos0, kv)
+        kv.length = pos0 + len(ids)
+        return x
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits at every position of ``ids`` from an empty cache: the referee's view."""

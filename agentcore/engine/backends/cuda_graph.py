@@ -1,0 +1,314 @@
+"""The CUDA decoder: one decode step as one CUDA graph, sampling on the device.
+
+Job: the engine's ``Decoder`` (engine/generate.py) on CuPy. ``prefill(ids)`` and
+``feed(ids)`` run the transformer eagerly (cuBLAS GEMMs for long spans) and leave the last
+position's logits in a device buffer; ``sample(mask)`` draws from them with one kernel;
+``step(token, mask)`` replays the graph: embed ``token``, every layer with our kernels (fused
+RMSNorm+GEMV, RoPE+KV write, flash-decoding, GEMV+residual, GEMV+SwiGLU), the head, and the
+sampler (kernels/sample.cu). One token id (4 bytes) crosses to the host per step.
+
+Invariants:
+- The graph uses only our kernels (CuPy refuses cuBLAS inside capture); every buffer it
+  touches is owned by the decoder; position, token and mask switch live in device state
+  ``[pos, token, gen_start, mask_on]``, sampling parameters in device buffers set once per
+  generation, so one capture serves every request on this KV. A reallocated KV pool
+  (``kv.grow``) or rope table is noticed and the graph recaptured.
+- The decoder advances ``kv.length`` exactly as ``Transformer.forward`` would; the caller's
+  session ledger records the ids.
+- A constraint mask is a bool vector over the logits; it is uploaded as bits (V / 8 bytes),
+  and the packed form of each mask object is kept (the constraint reuses its masks).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from agentcore.engine.backends.cuda import (
+    CudaKV,
+    CudaOps,
+    _as_ptr,
+    _cdiv,
+    _kernel,
+    _Offset,
+    pinned_empty,
+)
+from agentcore.engine.base import Sampling
+
+__all__ = ["CudaDecoder"]
+
+_I32 = np.int32
+_F32 = np.float32
+_MASKS_KEPT = 512
+# Tokens of the generation the repetition penalty looks back on (the host sampler's window).
+REPEAT_WINDOW = 64
+
+
+class CudaDecoder:
+    """Decode ``model`` (a ``Transformer`` on ``CudaOps``) over ``kv``; see the module doc."""
+
+    def __init__(self, model: Any, kv: CudaKV) -> None:
+        ops = model.ops
+        if not isinstance(ops, CudaOps):
+            raise TypeError("CudaDecoder needs a Transformer built on CudaOps")
+        cp = ops.cp
+        s = model.spec
+        self.model, self.ops, self.kv, self.cp = model, ops, kv, cp
+        self.stream = cp.cuda.Stream(non_blocking=True)
+        self.graph = None
+        self._captured_for: tuple[int, int] | None = None
+        self._marks: list[tuple[str, Any]] | None = None
+        hd, h, kvh = s.head_dim, s.n_heads, s.n_kv_heads
+        with self.stream:
+            self.x = cp.empty(s.n_embd, cp.float32)
+            self.qkv = cp.empty((h + 2 * kvh) * hd, cp.float32)
+            self.q = cp.empty(h * hd, cp.float32)
+            self.attn = cp.empty(h * hd, cp.float32)
+            self.gu = cp.empty(2 * s.n_ff, cp.float32)
+            self.ffn = cp.empty(s.n_ff, cp.float32)
+            self.logits_dev = cp.zeros(s.vocab_size, cp.float32)
+            self.work = cp.empty(s.vocab_size, cp.float32)
+            self.mask_bits = cp.zeros(_cdiv(s.vocab_size, 32), cp.uint32)
+            self.state = cp.zeros(4, cp.int32)
+            self.fparams = cp.asarray(np.array([0.0, 1.0, 0.0, 1.0], np.float32))
+            self.iparams = cp.zeros(3, cp.int32)
+        self.host_state = pinned_empty((4,), np.int32)
+        self.host_token = pinned_empty((1,), np.int32)
+        self.history = None
+        self._gen_start = 0
+        self._masks: OrderedDict[int, tuple[np.ndarray, Any]] = OrderedDict()
+        self.stream.synchronize()
+
+    # ------------------------------------------------------------------ Decoder protocol
+
+    def prefill(self, ids: Sequence[int]) -> None:
+        """Append ``ids`` (a prompt tail) at ``kv.length``; hold the last position's logits."""
+        self._forward(ids, record=False)
+
+    def start(self, sampling: Sampling | None, seed: int | None = None) -> None:
+        """Begin a generation: its first token goes at ``kv.length``."""
+        self._gen_start = self.kv.length
+        if sampling is None:
+            f, i = [0.0, 1.0, 0.0, 1.0], [0, 0, 0]
+        else:
+            f = [sampling.temperature, sampling.top_p, sampling.min_p, sampling.repetition_penalty]
+            rng_seed = sampling.seed if sampling.seed is not None else seed
+            if rng_seed is None:
+                rng_seed = int(np.random.default_rng().integers(0, 2**31 - 1))
+            i = [sampling.top_k, REPEAT_WINDOW, int(rng_seed) & 0x7FFFFFFF]
+        with self.stream:
+            self.fparams.set(np.asarray(f, np.float32), stream=self.stream)
+            self.iparams.set(np.asarray(i, np.int32), stream=self.stream)
+
+    def feed(self, ids: Sequence[int]) -> None:
+        """Append generated ``ids`` (a forced span); they count for the repetition penalty."""
+        self._forward(ids, record=True)
+
+    def sample(self, mask: np.ndarray | None = None) -> int:
+        """Draw the token after the last fed position from the held logits."""
+        self._ensure_history(self.kv.length + 1)
+        self._set_state(0, mask)
+        with self.stream:
+            self._launch_sample(advance=0)
+        return self._read_token()
+
+    def step(self, token: int, mask: np.ndarray | None = None) -> int:
+        """Feed ``token`` at ``kv.length`` and draw the next one: one graph replay."""
+        self._ready()
+        self._set_state(token, mask)
+        self.graph.launch(self.stream)
+        self.kv.length += 1
+        return self._read_token()
+
+    def logits(self) -> np.ndarray:
+        """The held logits (of the last fed position), float32 on the host."""
+        out = self.logits_dev.get(stream=self.stream)
+        self.stream.synchronize()
+        return out
+
+    # ------------------------------------------------------------------ raw figures
+
+    def generate(self, token: int, n: int) -> list[int]:
+        """n graph replays back to back with one read-back: the raw kernel figure."""
+        self._ready(n)
+        pos0 = self.kv.length
+        self._set_state(token, None)
+        for _ in range(n):
+            self.graph.launch(self.stream)
+        out = self.history[pos0 + 1 : pos0 + 1 + n].get(stream=self.stream)
+        self.stream.synchronize()
+        self.kv.length += n
+        return [int(t) for t in out]
+
+    def profile(self, token: int = 0) -> dict[str, float]:
+        """Milliseconds per kernel kind for one step run eagerly (not as a graph), by CUDA
+        events between launches; launch gaps are included, so the sum exceeds a replay."""
+        self._ready()
+        self._set_state(token, None)
+        self._marks = []
+        with self.stream:
+            _kernel("spin")((1,), (1,), (np.int64(200_000_000),))  # ~0.1 s: launches queue up
+            self._mark("start")
+            self._launch_step()
+            self._mark("end")
+        self.stream.synchronize()
+        marks, self._marks = self._marks[1:], None
+        out: dict[str, float] = {}
+        for (label, a), (_, b) in itertools.pairwise(marks):
+            out[label] = out.get(label, 0.0) + self.cp.cuda.get_elapsed_time(a, b)
+        return out
+
+    # ------------------------------------------------------------------ internals
+
+    def _forward(self, ids: Sequence[int], *, record: bool) -> None:
+        if not len(ids):
+            raise ValueError("feed needs at least one token")
+        pos0 = self.kv.length
+        with self.stream:
+            x = self.model.hidden(ids, pos0, self.kv)  # the last position's hidden state (1, n_embd)
+            self.x[...] = x[-1]
+            self._launch_head()
+        if record:
+            self._ensure_history(self.kv.length + 1)
+            host = np.asarray(ids, dtype=np.int32)
+            self.history[pos0 : pos0 + len(host)].set(host, stream=self.stream)
+
+    def _ensure_history(self, n: int) -> None:
+        if self.history is None or self.history.size < n + 1:
+            cp = self.cp
+            with self.stream:
+                grown = cp.zeros(max(n + 1, self.kv.capacity + 1), cp.int32)
+                if self.history is not None:
+                    grown[: self.history.size] = self.history
+            self.history = grown
+
+    def _set_state(self, token: int, mask: np.ndarray | None) -> None:
+        if mask is not None:
+            self.mask_bits.set(self._packed(mask), stream=self.stream)
+        self.host_state[:] = (self.kv.length, token, self._gen_start, 0 if mask is None else 1)
+        self.state.set(self.host_state, stream=self.stream)
+
+    def _packed(self, mask: np.ndarray) -> np.ndarray:
+        key = id(mask)
+        hit = self._masks.get(key)
+        if hit is not None and hit[0] is mask:
+            self._masks.move_to_end(key)
+            return hit[1]
+        bits = np.packbits(np.asarray(mask, dtype=bool), bitorder="little")
+        words = np.zeros(self.mask_bits.size * 4, np.uint8)
+        words[: min(len(bits), len(words))] = bits[: len(words)]
+        packed = words.view(np.uint32)
+        self._masks[key] = (mask, packed)
+        while len(self._masks) > _MASKS_KEPT:
+            self._masks.popitem(last=False)
+        return packed
+
+    def _read_token(self) -> int:
+        self.cp.cuda.runtime.memcpyAsync(
+            self.host_token.ctypes.data, self.state.data.ptr + 4, 4,
+            self.cp.cuda.runtime.memcpyDeviceToHost, self.stream.ptr,
+        )  # fmt: skip
+        self.stream.synchronize()
+        return int(self.host_token[0])
+
+    def _ready(self, steps: int = 1) -> None:
+        kv, rope = self.kv, self.model.rope
+        if kv.length + steps > kv.capacity:
+            kv.grow(kv.length + steps)
+        self._ensure_history(kv.capacity + 1)
+        if self.graph is None or self._captured_for != (kv.pool.data.ptr, rope.cos.data.ptr,
+                                                        self.history.data.ptr):
+            self._capture()
+
+    def _capture(self) -> None:
+        kv = self.kv
+        self.model.rope.ensure(kv.capacity + 1)
+        self._ensure_history(kv.capacity + 1)
+        self.nsplit = self.ops.decode_splits(self.model.spec, kv.capacity)
+        h, hd = self.model.spec.n_heads, self.model.spec.head_dim
+        cp = self.cp
+        with self.stream:
+            self.po = cp.empty((h, self.nsplit, hd), cp.float32)
+            self.pml = cp.empty((h, self.nsplit, 2), cp.float32)
+        # Warm-up (compiles and checks every kernel outside capture) at the next position to
+        # be written, so the KV and history it writes are overwritten by the first real step.
+        self._set_state(0, None)
+        with self.stream:
+            self._launch_step()
+            self.stream.synchronize()
+            self.stream.begin_capture()
+            self._launch_step()
+            self.graph = self.stream.end_capture()
+        self.stream.synchronize()
+        self._captured_for = (kv.pool.data.ptr, self.model.rope.cos.data.ptr, self.history.data.ptr)
+
+    def _mark(self, label: str) -> None:
+        if self._marks is not None:
+            ev = self.cp.cuda.Event()
+            ev.record(self.stream)
+            self._marks.append((label, ev))
+
+    def _launch_head(self) -> None:
+        m = self.model
+        off = 0
+        for p in m.head.parts:
+            self.ops.gemv(p, self.x, _Offset(self.logits_dev, off), norm=m.output_norm,
+                          eps=m.spec.rms_eps)  # fmt: skip
+            off += p.rows
+
+    def _launch_sample(self, advance: int) -> None:
+        _kernel("sample_token")(
+            (1,), (1024,),
+            (self.logits_dev, _I32(self.model.spec.vocab_size), self.mask_bits, self.state,
+             self.history, self.fparams, self.iparams, self.work, _I32(advance)),
+        )  # fmt: skip
+
+    def _launch_step(self) -> None:
+        ops, m, s, kv = self.ops, self.model, self.model.spec, self.kv
+        eps = s.rms_eps
+        self._mark("embed")
+        emb = m.embedding.parts[0]
+        _kernel(f"embed<{emb.qtype}>")(
+            (1,), (128,), (emb.data, np.int64(emb.row_bytes), _I32(emb.cols),
+                           _as_ptr(_Offset(self.state, 1)), self.x))  # fmt: skip
+        pos = self.state  # state[0] is the position
+        for layer, b in enumerate(m.layers):
+            self._mark("gemv_qkv")
+            off = 0
+            for p in b.qkv.parts:
+                bias = None if b.qkv.bias is None else _Offset(b.qkv.bias, off)
+                ops.gemv(p, self.x, _Offset(self.qkv, off), norm=b.attn_norm, eps=eps, bias=bias)
+                off += p.rows
+            self._mark("rope_kv")
+            _kernel("rope_kv_decode")(
+                (s.n_heads + 2 * s.n_kv_heads,), (128,),
+                (self.qkv, self.q, kv.pool, kv.table, _I32(layer), _I32(s.n_layers),
+                 _I32(kv.block_size), _I32(s.n_heads), _I32(s.n_kv_heads), _I32(s.head_dim),
+                 m.rope.cos, m.rope.sin, pos, _I32(m.rope.neox), _as_ptr(b.q_norm),
+                 _as_ptr(b.k_norm), _F32(eps)),
+            )  # fmt: skip
+            self._mark("attention")
+            ops.attend_decode(self.q, kv, layer, self.po, self.pml, self.attn, self.nsplit,
+                              pos_dev=pos)  # fmt: skip
+            self._mark("gemv_out")
+            ops.gemv(b.out.parts[0], self.attn, self.x, mode=1)
+            self._mark("gemv_gate_up")
+            if len(b.gate_up.parts) == 1:
+                ops.gemv(b.gate_up.parts[0], self.x, self.ffn, mode=2, norm=b.ffn_norm, eps=eps)
+            else:
+                off = 0
+                for p in b.gate_up.parts:
+                    ops.gemv(p, self.x, _Offset(self.gu, off), norm=b.ffn_norm, eps=eps)
+                    off += p.rows
+                _kernel("swiglu")((_cdiv(s.n_ff, 256),), (256,),
+                                  (self.gu, self.ffn, _I32(1), _I32(s.n_ff)))
+            self._mark("gemv_down")
+            ops.gemv(b.down.parts[0], self.ffn, self.x, mode=1)
+        self._mark("gemv_head")
+        self._launch_head()
+        self._mark("sample")
+        self._launch_sample(advance=1)

@@ -1,0 +1,74 @@
+"""One conversation's live KV, its decoder and its token ledger.
+
+Invariant: ``Session.ids`` is exactly the token ids whose KV is valid in ``Session.kv``, in
+order, and ``len(ids) == kv.length``. This class is the only writer of both: every path that
+changes the KV (prefill, a forced span, a decode step, a restore from the checkpoint store,
+a rollback to a shared prefix) goes through one of its methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from agentcore.engine.base import Sampling
+
+__all__ = ["Session"]
+
+
+class Session:
+    """A live session: ``kv`` (a backend's live KV), ``decoder`` (engine/generate.Decoder)."""
+
+    def __init__(self, kv: Any, decoder: Any) -> None:
+        self.kv = kv
+        self.decoder = decoder
+        self.ids: list[int] = []
+        # Checkpoint bookkeeping: chained hashes of the full blocks the store holds for this
+        # session, and the stored record of its partial last block.
+        self.stored: list[str] = []
+        self.tail: str | None = None
+        # What the session computed last turn (prompt + sampled tokens): the reusable prefix.
+        self.computed: list[int] = []
+        self.turns = 0
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+    # ---- changing the KV
+
+    def truncate(self, n: int) -> None:
+        """Roll the live KV back to its first ``n`` tokens (a shared prefix)."""
+        n = min(n, len(self.ids))
+        self.kv.truncate(n)
+        del self.ids[n:]
+
+    def restored(self, ids: Sequence[int]) -> None:
+        """The checkpoint store wrote the KV of ``ids`` (positions 0..len) into ``kv``."""
+        self.kv.length = len(ids)
+        self.ids = list(ids)
+
+    def prefill(self, ids: Sequence[int]) -> None:
+        """Append prompt ids; the decoder holds the logits of the last one."""
+        self.decoder.prefill(ids)
+        self.ids.extend(ids)
+
+    def start(self, sampling: Sampling | None, seed: int | None = None) -> None:
+        self.decoder.start(sampling, seed)
+
+    def feed(self, ids: Sequence[int]) -> None:
+        """Append generated ids (sampled earlier, or forced by a constraint)."""
+        self.decoder.feed(ids)
+        self.ids.extend(ids)
+
+    def sample(self, mask: np.ndarray | None = None) -> int:
+        """The next token from the held logits (nothing is appended)."""
+        return self.decoder.sample(mask)
+
+    def step(self, token: int, mask: np.ndarray | None = None) -> int:
+        """Append ``token`` and sample the one after it."""
+        nxt = self.decoder.step(token, mask)
+        self.ids.append(token)
+        return nxt
