@@ -12,19 +12,26 @@ Invariants:
   the signature, pydantic's "title" keys are dropped.
 - The calls of one block run concurrently; results come back in call order.
 
-A sync tool runs in a worker thread. When it overruns its timeout the thread is abandoned,
-not killed (Python cannot kill a thread); it runs on until it returns and, under trio, keeps
-its worker-thread slot until then. Tools that can hang should be async or run a
+A sync tool runs in a daemon thread of its own. When it overruns its timeout the thread is
+abandoned, not killed (Python cannot kill a thread); it runs on until it returns, but it
+never keeps the interpreter from exiting. Tools that can hang should be async or run a
 subprocess, as ``run_shell`` does.
+
+Only a real cancellation of the caller (and KeyboardInterrupt) propagates out of a call: a
+``CancelledError`` a tool raises by itself, an exception whose ``__str__`` raises, or a
+result that cannot be rendered is an error result like any other failure.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import difflib
 import inspect
 import json
 import math
 import re
+import threading
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +40,8 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar, cast, get_args, get_origin, get_type_hints, overload
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
@@ -104,20 +113,30 @@ class Tool:
                 if self.is_async:
                     result = await self.fn(**kwargs)
                 else:
-                    result = await anyio.to_thread.run_sync(
-                        partial(self.fn, **kwargs), abandon_on_cancel=True
-                    )
+                    result = await _run_in_daemon_thread(partial(self.fn, **kwargs), self.name)
                 if inspect.isawaitable(result):
                     result = await result
+        except anyio.get_cancelled_exc_class() as exc:
+            # Ours (the caller is being cancelled) propagates; a stray one the tool raised
+            # by itself is just another failure of the tool.
+            await _reraise_if_really_cancelled(exc)
+            return error(_describe_exception(exc))
+        except KeyboardInterrupt:
+            raise
         # A tool is arbitrary code; whatever it raises is a result for the model to read.
-        except (Exception, SystemExit) as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001
             return error(_describe_exception(exc))
         if scope.cancelled_caught:
             return error(
                 f"ToolTimeout: {self.name} timed out after {self.timeout:g}s; its result was "
                 "abandoned. Retry with a smaller request, or do the work in smaller steps."
             )
-        return ToolMessage(call_id=call_id, name=self.name, content=_render(result))
+        try:
+            content = _render(result)
+        except Exception as exc:  # noqa: BLE001 - e.g. an object whose __str__ raises
+            return error(f"{self.name} returned a result that cannot be shown as text: "
+                         f"{_describe_exception(exc)}")  # fmt: skip
+        return ToolMessage(call_id=call_id, name=self.name, content=content)
 
     def _validate(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """Return keyword arguments for ``fn``; lax, so "3" is accepted where an int is due."""
@@ -418,9 +437,59 @@ def _short_repr(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+async def _run_in_daemon_thread(fn: Callable[[], Any], name: str) -> Any:
+    """Run ``fn`` in a fresh daemon thread; cancelling the wait abandons the thread.
+
+    Not anyio's worker pool: its threads are not daemons, so one hung sync tool would keep
+    the interpreter from exiting.
+    """
+    token = anyio.lowlevel.current_token()
+    done = anyio.Event()
+    outcome: list[tuple[bool, Any]] = []
+
+    def target() -> None:
+        try:
+            outcome.append((True, fn()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting task
+            outcome.append((False, exc))
+        # The event loop may be gone by now; then nobody waits for this result any more.
+        with contextlib.suppress(Exception):
+            anyio.from_thread.run_sync(done.set, token=token)
+
+    threading.Thread(target=target, name=f"agentcore tool {name}", daemon=True).start()
+    await done.wait()
+    ok, value = outcome[0]
+    if ok:
+        return value
+    raise value
+
+
+async def _reraise_if_really_cancelled(exc: BaseException) -> None:
+    """Re-raise ``exc`` when the caller is being cancelled; return when a tool made it up.
+
+    Under trio only trio itself can create ``Cancelled``. Under asyncio a tool can raise
+    ``CancelledError`` on its own; a real cancellation shows in ``Task.cancelling()``, and
+    an anyio cancel scope delivers its cancellation again at the next checkpoint.
+    """
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # not asyncio
+        raise exc from None
+    if task is not None and task.cancelling():
+        raise exc
+    await anyio.lowlevel.checkpoint()
+
+
+def _safe_str(value: object) -> str:
+    try:
+        return str(value)
+    except Exception as exc:  # noqa: BLE001 - a hostile __str__ must not lose a result
+        return f"<unprintable: str() raised {type(exc).__name__}>"
+
+
 def _describe_exception(exc: BaseException) -> str:
     """``Type: message``, plus where it was raised for errors not written for the model."""
-    text = f"{type(exc).__name__}: {exc}"
+    text = f"{type(exc).__name__}: {_safe_str(exc)}"
     if isinstance(exc, AgentCoreError):
         return text
     frames = traceback.extract_tb(exc.__traceback__)
