@@ -46,7 +46,6 @@ TINY: dict[str, dict[str, Any]] = {
     "llama": {"arch": "llama", **_TINY_SHAPE},
     "qwen2": {"arch": "qwen2", **_TINY_SHAPE},
     "qwen3": {"arch": "qwen3", **_TINY_SHAPE, "head_dim": 32},
-    "deepseek2": {"arch": "deepseek2"},  # synthetic_deepseek2.PRESETS["v2lite"]
 }
 
 MATRIX_ROLES = (
@@ -132,12 +131,7 @@ def write_synthetic_gguf(
     ``qtype`` is one GGML type name for every matrix, or a mapping from role (see
     ``MATRIX_ROLES``; key ``"default"`` for the rest) to a type name. Norms and biases are
     F32. ``tokenizer=None`` omits the vocabulary (for tests of tokenizer errors).
-    ``arch="deepseek2"`` writes synthetic_deepseek2's V2-Lite-like preset (seed and path only).
     """
-    if arch == "deepseek2":
-        from agentcore.testing.synthetic_deepseek2 import PRESETS, write_synthetic_deepseek2
-
-        return write_synthetic_deepseek2(path, **{**PRESETS["v2lite"], "seed": seed})
     if arch not in ("llama", "qwen2", "qwen3"):
         raise ValueError(f"arch must be llama, qwen2 or qwen3, not {arch!r}")
     if chat not in _CHAT:
