@@ -15,7 +15,8 @@ from gguf import GGMLQuantizationType as Q
 
 from agentcore.engine.model.gguf import WeightTensor, load_gguf
 from agentcore.engine.model.transformer import Transformer
-from agentcore.engine.backends.cuda import CudaOps, GraphDecoder, cuda_available
+from agentcore.engine.backends.cuda import CudaOps, cuda_available
+from agentcore.engine.backends.cuda_graph import CudaDecoder
 from agentcore.engine.backends.cpu import DenseKV, NumpyOps, Rope
 from agentcore.testing.synthetic import LLAMA3_8B, SMOLLM2_135M, TINY, write_synthetic_gguf
 from test_ops_cuda_decode import random_rows
@@ -192,7 +193,7 @@ def test_end_to_end_logits_and_graph_decode_match_numpy(tmp_path, preset, n):
     # Decode as a CUDA graph, teacher-forced with the same ids, against the reference.
     kv = gpu.ops.new_kv(gpu.spec, n + 8)
     gpu.forward(ids[: n // 2], 0, kv)
-    dec = GraphDecoder(gpu, kv)
+    dec = CudaDecoder(gpu, kv)
     steps = []
     for i in range(n // 2, n - 1):
         dec.step(ids[i])
@@ -214,7 +215,7 @@ def test_graph_generate_matches_step_by_step(tmp_path):
     _, gpu = _engines(path)
     kv = gpu.ops.new_kv(gpu.spec, 64)
     gpu.forward([1, 2, 3], 0, kv)
-    dec = GraphDecoder(gpu, kv)
+    dec = CudaDecoder(gpu, kv)
     fast = dec.generate(4, 20)
     kv.length = 3
     tok, slow = 4, []
