@@ -90,9 +90,9 @@ def server(tmp_path, smollm2_path):
     srv.stop()
 
 
-def generate(engine: RemoteEngine, messages, **kw) -> Completion:
+def generate(engine: RemoteEngine, messages, session_id: str = "it", **kw) -> Completion:
     async def go() -> Completion:
-        request = GenerationRequest(session_id="it", messages=list(messages), tools=TOOLS,
+        request = GenerationRequest(session_id=session_id, messages=list(messages), tools=TOOLS,
                                     max_tokens=kw.pop("max_tokens", 24), **kw)
         completion = None
         async for item in engine.stream(request):
@@ -149,17 +149,19 @@ def test_multi_turn_session_restart_and_overflow(server):
     assert completion.usage.cache_source == "disk"
     assert row["cached"] >= 0.99 * row["reusable"]
     tool_round(messages, completion, 6)
+    checkpoint(engine, messages)  # as the loop does after every tool round-trip
 
     # An oversized prompt: refused locally with the server's limit, and by the server itself
     # when the user's limit is wrong; after either, the session goes on.
     huge = [*messages, UserMessage(content="word " * 2500)]
     with pytest.raises(ContextOverflow):
         generate(engine, huge)
+    # (A second engine on the same one-slot server, with its own session: its requests may
+    # take the slot, after which "it" comes back from its last checkpoint.)
     lying = RemoteEngine(server.url, context_length=100_000)
-    lying.sessions["it"] = engine.sessions["it"]  # the same session, through the wrong limit
     t0 = time.perf_counter()
     with pytest.raises(ContextOverflow, match="exceeds the available context") as info:
-        generate(lying, huge)
+        generate(lying, huge, session_id="other")
     print(f"server overflow: {info.value} ({(time.perf_counter() - t0) * 1000:.0f} ms, no retry)")
     completion = generate(engine, messages)
     row = turn_row(engine)
