@@ -224,8 +224,20 @@ def test_dsml_inside_reasoning_is_not_a_call():
     assert "wrong" in parsed.reasoning and parsed.content == "" and parsed.errors == []
 
 
-def test_unclosed_reasoning_in_thinking_mode_is_all_reasoning():
-    parsed = parse_completion("still thinking " + block(invoke("f")), thinking=True)
+def test_a_block_opened_inside_unclosed_reasoning_ends_the_reasoning():
+    parsed = parse_completion("still thinking " + block(invoke("f")) + "\n", thinking=True)
+    assert [c.name for c in parsed.tool_calls] == ["f"] and parsed.errors == []
+    assert parsed.content == "" and parsed.reasoning == "still thinking "
+
+
+def test_a_block_quoted_inside_reasoning_that_goes_on_stays_reasoning():
+    text = "I could write " + block(invoke("f")) + " but I will not."
+    parsed = parse_completion(text, thinking=True)
+    assert parsed.tool_calls == [] and parsed.reasoning == text and parsed.errors == []
+
+
+def test_reasoning_left_open_after_a_quoted_block_is_all_reasoning():
+    parsed = parse_completion("still thinking " + block(invoke("f")) + " hmm", thinking=True)
     assert parsed.content == "" and parsed.tool_calls == [] and parsed.errors == []
     assert parsed.reasoning.startswith("still thinking")
 
@@ -264,7 +276,7 @@ def test_a_cut_off_block_returns_no_call_even_from_invokes_closed_before_the_cut
     text += '<｜DSML｜invoke name="cut">\n' + param("b", "2")
     parsed = parse_completion(text)
     assert parsed.incomplete and parsed.tool_calls == []
-    assert 'invoke "cut"' in parsed.errors[0] and "1 had closed" in parsed.errors[0]
+    assert 'invoke "cut"' in parsed.errors[-1] and "1 had closed" in parsed.errors[-1]
 
 
 # ---------------------------------------------------------------- malformed blocks
@@ -300,39 +312,67 @@ def test_stray_text_between_invokes_is_reported_but_calls_are_kept():
     assert "stray text 'and then'" in parsed.errors[0]
 
 
-def test_missing_invoke_end_is_an_error_and_no_call():
+def test_missing_invoke_end_is_closed_by_the_block_end():
     text = '<｜DSML｜tool_calls>\n<｜DSML｜invoke name="f">\n' + param("a", "1") + "\n"
     parsed = parse_completion(text + "</｜DSML｜tool_calls>")
-    assert parsed.tool_calls == [] and not parsed.incomplete
-    assert "close it with </｜DSML｜invoke>" in parsed.errors[0]
+    assert [(c.name, c.arguments) for c in parsed.tool_calls] == [("f", {"a": "1"})]
+    assert parsed.errors == [] and not parsed.incomplete
 
 
-def test_invoke_outside_a_tool_calls_block_is_an_error():
-    parsed = parse_completion("Sure. " + invoke("f", param("a", "1")))
-    assert parsed.content == "Sure." and parsed.tool_calls == []
-    assert "must start with <｜DSML｜tool_calls>" in parsed.errors[0]
+def test_missing_invoke_end_is_closed_by_the_next_invoke():
+    text = block('<｜DSML｜invoke name="a">\n' + param("x", "1"), invoke("b", param("y", "2")))
+    parsed = parse_completion(text)
+    assert [(c.name, c.arguments) for c in parsed.tool_calls] == [("a", {"x": "1"}), ("b", {"y": "2"})]
 
 
-def test_nested_invoke_is_an_error_and_neither_is_called():
+def test_bare_invoke_is_a_call_when_tools_were_declared():
+    parsed = parse_completion("Sure.\n\n" + invoke("f", param("a", "1")), tools=[TYPED])
+    assert parsed.content == "Sure." and [c.name for c in parsed.tool_calls] == ["f"]
+
+
+def test_bare_invoke_without_declared_tools_is_text():
+    text = "Sure. " + invoke("f", param("a", "1"))
+    parsed = parse_completion(text)
+    assert parsed.tool_calls == [] and parsed.content.startswith("Sure. <｜DSML｜invoke")
+
+
+def test_quoted_marker_in_prose_stays_content():
+    text = "The prefix <｜DSML｜invoke is reserved."
+    parsed = parse_completion(text, tools=[TYPED])
+    assert parsed.content == text and parsed.tool_calls == [] and not parsed.incomplete
+
+
+def test_nested_invoke_closes_the_outer_one_and_the_extra_end_is_reported():
     inner = invoke("inner")
     text = block('<｜DSML｜invoke name="outer">\n' + inner + "\n</｜DSML｜invoke>")
     parsed = parse_completion(text)
-    assert parsed.tool_calls == [] and 'not allowed inside invoke "outer"' in parsed.errors[0]
+    assert [c.name for c in parsed.tool_calls] == ["outer", "inner"]
+    assert len(parsed.errors) == 1 and "closes no invoke" in parsed.errors[0]
 
 
 def test_unknown_and_malformed_tags_are_errors():
     text = block(invoke("f", '<｜DSML｜argument name="a">1</｜DSML｜argument>'))
     assert "unknown tag" in parse_completion(text).errors[0]
     text = block(invoke("f", '<｜DSML｜parameter name="a<b">1</｜DSML｜parameter>'))
-    assert "malformed tag" in parse_completion(text).errors[0]
+    parsed = parse_completion(text)
+    assert parsed.tool_calls == [] and 'invoke "f" was not called' in parsed.errors[0]
 
 
-def test_text_after_the_block_is_ignored_without_error():
-    parsed = parse_completion(block(invoke("f")) + " Done!" + EOS)
-    assert len(parsed.tool_calls) == 1 and parsed.errors == []
+def test_repeated_attributes_are_rejected_like_duplicate_parameters():
+    text = block('<｜DSML｜invoke name="read_file" name="run_shell">\n</｜DSML｜invoke>')
+    parsed = parse_completion(text)
+    assert parsed.tool_calls == [] and "'name' is given twice" in parsed.errors[0]
+    text = block(invoke("f", '<｜DSML｜parameter name="a" name="b">1</｜DSML｜parameter>'))
+    parsed = parse_completion(text)
+    assert parsed.tool_calls == [] and "twice" in parsed.errors[0]
 
 
-def test_a_second_block_is_ignored_with_an_error():
-    parsed = parse_completion(block(invoke("a")) + "\n" + block(invoke("b")))
-    assert [c.name for c in parsed.tool_calls] == ["a"]
-    assert "one tool_calls block" in parsed.errors[0]
+def test_text_after_the_block_is_content():
+    parsed = parse_completion(block(invoke("f")) + "\nDone!" + EOS)
+    assert len(parsed.tool_calls) == 1 and parsed.errors == [] and parsed.content == "\nDone!"
+
+
+def test_several_blocks_in_one_turn_give_all_their_calls():
+    parsed = parse_completion(block(invoke("a")) + "\n\n" + block(invoke("b")))
+    assert [c.name for c in parsed.tool_calls] == ["a", "b"] and parsed.errors == []
+    assert parsed.content == ""

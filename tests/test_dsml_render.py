@@ -3,6 +3,8 @@
 import pytest
 
 from agentcore.dsml import (
+    V32,
+    V41,
     TOOL_CALLS_END,
     parse_completion,
     render_tool_calls,
@@ -70,7 +72,7 @@ def test_parallel_calls_share_one_block_joined_by_newlines():
     rendered = render_tool_calls([call("a"), call("b", x=1)])
     assert rendered == (
         "\n\n<｜DSML｜tool_calls>\n"
-        '<｜DSML｜invoke name="a">\n</｜DSML｜invoke>\n'
+        '<｜DSML｜invoke name="a">\n\n</｜DSML｜invoke>\n'
         '<｜DSML｜invoke name="b">\n'
         '<｜DSML｜parameter name="x" string="false">1</｜DSML｜parameter>\n'
         "</｜DSML｜invoke>\n"
@@ -125,7 +127,7 @@ def test_tools_block_matches_the_dsml_template_byte_for_byte():
         '{"name": "ping", "description": "", "parameters": {"type": "object", "properties": {}}}'
         "\n\n"
         "You MUST strictly follow the above defined tool name and parameter schemas to invoke "
-        "tool calls."
+        "tool calls.\n"
     )
     assert render_tools([WEATHER, ToolSpec(name="ping")]) == expected
 
@@ -157,3 +159,20 @@ def test_tool_results_of_one_turn_are_joined_by_a_blank_line_in_call_order():
     assert render_tool_results(["A", message]) == (
         "<tool_result>A</tool_result>\n\n<tool_result>B</tool_result>"
     )
+
+
+def test_a_call_without_arguments_has_a_blank_line_inside_its_invoke():
+    assert '<｜DSML｜invoke name="now">\n\n</｜DSML｜invoke>' in render_tool_calls([call("now")])
+
+
+def test_v41_renders_spaced_tags_and_parses_back():
+    rendered = render_tool_calls([call("f", a="1", n=2)], V41)
+    assert rendered.startswith("\n\n<｜DSML｜ calls>\n<｜DSML｜ invoke name=\"f\">\n")
+    assert '<｜DSML｜ parameter name="n" string="false">2</｜DSML｜ parameter>' in rendered
+    assert parse_completion(rendered).tool_calls[0].arguments == {"a": "1", "n": 2}
+    assert '"<｜DSML｜ calls>"' in render_tools([WEATHER], V41)
+
+
+def test_v32_is_read_but_not_rendered():
+    with pytest.raises(DSMLError, match="V4 and V4.1"):
+        render_tool_calls([call("f")], V32)

@@ -63,7 +63,11 @@ class Tag:
         return default
 
     def duplicate_attrs(self) -> list[str]:
+        if len(self.attrs) < 2:
+            return []
         keys = [k for k, _ in self.attrs]
+        if len(set(keys)) == len(keys):
+            return []
         return sorted({k for k in keys if keys.count(k) > 1})
 
 
@@ -117,12 +121,12 @@ _PARAMETER_CLOSE_PREFIX = re.compile(
 def scan_tag(text: str, at: int) -> Tag | str | None:
     """The DSML tag starting at ``text[at]`` (a ``<``); PARTIAL if the text ends before it
     can be told; None if it is not one."""
-    window = text[at : at + MAX_TAG]
-    m = _TAG.match(window)
+    end = min(len(text), at + MAX_TAG)
+    m = _TAG.match(text, at, end)
     if m:
-        attrs = tuple(_ATTR_ONE.findall(m[3]))
+        attrs = tuple(_ATTR_ONE.findall(m[3])) if m[3] else ()
         return Tag(m.group(), bool(m[1]), m[2], attrs)
-    if len(window) < MAX_TAG and at + len(window) == len(text) and _TAG_PREFIX.match(window):
+    if end == len(text) and end - at < MAX_TAG and _TAG_PREFIX.match(text, at):
         return PARTIAL
     return None
 

@@ -144,20 +144,32 @@ class _BlockReader:
 
     def read(self, block: Block) -> None:
         self._dialect = _dialect_of([block])
+        gap: list[str] = []  # the stream cuts text between tags into pieces: rejoin them
         for i, token in enumerate(block.tokens):
+            if not isinstance(token, Tag) and token[0] == "gap":
+                gap.append(token[1])
+                continue
+            if gap:
+                self._gap("".join(gap))
+                gap = []
             if isinstance(token, Tag):
                 self._tag(token, first=i == 0)
-            elif token[0] == "body":
+            else:
                 self._value.append(token[1])
-            elif token[1].strip():
-                if self._invoke is not None:
-                    self._invoke.text.append(token[1])
-                else:
-                    self._block_faults.append(f"stray text {_quote(token[1].strip())}")
+        if gap:
+            self._gap("".join(gap))
         if self._invoke is not None and block.closed:
             self._finish()
         for fault in dict.fromkeys(self._block_faults):
             self._errors.append(f"In the tool-call block: {fault}. Write: {_form(self._dialect)}")
+
+    def _gap(self, text: str) -> None:
+        if not text.strip():
+            return
+        if self._invoke is not None:
+            self._invoke.text.append(text)
+        else:
+            self._block_faults.append(f"stray text {_quote(text.strip())}")
 
     def _tag(self, tag: Tag, *, first: bool) -> None:
         if self._parameter is not None:  # the lexer ends a value only at its closing tag
@@ -172,6 +184,8 @@ class _BlockReader:
             elif not first:
                 self._fault(f"{_quote(tag.text)} opens a block inside a block")
         elif tag.name == "invoke":
+            if tag.closing and self._invoke is None:
+                self._fault(f"{_quote(tag.text)} closes no invoke")
             if self._invoke is not None:
                 self._finish()  # no </invoke>: the next invoke closes this one
             if tag.closing:
@@ -241,7 +255,10 @@ class _BlockReader:
         index = len(self._calls)
         canonical = json.dumps([index, name, arguments], sort_keys=True, ensure_ascii=False)
         digest = hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
-        self._calls.append(ToolCall(id=f"call_{digest[:16]}", name=name, arguments=arguments))
+        # Built from checked parts: model_construct skips a second validation (it is hot).
+        self._calls.append(
+            ToolCall.model_construct(id=f"call_{digest[:16]}", name=name, arguments=arguments)
+        )
 
 
 def _value(tag: Tag, raw: str, schema: dict[str, Any], name: str) -> Any:

@@ -82,6 +82,9 @@ class Block:
 
 _VISIBLE, _REASONING, _BLOCK, _PENDING = "visible", "reasoning", "block", "pending"
 _NON_SPACE = re.compile(r"\S")
+# A "<" that may begin a marker or a DSML tag (or is the last character so far): the parser
+# looks only at these, so runs of other "<" cost C speed, not a Python step each.
+_CANDIDATE = re.compile(r"<(?=[/｜|Dt]|\Z)")
 
 
 class StreamParser:
@@ -179,27 +182,45 @@ class StreamParser:
         return _coalesced(events)
 
     def _visible(self, buf: str, at: int, events: list[StreamEvent]) -> int:
-        k = buf.find("<", at)
-        if k < 0:
-            self._show(buf[at:], events)
-            return len(buf)
-        self._show(buf[at:k], events)
+        pos = at  # text from `at` to `pos` is plain and not yet shown
+        while True:
+            m = _CANDIDATE.search(buf, pos)
+            k = m.start() if m else -1
+            if k < 0:
+                self._show(buf[at:], events)
+                return len(buf)
+            step = self._visible_marker(buf, k)
+            if step is None:  # a "<" that starts nothing: plain text
+                pos = k + 1
+                continue
+            self._show(buf[at:k], events)
+            if step == 0:
+                return k
+            return self._visible_tag(buf, k, step, events)
+
+    def _visible_marker(self, buf: str, k: int) -> int | Tag | None:
+        """At a "<": 0 to wait for more text, a Tag, the length of a think marker, or None."""
         rest = len(buf) - k
         for marker in (THINK_START, THINK_END):
             if buf.startswith(marker, k):
-                if marker == THINK_START:
-                    self._show(self._space_text(), events)
-                    self._space.clear()
-                    self._mode, self.reasoned = _REASONING, True
-                return k + len(marker)
+                return len(marker)
             if rest < len(marker) and marker.startswith(buf[k:]):
-                return k
+                return 0
         tag = scan_tag(buf, k)
         if tag == PARTIAL:
-            return k
-        if not isinstance(tag, Tag) or tag.name not in KNOWN_NAMES:
-            self._show(buf[k] if tag is None else tag.text, events)
-            return k + (1 if tag is None else len(tag.text))
+            return 0
+        if isinstance(tag, Tag) and tag.name in KNOWN_NAMES:
+            return tag
+        return None
+
+    def _visible_tag(self, buf: str, k: int, found: int | Tag, events: list[StreamEvent]) -> int:
+        if not isinstance(found, Tag):
+            if buf.startswith(THINK_START, k):
+                self._show(self._space_text(), events)
+                self._space.clear()
+                self._mode, self.reasoned = _REASONING, True
+            return k + found
+        tag = found
         if tag.closing:
             return k + len(tag.text)  # stray closing markup: not content
         if tag.name in BLOCK_NAMES or (tag.name == "invoke" and self._bare_invokes):
@@ -213,7 +234,8 @@ class StreamParser:
     def _reasoning(self, buf: str, at: int, events: list[StreamEvent]) -> int:
         pos, shown = at, at
         while True:
-            k = buf.find("<", pos)
+            m = _CANDIDATE.search(buf, pos)
+            k = m.start() if m else -1
             if k < 0:
                 if shown < len(buf):
                     events.append(Reasoning(buf[shown:]))
@@ -248,23 +270,24 @@ class StreamParser:
                 self._piece(block, "body", buf[at:end])
             if m is None:
                 return end
-            tag = scan_tag(buf, m.start())
-            assert isinstance(tag, Tag)
-            self._take(block, tag)
+            self._take(block, Tag(m.group(), True, "parameter", ()))
             self._in_value = False
             return m.end()
-        k = buf.find("<", at)
-        if k < 0:
-            self._piece(block, "gap", buf[at:])
-            return len(buf)
+        pos = at
+        while True:
+            m = _CANDIDATE.search(buf, pos)
+            k = m.start() if m else -1
+            if k < 0:
+                self._piece(block, "gap", buf[at:])
+                return len(buf)
+            tag = scan_tag(buf, k)
+            if isinstance(tag, Tag) or tag == PARTIAL:
+                break
+            pos = k + 1  # a "<" that starts no tag: text between tags
         if k > at:
             self._piece(block, "gap", buf[at:k])
-        tag = scan_tag(buf, k)
-        if tag == PARTIAL:
-            return k
         if not isinstance(tag, Tag):
-            self._piece(block, "gap", "<")
-            return k + 1
+            return k
         self._take(block, tag)
         if tag.name == "parameter" and not tag.closing:
             self._in_value = True
@@ -340,12 +363,22 @@ class StreamParser:
 def _coalesced(events: list[StreamEvent]) -> list[StreamEvent]:
     """Adjacent texts of one kind joined: one event per run."""
     out: list[StreamEvent] = []
+    run: list[str] = []
+    kind: type | None = None
     for event in events:
-        last = out[-1] if out else None
-        if isinstance(event, Visible | Reasoning) and type(last) is type(event):
-            out[-1] = type(event)(last.text + event.text)  # type: ignore[union-attr]
-        else:
-            out.append(event)
+        if isinstance(event, Visible | Reasoning):
+            if type(event) is not kind and run:
+                out.append(kind("".join(run)))  # type: ignore[misc]
+                run = []
+            kind = type(event)
+            run.append(event.text)
+            continue
+        if run:
+            out.append(kind("".join(run)))  # type: ignore[misc]
+            run, kind = [], None
+        out.append(event)
+    if run:
+        out.append(kind("".join(run)))  # type: ignore[misc]
     return out
 
 
