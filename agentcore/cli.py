@@ -235,8 +235,10 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
+    from agentcore.engine.kvstore.stats import load, summarize
+
     kv_dir = Path(args.kv_dir or default_kv_dir()).expanduser()
-    files = [p for p in kv_dir.rglob("*") if p.is_file()] if kv_dir.exists() else []
+    files = [p for p in kv_dir.rglob("*") if p.is_file() and not p.is_symlink()] if kv_dir.exists() else []
     if args.action == "clear":
         for p in files:
             p.unlink(missing_ok=True)
@@ -244,10 +246,25 @@ def _cache(args: argparse.Namespace) -> int:
     else:
         blocks = [p for p in files if p.suffix == ".kvb"]
         tails = [p for p in files if p.suffix == ".kvt"]
+        models = sorted({p.parent.parent.name for p in blocks + tails} | {p.parent.name for p in files
+                                                                            if p.name == "stats.json"})
+        # Write amplification (bytes written / bytes reused) and the p90 miss cost, per model,
+        # from the stats.json each store merges its figures into at flush and close.
+        history = {m: summarize(load((kv_dir / m / "stats.json").read_text()))
+                   for m in models if (kv_dir / m / "stats.json").is_file()}
         out = {"kv_dir": str(kv_dir), "blocks": len(blocks), "tails": len(tails),
-               "bytes": sum(p.stat().st_size for p in files),
-               "models": sorted({p.parent.parent.name for p in blocks + tails})}
-    print(json.dumps(out) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()))
+               "temp_files": sum(p.name.startswith(".tmp-") for p in files),
+               "bytes": sum(p.stat().st_size for p in files), "models": models, "stats": history}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            if k != "stats":
+                print(f"{k}: {v}")
+        for model, figures in out.get("stats", {}).items():
+            print(f"model {model}:")
+            for k, v in figures.items():
+                print(f"  {k}: {v}")
     return 0
 
 

@@ -129,10 +129,14 @@ class DiskTier:
                     size += k
                     view = view[k:]
         except BaseException:
-            os.close(fd)
+            self.close(fd)
             self._unlink_quiet(tmp)
             raise
-        os.close(fd)
+        try:
+            os.close(fd)  # on some filesystems (NFS) this is where a write error shows
+        except BaseException:
+            self._unlink_quiet(tmp)
+            raise
         try:
             os.replace(tmp, d / name)
         except BaseException:
@@ -160,14 +164,21 @@ class DiskTier:
         try:
             st = os.fstat(fd)
         except OSError as exc:
-            os.close(fd)
+            self.close(fd)
             self.fault("fstat", exc)
             return None
         if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
+            self.close(fd)
             log.warning("kv cache miss reason=corrupt file=%s detail=not a regular file", name)
             return None
         return fd
+
+    @staticmethod
+    def close(fd: int) -> None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # a read-only fd: nothing was lost
 
     def unlink(self, sub: str, name: str) -> None:
         self._unlink_quiet(self.root / sub / name)

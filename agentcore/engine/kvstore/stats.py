@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["StoreStats", "merge_stats", "summarize"]
+__all__ = ["StoreStats", "load", "merge_stats", "summarize"]
 
 SAMPLES = 1024  # miss-cost samples kept
 

@@ -188,7 +188,9 @@ class CheckpointStore:
                 self.recent[session_id] = set(chain)
                 self.stats.blocks_written += written
                 self.stats.bytes_written += nbytes
-                self._evict(self.ram, "ram", self.ram_bytes)
+                # Blocks about to be queued for the disk are copies too, unless the disk is down.
+                queued = frozenset(j.key for j in jobs) if self.disk_io and self.disk_io.available else frozenset()
+                self._evict(self.ram, "ram", self.ram_bytes, copies=queued)
             finally:
                 self._active = frozenset()
         # Queued outside the lock: a full queue waits for the writer, which needs the lock.
@@ -385,7 +387,7 @@ class CheckpointStore:
             self.stats.disk_faults = self.disk_io.faults
             return False
         finally:
-            os.close(fd)
+            self.disk_io.close(fd)
         entry = self.disk.get(key)
         if entry is None:  # written by another process since our scan
             entry = self.disk[key] = _Entry(key, parent, len(tokens), size, time.time(), is_tail=tail, name=name)
@@ -399,6 +401,9 @@ class CheckpointStore:
         for e in list(self.ram.values()) + list(self.disk.values()):
             if e.is_tail and e.parent == parent:
                 found[e.key] = e.tokens
+        for job in self._writer.jobs() if self._writer is not None else []:
+            if job.tail and job.parent == parent:
+                found[job.key] = len(job.tokens)
         if self.disk_io is not None:  # another process may have written one since our scan
             for info in self.disk_io.scan("tails"):
                 parts = info.name.split(".")
@@ -435,7 +440,8 @@ class CheckpointStore:
         temp = self.disk_io.temp_bytes if self.disk_io else 0
         return sum(e.nbytes for e in self.disk.values()) + temp
 
-    def _evict(self, tier: dict[str, _Entry], name: str, budget: int, landing: frozenset[str] = frozenset()) -> None:
+    def _evict(self, tier: dict[str, _Entry], name: str, budget: int, landing: frozenset[str] = frozenset(),
+               copies: frozenset[str] = frozenset()) -> None:
         used = self._tier_bytes(name)
         if used <= budget:
             return
@@ -445,7 +451,7 @@ class CheckpointStore:
         recent = set().union(*self.recent.values()) if self.recent else set()
 
         def rank(e: _Entry, leaves: set[str]) -> int | None:
-            if name == "ram" and (e.key in self.disk or (self._writer and self._writer.pending(e.key))):
+            if name == "ram" and (e.key in copies or e.key in self.disk or (self._writer and self._writer.pending(e.key))):
                 return 0  # a copy: the block stays on disk
             if e.key not in leaves:
                 return None
@@ -463,7 +469,7 @@ class CheckpointStore:
             used -= victim.nbytes
             if victim.name and self.disk_io is not None:
                 self.disk_io.unlink("tails" if victim.is_tail else "blocks", victim.name)
-            gone = not self._has(victim.key)
+            gone = not self._has(victim.key) and victim.key not in copies
             hits = victim.hits + (self.ram[victim.key].hits if victim.key in self.ram else 0)
             if gone:
                 self.evicted.add(victim.key)
@@ -502,8 +508,8 @@ class CheckpointStore:
             base = self._persisted
         path = self.disk_io.root / "stats.json"
         try:
-            old = stats_file.load(path.read_text()) if path.exists() else {}
-        except OSError:
+            old = stats_file.load(path.read_text()) if path.is_file() else {}
+        except (OSError, UnicodeDecodeError):
             old = {}
         merged = stats_file.merge_stats(old, now, base)
         if self.disk_io.write(".", "stats.json", [json.dumps(merged).encode()]) is not None:

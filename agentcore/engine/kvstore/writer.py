@@ -71,6 +71,11 @@ class BlockWriter:
         with self._cond:
             return self._pending.get(key)
 
+    def jobs(self) -> list[WriteJob]:
+        """The blocks queued or being written, oldest first."""
+        with self._cond:
+            return list(self._pending.values())
+
     def cancel(self, key: str) -> None:
         """Forget a queued block (a superseded tail); one already being written still lands."""
         with self._cond:
