@@ -106,8 +106,9 @@ def test_fingerprint_sees_a_change_to_any_tensor(tmp_path):
     assert load_gguf(path).fingerprint != before
 
 
-@pytest.mark.parametrize("arch", SUPPORTED_ARCHS)
+@pytest.mark.parametrize("arch", [a for a in SUPPORTED_ARCHS if a != "deepseek2"])
 def test_tiny_preset_of_every_arch_loads_with_its_flags(tmp_path, arch):
+    # deepseek2 (MLA + MoE) has its own synthetic writer and tests (test_deepseek2.py).
     spec = load_gguf(write_synthetic_gguf(tmp_path / "m.gguf", **TINY[arch])).spec
     assert spec.arch == arch
     assert spec.rope_neox == (arch != "llama")

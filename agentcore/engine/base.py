@@ -34,6 +34,8 @@ class Sampling(BaseModel):
     min_p: float = 0.0
     repetition_penalty: float = 1.0
     seed: int | None = None
+    # Generate max_tokens even past the model's end-of-turn (benchmarks; as vLLM's ignore_eos).
+    ignore_eos: bool = False
 
 
 class GenerationRequest(BaseModel):

@@ -46,7 +46,8 @@ REPEAT_WINDOW = 64
 
 class Decoder(Protocol):
     def prefill(self, ids: Sequence[int]) -> None: ...
-    def start(self, sampling: Sampling | None, seed: int | None = None) -> None: ...
+    def start(self, sampling: Sampling | None, seed: int | None = None, *,
+              reserve: int = 0) -> None: ...  # fmt: skip
     def feed(self, ids: Sequence[int]) -> None: ...
     def sample(self, mask: np.ndarray | None = None) -> int: ...
     def step(self, token: int, mask: np.ndarray | None = None) -> int: ...
@@ -67,7 +68,8 @@ class EagerDecoder:
     def prefill(self, ids: Sequence[int]) -> None:
         self._logits = self.model.forward(list(ids), self.kv.length, self.kv)
 
-    def start(self, sampling: Sampling | None, seed: int | None = None) -> None:
+    def start(self, sampling: Sampling | None, seed: int | None = None, *, reserve: int = 0) -> None:
+        self.kv.grow(self.kv.length + reserve + 1)
         self._sampling = sampling
         chosen = sampling.seed if sampling is not None and sampling.seed is not None else seed
         self._rng = np.random.default_rng(chosen)

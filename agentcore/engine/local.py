@@ -44,11 +44,11 @@ from agentcore.engine.generate import EagerDecoder, GenerationResult, generate
 from agentcore.engine.kvstore.blocks import KVLayout, block_hashes, common_prefix, read_span, write_span
 from agentcore.engine.kvstore.store import CheckpointStore
 from agentcore.engine.model.chat import ChatFormat, detect_chat_format
+from agentcore.engine.model import build_model
 from agentcore.engine.model.gguf import GGUFModel, load_gguf
 from agentcore.engine.model.tokenizer import Tokenizer
-from agentcore.engine.model.transformer import Transformer
 from agentcore.engine.session import Session
-from agentcore.errors import ContextOverflow
+from agentcore.errors import ContextOverflow, DeviceUnavailable
 from agentcore.messages import Message, is_compacted
 
 __all__ = ["LocalEngine", "TurnRecord"]
@@ -111,17 +111,25 @@ class LocalEngine:
         self.context_length = int(context_length or model.spec.context_length)
         if self.context_length < 1:
             raise ValueError("context_length must be positive")
-        self.ops = select_ops(device)
+        mla = getattr(self.spec, "mla", None)
+        if mla is not None and device == "cuda":
+            raise DeviceUnavailable(
+                "deepseek2 (MLA + MoE) runs on the CPU backend only so far; use device='cpu' "
+                "(or 'auto', which picks the CPU for it)"
+            )
+        self.ops = select_ops("cpu" if mla is not None else device)
         self.device = "cuda" if type(self.ops).__name__ == "CudaOps" else "cpu"
         self.tokenizer = Tokenizer.from_gguf(model)
         self.chat: ChatFormat = detect_chat_format(model, self.tokenizer, thinking=thinking)
         self.thinking = thinking
-        self.transformer = Transformer(model, self.ops)
+        self.transformer = build_model(model, self.ops)
         kv_dtype = str(np.dtype(getattr(self.ops, "kv_dtype", np.float32)))
-        self.layout = KVLayout(
-            model.fingerprint, self.spec.n_layers, self.spec.n_kv_heads, self.spec.head_dim,
-            kv_dtype, block_size,
-        )
+        if mla is None:
+            planes, heads, width = 2, self.spec.n_kv_heads, self.spec.head_dim
+        else:  # one latent row per token and layer
+            planes, heads, width = 1, 1, mla.latent_dim
+        self.layout = KVLayout(model.fingerprint, self.spec.n_layers, heads, width, kv_dtype,
+                               block_size, planes)  # fmt: skip
         self.store = CheckpointStore(
             self.layout, ram_bytes=kv_ram_mb << 20, kv_dir=kv_dir, disk_bytes=kv_disk_mb << 20
         )
@@ -320,10 +328,12 @@ class LocalEngine:
                 started = time.perf_counter()
                 record = self._prepare(request.session_id, request.messages, ids, ends, "generate")
                 session = self.sessions[request.session_id]
-                session.start(request.sampling)
+                sampling = request.sampling
+                session.start(sampling, reserve=request.max_tokens)
+                stop_ids = () if sampling is not None and sampling.ignore_eos else self.chat.stop_ids
                 result = generate(
                     session, self.tokenizer.token_bytes, max_tokens=request.max_tokens,
-                    stops=StopChecker(self.chat.stop_ids, request.stop),
+                    stops=StopChecker(stop_ids, request.stop),
                     constraint=self._constraint(request), emit=emit, cancelled=cancelled,
                     started=started,
                 )  # fmt: skip

@@ -55,8 +55,9 @@ class Session:
         self.decoder.prefill(ids)
         self.ids.extend(ids)
 
-    def start(self, sampling: Sampling | None, seed: int | None = None) -> None:
-        self.decoder.start(sampling, seed)
+    def start(self, sampling: Sampling | None, seed: int | None = None, *, reserve: int = 0) -> None:
+        """Begin a generation of up to ``reserve`` tokens (the KV is sized for them now)."""
+        self.decoder.start(sampling, seed, reserve=reserve)
 
     def feed(self, ids: Sequence[int]) -> None:
         """Append generated ids (sampled earlier, or forced by a constraint)."""

@@ -89,8 +89,10 @@ class CudaDecoder:
         """Append ``ids`` (a prompt tail) at ``kv.length``; hold the last position's logits."""
         self._forward(ids, record=False)
 
-    def start(self, sampling: Sampling | None, seed: int | None = None) -> None:
-        """Begin a generation: its first token goes at ``kv.length``."""
+    def start(self, sampling: Sampling | None, seed: int | None = None, *, reserve: int = 0) -> None:
+        """Begin a generation of up to ``reserve`` tokens; its first goes at ``kv.length``.
+        The KV is grown and the graph (re)captured here, so decode steps never stall."""
+        self._ready(reserve + 1)
         self._gen_start = self.kv.length
         if sampling is None:
             f, i = [0.0, 1.0, 0.0, 1.0], [0, 0, 0]

@@ -88,7 +88,7 @@ def slabs(dest: np.ndarray, start: int, n: int) -> list[memoryview]:
         return [memoryview(part).cast("B")]
     views = []
     for layer in range(part.shape[0]):
-        for kv in range(2):
+        for kv in range(part.shape[1]):  # K and V, or one latent plane
             slab = part[layer, kv]
             if not slab.flags.c_contiguous:
                 raise ValueError("the destination's (position, head, dim) axes must be C-contiguous")

@@ -37,18 +37,21 @@ class KVLayout:
     head_dim: int
     dtype: str
     block_size: int
+    # K and V (2), or one latent row per token and layer (1: MLA, deepseek2).
+    planes: int = 2
 
     def block_shape(self, n_tokens: int) -> tuple[int, ...]:
-        return (self.n_layers, 2, n_tokens, self.n_kv_heads, self.head_dim)
+        return (self.n_layers, self.planes, n_tokens, self.n_kv_heads, self.head_dim)
 
     def bytes_per_token(self) -> int:
-        return self.n_layers * 2 * self.n_kv_heads * self.head_dim * np.dtype(self.dtype).itemsize
+        return (self.n_layers * self.planes * self.n_kv_heads * self.head_dim
+                * np.dtype(self.dtype).itemsize)  # fmt: skip
 
     @property
     def salt(self) -> bytes:
         return (
             f"{self.fingerprint}|{self.dtype}|{self.n_layers}x{self.n_kv_heads}x{self.head_dim}"
-            f"|{self.block_size}"
+            f"|{self.block_size}" + ("" if self.planes == 2 else f"|planes={self.planes}")
         ).encode()
 
 
