@@ -181,7 +181,7 @@ def _shape(rng: random.Random, mutation: str) -> Shape:
         body = [other.invoke(n, a, sep) for n, a in calls]
         text = prose + gap + sep.join([w.tag(0), *body, w.tag(0, True)])
     elif mutation == "duplicate_attr":
-        name, args = calls[0]
+        name = calls[0][0]
         dup = w.tag(1, attrs=f' name="{name}" name="search"') + sep + w.tag(1, True)
         text, expected = prose + gap + sep.join([w.tag(0), dup, w.tag(0, True)]), []
     elif mutation == "text_after":

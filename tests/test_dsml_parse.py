@@ -376,3 +376,53 @@ def test_several_blocks_in_one_turn_give_all_their_calls():
     parsed = parse_completion(block(invoke("a")) + "\n\n" + block(invoke("b")))
     assert [c.name for c in parsed.tool_calls] == ["a", "b"] and parsed.errors == []
     assert parsed.content == ""
+
+
+# ---------------------------------------------------------------- dialects and recoveries
+
+
+def test_v32_function_calls_blocks_are_read():
+    text = block(invoke("f", param("a", "1"))).replace("tool_calls", "function_calls")
+    assert [c.name for c in parse_completion(text).tool_calls] == ["f"]
+
+
+def test_v41_spaced_tags_are_read_even_mixed_with_v4_tags():
+    text = (
+        '\n\n<｜DSML｜ calls>\n<｜DSML｜ invoke name="f">\n'
+        '<｜DSML｜ parameter name="a" string="false">[1]</｜DSML｜ parameter>\n'
+        '</｜DSML｜ invoke>\n<｜DSML｜invoke name="g">\n\n</｜DSML｜invoke>\n</｜DSML｜ calls>'
+    )
+    parsed = parse_completion(text)
+    assert [(c.name, c.arguments) for c in parsed.tool_calls] == [("f", {"a": [1]}), ("g", {})]
+
+
+def test_a_json_object_as_the_invoke_body_gives_the_arguments():
+    text = block('<｜DSML｜invoke name="f">\n{"s": "a<b", "i": 2}\n</｜DSML｜invoke>')
+    assert only_arguments(text) == {"s": "a<b", "i": 2}
+
+
+def test_an_undeclared_arguments_wrapper_is_unwrapped_by_the_schema():
+    wrapped = param("arguments", '{"s": "x", "i": 1}', string="false")
+    text = block(invoke("f", wrapped))
+    parsed = parse_completion(text, tools=[TYPED])
+    assert parsed.tool_calls[0].arguments == {"s": "x", "i": 1}
+    # without a schema saying so, the wrapper is an ordinary parameter
+    assert parse_completion(text).tool_calls[0].arguments == {"arguments": {"s": "x", "i": 1}}
+
+
+def test_a_declared_input_parameter_is_not_unwrapped():
+    spec = ToolSpec(name="f", parameters={"type": "object", "properties": {"input": {}}})
+    text = block(invoke("f", param("input", '{"a": 1}', string="false")))
+    assert parse_completion(text, tools=[spec]).tool_calls[0].arguments == {"input": {"a": 1}}
+
+
+def test_a_missing_block_end_is_accepted_when_the_model_ended_its_turn():
+    text = '<｜DSML｜tool_calls>\n<｜DSML｜invoke name="f">\n</｜DSML｜invoke>\n'
+    assert [c.name for c in parse_completion(text + EOS).tool_calls] == ["f"]
+    assert [c.name for c in parse_completion(text, ended=True).tool_calls] == ["f"]
+    assert parse_completion(text).incomplete
+
+
+def test_a_block_after_four_newlines_is_read():
+    parsed = parse_completion("Hi\n\n\n\n" + block(invoke("f")))
+    assert parsed.content == "Hi" and len(parsed.tool_calls) == 1

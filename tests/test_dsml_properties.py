@@ -14,6 +14,7 @@ from agentcore.dsml import (
     ToolCallsComplete,
     ToolCallsStarted,
     Visible,
+    completion_of,
     parse_completion,
     render_tool_calls,
 )
@@ -134,16 +135,19 @@ def test_streaming_in_any_split_agrees_with_parsing(thinking, thought, content_,
 
 @settings(deadline=None)
 @given(st.booleans(), messy(), st.data())
-def test_any_text_parses_without_raising_and_streams_the_same_content(thinking, text, data):
+def test_any_text_parses_without_raising_and_streams_the_same_result(thinking, text, data):
     parsed = parse_completion(text, thinking=thinking)
     cuts = data.draw(st.lists(st.integers(0, len(text)), max_size=25))
-    events = stream(split(text, cuts), thinking)
-    shown = [e.text for e in events if isinstance(e, Visible)]
-    assert "".join(shown) == parsed.content
-    assert not any(MARKERS.search(piece) for piece in shown)
+    parser = StreamParser(thinking=thinking)
+    events = [e for chunk in split(text, cuts) for e in parser.feed(chunk)] + parser.close()
+    assert completion_of(parser, events, None) == parsed
+    shown = "".join(e.text for e in events if isinstance(e, Visible))
+    assert shown == parsed.content
+    assert "<think>" not in shown and "</think>" not in shown
     thought = "".join(e.text for e in events if isinstance(e, Reasoning))
     assert thought == (parsed.reasoning or "")
     signalled = [type(e) for e in events if isinstance(e, ToolCallsStarted | ToolCallsComplete)]
-    assert signalled in ([], [ToolCallsStarted], [ToolCallsStarted, ToolCallsComplete])
-    assert parsed.incomplete == (signalled == [ToolCallsStarted])
+    pairs = [ToolCallsStarted, ToolCallsComplete] * (len(signalled) // 2)
+    assert signalled in (pairs, [*pairs, ToolCallsStarted])
+    assert parser.block_complete == (ToolCallsComplete in signalled)
     assert not (parsed.incomplete and parsed.tool_calls)  # a cut-off block yields no call

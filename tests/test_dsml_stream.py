@@ -9,6 +9,7 @@ from agentcore.dsml import (
     Visible,
     parse_completion,
 )
+from agentcore.messages import ToolSpec
 
 COMPLETION = (
     "Plan: call f.</think>Sure, 1 < 2 && <b>bold</b>.\n\n"
@@ -104,3 +105,33 @@ def test_text_after_eos_is_ignored():
 def test_text_is_everything_fed():
     stream, _ = run(["ab", "<think>", "c" + EOS, "tail"])
     assert stream.text == "ab<think>c" + EOS + "tail"
+
+
+def test_block_complete_is_set_when_the_block_closes_outside_a_value():
+    stream = StreamParser()
+    stream.feed('<｜DSML｜tool_calls>\n<｜DSML｜invoke name="f">\n<｜DSML｜parameter name="a">')
+    stream.feed("x </｜DSML｜tool_calls> y")  # inside the value: part of it
+    assert not stream.block_complete
+    events = stream.feed("</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>")
+    assert stream.block_complete and ToolCallsComplete() in events
+
+
+def test_block_complete_is_not_set_by_a_block_quoted_in_reasoning():
+    stream = StreamParser(thinking=True)
+    stream.feed('<｜DSML｜tool_calls>\n<｜DSML｜invoke name="f">\n</｜DSML｜invoke>\n')
+    stream.feed("</｜DSML｜tool_calls>")
+    assert not stream.block_complete  # it is a call only if the reasoning ends here
+    stream.close()
+    assert stream.block_complete
+
+
+def test_a_bare_invoke_starts_a_block_only_when_tools_are_declared():
+    text = 'ok <｜DSML｜invoke name="f">\n\n</｜DSML｜invoke>'
+    assert StreamParser(tools=[ToolSpec(name="f")]).feed(text)[1] == ToolCallsStarted()
+    assert StreamParser().feed(text) == [Visible(text)]
+
+
+def test_stray_closing_markup_after_a_block_is_not_shown():
+    stream = StreamParser()
+    events = stream.feed("<｜DSML｜tool_calls></｜DSML｜tool_calls>a</｜DSML｜tool_calls>b")
+    assert [e for e in events + stream.close() if isinstance(e, Visible)] == [Visible("ab")]

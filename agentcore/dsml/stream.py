@@ -19,7 +19,8 @@ Where a block ends: its closing tag outside a parameter value (a bare invoke: it
 ``</invoke>``). Then the text is visible again, and another block may follow. A block that
 is still open when the stream ends is incomplete, unless the model ended its turn (the EOS
 text arrived, or ``close(ended=True)``) outside a parameter value: a missing closing tag.
-Stray closing DSML tags in visible text are markup, so they are dropped.
+Stray closing DSML tags in visible text after a block are its residue, so they are
+dropped; before any block, DSML tags that start none are text.
 """
 
 from __future__ import annotations
@@ -221,8 +222,8 @@ class StreamParser:
                 self._mode, self.reasoned = _REASONING, True
             return k + found
         tag = found
-        if tag.closing:
-            return k + len(tag.text)  # stray closing markup: not content
+        if tag.closing and self.blocks:
+            return k + len(tag.text)  # the residue of a block: markup, not content
         if tag.name in BLOCK_NAMES or (tag.name == "invoke" and self._bare_invokes):
             self._space.clear()
             events.append(ToolCallsStarted())
