@@ -8,7 +8,7 @@ from agentcore import bench
 
 
 def main(argv: list[str]) -> int:
-    names = sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if m.name != "__main__")
+    names = sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_"))
     if not argv or argv[0] not in names:
         print(f"usage: python -m agentcore.bench {{{','.join(names)}}} [args]", file=sys.stderr)
         return 2

@@ -1,12 +1,17 @@
-"""GPU benchmark: decode, prefill, KV restore and copy bandwidth on synthetic GGUFs.
+"""GPU benchmark through the public path, with the raw kernel figure and llama.cpp beside it.
 
-``python -m agentcore.bench gpu [--out DIR] [--git-sha SHA] [--quick]`` builds random-weight
-GGUFs of real shapes under /tmp (SmolLM2-135M Q4_1; Llama-3-8B Q4_K and Q8_0), times the CUDA
-backend (decode as CUDA-graph replays at several context lengths, prefill through
-``Transformer.forward``, restore of KV blocks from pinned host memory) and HF transformers
-eager bf16 on the same shapes as the peer, and writes one JSON object per figure to stdout
-and ``DIR/results.jsonl``. The decode ceiling is weight bytes read per token over the
-device-to-device copy bandwidth measured in the same run (bytes read + written).
+``python -m agentcore.bench gpu [--out DIR] [--git-sha SHA] [--quick] [--llama-bench PATH]``
+builds random-weight GGUFs of real shapes under /tmp (SmolLM2-135M Q4_1; Llama-3-8B Q4_K and
+Q8_0) and, per model and context, times:
+- ``public``: ``LocalEngine(device="cuda").stream`` on a prompt of that many tokens (decode
+  tok/s and TTFT from its ``Usage``), ``checkpoint``, and a new engine on the same kv_dir
+  answering the same prompt (restore) against a cold one (recompute);
+- ``raw``: the same engine's CudaDecoder replaying its graph back to back (decode) and its
+  ``Transformer.forward`` (prefill), the kernel figures;
+- ``peer``: llama.cpp's ``llama-bench`` on the same file in the same run
+  (``-ngl 99 -fa 1``), when ``--llama-bench`` names the binary.
+One JSON object per figure goes to stdout and ``DIR/results.jsonl``. The decode ceiling is
+weight bytes read per token over the device-to-device copy bandwidth of the same run.
 """
 
 from __future__ import annotations
@@ -17,15 +22,17 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import numpy as np
 
-from agentcore.engine.model.gguf import load_gguf
-from agentcore.engine.model.transformer import Transformer
-from agentcore.engine.backends.cuda import CudaOps, GraphDecoder
+from agentcore.bench._public import complete, followed_by, prompt_request
+from agentcore.engine.backends.cuda_graph import CudaDecoder
+from agentcore.engine.local import LocalEngine
 from agentcore.testing.synthetic import LLAMA3_8B, SMOLLM2_135M, write_synthetic_gguf
 
 MODELS = {
@@ -99,11 +106,12 @@ def fill_kv(cp: Any, kv: Any, n: int) -> None:
     kv.length = n
 
 
-def time_decode(cp: Any, tr: Any, ctx: int, steps: int) -> tuple[float, float, Any]:
-    """(tok/s with graph replays back to back, tok/s with one host read-back per token)."""
-    kv = tr.ops.new_kv(tr.spec, ctx + steps + 64)
+def raw_decode(cp: Any, eng: LocalEngine, ctx: int, steps: int) -> tuple[float, float, Any]:
+    """(tok/s of graph replays back to back, tok/s with one read-back per token) at ``ctx``."""
+    kv = eng.ops.new_kv(eng.spec, ctx + steps + 64)
     fill_kv(cp, kv, ctx)
-    dec = GraphDecoder(tr, kv)
+    dec = CudaDecoder(eng.transformer, kv)
+    dec.start(None, reserve=steps + 8)
     dec.generate(1, 8)
     kv.length = ctx
     cp.cuda.runtime.deviceSynchronize()
@@ -119,84 +127,121 @@ def time_decode(cp: Any, tr: Any, ctx: int, steps: int) -> tuple[float, float, A
     return fast, synced, dec
 
 
-def time_prefill(cp: Any, tr: Any, n: int, vocab: int) -> float:
-    rng = np.random.default_rng(0)
-    ids = rng.integers(0, vocab, n).tolist()
-    kv = tr.ops.new_kv(tr.spec, n + 64)
-    tr.forward(ids[: min(n, 600)], 0, kv)  # warm-up: compile, cuBLAS handles, scratch
-    kv.length = 0
+def raw_prefill(cp: Any, eng: LocalEngine, n: int) -> float:
+    ids = np.random.default_rng(0).integers(0, eng.spec.vocab_size, n).tolist()
+    kv = eng.ops.new_kv(eng.spec, n + 64)
+    eng.transformer.forward(ids[: min(n, 600)], 0, kv)  # warm-up: compile, cuBLAS, scratch
     best = float("inf")
     for _ in range(2):
         kv.length = 0
         cp.cuda.runtime.deviceSynchronize()
         t0 = time.perf_counter()
-        tr.forward(ids, 0, kv)
+        eng.transformer.forward(ids, 0, kv)
+        cp.cuda.runtime.deviceSynchronize()
         best = min(best, time.perf_counter() - t0)
     return n / best
 
 
-def time_restore(cp: Any, tr: Any, n: int) -> tuple[float, float, int]:
-    """(restore GB/s pinned host -> device blocks, export GB/s device -> pinned, bytes)."""
-    kv = tr.ops.new_kv(tr.spec, n)
-    fill_kv(cp, kv, n)
-    ids = list(range(n // kv.block_size))
-    host = kv.export_blocks(ids)
-    t0 = time.perf_counter()
-    kv.export_blocks(ids, out=host)
-    t_exp = time.perf_counter() - t0
-    kv.import_blocks(ids, host)
-    best = float("inf")
-    for _ in range(3):
-        cp.cuda.runtime.deviceSynchronize()
-        t0 = time.perf_counter()
-        kv.import_blocks(ids, host)
-        best = min(best, time.perf_counter() - t0)
-    return host.nbytes / best / 1e9, host.nbytes / t_exp / 1e9, host.nbytes
+def public_turn(eng: LocalEngine, ctx: int, steps: int, session: str) -> tuple[Any, Any]:
+    """A cold turn of ``ctx`` prompt tokens through ``stream``: (request, Completion)."""
+    req = prompt_request(eng, ctx, session, steps)
+    return req, anyio.run(complete, eng, req)
 
 
-def hf_peer(spec: Any, contexts: list[int], prefills: list[int], steps: int) -> dict[str, float]:
-    """HF transformers eager bf16 LlamaForCausalLM with random weights at the same shape."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+def llama_bench(binary: str | None, path: Path, depths: list[int]) -> dict[tuple[str, int], float]:
+    """{("decode", depth) | ("prefill", n): tok/s} from llama-bench's JSON lines."""
+    if not binary:
+        return {}
+    cmd = [binary, "-m", str(path), "-ngl", "99", "-fa", "1", "-p", "512,8192", "-n", "128",
+           "-d", ",".join(map(str, depths)), "-r", "2", "-o", "jsonl"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    if out.returncode != 0:
+        print(f"# llama-bench failed: {out.stderr[-2000:]}", file=sys.stderr)
+        return {}
+    got: dict[tuple[str, int], float] = {}
+    for line in out.stdout.splitlines():
+        if not line.startswith("{"):
+            continue
+        r = json.loads(line)
+        depth = int(r.get("n_depth", 0))
+        if r.get("n_gen", 0) > 0:
+            got[("decode", depth)] = float(r["avg_ts"])
+        elif depth == 0:
+            got[("prefill", int(r["n_prompt"]))] = float(r["avg_ts"])
+    return got
 
-    cfg = LlamaConfig(
-        vocab_size=spec.vocab_size, hidden_size=spec.n_embd, intermediate_size=spec.n_ff,
-        num_hidden_layers=spec.n_layers, num_attention_heads=spec.n_heads,
-        num_key_value_heads=spec.n_kv_heads, head_dim=spec.head_dim, rms_norm_eps=spec.rms_eps,
-        rope_theta=spec.rope_base, max_position_embeddings=65536,
-        tie_word_embeddings=spec.tied_embeddings,
-    )  # fmt: skip
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(cfg).eval()
-    torch.set_default_dtype(torch.float32)
-    out: dict[str, float] = {}
-    with torch.inference_mode():
-        for ctx in contexts:
-            ids = torch.randint(0, spec.vocab_size, (1, ctx), device="cuda")
-            res = model(ids, use_cache=True)
-            past, nxt = res.past_key_values, res.logits[:, -1:].argmax(-1)
-            for i in range(steps + 3):
-                if i == 3:
-                    torch.cuda.synchronize()
-                    t0 = time.perf_counter()
-                res = model(nxt, past_key_values=past, use_cache=True)
-                past, nxt = res.past_key_values, res.logits[:, -1:].argmax(-1)
-            torch.cuda.synchronize()
-            out[f"decode{ctx}"] = steps / (time.perf_counter() - t0)
-            del past, res
-        for n in prefills:
-            ids = torch.randint(0, spec.vocab_size, (1, n), device="cuda")
-            model(ids[:, :64], use_cache=True)
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            model(ids, use_cache=True, logits_to_keep=1)
-            torch.cuda.synchronize()
-            out[f"prefill{n}"] = n / (time.perf_counter() - t0)
-    del model
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def bench_model(run: Run, cp: Any, name: str, path: Path, quant: str, bw: float,
+                contexts: list[int], peer_bin: str | None) -> None:  # fmt: skip
+    big = "8b" in name
+    steps = 128 if big else 256
+    kv_dir = Path(tempfile.mkdtemp(prefix="agentcore-kv-"))
+    eng = LocalEngine.from_gguf(path, device="cuda", context_length=40960, kv_dir=kv_dir,
+                                kv_ram_mb=16384, kv_disk_mb=65536)  # fmt: skip
+    wbytes = weight_bytes_per_token(eng.model)
+    ceiling = bw / wbytes
+    public_turn(eng, 64, 16, "warm-up")  # compiles the kernels, as a first user request would
+    peer = llama_bench(peer_bin, path, [0 if c <= 64 else c for c in contexts])
+    for ctx in contexts:
+        req, done = public_turn(eng, ctx, steps, f"decode-{ctx}")
+        fast, synced, dec = raw_decode(cp, eng, ctx, steps)
+        u = done.usage
+        fig = {"figure": "decode", "model": name, "quant": quant, "ctx": u.prompt_tokens,
+               "value": round(u.decode_tokens_per_s, 1), "unit": "tok/s (LocalEngine.stream)",
+               "tokens": u.completion_tokens, "raw": round(fast, 1),
+               "raw_sync_per_token": round(synced, 1),
+               "public_over_raw": _ratio(u.decode_tokens_per_s, fast),
+               "ceiling": round(ceiling, 1),
+               "ratio_to_ceiling": _ratio(u.decode_tokens_per_s, ceiling),
+               "weight_bytes_per_token": wbytes}  # fmt: skip
+        p = peer.get(("decode", 0 if ctx <= 64 else ctx))
+        if p:
+            fig["peer"] = {"name": "llama.cpp llama-bench tg128", "value": round(p, 1)}
+            fig["ratio_to_peer"] = _ratio(u.decode_tokens_per_s, p)
+        if ctx in (64, contexts[-1]):
+            fig["profile_ms"] = {k: round(v, 4) for k, v in dec.profile().items()}
+        run.emit(**fig)
+        del dec
+        eng.forget(f"decode-{ctx}")
+    for n in (512, 8192):
+        raw = raw_prefill(cp, eng, n)
+        req, done = public_turn(eng, n, 1, f"prefill-{n}")
+        public = done.usage.prompt_tokens / done.usage.ttft_s
+        fig = {"figure": "prefill", "model": name, "quant": quant, "ctx": done.usage.prompt_tokens,
+               "value": round(public, 1), "unit": "tok/s (prompt / TTFT of LocalEngine.stream)",
+               "ttft_ms": round(done.usage.ttft_s * 1000, 1), "raw": round(raw, 1),
+               "public_over_raw": _ratio(public, raw)}  # fmt: skip
+        p = peer.get(("prefill", n))
+        if p:
+            fig["peer"] = {"name": f"llama.cpp llama-bench pp{n}", "value": round(p, 1)}
+            fig["ratio_to_peer"] = _ratio(public, p)
+        run.emit(**fig)
+        if n == 8192:
+            info = anyio.run(eng.checkpoint, followed_by(req, done))
+            eng.close()
+            run.emit(figure="checkpoint", model=name, quant=quant, ctx=info.tokens,
+                     value=round(info.ms, 1), unit="ms (LocalEngine.checkpoint, cold session)",
+                     bytes=info.bytes_written,
+                     bytes_per_token=eng.layout.bytes_per_token())  # fmt: skip
+            cold_ttft = done.usage.ttft_s
+            fresh = LocalEngine.from_gguf(path, device="cuda", context_length=40960, kv_dir=kv_dir,
+                                          kv_ram_mb=16384, kv_disk_mb=65536)  # fmt: skip
+            public_turn(fresh, 64, 4, "warm-up")
+            again = anyio.run(complete, fresh, req)
+            u = again.usage
+            run.emit(figure="restore_vs_recompute", model=name, quant=quant, ctx=u.prompt_tokens,
+                     value=_ratio(cold_ttft, u.ttft_s), unit="x (cold TTFT / TTFT of a new engine on the same kv_dir)",
+                     source=u.cache_source, cached=u.cached_tokens,
+                     ttft_restored_ms=round(u.ttft_s * 1000, 1),
+                     ttft_cold_ms=round(cold_ttft * 1000, 1))  # fmt: skip
+            del fresh
+    del eng
     gc.collect()
-    torch.cuda.empty_cache()
-    return out
+    cp.get_default_memory_pool().free_all_blocks()
 
 
 def main(argv: list[str]) -> int:
@@ -205,7 +250,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--git-sha", default=None)
     p.add_argument("--quick", action="store_true", help="SmolLM2 and 8B Q4_K only, ctx 64/8K")
     p.add_argument("--models", default=",".join(MODELS))
-    p.add_argument("--no-peer", action="store_true")
+    p.add_argument("--llama-bench", default=None, help="llama-bench binary: the peer")
     p.add_argument("--tmp", default="/tmp/agentcore-bench")
     args = p.parse_args(argv)
     import cupy as cp
@@ -228,40 +273,6 @@ def main(argv: list[str]) -> int:
         t0 = time.perf_counter()
         if not path.exists():
             write_synthetic_gguf(path, **preset)
-        model = load_gguf(path)
-        tr = Transformer(model, CudaOps(), chunk=2048)
-        print(f"# {name}: file+load {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
-        wbytes = weight_bytes_per_token(model)
-        ceiling = bw / wbytes  # BENCHMARKS.md: weight bytes per token / copy bandwidth
-        big = "8b" in name
-        steps = 64 if big else 256
-        peer = {} if args.no_peer else hf_peer(tr.spec, [64], [512, 8192], 16 if big else 32)
-        for ctx in contexts:
-            fast, synced, dec = time_decode(cp, tr, ctx, steps)
-            fig = {"figure": "decode", "model": name, "quant": quant, "ctx": ctx, "value": round(fast, 1),
-                       "unit": "tok/s", "value_sync_per_token": round(synced, 1),
-                       "ceiling": round(ceiling, 1), "ratio_to_ceiling": round(fast / ceiling, 3),
-                       "weight_bytes_per_token": wbytes}  # fmt: skip
-            if f"decode{ctx}" in peer:
-                fig["peer"] = {"name": "hf-transformers-eager-bf16", "value": round(peer[f"decode{ctx}"], 1)}
-            if ctx in (64, contexts[-1]):
-                fig["profile_ms"] = {k: round(v, 4) for k, v in dec.profile().items()}
-            run.emit(**fig)
-            del dec
-        for n in (512, 8192):
-            tps = time_prefill(cp, tr, n, tr.spec.vocab_size)
-            fig = {"figure": "prefill", "model": name, "quant": quant, "ctx": n, "value": round(tps, 1),
-                       "unit": "tok/s"}  # fmt: skip
-            if f"prefill{n}" in peer:
-                fig["peer"] = {"name": "hf-transformers-eager-bf16", "value": round(peer[f"prefill{n}"], 1)}
-            run.emit(**fig)
-        if big and quant == "Q4_K":
-            for n in (8192, 32768):
-                gbs, exp_gbs, nbytes = time_restore(cp, tr, n)
-                run.emit(figure="restore", model=name, quant=quant, ctx=n, value=round(gbs, 2),
-                         unit="GB/s (pinned host -> device KV blocks)", bytes=nbytes,
-                         export_gbs=round(exp_gbs, 2))  # fmt: skip
-        del tr, model
-        gc.collect()
-        cp.get_default_memory_pool().free_all_blocks()
+        print(f"# {name}: file {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+        bench_model(run, cp, name, path, quant, bw, contexts, args.llama_bench)
     return 0

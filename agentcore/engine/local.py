@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import anyio
 import anyio.lowlevel
@@ -41,10 +41,16 @@ from agentcore.engine.base import (
 from agentcore.engine.decode.constrain import ToolCallConstraint
 from agentcore.engine.decode.stop import StopChecker
 from agentcore.engine.generate import EagerDecoder, GenerationResult, generate
-from agentcore.engine.kvstore.blocks import KVLayout, block_hashes, common_prefix, read_span, write_span
+from agentcore.engine.kvstore.blocks import (
+    KVLayout,
+    block_hashes,
+    common_prefix,
+    read_span,
+    write_span,
+)
 from agentcore.engine.kvstore.store import CheckpointStore
-from agentcore.engine.model.chat import ChatFormat, detect_chat_format
 from agentcore.engine.model import build_model
+from agentcore.engine.model.chat import ChatFormat, detect_chat_format
 from agentcore.engine.model.gguf import GGUFModel, load_gguf
 from agentcore.engine.model.tokenizer import Tokenizer
 from agentcore.engine.session import Session
@@ -147,7 +153,7 @@ class LocalEngine:
         """Make every saved checkpoint durable (the store writes behind)."""
         self.store.close()
 
-    def __enter__(self) -> LocalEngine:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -389,7 +395,7 @@ class LocalEngine:
             self._prepare(request.session_id, request.messages, ids, ends, "checkpoint")
             session = self.sessions[request.session_id]
             hashes = block_hashes(ids, self.layout)
-            read: Callable[[int, int], np.ndarray] = lambda start, n: read_span(session.kv, start, n)  # noqa: E731
+            read: Callable[[int, int], np.ndarray] = lambda start, n: read_span(session.kv, start, n)
             written, nbytes, tail = self.store.save(request.session_id, ids, hashes, read, session.tail)
             session.stored, session.tail = hashes, tail
             session.computed = list(ids)
