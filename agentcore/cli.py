@@ -24,18 +24,26 @@ from agentcore.errors import AgentCoreError
 
 __all__ = ["main"]
 
+# The demo's agent runs on a 135M model, so what it is given is shaped for one: a read_file
+# whose only parameter is an enum of the workspace's file names (the constraint can only pick
+# a real file), file names that say what is in them, and a worked example (question, call,
+# result, answer) whose file is not in the workspace: a model this small copies an example's
+# value whenever it is allowed to. Each task gets a fresh conversation for the same reason
+# (an earlier answer would be copied); the shared prefix still comes from the checkpoint store.
 DEMO_SYSTEM = (
-    "You are a concise assistant working in a small project folder. Use the tools to look at "
-    "files before answering, then answer in one or two sentences."
+    "You answer questions about the files in a small project. Read the file that holds the "
+    "answer, then answer in one short sentence."
 )
 DEMO_FILES = {
-    "notes.txt": "Meeting notes: the release is on Friday. Alice owns the changelog.\n",
-    "todo.md": "# TODO\n- write the changelog\n- tag v0.2\n- announce the release\n",
+    "budget.txt": "The budget is 500 euros.\n",
+    "changelog.txt": "Alice owns the changelog.\n",
+    "release.txt": "The release is on Friday.\n",
 }
+# (task, the file that answers it, the word the answer must contain)
 DEMO_TASKS = (
-    "What files are in the project folder?",
-    "Read notes.txt. Who owns the changelog?",
-    "Read todo.md. What is the first item?",
+    ("Who owns the changelog?", "changelog.txt", "Alice"),
+    ("On which day is the release?", "release.txt", "Friday"),
+    ("How big is the budget?", "budget.txt", "500"),
 )
 
 
@@ -47,100 +55,179 @@ def default_kv_dir() -> Path:
     return agentcore_home() / "kv"
 
 
-def _load_engine(model: str, ctx: int | None, kv_dir: str | None, device: str, quiet: bool = False):
-    from agentcore.engine.local import LocalEngine
+def _load_engine(model: str, ctx: int | None, kv_dir: str | Path | None, device: str,
+                 quiet: bool = False):
+    """The engine, with a progress bar on stderr: the model (pulled if missing), the weights."""
+    from tqdm import tqdm
+
+    from agentcore.engine import LocalEngine
     from agentcore.model_cache import resolve_model
 
-    path = resolve_model(model)
     t0 = time.perf_counter()
+    with tqdm(total=2, desc="loading", unit="step", file=sys.stderr, disable=quiet,
+              bar_format="{desc} {bar:20} {n_fmt}/{total_fmt} [{elapsed}]") as bar:
+        bar.set_description(f"loading {model}: model file")
+        path = resolve_model(model)
+        bar.update()
+        bar.set_description(f"loading {path.name}: weights")
+        engine = LocalEngine.from_gguf(
+            path, context_length=ctx, device=device, kv_dir=kv_dir or default_kv_dir()
+        )
+        bar.update()
     if not quiet:
-        print(f"loading {path.name} ...", file=sys.stderr, end="", flush=True)
-    engine = LocalEngine.from_gguf(
-        path, context_length=ctx, device=device, kv_dir=kv_dir or default_kv_dir()
-    )
-    if not quiet:
-        print(f" {engine.device}, ctx {engine.context_length}, {time.perf_counter() - t0:.1f} s",
-              file=sys.stderr)
+        print(f"{path.name} on {engine.device}, ctx {engine.context_length}, "
+              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return engine
 
 
 # ---------------------------------------------------------------------------- demo
 
 
-def _turn_rows(events: list[Any]) -> list[dict[str, Any]]:
-    """One row per model turn: usage plus the checkpoint that followed it."""
-    from agentcore.messages import CheckpointEvent, CompactionEvent, TurnEvent
+def _file_tools(workspace: Path) -> list[Any]:
+    """read_file over the files in ``workspace``: their names are the schema's enum."""
+    from typing import Literal
 
-    rows: list[dict[str, Any]] = []
-    compactions = 0
-    for e in events:
-        if isinstance(e, TurnEvent):
-            u = e.usage
-            rows.append({
-                "turn": len(rows) + 1, "prompt": u.prompt_tokens, "reused": u.cached_tokens,
-                "reuse": round(u.reuse, 4), "source": u.cache_source, "ttft_ms": round(u.ttft_s * 1000, 1),
-                "decode_tok_s": round(u.decode_tokens_per_s, 1), "checkpoint_ms": None,
-                "compactions": compactions, "finish": e.finish_reason,
-            })
-        elif isinstance(e, CheckpointEvent) and rows:
-            rows[-1]["checkpoint_ms"] = round(e.ms, 1)
-        elif isinstance(e, CompactionEvent):
-            compactions += 1
-    return rows
+    from agentcore import tool
+
+    names = tuple(sorted(p.name for p in workspace.iterdir() if p.is_file()))
+
+    def read_file(name: str) -> str:
+        """Read one project file.
+
+        Args:
+            name: The file to read.
+        """
+        return (workspace / name).read_text(encoding="utf-8")
+
+    # Set at run time: the enum is whatever the workspace holds.
+    read_file.__annotations__ = {"name": Literal[names], "return": str}
+    return [tool(read_file)]
+
+
+def _demo_example() -> list[Any]:
+    """A worked example: question, call, result, answer."""
+    from agentcore.messages import AssistantMessage, ToolCall, ToolMessage, UserMessage
+
+    call = ToolCall(id="example", name="read_file", arguments={"name": "office.txt"})
+    return [
+        UserMessage(content="Where is the office?"),
+        AssistantMessage(tool_calls=[call]),
+        ToolMessage(call_id="example", name="read_file", content="The office is in Lyon.\n"),
+        AssistantMessage(content="The office is in Lyon."),
+    ]
+
+
+def _answered(answer: str, workspace: Path, source: str, expected: str) -> bool:
+    """The answer holds the expected word, and the workspace file really says it."""
+    in_file = expected.lower() in (workspace / source).read_text(encoding="utf-8").lower()
+    return in_file and expected.lower() in answer.lower()
+
+
+def _usage_row(label: str, usage: Any) -> dict[str, Any]:
+    reusable = getattr(usage, "reusable_tokens", None)
+    return {
+        "task": label, "prompt": usage.prompt_tokens, "reused": usage.cached_tokens,
+        "reusable": usage.cached_tokens if reusable is None else reusable,
+        "source": usage.cache_source, "ttft_ms": round(usage.ttft_s * 1000, 1),
+        "decode_tok_s": round(usage.decode_tokens_per_s, 1), "checkpoint_ms": None,
+        "compactions": 0,
+    }
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    head = f"{'turn':>4} {'prompt':>7} {'reused':>7} {'reuse':>7} {'source':>6} {'TTFT ms':>8} {'tok/s':>6} {'ckpt ms':>8} {'compact':>7}"
+    head = (f"{'task':>7} {'prompt':>6} {'reused':>6} {'reusable':>8} {'source':>6} "
+            f"{'TTFT ms':>7} {'tok/s':>6} {'ckpt ms':>7} {'compact':>7}")
     print(head)
     print("-" * len(head))
     for r in rows:
         ckpt = "-" if r["checkpoint_ms"] is None else f"{r['checkpoint_ms']:.0f}"
-        print(f"{r['turn']:>4} {r['prompt']:>7} {r['reused']:>7} {r['reuse']:>7.1%} {r['source']:>6} "
-              f"{r['ttft_ms']:>8.0f} {r['decode_tok_s']:>6.1f} {ckpt:>8} {r['compactions']:>7}")
+        print(f"{r['task']:>7} {r['prompt']:>6} {r['reused']:>6} {r['reusable']:>8} "
+              f"{r['source']:>6} {r['ttft_ms']:>7.0f} {r['decode_tok_s']:>6.1f} {ckpt:>7} "
+              f"{r['compactions']:>7}")
+
+
+async def _demo_task(
+    engine: Any, workspace: Path, task: str, label: str, args: argparse.Namespace,
+    rows: list[dict[str, Any]],
+) -> str:
+    """One task in a fresh conversation; returns the answer and appends its turns to ``rows``."""
+    from agentcore import Agent
+    from agentcore.messages import (
+        CheckpointEvent,
+        CompactionEvent,
+        FinalEvent,
+        TextDelta,
+        ToolCallEvent,
+        ToolResultEvent,
+        TurnEvent,
+    )
+
+    agent = Agent(engine, tools=_file_tools(workspace), system=DEMO_SYSTEM, workspace=workspace,
+                  max_tokens=args.max_tokens, tool_choice="required", max_steps=2)
+    agent.messages.extend(_demo_example())
+    answer = ""
+    compactions = 0
+    if not args.json:
+        print(f"\n[{label}] >>> {task}")
+    async for event in agent.stream(task):
+        if isinstance(event, TurnEvent):
+            rows.append(_usage_row(label, event.usage) | {"compactions": compactions})
+        elif isinstance(event, CheckpointEvent) and rows:
+            rows[-1]["checkpoint_ms"] = round(event.ms, 1)
+        elif isinstance(event, CompactionEvent):
+            compactions += 1
+        elif isinstance(event, FinalEvent):
+            answer = event.text.strip()
+        if args.json:
+            continue
+        if isinstance(event, TextDelta):
+            print(event.text, end="", flush=True)
+        elif isinstance(event, ToolCallEvent):
+            params = ", ".join(f"{k}={v!r}" for k, v in event.call.arguments.items())
+            print(f"[tool] {event.call.name}({params})")
+        elif isinstance(event, ToolResultEvent):
+            first = event.result.content.splitlines()[0] if event.result.content else ""
+            print(f"[result{' error' if event.result.is_error else ''}] {first[:100]}")
+        elif isinstance(event, FinalEvent):
+            print()
+    return answer
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    from agentcore import Agent
-    from agentcore.messages import FinalEvent, TextDelta, ToolCallEvent, ToolResultEvent
-    from agentcore.tools.builtin import builtin_tools
-
-    engine = _load_engine(args.model, args.ctx, args.kv_dir, args.device, quiet=args.json)
+    t0 = time.perf_counter()
+    kv_dir = args.kv_dir or default_kv_dir()
     workspace = Path(tempfile.mkdtemp(prefix="agentcore-demo-"))
+    rows: list[dict[str, Any]] = []
+    correct = 0
     try:
         for name, text in DEMO_FILES.items():
-            (workspace / name).write_text(text)
-        tools = [t for t in builtin_tools(workspace) if t.name in ("read_file", "list_dir")]
-        agent = Agent(engine, tools=tools, system=DEMO_SYSTEM, workspace=workspace,
-                      max_tokens=args.max_tokens, tool_choice="required", max_steps=4,
-                      session_id=f"demo-{int(time.time())}")
-        events: list[Any] = []
-        for task in DEMO_TASKS:
+            (workspace / name).write_text(text, encoding="utf-8")
+        engine = _load_engine(args.model, args.ctx, kv_dir, args.device, quiet=args.json)
+        for i, (task, source, expected) in enumerate(DEMO_TASKS, 1):
+            answer = await _demo_task(engine, workspace, task, f"{i}", args, rows)
+            ok = _answered(answer, workspace, source, expected)
+            correct += ok
             if not args.json:
-                print(f"\n>>> {task}")
-            async for event in agent.stream(task):
-                events.append(event)
-                if args.json:
-                    continue
-                if isinstance(event, TextDelta):
-                    print(event.text, end="", flush=True)
-                elif isinstance(event, ToolCallEvent):
-                    print(f"\n[tool] {event.call.name}({json.dumps(event.call.arguments)})")
-                elif isinstance(event, ToolResultEvent):
-                    first = event.result.content.splitlines()[0] if event.result.content else ""
-                    print(f"[result{' error' if event.result.is_error else ''}] {first[:100]}")
-                elif isinstance(event, FinalEvent):
-                    print()
-        rows = _turn_rows(events)
+                print(f"[check] {'correct' if ok else 'WRONG'}: {source} says {expected!r}")
+        # A restart: a new engine on the same kv_dir serves the shared prefix from disk.
+        del engine
+        engine = _load_engine(args.model, args.ctx, kv_dir, args.device, quiet=args.json)
+        task, source, expected = DEMO_TASKS[0]
+        answer = await _demo_task(engine, workspace, task, "restart", args, rows)
+        restart = next(r for r in rows if r["task"] == "restart")
         if args.json:
             for r in rows:
                 print(json.dumps(r))
-        else:
-            print()
-            _print_table(rows)
-            later = [r["reuse"] for r in rows[1:]]
-            if later:
-                print(f"\nreuse on turns after the first: min {min(later):.1%}, "
-                      f"mean {sum(later) / len(later):.1%}  (kv_dir: {args.kv_dir or default_kv_dir()})")
+            print(json.dumps({"correct": correct, "tasks": len(DEMO_TASKS),
+                              "restart_source": restart["source"],
+                              "wall_s": round(time.perf_counter() - t0, 1)}))
+            return 0
+        print()
+        _print_table(rows)
+        print(f"\nafter the restart the first turn reused {restart['reused']} of "
+              f"{restart['prompt']} prompt tokens from {restart['source']} (kv_dir: {kv_dir})")
+        print(f"{time.perf_counter() - t0:.1f} s")
+        print(f"demo: {correct}/{len(DEMO_TASKS)} tasks answered correctly")
     finally:
         shutil.rmtree(workspace, ignore_errors=True)
     return 0
