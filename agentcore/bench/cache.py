@@ -1,30 +1,39 @@
-"""Cache benchmark: restore vs recompute, restore bandwidth, and per-turn reuse of a session.
+"""Cache benchmark: restore vs recompute through the public API, the raw store beside it, and
+a 30-turn session's per-turn reuse.
 
-``python -m agentcore.bench cache [--sizes 2048,8192] [--device cpu]`` prints JSON lines:
-- ``restore``: N prompt tokens restored from the disk tier into a fresh engine's KV vs the
-  cold prefill of the same N tokens, with the ratio and restore GB/s (from disk, through the
-  page cache as a reused kv_dir would be);
-- ``reuse``: common/prompt of every turn of a 30-turn tool-calling session on the real model
-  (assistant turns teacher-forced so the run is deterministic; prefill and KV are real), and
-  the same session's next turn in a new engine on the same kv_dir (reuse after restart).
+``python -m agentcore.bench cache [--sizes 2048,8192,32768] [--turns 30] [--skip ...]`` prints
+JSON lines (each with the command, git sha, device and the load average at the start):
+- ``restore``: a LocalEngine on the real model checkpoints an N-token prompt
+  (``await engine.checkpoint(request)``); a NEW LocalEngine on the same kv_dir answers the same
+  prompt (its TTFT: disk restore + the last token) against a cold engine prefilling it, with
+  the ratio; ``context_length`` is sized to N;
+- ``store``: the CheckpointStore alone on the same KV layout: save latency (the part a
+  checkpoint puts on the turn's critical path), write-behind flush, restore GB/s with the
+  page cache warm and cold (pages dropped with POSIX_FADV_DONTNEED), and xxh3 GB/s;
+- ``reuse``: reused/reusable and common/prompt of every turn of a tool-calling session
+  (assistant turns teacher-forced so the run is deterministic; prefill and KV are real), the
+  checkpoint cost per turn, and whether each block was written once.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import tempfile
 import time
 from pathlib import Path
 
 import anyio
 import numpy as np
+import xxhash
 
 from agentcore.bench.cpu import git_sha
 from agentcore.engine.base import GenerationRequest
-from agentcore.engine.kvstore.blocks import block_hashes, read_span, write_span
+from agentcore.engine.kvstore.blocks import KVLayout, block_hashes
+from agentcore.engine.kvstore.store import CheckpointStore
 from agentcore.engine.local import LocalEngine
-from agentcore.model_cache import resolve_model
 from agentcore.messages import (
     AssistantMessage,
     SystemMessage,
@@ -33,31 +42,107 @@ from agentcore.messages import (
     ToolSpec,
     UserMessage,
 )
+from agentcore.model_cache import pull
 
 SPEC = ToolSpec(name="read_file", description="Read a file.",
                 parameters={"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]})
 
 
-def restore_vs_recompute(path, n: int, device: str, kv_dir: str) -> dict:
-    eng = LocalEngine.from_gguf(path, device=device, context_length=n + 64, kv_dir=kv_dir)
+def _long_prompt(eng: LocalEngine, n: int) -> GenerationRequest:
+    """A request whose prompt is about ``n`` tokens (a long document to answer about)."""
     text = Path(__file__).read_text(encoding="utf-8")
-    ids = (eng.tokenize(text) * (n // 1000 + 2))[:n]
-    kv = eng.ops.new_kv(eng.spec, n)
+    per = max(1, eng.count_text(text))
+    doc = text * (n // per + 1)
+    ids = eng.tokenize(doc)
+    messages = [SystemMessage(content="You answer questions about a document."), UserMessage(content="")]
+    overhead = eng.count_tokens(GenerationRequest(session_id="b", messages=messages, max_tokens=1))
+    body = eng.detokenize(ids[: max(1, n - overhead)])
+    messages[1] = UserMessage(content=body + "\nWhat does this file do?")
+    return GenerationRequest(session_id="bench", messages=messages, max_tokens=1)
+
+
+async def _first_token(eng: LocalEngine, request: GenerationRequest):
+    done = None
+    async for item in eng.stream(request):
+        done = item
+    return done
+
+
+async def restore_vs_recompute(path: Path, n: int, kv_dir: str) -> dict:
+    ctx = n + 512
+    writer = LocalEngine.from_gguf(path, device="cpu", context_length=ctx, kv_dir=kv_dir)
+    request = _long_prompt(writer, n)
+    info = await writer.checkpoint(request)
     t0 = time.perf_counter()
-    eng.transformer.forward(ids, 0, kv)
-    prefill_s = time.perf_counter() - t0
-    hashes = block_hashes(ids, eng.layout)
-    eng.store.save("bench", ids, hashes, lambda s, k: read_span(kv, s, k), None)
-    fresh = LocalEngine.from_gguf(path, device=device, context_length=n + 64, kv_dir=kv_dir)
-    target = fresh.ops.new_kv(fresh.spec, n)
+    flush = getattr(writer.store, "flush", None)
+    if flush:
+        flush()
+    flush_ms = (time.perf_counter() - t0) * 1000
+    restorer = LocalEngine.from_gguf(path, device="cpu", context_length=ctx, kv_dir=kv_dir)
+    warm = await _first_token(restorer, request)
+    cold_engine = LocalEngine.from_gguf(path, device="cpu", context_length=ctx)
+    cold = await _first_token(cold_engine, request)
+    turn = restorer.stats()["turns"][-1]
+    return {
+        "figure": "restore", "tokens": warm.usage.prompt_tokens, "restored_tokens": warm.usage.cached_tokens,
+        "source": warm.usage.cache_source, "restore_ttft_ms": round(warm.usage.ttft_s * 1000, 1),
+        "restore_load_ms": turn["load_ms"], "recompute_ttft_ms": round(cold.usage.ttft_s * 1000, 1),
+        "value": round(cold.usage.ttft_s / warm.usage.ttft_s, 1), "unit": "x (cold prefill TTFT / restore TTFT)",
+        "checkpoint_ms": round(info.ms, 1), "checkpoint_flush_ms": round(flush_ms, 1),
+        "checkpoint_bytes": info.bytes_written, "same_first_token": warm.token_ids == cold.token_ids,
+    }
+
+
+def _drop_pages(root: str) -> None:
+    for d, _, names in os.walk(root):
+        for name in names:
+            fd = os.open(os.path.join(d, name), os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def store_alone(layout: KVLayout, n: int, repeats: int = 5) -> dict:
+    """The CheckpointStore by itself on ``n`` tokens of random KV in ``layout``."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 40000, n).tolist()
+    hashes = block_hashes(ids, layout)
+    kv = rng.standard_normal(layout.block_shape(n)).astype(layout.dtype)
+    dest = np.zeros(layout.block_shape(n), layout.dtype)
+    with tempfile.TemporaryDirectory() as kv_dir:
+        store = CheckpointStore(layout, kv_dir=kv_dir, ram_bytes=4 * kv.nbytes, disk_bytes=4 * kv.nbytes)
+        t0 = time.perf_counter()
+        store.save("s", ids, hashes, lambda s, k: kv[:, :, s : s + k], None)
+        save_ms = (time.perf_counter() - t0) * 1000
+        t0 = time.perf_counter()
+        store.flush()
+        flush_ms = (time.perf_counter() - t0) * 1000
+        fresh = CheckpointStore(layout, kv_dir=kv_dir)
+        warm = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            got = fresh.restore(ids, hashes, into=dest)
+            warm.append(time.perf_counter() - t0)
+            assert got.tokens == n and got.source == "disk", got
+        assert np.array_equal(dest, kv)
+        cold = []
+        for _ in range(2):
+            _drop_pages(kv_dir)
+            t0 = time.perf_counter()
+            fresh.restore(ids, hashes, into=dest)
+            cold.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
-    got = fresh.store.restore(ids, hashes, lambda s, b: write_span(target, s, b))
-    restore_s = time.perf_counter() - t0
-    assert got.source == "disk" and got.tokens == n, got
-    return {"figure": "restore", "tokens": n, "restore_ms": round(restore_s * 1000, 1),
-            "recompute_ms": round(prefill_s * 1000, 1), "ratio": round(prefill_s / restore_s, 1),
-            "value": round(got.bytes_read / restore_s / 1e9, 2), "unit": "GB/s restored (disk -> KV)",
-            "bytes": got.bytes_read}
+    for _ in range(repeats):
+        xxhash.xxh3_64_intdigest(kv)
+    xxh = repeats * kv.nbytes / (time.perf_counter() - t0)
+    return {
+        "figure": "store", "tokens": n, "bytes": kv.nbytes, "save_ms": round(save_ms, 1),
+        "flush_ms": round(flush_ms, 1), "value": round(kv.nbytes / min(warm) / 1e9, 2),
+        "unit": "GB/s restored from disk, page cache warm (best of runs)",
+        "warm_median_gbs": round(kv.nbytes / float(np.median(warm)) / 1e9, 2),
+        "cold_gbs": round(kv.nbytes / min(cold) / 1e9, 2), "xxh3_gbs": round(xxh / 1e9, 2),
+    }
 
 
 def transcript(turn: int) -> list:
@@ -71,45 +156,57 @@ def transcript(turn: int) -> list:
     return msgs
 
 
-async def session_reuse(path, device: str, kv_dir: str, turns: int) -> list[dict]:
-    eng = LocalEngine.from_gguf(path, device=device, context_length=8192, kv_dir=kv_dir)
+async def session_reuse(path: Path, kv_dir: str, turns: int) -> list[dict]:
+    eng = LocalEngine.from_gguf(path, device="cpu", context_length=8192, kv_dir=kv_dir)
     rows = []
+    reusable = 0  # tokens the session had computed and checkpointed before this turn
     for turn in range(turns + 1):
         req = GenerationRequest(session_id="s", messages=transcript(turn), tools=[SPEC], max_tokens=1)
-        async for done in eng.stream(req):
-            pass
-        rows.append({"figure": "reuse", "turn": turn + 1, "prompt": done.usage.prompt_tokens,
-                     "common": done.usage.cached_tokens, "value": round(done.usage.reuse, 4),
-                     "unit": "common/prompt", "source": done.usage.cache_source})
-        await eng.checkpoint(GenerationRequest(session_id="s", messages=transcript(turn + 1), tools=[SPEC]))
-    restarted = LocalEngine.from_gguf(path, device=device, context_length=8192, kv_dir=kv_dir)
-    req = GenerationRequest(session_id="s", messages=transcript(turns + 1), tools=[SPEC], max_tokens=1)
-    async for done in restarted.stream(req):
-        pass
-    rows.append({"figure": "reuse_after_restart", "turn": turns + 2, "prompt": done.usage.prompt_tokens,
-                 "common": done.usage.cached_tokens, "value": round(done.usage.reuse, 4),
-                 "unit": "common/prompt", "source": done.usage.cache_source})
+        done = await _first_token(eng, req)
+        u = done.usage
+        rec = eng.stats()["turns"][-1]
+        info = await eng.checkpoint(GenerationRequest(session_id="s", messages=transcript(turn + 1), tools=[SPEC]))
+        rows.append({"figure": "reuse", "turn": turn + 1, "prompt": u.prompt_tokens, "reused": u.cached_tokens,
+                     "reusable": reusable, "value": round(u.cached_tokens / reusable, 4) if reusable else None,
+                     "unit": "reused/reusable", "common_over_prompt": round(u.cached_tokens / u.prompt_tokens, 4),
+                     "source": u.cache_source, "prefill_ms": rec["prefill_ms"],
+                     "checkpoint_ms": round(info.ms, 1), "checkpoint_bytes": info.bytes_written})
+        reusable = info.tokens
+    blocks = eng.store.stats.blocks_written
+    rows.append({"figure": "blocks_written_once", "value": blocks == reusable // eng.layout.block_size,
+                 "blocks_written": blocks, "blocks_in_session": reusable // eng.layout.block_size,
+                 "unit": "each block of the session written once"})
     return rows
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m agentcore.bench cache")
     p.add_argument("--model", default="smollm2")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--sizes", default="2048,8192", help="prefix sizes for restore vs recompute")
+    p.add_argument("--sizes", default="2048,8192", help="prompt sizes for restore vs recompute (add 32768)")
     p.add_argument("--turns", type=int, default=30)
+    p.add_argument("--skip", default="", help="comma list of figures to skip: restore,store,reuse")
     args = p.parse_args(argv)
-    path = resolve_model(args.model)
-    base = {"model": path.name, "device": args.device, "git_sha": git_sha(),
-            "command": "python -m agentcore.bench cache " + " ".join(argv)}
-    for n in [int(s) for s in args.sizes.split(",") if s]:
+    skip = set(args.skip.split(","))
+    path = pull(args.model, progress=False) if args.model == "smollm2" else Path(args.model)
+    base = {"model": path.name, "device": f"cpu {platform.processor() or platform.machine()} x{os.cpu_count()}",
+            "git_sha": git_sha(), "command": "python -m agentcore.bench cache " + " ".join(argv),
+            "load_avg_1m": round(os.getloadavg()[0], 2)}
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    if "store" not in skip:
+        layout = LocalEngine.from_gguf(path, device="cpu").layout
+        for n in sizes:
+            print(json.dumps({**store_alone(layout, n), **base}), flush=True)
+    if "restore" not in skip:
+        for n in sizes:
+            with tempfile.TemporaryDirectory() as kv_dir:
+                row = anyio.run(restore_vs_recompute, path, n, kv_dir)
+            print(json.dumps({**row, **base, "load_avg_1m_end": round(os.getloadavg()[0], 2)}), flush=True)
+    if "reuse" not in skip:
         with tempfile.TemporaryDirectory() as kv_dir:
-            print(json.dumps({**restore_vs_recompute(path, n, args.device, kv_dir), **base}), flush=True)
-    with tempfile.TemporaryDirectory() as kv_dir:
-        rows = anyio.run(session_reuse, path, args.device, kv_dir, args.turns)
-    for row in rows:
-        print(json.dumps({**row, **base}), flush=True)
-    later = [r["value"] for r in rows[1:-1]]
-    print(json.dumps({"figure": "reuse_min", "value": min(later), "mean": round(float(np.mean(later)), 4),
-                      "turns": len(later), "unit": "common/prompt, turns after the first", **base}))
+            rows = anyio.run(session_reuse, path, kv_dir, args.turns)
+        for row in rows:
+            print(json.dumps({**row, **base}), flush=True)
+        later = [r["value"] for r in rows if r["figure"] == "reuse" and r["value"] is not None]
+        print(json.dumps({"figure": "reuse_min", "value": min(later), "turns": len(later),
+                          "unit": "reused/reusable, turns after the first", **base}), flush=True)
     return 0

@@ -265,7 +265,8 @@ class CheckpointStore:
     ) -> RestoredPrefix:
         """Load the longest stored prefix of ``ids``.
 
-        Either ``write_block(start, array)`` receives each verified block, or ``into`` (an
+        Either ``write_block(start, array)`` receives each verified block (it must copy it
+        before returning: the array is reused for the next block), or ``into`` (an
         array ``(n_layers, 2, >= len(ids), n_kv_heads, head_dim)``, its last three axes
         C-contiguous) is filled in place: positions [0, live) are the caller's and are never
         touched; on return positions [live, result.tokens) hold verified KV, and positions
@@ -278,6 +279,7 @@ class CheckpointStore:
         live = live if into is not None else 0
         sources: set[str] = set()
         nbytes = 0
+        scratch: dict[int, np.ndarray] = {}  # one buffer per block length, reused (fresh pages cost)
         with self._lock:
             self._active = frozenset(hashes)
             try:
@@ -285,7 +287,8 @@ class CheckpointStore:
                 parent = hashes[n_full - 1] if n_full else ROOT
                 for i in range(n_full, len(hashes)):
                     key = hashes[i]
-                    got = self._fetch(key, parent, ids[i * bs : (i + 1) * bs], False, i * bs, write_block, into, live)
+                    got = self._fetch(key, parent, ids[i * bs : (i + 1) * bs], False, i * bs, write_block, into, live,
+                                      scratch)
                     if got is None:
                         break
                     nbytes += got[0]
@@ -298,7 +301,7 @@ class CheckpointStore:
                 if rest:
                     # Wherever the chain of full blocks stops, a stored partial block may go on.
                     for key, n in self._tails(parent, rest):
-                        got = self._fetch(key, parent, rest[:n], True, n_full * bs, write_block, into, live)
+                        got = self._fetch(key, parent, rest[:n], True, n_full * bs, write_block, into, live, scratch)
                         if got is not None:
                             nbytes += got[0]
                             sources.add(got[1])
@@ -327,7 +330,7 @@ class CheckpointStore:
 
     def _fetch(
         self, key: str, parent: str, tokens: Sequence[int], tail: bool, start: int,
-        write_block, into: np.ndarray | None, live: int,
+        write_block, into: np.ndarray | None, live: int, scratch: dict[int, np.ndarray],
     ) -> tuple[int, str] | None:
         """Put one verified block at ``start``: (bytes, source), or None for a miss."""
         n = len(tokens)
@@ -338,7 +341,9 @@ class CheckpointStore:
             if direct:
                 ok = self._read_file(key, parent, tokens, tail, into, start)
             else:
-                data = np.empty(shape, self.layout.dtype)
+                data = scratch.get(n)
+                if data is None:
+                    data = scratch[n] = np.empty(shape, self.layout.dtype)
                 ok = self._read_file(key, parent, tokens, tail, data, 0)
             if not ok:
                 return None
