@@ -276,3 +276,34 @@ def test_streaming_in_any_cut_equals_parsing_the_whole(part):
             visible = "".join(e.text for e in events if isinstance(e, Visible))
             thought = "".join(e.text for e in events if isinstance(e, Reasoning))
             assert visible == whole["content"] and thought == (whole["reasoning"] or "")
+
+
+def _golden_turns():
+    """Assistant turns as DeepSeek's own encoders wrote them (chat mode), with their calls."""
+    from pathlib import Path
+
+    root = Path(__file__).parent / "data" / "dsml"
+    for dialect in ("v4", "v4.1"):
+        data = json.loads((root / f"{dialect}.json").read_text(encoding="utf-8"))
+        for case in data["cases"]:
+            if case["options"]["thinking"]:
+                continue
+            turns = [t.split(EOS)[0] + EOS for t in case["prompt"].split("<｜Assistant｜></think>")[1:]]
+            assistants = [m for m in case["messages"] if m["role"] == "assistant"]
+            yield from (
+                (dialect, turn, [[c["name"], c.get("arguments", {})] for c in m.get("tool_calls", [])])
+                for turn, m in zip(turns, assistants, strict=False)
+            )
+
+
+def test_turns_written_by_the_official_encoders_parse_back_in_any_chunking():
+    rng = random.Random(263)
+    turns = list(_golden_turns())
+    assert sum(1 for _, _, calls in turns if calls) >= 6
+    for dialect, turn, calls in turns:
+        shape = Shape(turn, False, calls, [])
+        parsed = _parse(shape)
+        assert _typed(parsed.tool_calls) == json.dumps(calls, ensure_ascii=False), (dialect, turn)
+        for _ in range(263 // 8):
+            cuts = [rng.randint(0, len(turn)) for _ in range(rng.randint(1, 40))]
+            assert _streamed(shape, cuts)[0] == parsed

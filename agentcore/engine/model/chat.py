@@ -200,7 +200,10 @@ class DeepSeekV4(ChatFormat):
 
     Deliberate deviations (the encoder has no sensible output there): an assistant message
     that follows an assistant, a system message or nothing still gets the assistant prompt;
-    tools without a SystemMessage render as if an empty one led the conversation.
+    tools without a SystemMessage render as if an empty one led the conversation; a literal
+    ``</tool_result>`` inside a result is written ``&lt;/tool_result>`` (the encoder writes it
+    raw, which ends the result early); a string argument holding its own closing parameter
+    tag is written as a JSON string (see agentcore.dsml.render).
     Tool results out of call order are put in call order like the encoder does; a conversation
     cut inside such a run is then not a prefix of the whole (agentcore appends results in
     call order, so it does not happen there).
