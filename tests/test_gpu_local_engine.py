@@ -66,7 +66,7 @@ async def test_cuda_constrained_tool_call_parses_like_the_cpu_one(model_path, an
     spec = ToolSpec(name="lookup", description="Look a key up.",
                     parameters={"type": "object", "properties": {"key": {"type": "string"}},
                                 "required": ["key"]})  # fmt: skip
-    req = request().model_copy(update={"tools": [spec], "tool_choice": "required", "max_tokens": 48})
+    req = request().model_copy(update={"tools": [spec], "tool_choice": "required", "max_tokens": 200})
     cpu = LocalEngine.from_gguf(model_path, device="cpu")
     gpu = LocalEngine.from_gguf(model_path, device="cuda")
     c, g = await generate(cpu, req), await generate(gpu, req)

@@ -238,6 +238,9 @@ class CudaDecoder:
             self.pml = cp.empty((h, self.nsplit, 2), cp.float32)
         # Warm-up (compiles and checks every kernel outside capture) at the next position to
         # be written, so the KV and history it writes are overwritten by the first real step.
+        # It overwrites the held logits too: a capture may follow a prefill, so keep them.
+        with self.stream:
+            held = self.logits_dev.copy()
         self._set_state(0, None)
         with self.stream:
             self._launch_step()
@@ -245,6 +248,7 @@ class CudaDecoder:
             self.stream.begin_capture()
             self._launch_step()
             self.graph = self.stream.end_capture()
+            self.logits_dev[...] = held
         self.stream.synchronize()
         self._captured_for = (kv.pool.data.ptr, self.model.rope.cos.data.ptr, self.history.data.ptr)
 
