@@ -6,8 +6,8 @@ import multiprocessing as mp
 import numpy as np
 import pytest
 
-from agentcore.engine.kvstore.store import CheckpointStore
 from agentcore.engine.kvstore.blocks import KVLayout, block_hashes
+from agentcore.engine.kvstore.store import CheckpointStore
 
 LAYOUT = KVLayout("f" * 64, n_layers=2, n_kv_heads=2, head_dim=4, dtype="float32", block_size=4)
 PER_BLOCK = 2 * 2 * 4 * 2 * 4 * 4  # layers * kv * block * heads * dim * 4 bytes
@@ -157,3 +157,25 @@ def test_two_processes_on_one_kv_dir_never_corrupt_each_other(tmp_path):
         assert got.tokens >= 16
         np.testing.assert_array_equal(out[:, :, : got.tokens], FakeKV(ids).data[:, :, : got.tokens])
     assert store.stats.corrupt == 0
+
+
+@pytest.mark.parametrize("path", ["callback", "into"])
+def test_restore_after_a_live_prefix_leaves_the_live_positions_alone(tmp_path, path):
+    ids = list(range(100, 114))  # three full blocks + a tail of 2
+    save(CheckpointStore(LAYOUT, kv_dir=tmp_path), "s", ids)
+    store = CheckpointStore(LAYOUT, kv_dir=tmp_path)
+    out = np.full(LAYOUT.block_shape(len(ids)), 7.0, np.float32)  # positions < 6 are "live"
+    starts = []
+
+    def write(start, block):
+        starts.append(start)
+        out[:, :, max(start, 6) : start + block.shape[2]] = block[:, :, max(0, 6 - start) :]
+
+    hashes = block_hashes(ids, LAYOUT)
+    got = store.restore(ids, hashes, write, live=6) if path == "callback" else store.restore(
+        ids, hashes, into=out, live=6)
+    assert got.tokens == 14 and got.source == "disk" and got.bytes_read == PER_BLOCK * 2 + PER_BLOCK // 2
+    assert (out[:, :, :6] == 7.0).all()
+    np.testing.assert_array_equal(out[:, :, 6:14], FakeKV(ids).data[:, :, 6:14])
+    if path == "callback":
+        assert starts == [4, 8, 12]  # block 0 lies inside the live prefix: not read

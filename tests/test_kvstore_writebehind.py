@@ -141,3 +141,14 @@ def test_a_crash_before_the_flush_loses_only_cache(tmp_path):
     got, dest = restore(store, ids)
     np.testing.assert_array_equal(dest[:, :, : got.tokens], kv_of(ids)[:, :, : got.tokens])
     assert not any(p.name.startswith(".tmp-") for p in tmp_path.rglob("*"))
+
+
+def test_a_saved_block_does_not_alias_the_callers_buffer(tmp_path):
+    ids = list(range(8))
+    pool = np.stack([kv_of(ids)[:, :, 0:4], kv_of(ids)[:, :, 4:8]])  # contiguous views per block
+    store = CheckpointStore(LAYOUT, kv_dir=tmp_path)
+    store.save("s", ids, block_hashes(ids, LAYOUT), lambda s, n: pool[s // 4], None)
+    pool[:] = -1  # the live KV moves on
+    got, dest = restore(store, ids)
+    assert got.tokens == 8
+    np.testing.assert_array_equal(dest, kv_of(ids))

@@ -176,14 +176,14 @@ class CheckpointStore:
                 parent = ROOT
                 for i, key in enumerate(hashes):
                     if not self._has(key):
-                        block = np.ascontiguousarray(read_block(i * bs, bs))
+                        block = _owned(read_block(i * bs, bs))
                         nbytes += self._put(key, parent, ids[i * bs : (i + 1) * bs], block, False, chain, jobs)
                         written += 1
                     parent = key
                 if prev_tail and prev_tail != tail:
                     self._drop_tail(prev_tail)
                 if tail and not self._has(tail):
-                    block = np.ascontiguousarray(read_block(len(hashes) * bs, len(rest)))
+                    block = _owned(read_block(len(hashes) * bs, len(rest)))
                     nbytes += self._put(tail, parent, rest, block, True, chain, jobs)
                 self.recent[session_id] = set(chain)
                 self.stats.blocks_written += written
@@ -265,18 +265,18 @@ class CheckpointStore:
     ) -> RestoredPrefix:
         """Load the longest stored prefix of ``ids``.
 
-        Either ``write_block(start, array)`` receives each verified block (it must copy it
-        before returning: the array is reused for the next block), or ``into`` (an
-        array ``(n_layers, 2, >= len(ids), n_kv_heads, head_dim)``, its last three axes
-        C-contiguous) is filled in place: positions [0, live) are the caller's and are never
-        touched; on return positions [live, result.tokens) hold verified KV, and positions
-        past result.tokens may have been overwritten with garbage.
+        Positions [0, live) are the caller's live KV: blocks wholly inside them are not read.
+        Either ``write_block(start, array)`` receives each verified block from the one that
+        holds position ``live`` on (it must copy it before returning: the array is reused for
+        the next block), or ``into`` (an array ``(n_layers, planes, >= len(ids), n_kv_heads,
+        head_dim)``, its last three axes C-contiguous) is filled in place: positions [0, live)
+        are never touched; on return positions [live, result.tokens) hold verified KV, and
+        positions past result.tokens may have been overwritten with garbage.
         """
         if (write_block is None) == (into is None):
             raise TypeError("pass exactly one of write_block or into=")
         t0 = time.perf_counter()
         bs = self.layout.block_size
-        live = live if into is not None else 0
         sources: set[str] = set()
         nbytes = 0
         scratch: dict[int, np.ndarray] = {}  # one buffer per block length, reused (fresh pages cost)
@@ -519,6 +519,13 @@ class CheckpointStore:
         merged = stats_file.merge_stats(old, now, base)
         if self.disk_io.write(".", "stats.json", [json.dumps(merged).encode()]) is not None:
             self._persisted = now
+
+
+def _owned(block: np.ndarray) -> np.ndarray:
+    """The block as an array of its own: a view of the live KV would change under the store."""
+    if block.flags.owndata and block.flags.c_contiguous:
+        return block
+    return np.array(block, order="C")
 
 
 def _make_write(layout: KVLayout, disk: DiskTier, landed) -> Callable[[WriteJob], None]:
