@@ -34,6 +34,8 @@ __all__ = ["MASK_PREFIX", "SUMMARY_PREFIX", "Compaction", "Compactor", "ContextP
 MASK_PREFIX = "[tool output elided to save context"
 SUMMARY_PREFIX = "[Summary of earlier work"
 DROP_PREFIX = "[Earlier work removed"
+# Kept from each end of a tool output whose spill file could not be written.
+_EXCERPT_CHARS = 400
 
 
 class ContextPolicy(BaseModel):
@@ -152,8 +154,18 @@ class Compactor:
     def _mask(self, m: Message) -> Message:
         if not isinstance(m, ToolMessage) or m.compacted:
             return m
-        path = m.spill_path or self.spill(m)
         status = "error" if m.is_error else "ok"
+        try:
+            path = m.spill_path or self.spill(m)
+        except OSError as exc:
+            # No spill file: keep the ends of the output so the model keeps some record.
+            head, tail = m.content[:_EXCERPT_CHARS], m.content[-_EXCERPT_CHARS:]
+            excerpt = m.content if len(m.content) <= 2 * _EXCERPT_CHARS else f"{head}\n...\n{tail}"
+            placeholder = (
+                f"{MASK_PREFIX}: {m.name} ({status}); the full output could not be saved "
+                f"({type(exc).__name__}: {exc}), only its start and end are kept]\n{excerpt}"
+            )
+            return m.model_copy(update={"content": placeholder, "compacted": True})
         placeholder = f"{MASK_PREFIX}: {m.name} ({status}); full output in {path}]"
         return m.model_copy(update={"content": placeholder, "spill_path": path, "compacted": True})
 

@@ -85,3 +85,7 @@ class ServerRejected(RemoteEngineError):
 
 class ServerProtocolError(RemoteEngineError):
     """The server's answer is not what its API documents (garbage body, broken stream)."""
+
+
+class ProtectedPath(AgentCoreError):
+    """write_file was asked to change a protected folder such as ``.git/``."""

@@ -1,76 +1,58 @@
 """Built-in tools confined to one workspace: read_file, write_file, list_dir, run_shell.
 
 Invariants:
-- Every path is resolved (symlinks followed) and must land inside the workspace root;
-  ``..``, absolute paths elsewhere and symlinks pointing out raise WorkspaceEscape, which
-  the registry turns into an error result telling the model to use a workspace path.
-  The check is made when the call starts: a symlink swapped in while a call runs is
-  out of scope (the model is not an adversary racing its own tools).
-- write_file is atomic: a reader sees the old file or the new one, never half of one.
-- run_shell runs ``/bin/sh -c`` in its own session (process group) with cwd at the root
-  and stdin closed. On timeout or cancellation the whole group gets SIGKILL, so children
-  and grandchildren die with the shell; only a process that starts its own session escapes.
-- Once the shell exits, its output pipes get a short grace period; a background process
-  still holding them after that is killed, since nothing would ever read its output.
+- Every path is opened through ``workspace.open_beneath`` / ``parent_beneath``: walked one
+  component at a time with ``O_NOFOLLOW`` from an fd of the root, so ``..``, absolute paths
+  elsewhere and symlinks pointing out raise WorkspaceEscape, also when a symlink is swapped
+  in while a call runs. The registry turns that into an error result telling the model to
+  use a workspace path.
+- write_file is atomic (a reader sees the old file or the new one, never half of one) and
+  refuses ``protected`` folders (``.git/`` and ``.agentcore/`` by default: a written
+  ``.git/config`` can make a later ``git`` run any program).
+- read_file reads regular files only: it opens non-blocking, so a FIFO or a device never
+  hangs it, decides "binary" from the first 8 KiB, and streams the file for a line range.
+- run_shell: see ``agentcore.tools.shell`` (process groups, grace deadline, spill).
 """
 
 from __future__ import annotations
 
+import errno
 import os
-import signal
-import subprocess
-from dataclasses import dataclass, field
+import stat
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
-import anyio
-from anyio.abc import ByteReceiveStream
 from pydantic import Field
 
-from agentcore.errors import ToolError, ToolTimeout, WorkspaceEscape
-from agentcore.tools import Tool, text_from_bytes, tool
-from agentcore.tools.capping import atomic_write
+from agentcore.errors import ToolError
+from agentcore.tools import Tool, tool
+from agentcore.tools.shell import run_shell_command
+from agentcore.tools.workspace import open_beneath, parent_beneath, resolve_in_workspace
 
-__all__ = ["MAX_SHELL_TIMEOUT", "builtin_tools", "resolve_in_workspace"]
+__all__ = ["DEFAULT_PROTECTED", "MAX_SHELL_TIMEOUT", "builtin_tools", "resolve_in_workspace"]
 
 MAX_SHELL_TIMEOUT = 600.0
-# Per stream; beyond this the output is drained and dropped, so `yes` cannot exhaust memory.
-_MAX_STREAM_BYTES = 32 * 1024 * 1024
-# How long output pipes may stay open after the shell itself has exited.
-_PIPE_GRACE_S = 1.0
+DEFAULT_PROTECTED = (".git", ".agentcore")
 # NUL in the first block is the same binary heuristic git and grep use.
 _BINARY_SNIFF_BYTES = 8192
+# The most bytes of lines read_file returns in one call; more asks for a narrower range.
+_MAX_READ_BYTES = 16 * 1024 * 1024
+_READ_PIECE = 1 << 20
 
 
-def resolve_in_workspace(root: Path, path: str) -> Path:
-    """Resolve ``path`` (relative to ``root``, or absolute) and refuse it outside ``root``.
+def builtin_tools(
+    workspace: str | Path = ".", *, protected: Iterable[str] = DEFAULT_PROTECTED
+) -> list[Tool]:
+    """The four built-in tools, all confined to ``workspace`` (which must exist).
 
-    ``root`` must already be resolved.
+    ``protected``: folder names write_file refuses to write into, at any depth.
     """
-    candidate = Path(path) if os.path.isabs(path) else root / path
-    resolved = candidate.resolve()
-    if resolved.is_relative_to(root):
-        return resolved
-    lexical = Path(os.path.normpath(candidate))
-    how = (
-        f"a symlink inside it points to {resolved}"
-        if lexical.is_relative_to(root)
-        else f"it resolves to {resolved}"
-    )
-    raise WorkspaceEscape(
-        f"{path!r} is outside the workspace {root} ({how}). Only paths inside the workspace "
-        "can be used: give a path relative to it, like 'src/main.py'."
-    )
-
-
-def builtin_tools(workspace: str | Path = ".") -> list[Tool]:
-    """The four built-in tools, all confined to ``workspace`` (which must exist)."""
     root = Path(workspace).resolve()
     if not root.is_dir():
         raise ToolError(f"workspace {root} is not a directory; create it or pass another path")
-
-    def shown(path: Path) -> str:
-        return path.relative_to(root).as_posix() if path != root else "."
+    protected = tuple(protected)
+    spill_dir = root / ".agentcore" / "spill"
 
     @tool
     def read_file(
@@ -85,35 +67,34 @@ def builtin_tools(workspace: str | Path = ".") -> list[Tool]:
             start_line: First line to show (1-based).
             end_line: Last line to show, inclusive; omit to read to the end.
         """
-        target = resolve_in_workspace(root, path)
-        if target.is_dir():
-            raise IsADirectoryError(f"{path!r} is a directory; use list_dir to see its entries")
-        if not target.exists():
-            raise FileNotFoundError(f"{path!r} does not exist; use list_dir to see what does")
-        data = target.read_bytes()
-        if b"\x00" in data[:_BINARY_SNIFF_BYTES]:
-            return (
-                f"{shown(target)} is a binary file ({len(data):,} bytes); read_file shows text "
-                "only. Inspect it with run_shell (e.g. `file` or `xxd | head`)."
-            )
-        lines = data.decode("utf-8", errors="replace").split("\n")
-        if lines[-1] == "":
-            lines.pop()
-        if not lines:
-            return f"{shown(target)} is empty."
-        last = len(lines) if end_line is None else min(end_line, len(lines))
-        if start_line > len(lines):
+        try:
+            resolved = open_beneath(root, path, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{path!r} does not exist; use list_dir to see what does"
+            ) from None
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # a unix socket cannot be opened at all
+                raise
             raise ValueError(
-                f"start_line={start_line} is past the end: {shown(target)} has {len(lines)} lines"
-            )
-        if last < start_line:
-            raise ValueError(f"end_line={end_line} is before start_line={start_line}")
-        body = "\n".join(
-            f"{n:6}\t{lines[n - 1].removesuffix(chr(13))}" for n in range(start_line, last + 1)
-        )
-        if start_line == 1 and last == len(lines):
-            return body
-        return f"{body}\n[lines {start_line}-{last} of {len(lines)}]"
+                f"{path!r} is not a regular file (a socket); read_file reads regular files only"
+            ) from None
+        with os.fdopen(resolved.fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if stat.S_ISDIR(info.st_mode):
+                raise IsADirectoryError(f"{path!r} is a directory; use list_dir to see its entries")
+            if not stat.S_ISREG(info.st_mode):
+                raise ValueError(
+                    f"{resolved.shown} is not a regular file (a FIFO, socket or device); "
+                    "read_file reads regular files only"
+                )
+            if b"\x00" in f.read(_BINARY_SNIFF_BYTES):
+                return (
+                    f"{resolved.shown} is a binary file ({info.st_size:,} bytes); read_file "
+                    "shows text only. Inspect it with run_shell (e.g. `file` or `xxd | head`)."
+                )
+            f.seek(0)
+            return _numbered_lines(f, resolved.shown, start_line, end_line)
 
     @tool
     def write_file(path: str, content: str) -> str:
@@ -123,13 +104,14 @@ def builtin_tools(workspace: str | Path = ".") -> list[Tool]:
             path: File path, relative to the workspace root.
             content: The complete new file content.
         """
-        target = resolve_in_workspace(root, path)
-        if target.is_dir():
-            raise IsADirectoryError(f"{path!r} is a directory; give a file path")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        data = content.encode("utf-8", "surrogatepass")
-        atomic_write(target, data)
-        return f"Wrote {len(data):,} bytes to {shown(target)}."
+        resolved = parent_beneath(root, path, create_parents=True, protected=protected)
+        try:
+            assert resolved.name is not None
+            data = content.encode("utf-8", "surrogatepass")
+            _atomic_write_at(resolved.fd, resolved.name, data, path)
+        finally:
+            os.close(resolved.fd)
+        return f"Wrote {len(data):,} bytes to {resolved.shown}."
 
     @tool
     def list_dir(path: str = ".") -> str:
@@ -138,18 +120,27 @@ def builtin_tools(workspace: str | Path = ".") -> list[Tool]:
         Args:
             path: Folder path, relative to the workspace root.
         """
-        target = resolve_in_workspace(root, path)
-        if not target.is_dir():
-            raise NotADirectoryError(f"{path!r} is not a folder; use read_file for files")
-        entries = []
-        for entry in sorted(target.iterdir(), key=lambda p: p.name):
-            if entry.is_symlink():
-                entries.append(f"{entry.name} -> {os.readlink(entry)}")
-            elif entry.is_dir():
-                entries.append(f"{entry.name}/")
-            else:
-                entries.append(f"{entry.name} ({entry.stat().st_size:,} bytes)")
-        return "\n".join(entries) or f"{shown(target)} is empty."
+        try:
+            resolved = open_beneath(root, path, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK)
+        except NotADirectoryError:
+            raise NotADirectoryError(f"{path!r} is not a folder; use read_file for files") from None
+        try:
+            with os.scandir(resolved.fd) as scan:
+                found = sorted(scan, key=lambda e: e.name)
+            entries = []
+            for entry in found:
+                name = _printable(entry.name)
+                if entry.is_symlink():
+                    target = os.readlink(entry.name, dir_fd=resolved.fd)
+                    entries.append(f"{name} -> {_printable(target)}")
+                elif entry.is_dir(follow_symlinks=False):
+                    entries.append(f"{name}/")
+                else:
+                    size = entry.stat(follow_symlinks=False).st_size
+                    entries.append(f"{name} ({size:,} bytes)")
+        finally:
+            os.close(resolved.fd)
+        return "\n".join(entries) or f"{resolved.shown} is empty."
 
     @tool(timeout=MAX_SHELL_TIMEOUT + 10)
     async def run_shell(
@@ -162,91 +153,81 @@ def builtin_tools(workspace: str | Path = ".") -> list[Tool]:
             command: The command line.
             timeout: Seconds before the command and everything it started are killed.
         """
-        return await _run_shell(command, root, timeout)
+        return await run_shell_command(command, root, timeout, spill_dir)
 
     return [read_file, write_file, list_dir, run_shell]
 
 
-@dataclass
-class _Capture:
-    """One output stream of a shell command, read until EOF."""
-
-    data: bytearray = field(default_factory=bytearray)
-    dropped: int = 0
-    closed: anyio.Event = field(default_factory=anyio.Event)
-
-    async def drain(self, stream: ByteReceiveStream) -> None:
-        try:
-            async for chunk in stream:
-                room = max(0, _MAX_STREAM_BYTES - len(self.data))
-                self.data += chunk[:room]
-                self.dropped += len(chunk) - min(room, len(chunk))
-        finally:
-            self.closed.set()
-
-
-async def _run_shell(command: str, cwd: Path, timeout: float) -> str:
-    out, err = _Capture(), _Capture()
-    process = await anyio.open_process(
-        ["/bin/sh", "-c", command],
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # own process group: one killpg reaches every descendant
+def _numbered_lines(f: BinaryIO, shown: str, start_line: int, end_line: int | None) -> str:
+    """Lines ``start_line..end_line`` of ``f`` with numbers, read as a stream."""
+    pieces: list[tuple[int, bytes]] = []
+    kept_bytes = 0
+    too_big = False
+    n = 0
+    at_line_start = True
+    while piece := f.readline(_READ_PIECE):
+        if at_line_start:
+            n += 1
+        at_line_start = piece.endswith(b"\n")
+        if n < start_line or (end_line is not None and n > end_line):
+            continue
+        if kept_bytes + len(piece) > _MAX_READ_BYTES:
+            too_big = True
+            continue
+        pieces.append((n, piece))
+        kept_bytes += len(piece)
+    if n == 0:
+        return f"{shown} is empty."
+    if start_line > n:
+        raise ValueError(f"start_line={start_line} is past the end: {shown} has {n} lines")
+    last = n if end_line is None else min(end_line, n)
+    if last < start_line:
+        raise ValueError(f"end_line={end_line} is before start_line={start_line}")
+    lines: dict[int, bytearray] = {}
+    for number, piece in pieces:
+        lines.setdefault(number, bytearray()).extend(piece)
+    body = "\n".join(
+        f"{number:6}\t{data.decode('utf-8', errors='replace').rstrip(chr(10)).removesuffix(chr(13))}"
+        for number, data in lines.items()
     )
-    assert process.stdout is not None and process.stderr is not None
-    stragglers_killed = False
-    try:
-        with anyio.move_on_after(timeout) as deadline:
-            async with anyio.create_task_group() as group:
-                group.start_soon(out.drain, process.stdout)
-                group.start_soon(err.drain, process.stderr)
-                await process.wait()
-                with anyio.move_on_after(_PIPE_GRACE_S) as grace:
-                    await out.closed.wait()
-                    await err.closed.wait()
-                if grace.cancelled_caught:
-                    stragglers_killed = True
-                    _kill_group(process.pid)
-    finally:
-        with anyio.CancelScope(shield=True):
-            if process.returncode is None or deadline.cancelled_caught:
-                _kill_group(process.pid)
-            await process.aclose()
-
-    report = _shell_report(process.returncode, out, err)
-    if deadline.cancelled_caught:
-        raise ToolTimeout(
-            f"command timed out after {timeout:g}s; it and every process it started were "
-            f"killed. Output so far:\n{report}"
+    shown_last = max(lines) if lines else start_line - 1
+    if too_big:
+        return (
+            f"{body}\n[lines {start_line}-{shown_last} of {n}; the rest of the range is over "
+            f"{_MAX_READ_BYTES // (1024 * 1024)} MiB: ask for a narrower start_line/end_line]"
         )
-    if stragglers_killed:
-        report += "\n[background processes still holding the output were killed]"
-    return report
+    if start_line == 1 and last == n:
+        return body
+    return f"{body}\n[lines {start_line}-{last} of {n}]"
 
 
-def _kill_group(pgid: int) -> None:
+def _atomic_write_at(dir_fd: int, name: str, data: bytes, path: str) -> None:
+    """Replace ``name`` in the folder ``dir_fd`` with ``data`` in one rename."""
     try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass  # the whole group has already exited
-
-
-def _shell_report(returncode: int | None, out: _Capture, err: _Capture) -> str:
-    if returncode is not None and returncode < 0:
+        old = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        old = None
+    if old is not None and stat.S_ISDIR(old.st_mode):
+        raise IsADirectoryError(f"{path!r} is a directory; give a file path")
+    tmp = f".{name}.{os.urandom(6).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o666, dir_fd=dir_fd)  # fmt: skip
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+            if old is not None and stat.S_ISREG(old.st_mode):
+                os.fchmod(f.fileno(), stat.S_IMODE(old.st_mode))
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
         try:
-            status = f"killed by signal {signal.Signals(-returncode).name}"
-        except ValueError:
-            status = f"killed by signal {-returncode}"
-    else:
-        status = f"exit code {returncode}"
-    parts = [status]
-    for label, capture in (("stdout", out), ("stderr", err)):
-        if capture.data:
-            parts.append(f"{label}:\n{text_from_bytes(bytes(capture.data))}")
-        if capture.dropped:
-            parts.append(f"[{capture.dropped:,} more bytes of {label} were dropped]")
-    if len(parts) == 1:
-        parts.append("(no output)")
-    return "\n".join(parts)
+            os.unlink(tmp, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _printable(name: str) -> str:
+    """A file name as text the model (and a terminal) can take: non-UTF-8 bytes as \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

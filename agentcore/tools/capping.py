@@ -5,7 +5,9 @@ cap and puts ONE marker line between them saying what was cut and where the full
 
 Invariants:
 - Nothing is lost: the full text is written to ``<spill_dir>/<sha256-prefix>.txt`` (atomic:
-  temp file + rename; the same content always maps to the same file) before it is cut.
+  temp file + rename; the same content always maps to the same file) before it is cut. An
+  existing file of that name is trusted only when its content matches. When the spill
+  cannot be written the head and tail are still kept and the marker says it failed.
 - The capped text, marker included, fits both caps, as measured by the counter that was
   passed in. The only exception is a cap too small to hold the marker itself: then the
   result is the marker alone.
@@ -30,7 +32,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CappedOutput", "approx_tokens", "atomic_write", "cap_output", "spill_text"]
+__all__ = [
+    "CappedOutput", "approx_tokens", "atomic_write", "cap_output", "prepare_spill_dir", "spill_text",
+]  # fmt: skip
 
 TokenCounter = Callable[[str], int]
 
@@ -223,20 +227,43 @@ def _is_low_surrogate(ch: str) -> bool:
 def spill_text(text: str, spill_dir: Path) -> Path:
     """Write ``text`` to ``<spill_dir>/<sha256-prefix>.txt`` unless it is already there.
 
-    The same content always gets the same file, so spilling twice costs nothing.
-    Raises OSError when the directory cannot be written.
+    The same content always gets the same file, so spilling twice costs nothing. A file of
+    that name is reused only when it is a regular file with exactly this content (a name
+    is no proof: anything in the workspace can write there). Raises OSError when the
+    directory cannot be written.
     """
     # surrogatepass keeps lone surrogates (e.g. from JSON) byte-exact instead of failing.
     data = text.encode("utf-8", "surrogatepass")
     path = spill_dir / f"{hashlib.sha256(data).hexdigest()[:16]}.txt"
-    if not (path.is_file() and path.stat().st_size == len(data)):
-        spill_dir.mkdir(parents=True, exist_ok=True)
-        ignore = spill_dir / ".gitignore"
-        if not ignore.exists():
-            # Spill files can be many MB; keep them out of the user's commits.
-            atomic_write(ignore, b"*\n")
+    if not _holds_exactly(path, data):
+        prepare_spill_dir(spill_dir)
         atomic_write(path, data)
     return path
+
+
+def prepare_spill_dir(spill_dir: Path) -> None:
+    """Create the spill folder with a .gitignore that keeps spill files out of commits."""
+    spill_dir.mkdir(parents=True, exist_ok=True)
+    ignore = spill_dir / ".gitignore"
+    if not ignore.exists():
+        atomic_write(ignore, b"*\n")
+
+
+def _holds_exactly(path: Path, data: bytes) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size != len(data):
+            return False
+        view, offset = memoryview(data), 0
+        while chunk := f.read(1 << 20):
+            if chunk != view[offset : offset + len(chunk)]:
+                return False
+            offset += len(chunk)
+        return offset == len(data)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
