@@ -52,6 +52,7 @@ class Decoder(Protocol):
     def sample(self, mask: np.ndarray | None = None) -> int: ...
     def step(self, token: int, mask: np.ndarray | None = None) -> int: ...
     def logits(self) -> np.ndarray: ...
+    def settle(self) -> None: ...
 
 
 class EagerDecoder:
@@ -98,6 +99,9 @@ class EagerDecoder:
         if self._logits is None:
             raise RuntimeError("logits() before any prefill")
         return self._logits
+
+    def settle(self) -> None:
+        """Nothing runs in the background here."""
 
     def _record(self, pos: int, ids: Sequence[int]) -> None:
         i = pos - self._gen_start
@@ -185,6 +189,7 @@ def generate(
         if tail:
             parts.append(tail)
             emit(tail)
+    session.settle()
     res.decode_s = time.perf_counter() - t_first if out else 0.0
     res.text = "".join(parts)
     res.unfed = unfed

@@ -73,3 +73,8 @@ class Session:
         nxt = self.decoder.step(token, mask)
         self.ids.append(token)
         return nxt
+
+    def settle(self) -> None:
+        """Wait for decoder work in flight (a CUDA step run ahead) before the KV is touched
+        by anyone else (a restore, a checkpoint read)."""
+        self.decoder.settle()

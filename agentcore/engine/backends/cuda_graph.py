@@ -71,6 +71,8 @@ class CudaDecoder:
             self.gu = cp.empty(2 * s.n_ff, cp.float32)
             self.ffn = cp.empty(s.n_ff, cp.float32)
             self.logits_dev = cp.zeros(s.vocab_size, cp.float32)
+            # The held logits while a step runs ahead (the step copies them here first).
+            self.logits_prev = cp.zeros(s.vocab_size, cp.float32)
             self.work = cp.empty(s.vocab_size, cp.float32)
             self.mask_bits = cp.zeros(_cdiv(s.vocab_size, 32), cp.uint32)
             self.state = cp.zeros(4, cp.int32)
@@ -78,6 +80,8 @@ class CudaDecoder:
             self.iparams = cp.zeros(3, cp.int32)
         self.host_state = pinned_empty((4,), np.int32)
         self.host_token = pinned_empty((1,), np.int32)
+        self.ahead_token = pinned_empty((1,), np.int32)
+        self._ahead: tuple[int, int] | None = None  # (token fed by a step run ahead, its position)
         self.history = None
         self._gen_start = 0
         self._masks: OrderedDict[int, tuple[np.ndarray, Any]] = OrderedDict()
@@ -87,6 +91,7 @@ class CudaDecoder:
 
     def prefill(self, ids: Sequence[int]) -> None:
         """Append ``ids`` (a prompt tail) at ``kv.length``; hold the last position's logits."""
+        self._drop_ahead()
         self._forward(ids, record=False)
 
     def start(self, sampling: Sampling | None, seed: int | None = None, *, reserve: int = 0) -> None:
@@ -108,27 +113,61 @@ class CudaDecoder:
 
     def feed(self, ids: Sequence[int]) -> None:
         """Append generated ``ids`` (a forced span); they count for the repetition penalty."""
-        self._forward(ids, record=True)
+        ids = list(ids)
+        if ids and self._take_ahead(ids[0]):
+            ids = ids[1:]
+        self._drop_ahead()
+        if ids:
+            self._forward(ids, record=True)
 
     def sample(self, mask: np.ndarray | None = None) -> int:
         """Draw the token after the last fed position from the held logits."""
+        self._drop_ahead()
         self._ensure_history(self.kv.length + 1)
         self._set_state(0, mask)
         with self.stream:
             self._launch_sample(advance=0)
-        return self._read_token()
+        token = self._read_token()
+        if mask is None:
+            self._run_ahead(token)
+        return token
 
     def step(self, token: int, mask: np.ndarray | None = None) -> int:
-        """Feed ``token`` at ``kv.length`` and draw the next one: one graph replay."""
+        """Feed ``token`` at ``kv.length`` and draw the next one: one graph replay.
+
+        Free text runs one step ahead: after a unmasked draw the graph is launched again at
+        once on the device's own state, so the GPU computes the next step while the host
+        reads this token. A step that then asks for a mask re-draws from that step's logits
+        with one sampler kernel; nothing is recomputed.
+        """
+        if self._take_ahead(token):
+            if mask is None:
+                nxt = int(self.ahead_token[0])
+                self._run_ahead(nxt)
+                return nxt
+            self._set_state(0, mask)
+            with self.stream:
+                self._launch_sample(advance=0)
+            return self._read_token()
+        self._drop_ahead()
         self._ready()
         self._set_state(token, mask)
         self.graph.launch(self.stream)
         self.kv.length += 1
-        return self._read_token()
+        nxt = self._read_token()
+        if mask is None:
+            self._run_ahead(nxt)
+        return nxt
+
+    def settle(self) -> None:
+        """Wait for a step run ahead (its KV lies past ``kv.length`` until ``feed`` or
+        ``step`` takes it); after this no work of the decoder is in flight."""
+        self.stream.synchronize()
 
     def logits(self) -> np.ndarray:
         """The held logits (of the last fed position), float32 on the host."""
-        out = self.logits_dev.get(stream=self.stream)
+        held = self.logits_dev if self._ahead is None else self.logits_prev
+        out = held.get(stream=self.stream)
         self.stream.synchronize()
         return out
 
@@ -136,6 +175,7 @@ class CudaDecoder:
 
     def generate(self, token: int, n: int) -> list[int]:
         """n graph replays back to back with one read-back: the raw kernel figure."""
+        self._drop_ahead()
         self._ready(n)
         pos0 = self.kv.length
         self._set_state(token, None)
@@ -149,6 +189,7 @@ class CudaDecoder:
     def profile(self, token: int = 0) -> dict[str, float]:
         """Milliseconds per kernel kind for one step run eagerly (not as a graph), by CUDA
         events between launches; launch gaps are included, so the sum exceeds a replay."""
+        self._drop_ahead()
         self._ready()
         self._set_state(token, None)
         self._marks = []
@@ -166,10 +207,47 @@ class CudaDecoder:
 
     # ------------------------------------------------------------------ internals
 
+    def _run_ahead(self, token: int) -> None:
+        """Launch the step that feeds ``token`` (just drawn, unmasked, so the device state is
+        ``[kv.length, token, gen_start, 0]``) and queue the copy of the token it draws."""
+        kv = self.kv
+        if kv.length + 2 > kv.capacity or self.graph is None or self._captured_for != (
+            kv.pool.data.ptr, self.model.rope.cos.data.ptr, self.history.data.ptr
+        ):
+            return  # a step that needs a new capture is taken when asked for
+        self.graph.launch(self.stream)
+        self.cp.cuda.runtime.memcpyAsync(
+            self.ahead_token.ctypes.data, self.state.data.ptr + 4, 4,
+            self.cp.cuda.runtime.memcpyDeviceToHost, self.stream.ptr,
+        )  # fmt: skip
+        self._ahead = (token, kv.length)
+
+    def _take_ahead(self, token: int) -> bool:
+        """Whether the step run ahead fed exactly ``token`` here; if so it now counts."""
+        if self._ahead != (token, self.kv.length):
+            return False
+        self.stream.synchronize()
+        self._ahead = None
+        self.kv.length += 1
+        return True
+
+    def _drop_ahead(self) -> None:
+        """Forget a step run ahead: its KV and history lie past ``kv.length``; the held
+        logits come back from the copy it made."""
+        if self._ahead is not None:
+            with self.stream:
+                self.logits_dev[...] = self.logits_prev
+            self.stream.synchronize()  # its writes must land before anyone else's
+            self._ahead = None
+
     def _forward(self, ids: Sequence[int], *, record: bool) -> None:
         if not len(ids):
             raise ValueError("feed needs at least one token")
         pos0 = self.kv.length
+        cp = self.cp
+        # Order after work on the caller's stream (a restore writing this KV), and finish
+        # before returning, so the caller's stream may read the KV (a checkpoint).
+        self.stream.wait_event(cp.cuda.get_current_stream().record())
         with self.stream:
             x = self.model.hidden(ids, pos0, self.kv)  # the last position's hidden state (1, n_embd)
             self.x[...] = x[-1]
@@ -178,6 +256,7 @@ class CudaDecoder:
             self._ensure_history(self.kv.length + 1)
             host = np.asarray(ids, dtype=np.int32)
             self.history[pos0 : pos0 + len(host)].set(host, stream=self.stream)
+        self.stream.synchronize()
 
     def _ensure_history(self, n: int) -> None:
         if self.history is None or self.history.size < n + 1:
@@ -276,6 +355,7 @@ class CudaDecoder:
     def _launch_step(self) -> None:
         ops, m, s, kv = self.ops, self.model, self.model.spec, self.kv
         eps = s.rms_eps
+        self.logits_prev[...] = self.logits_dev  # the held logits, should this step be dropped
         self._mark("embed")
         emb = m.embedding.parts[0]
         _kernel(f"embed<{emb.qtype}>")(
