@@ -36,6 +36,8 @@ SUMMARY_PREFIX = "[Summary of earlier work"
 DROP_PREFIX = "[Earlier work removed"
 # Kept from each end of a tool output whose spill file could not be written.
 _EXCERPT_CHARS = 400
+# Rounds of cutting an over-long summary down to its token budget.
+_FIT_ROUNDS = 8
 
 
 class ContextPolicy(BaseModel):
@@ -181,8 +183,9 @@ class Compactor:
                 summary = await self.summarizer.summarize(
                     middle_msgs, max_tokens=self.policy.summary_tokens
                 )
-                text = f"{SUMMARY_PREFIX} ({len(middle_msgs)} messages compacted)]\n{summary}"
-                return head_msgs + [UserMessage(content=text, compacted=True)] + recent_msgs, "summarize", ""
+                header = f"{SUMMARY_PREFIX} ({len(middle_msgs)} messages compacted)]"
+                message = self._bounded_summary(header, summary)
+                return head_msgs + [message] + recent_msgs, "summarize", ""
             except Exception as exc:  # noqa: BLE001 - any summarizer failure falls back
                 failure = f"summarizer failed: {exc}"
         # Drop the oldest middle units until the target is met; a note keeps the model honest.
@@ -202,18 +205,56 @@ class Compactor:
                 break
         return candidate, "drop", failure
 
+    def _bounded_summary(self, header: str, summary: str) -> UserMessage:
+        """The summary message, its text cut to ``summary_tokens`` when the server ignored them.
+
+        A summary far over budget would only be squeezed out again, taking the record of the
+        compacted turns with it.
+        """
+        budget = self.policy.summary_tokens
+        overhead = self.count([])
+
+        def message(text: str) -> UserMessage:
+            return UserMessage(content=f"{header}\n{text}", compacted=True)
+
+        full = self.count([message(summary)]) - overhead
+        if full <= budget:
+            return message(summary)
+        note = f"\n[summary cut to about {budget} tokens: the summarizer returned {full}]"
+        keep = len(summary)
+        for _ in range(_FIT_ROUNDS):
+            keep = max(0, min(keep - 1, int(keep * budget / max(1, full) * 0.9)))
+            candidate = message(summary[:keep].rstrip() + note)
+            full = self.count([candidate]) - overhead
+            if full <= budget or keep == 0:
+                return candidate
+        return message(note.strip())
+
     def _squeeze(self, msgs: list[Message]) -> list[Message]:
-        """Last resort: mask every tool output but the newest turn's, then drop old turns."""
+        """Last resort: mask every tool output but the newest turn's, then drop old turns.
+
+        Every drop is noted in one message after the pinned head, naming a lost summary.
+        """
         units = _units(msgs)
         first_user = next((i for i, m in enumerate(msgs) if isinstance(m, UserMessage)), -1)
         pinned = [u for u in units if u[0] <= first_user or isinstance(msgs[u[0]], SystemMessage)]
         rest = [u for u in units if u not in pinned]
         last = rest[-1] if rest else []
         masked = [m if i in last else self._mask(m) for i, m in enumerate(msgs)]
+        head = [masked[i] for u in pinned for i in sorted(u)]
+        dropped, lost_summary = 0, False
         while True:
-            keep = [i for u in pinned + rest for i in u]
-            candidate = [masked[i] for i in sorted(keep)]
+            note: list[Message] = []
+            if dropped:
+                what = " (among them the summary of earlier work)" if lost_summary else ""
+                note = [UserMessage(
+                    content=f"{DROP_PREFIX}: {dropped} earlier messages{what} were removed to "
+                    "fit the context window. Masked tool outputs remain in their spill files.]",
+                    compacted=True,
+                )]  # fmt: skip
+            candidate = head + note + [masked[i] for u in rest for i in u]
             if self.count(candidate) <= self.limit or len(rest) <= 1:
                 return candidate
-            rest.pop(0)
-
+            gone = rest.pop(0)
+            dropped += len(gone)
+            lost_summary |= any(msgs[i].content.startswith(SUMMARY_PREFIX) for i in gone)

@@ -12,7 +12,10 @@ wedges a session.
 
 from __future__ import annotations
 
+import email.utils
 import json
+import math
+import time
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -78,6 +81,11 @@ class OpenAICompatibleSummarizer:
     Retries with exponential backoff on timeouts, connection errors, 429 and 5xx
     (``max_retries`` extra attempts). Other failures (4xx, malformed JSON, empty content)
     raise ``SummarizerError`` at once: retrying them would only repeat the answer.
+
+    ``timeout`` bounds each attempt as a whole (connect, send, every byte of the answer), so
+    a server that drips its answer cannot stretch it. A ``Retry-After`` header (seconds or
+    an HTTP date) replaces the backoff when it is longer; one over ``max_retry_after_s``
+    fails at once, since the agent's drop fallback beats waiting that long.
     """
 
     def __init__(
@@ -89,6 +97,7 @@ class OpenAICompatibleSummarizer:
         timeout: float = 60.0,
         max_retries: int = 2,
         backoff_s: float = 0.5,
+        max_retry_after_s: float = 30.0,
         prompt: str = SUMMARY_PROMPT,
         client: httpx.AsyncClient | None = None,
     ) -> None:
@@ -98,6 +107,7 @@ class OpenAICompatibleSummarizer:
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff_s = backoff_s
+        self.max_retry_after_s = max_retry_after_s
         self.prompt = prompt
         self._client = client
 
@@ -113,16 +123,32 @@ class OpenAICompatibleSummarizer:
         }
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         last_error = "no attempt made"
+        retry_after = 0.0
         for attempt in range(self.max_retries + 1):
             if attempt:
-                await anyio.sleep(self.backoff_s * 2 ** (attempt - 1))
+                await anyio.sleep(max(self.backoff_s * 2 ** (attempt - 1), retry_after))
+            retry_after = 0.0
             try:
-                response = await self._post(body, headers)
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                last_error = f"{type(exc).__name__}: {exc or 'timed out'}"
+                with anyio.fail_after(self.timeout):
+                    response = await self._post(body, headers)
+            except TimeoutError:
+                last_error = f"timed out after {self.timeout:g}s"
+                continue
+            except httpx.TimeoutException as exc:
+                last_error = f"{type(exc).__name__}: {exc or 'timed out'} (timed out)"
+                continue
+            except httpx.TransportError as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
                 continue
             if response.status_code == 429 or response.status_code >= 500:
                 last_error = f"HTTP {response.status_code}: {response.text[:200]}"
+                retry_after = _retry_after_s(response)
+                if retry_after > self.max_retry_after_s:
+                    raise SummarizerError(
+                        f"summarizer at {self.url} answered HTTP {response.status_code} with "
+                        f"Retry-After {retry_after:.0f}s, more than max_retry_after_s="
+                        f"{self.max_retry_after_s:g}; try again later or use another endpoint"
+                    )
                 continue
             if response.status_code >= 400:
                 raise SummarizerError(
@@ -141,10 +167,28 @@ class OpenAICompatibleSummarizer:
             return await client.post(self.url, json=body, headers=headers)
 
 
+def _retry_after_s(response: httpx.Response) -> float:
+    """Seconds the server asked us to wait (0 when it did not say, or said nonsense)."""
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return 0.0
+        if when.tzinfo is None:
+            return 0.0
+        seconds = when.timestamp() - time.time()
+    return seconds if math.isfinite(seconds) and seconds > 0 else 0.0
+
+
 def _content(response: httpx.Response, url: str) -> str:
     try:
         text = response.json()["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
+    except (ValueError, KeyError, IndexError, TypeError, RecursionError) as exc:
         raise SummarizerError(
             f"summarizer at {url} returned a malformed response ({type(exc).__name__}): "
             f"{response.text[:200]!r}"
