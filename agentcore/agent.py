@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from agentcore.context import Compactor, ContextPolicy
 from agentcore.dsml import ParsedCompletion, StreamParser, Visible, parse_completion
+from agentcore.dsml.parse import completion_of
 from agentcore.engine.base import (
     CheckpointInfo,
     Completion,
@@ -169,25 +170,37 @@ class Agent:
                 # "required" forces the run's first call; later steps may answer.
                 request.tool_choice = "auto"
             completion: Completion | None = None
-            parser = StreamParser(thinking=self._thinking)
+            tools = self.registry.specs
+            parser = StreamParser(thinking=self._thinking, tools=tools)
+            events: list = []
+            streamed: list[str] = []
             async for item in self.engine.stream(request):
                 if isinstance(item, Completion):
                     completion = item
                     continue
+                streamed.append(item.text)
                 for ev in parser.feed(item.text):
+                    events.append(ev)
                     if isinstance(ev, Visible) and ev.text:
                         yield TextDelta(text=ev.text)
-            for ev in parser.close():
-                if isinstance(ev, Visible) and ev.text:
-                    yield TextDelta(text=ev.text)
             if completion is None:
                 raise EngineProtocolError(
                     f"{type(self.engine).__name__}.stream ended without a Completion"
                 )
+            for ev in parser.close(ended=completion.finish_reason == "stop"):
+                events.append(ev)
+                if isinstance(ev, Visible) and ev.text:
+                    yield TextDelta(text=ev.text)
             self.usages.append(completion.usage)
             yield TurnEvent(step=step, usage=completion.usage, finish_reason=completion.finish_reason)
 
-            parsed = parse_completion(completion.text, thinking=self._thinking, tools=self.registry.specs)
+            # The stream parser's result is the parse, unless the engine's final text is not
+            # what it streamed (an engine may fix up its text at the end).
+            if "".join(streamed) == completion.text:
+                parsed = completion_of(parser, events, tools)
+            else:
+                parsed = parse_completion(completion.text, thinking=self._thinking, tools=tools,
+                                          ended=completion.finish_reason == "stop")  # fmt: skip
             content = parsed.content
             self.messages.append(
                 AssistantMessage(
