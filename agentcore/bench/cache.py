@@ -185,6 +185,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--sizes", default="2048,8192", help="prompt sizes for restore vs recompute (add 32768)")
     p.add_argument("--turns", type=int, default=30)
     p.add_argument("--skip", default="", help="comma list of figures to skip: restore,store,reuse")
+    p.add_argument("--plot", metavar="FILE.png", help="draw per-turn reuse and TTFT (needs [plot])")
     args = p.parse_args(argv)
     skip = set(args.skip.split(","))
     path = pull(args.model, progress=False) if args.model == "smollm2" else Path(args.model)
@@ -209,4 +210,8 @@ def main(argv: list[str]) -> int:
         later = [r["value"] for r in rows if r["figure"] == "reuse" and r["value"] is not None]
         print(json.dumps({"figure": "reuse_min", "value": min(later), "turns": len(later),
                           "unit": "reused/reusable, turns after the first", **base}), flush=True)
+        if args.plot:
+            from agentcore.bench.plot import plot_session
+
+            plot_session([{**row, **base} for row in rows], args.plot)
     return 0
