@@ -164,3 +164,44 @@ def test_eager_decoder_step_equals_feed_then_sample(tiny_gguf):
     assert b.sample() == t
     assert a.step(t) == (b.feed([t]) or b.sample())
     assert kv1.length == kv2.length == len(ids) + 1
+
+
+class ScriptDecoder:
+    """A Decoder that 'samples' a fixed id sequence: the loop's stop logic in isolation."""
+
+    def __init__(self, ids):
+        self.ids, self.i = list(ids), 0
+
+    def prefill(self, ids): ...
+    def start(self, sampling, seed=None, *, reserve=0): ...
+    def feed(self, ids): ...
+    def settle(self): ...
+    def logits(self): ...
+
+    def sample(self, mask=None):
+        self.i += 1
+        return self.ids[self.i - 1]
+
+    def step(self, token, mask=None):
+        return self.sample(mask)
+
+
+def test_a_value_quoting_the_closing_tag_does_not_end_generation(tiny_gguf):
+    import threading
+
+    from agentcore.dsml import TOOL_CALLS_END, StreamParser, render_tool_calls
+    from agentcore.engine.decode.stop import StopChecker
+    from agentcore.engine.generate import generate
+    from agentcore.engine.session import Session
+    from agentcore.messages import ToolCall, ToolSpec
+
+    eng = engine(tiny_gguf)
+    spec = ToolSpec(name="write", parameters={"type": "object", "properties": {"text": {"type": "string"}}})
+    block = render_tool_calls([ToolCall(id="1", name="write", arguments={"text": f"see {TOOL_CALLS_END} here"})])
+    ids = eng.tokenize("ok" + block + " trailing words that must not be generated")
+    session = Session(eng.ops.new_kv(eng.spec, 8), ScriptDecoder(ids))
+    res = generate(session, eng.tokenizer.token_bytes, max_tokens=len(ids), stops=StopChecker(),
+                   constraint=None, blocks=StreamParser(tools=[spec]), emit=lambda _: None,
+                   cancelled=threading.Event(), started=0.0)  # fmt: skip
+    assert res.finish_reason == "tool_calls"
+    assert res.text == "ok" + block

@@ -133,6 +133,7 @@ def generate(
     max_tokens: int,
     stops: StopChecker,
     constraint: ToolCallConstraint | None,
+    blocks: Any = None,
     emit: Callable[[str], None],
     cancelled: threading.Event,
     started: float,
@@ -140,6 +141,8 @@ def generate(
     """Decode from the session's held logits (the prompt is already prefilled).
 
     ``started`` is the request's ``perf_counter`` start, so ``ttft_s`` covers the prefill.
+    ``blocks``: a ``dsml.StreamParser`` fed the generated text; generation ends when it reports
+    a tool-call block complete (any dialect), as it ends when the constraint's block is done.
     """
     res = GenerationResult()
     out, parts = res.token_ids, []
@@ -172,6 +175,8 @@ def generate(
             unfed.append(token)
             piece = utf8.decode(token_bytes(token))
             raw += piece
+            if blocks is not None:
+                blocks.feed(piece)
             visible = stops.push(piece, token)
             if visible:
                 parts.append(visible)
@@ -181,7 +186,7 @@ def generate(
         if stops.stopped:
             res.finish_reason = "stop"
             break
-        if constraint is not None and constraint.done:
+        if (constraint is not None and constraint.done) or (blocks is not None and blocks.block_complete):
             res.finish_reason = "tool_calls"
             break
     if not stops.stopped:

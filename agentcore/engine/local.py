@@ -30,6 +30,7 @@ import anyio
 import anyio.lowlevel
 import numpy as np
 
+from agentcore.dsml import StreamParser
 from agentcore.engine.backends import select_ops
 from agentcore.engine.base import (
     CheckpointInfo,
@@ -340,7 +341,10 @@ class LocalEngine:
                 result = generate(
                     session, self.tokenizer.token_bytes, max_tokens=request.max_tokens,
                     stops=StopChecker(stop_ids, request.stop),
-                    constraint=self._constraint(request), emit=emit, cancelled=cancelled,
+                    constraint=self._constraint(request),
+                    blocks=StreamParser(thinking=self.thinking, tools=request.tools)
+                    if request.tools and request.tool_choice != "none" else None,
+                    emit=emit, cancelled=cancelled,
                     started=started,
                 )  # fmt: skip
                 flush()
