@@ -160,12 +160,20 @@ class Agent:
 
     async def stream(self, task: str) -> AsyncIterator[Event]:
         """Run and yield typed events: text, tool calls and results, checkpoints, turns."""
-        self.messages.append(UserMessage(content=task))
+        task_message = UserMessage(content=task)
+        self.messages.append(task_message)
         content = ""
         for step in range(1, self.max_steps + 1):
-            async for event in self._fit_context():
-                yield event
-            request = self._request(max_tokens=self._room())
+            try:
+                async for event in self._fit_context():
+                    yield event
+                request = self._request(max_tokens=self._room())
+            except ContextOverflow:
+                if step == 1:
+                    # The task itself does not fit: roll it back, or it stays pinned as the
+                    # first task and every later run overflows too.
+                    self.messages = [m for m in self.messages if m is not task_message]
+                raise
             if step > 1 and self.tool_choice == "required":
                 # "required" forces the run's first call; later steps may answer.
                 request.tool_choice = "auto"
