@@ -144,6 +144,7 @@ class LocalEngine:
         self.max_live_sessions = max_live_sessions
         self.turns: list[TurnRecord] = []
         self._compute = threading.Lock()
+        self._spare: list[Session] = []
 
     @classmethod
     def from_gguf(cls, path: str | Path, **kwargs: Any) -> LocalEngine:
@@ -201,6 +202,10 @@ class LocalEngine:
     # ------------------------------------------------------------------ sessions and the cache
 
     def _new_session(self) -> Session:
+        if self._spare:
+            session = self._spare.pop()
+            session.reset()
+            return session
         kv = self.ops.new_kv(self.spec, 256)
         if self.device == "cuda":
             from agentcore.engine.backends.cuda_graph import CudaDecoder
@@ -213,8 +218,9 @@ class LocalEngine:
         if session is None:
             session = self.sessions[session_id] = self._new_session()
             while len(self.sessions) > self.max_live_sessions:
-                old_id, _ = self.sessions.popitem(last=False)
+                old_id, old = self.sessions.popitem(last=False)
                 self.store.release(old_id)
+                self._retire(old)
         self.sessions.move_to_end(session_id)
         return session
 
@@ -437,5 +443,14 @@ class LocalEngine:
 
     def forget(self, session_id: str) -> None:
         """Drop a live session (its checkpoints stay in the store)."""
-        self.sessions.pop(session_id, None)
-        self.store.release(session_id)
+        with self._compute:
+            session = self.sessions.pop(session_id, None)
+            self.store.release(session_id)
+            if session is not None:
+                self._retire(session)
+
+    def _retire(self, session: Session) -> None:
+        """Keep one dropped session's buffers for the next new one (no allocation, and on
+        CUDA no graph capture, for a new conversation)."""
+        if not self._spare:
+            self._spare.append(session)

@@ -37,6 +37,13 @@ class Session:
     def length(self) -> int:
         return len(self.ids)
 
+    def reset(self) -> None:
+        """Empty the session for reuse by another conversation: its KV buffers (and on CUDA
+        its captured graph) are kept, so a new session starts without allocating."""
+        self.settle()
+        self.truncate(0)
+        self.stored, self.tail, self.computed, self.turns = [], None, [], 0
+
     # ---- changing the KV
 
     def truncate(self, n: int) -> None:
