@@ -236,46 +236,127 @@ async def _demo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- chat / run
 
 
+CHAT_HELP = """commands:
+  /stats    the last turn's reuse and timing, the checkpoint store
+  /compact  compact the conversation now
+  /reset    start a new conversation (checkpoints stay)
+  /quit     leave (or Ctrl-D); Ctrl-C stops a reply"""
+
+
+def _line_editing() -> None:
+    """Arrow keys and history for input() (readline), history kept in $AGENTCORE_HOME."""
+    try:
+        import readline
+    except ImportError:  # not on every platform; input() still works without it
+        return
+    import atexit
+
+    history = agentcore_home() / "chat_history"
+    try:
+        readline.read_history_file(history)
+    except OSError:
+        pass
+    readline.set_history_length(1000)
+
+    def save() -> None:
+        try:
+            history.parent.mkdir(parents=True, exist_ok=True)
+            readline.write_history_file(history)
+        except OSError:
+            pass
+
+    atexit.register(save)
+
+
+def _chat_stats(engine: Any, agent: Any) -> str:
+    stats = engine.stats()
+    lines = []
+    if agent.usages:
+        u = agent.usages[-1]
+        reusable = getattr(u, "reusable_tokens", u.cached_tokens)
+        lines.append(f"last turn: prompt {u.prompt_tokens}, reused {u.cached_tokens} of "
+                     f"{reusable} reusable ({u.cache_source}), TTFT {u.ttft_s * 1000:.0f} ms, "
+                     f"{u.decode_tokens_per_s:.1f} tok/s")
+    else:
+        lines.append("no turns yet")
+    tiers, store = stats["tiers"], stats["store"]
+    lines.append(f"turns {len(agent.usages)}, mean reuse {stats['reuse_mean']:.1%}, "
+                 f"checkpoints {len(agent.checkpoints)}, compactions {len(agent.compactions)}")
+    lines.append(f"store: ram {store.get('ram_blocks', 0)} blocks "
+                 f"({store.get('ram_bytes', 0) / 1e6:.1f} MB), disk {store.get('disk_blocks', 0)} "
+                 f"blocks ({store.get('disk_bytes', 0) / 1e6:.1f} MB); hits ram "
+                 f"{tiers['ram_hits']}, disk {tiers['disk_hits']}, misses {tiers['misses']}")
+    return "\n".join(lines)
+
+
 async def _chat(args: argparse.Namespace) -> int:
+    import signal
+
     from agentcore import Agent
     from agentcore.messages import TextDelta, ToolCallEvent
-    from agentcore.tools.builtin import builtin_tools
 
     engine = _load_engine(args.model, args.ctx, args.kv_dir, args.device)
-    tools = builtin_tools(args.workspace) if args.tools else []
-    agent = Agent(engine, tools=tools, system=args.system, workspace=args.workspace,
-                  max_tokens=args.max_tokens)
-    print("agentcore chat: /stats /compact /reset /quit", file=sys.stderr)
-    while True:
-        try:
-            line = await anyio.to_thread.run_sync(input, "> ")
-        except EOFError:
-            return 0
-        line = line.strip()
-        if not line:
-            continue
-        if line in ("/quit", "/exit"):
-            return 0
-        if line == "/stats":
-            stats = engine.stats()
-            print(json.dumps({k: stats[k] for k in ("reuse_mean", "tiers", "store")}, indent=2))
-            continue
-        if line == "/compact":
-            event = await agent.compact()
-            print("nothing to compact" if event is None else
-                  f"compacted {event.before_tokens} -> {event.after_tokens} tokens ({event.strategy})")
-            continue
-        if line == "/reset":
-            agent = Agent(engine, tools=tools, system=args.system, workspace=args.workspace,
-                          max_tokens=args.max_tokens)
-            print("new conversation")
-            continue
-        async for event in agent.stream(line):
-            if isinstance(event, TextDelta):
-                print(event.text, end="", flush=True)
-            elif isinstance(event, ToolCallEvent):
-                print(f"\n[tool] {event.call.name}({json.dumps(event.call.arguments)})")
-        print()
+    tools: list[Any] = []
+    if args.tools:
+        from agentcore.tools.builtin import builtin_tools
+
+        tools = builtin_tools(args.workspace)
+
+    def new_agent() -> Agent:
+        return Agent(engine, tools=tools, system=args.system, workspace=args.workspace,
+                     max_tokens=args.max_tokens)
+
+    agent = new_agent()
+    _line_editing()
+    print("agentcore chat: type a message; /help for commands, Ctrl-C stops a reply, "
+          "Ctrl-D quits", file=sys.stderr)
+    reply: list[anyio.CancelScope] = []  # the reply being generated, if any
+
+    async def on_interrupt() -> None:
+        with anyio.open_signal_receiver(signal.SIGINT) as signals:
+            async for _ in signals:
+                if reply:
+                    reply[0].cancel()
+                else:
+                    print("\n(Ctrl-D or /quit leaves)\n> ", end="", file=sys.stderr, flush=True)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(on_interrupt)
+        while True:
+            try:
+                line = (await anyio.to_thread.run_sync(input, "> ")).strip()
+            except EOFError:
+                print(file=sys.stderr)
+                break
+            if not line:
+                continue
+            if line in ("/quit", "/exit"):
+                break
+            if line == "/help":
+                print(CHAT_HELP)
+            elif line == "/stats":
+                print(_chat_stats(engine, agent))
+            elif line == "/compact":
+                event = await agent.compact()
+                print("nothing to compact yet" if event is None else f"compacted {event.before_tokens} -> {event.after_tokens} tokens "
+                      f"({event.strategy})")
+            elif line == "/reset":
+                agent = new_agent()
+                print("new conversation")
+            elif line.startswith("/"):
+                print(f"unknown command {line.split()[0]}; /help lists them")
+            else:
+                with anyio.CancelScope() as scope:
+                    reply.append(scope)
+                    async for event in agent.stream(line):
+                        if isinstance(event, TextDelta):
+                            print(event.text, end="", flush=True)
+                        elif isinstance(event, ToolCallEvent):
+                            print(f"\n[tool] {event.call.name}({json.dumps(event.call.arguments)})")
+                reply.clear()
+                print(" [stopped]" if scope.cancelled_caught else "")
+        tg.cancel_scope.cancel()
+    return 0
 
 
 async def _run(args: argparse.Namespace) -> int:
