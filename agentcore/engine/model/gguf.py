@@ -20,6 +20,7 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
+import math
 import mmap
 import struct
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ __all__ = [
     "GGUFModel",
     "ModelSpec",
     "WeightTensor",
+    "check_logits",
     "load_gguf",
 ]
 
@@ -389,6 +391,13 @@ def _build_spec(path: Path, md: dict[str, Any], tensors: dict[str, WeightTensor]
             raise ModelFormatError(f"{path}: metadata {full!r}={v!r} must be an integer")
         if kind is float and not isinstance(v, int | float):
             raise ModelFormatError(f"{path}: metadata {full!r}={v!r} must be a number")
+        if kind is float and not (math.isfinite(v) and v > 0):
+            # Every float hyperparameter (rope base, eps, scales) is a positive quantity;
+            # NaN or a negative base loads and then silently generates token 0.
+            raise ModelFormatError(
+                f"{path}: metadata {full!r}={v} must be a finite positive number; the file is "
+                "corrupt"
+            )
         if limit is not None and not 0 < v <= limit:
             raise ModelFormatError(
                 f"{path}: metadata {full!r}={v} is outside (0, {limit:g}]; the file is corrupt"
@@ -459,7 +468,8 @@ def _rope_scaling(
     factor = md.get(f"{arch}.rope.scaling.factor")
     if kind == "none" or (kind == "linear" and factor in (None, 1.0)):
         return None
-    if kind == "linear" and isinstance(factor, int | float) and factor > 0:
+    positive = isinstance(factor, int | float) and math.isfinite(factor) and factor > 0
+    if kind == "linear" and positive:
         return {"type": "linear", "factor": float(factor)}
     raise ModelFormatError(
         f"{path}: rope scaling {kind!r} (factor {factor!r}) is not supported; supported: "
@@ -502,7 +512,36 @@ def _expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     return want
 
 
+def check_logits(logits: Any, path: str | Path) -> None:
+    """Raise ModelFormatError unless every logit is finite (call once on a first forward).
+
+    NaN or inf weights anywhere make the logits non-finite, and argmax of NaN is token 0:
+    the model would load and silently generate garbage.
+    """
+    # A CuPy array is copied to the host (one row of logits, once per engine).
+    on_device = hasattr(logits, "get") and not isinstance(logits, np.ndarray)
+    values = np.asarray(logits.get() if on_device else logits)
+    if not np.isfinite(values).all():
+        bad = int(values.size - np.isfinite(values).sum())
+        raise ModelFormatError(
+            f"{path}: {bad} of {values.size} logits of a test forward are not finite (NaN or "
+            "inf): the weights are corrupt; download the model again"
+        )
+
+
+def _check_finite_norms(path: Path, tensors: dict[str, WeightTensor]) -> None:
+    """Norm weights are small and multiply every activation: check them all at load."""
+    for name, t in tensors.items():
+        is_norm = name.endswith("norm.weight") and len(t.shape) == 1
+        if is_norm and not np.isfinite(t.dequantize()).all():
+            raise ModelFormatError(
+                f"{path}: tensor {name!r} holds NaN or inf values; the weights are corrupt: "
+                "download the model again"
+            )
+
+
 def _check_shapes(path: Path, spec: ModelSpec, tensors: dict[str, WeightTensor]) -> None:
+    _check_finite_norms(path, tensors)
     for name, shape in _expected_shapes(spec).items():
         t = tensors.get(name)
         if t is None:

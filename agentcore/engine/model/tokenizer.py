@@ -107,6 +107,26 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(sorted(mapping.items()))
 
 
+def _check_vocabulary(tokens: list[Any], types: list[Any], source: str) -> None:
+    """Every token a non-empty string, every type an int: tiktoken hangs on an empty token."""
+    for i, (text, ttype) in enumerate(zip(tokens, types, strict=True)):
+        if not isinstance(text, str):
+            raise TokenizerError(
+                f"{source}: tokenizer.ggml.tokens[{i}] is {type(text).__name__} {text!r}, not "
+                "a string; the vocabulary is corrupt: re-convert the model"
+            )
+        if isinstance(ttype, bool) or not isinstance(ttype, int):
+            raise TokenizerError(
+                f"{source}: tokenizer.ggml.token_type[{i}] is {ttype!r}, not an integer; the "
+                "vocabulary is corrupt: re-convert the model"
+            )
+        if not text:
+            raise TokenizerError(
+                f"{source}: token {i} (type {ttype}) is empty; a vocabulary cannot hold an "
+                "empty token: re-convert the model"
+            )
+
+
 class Tokenizer:
     """Byte-level BPE tokenizer of a GGUF model (see the module docstring)."""
 
@@ -123,7 +143,7 @@ class Tokenizer:
                 "BPE vocabularies ('gpt2': Llama 3, SmolLM2, Qwen, DeepSeek) only"
             )
         pre = metadata.get("tokenizer.ggml.pre")
-        if pre not in PRE_TOKENIZERS:
+        if not isinstance(pre, str) or pre not in PRE_TOKENIZERS:
             raise TokenizerError(
                 f"{source}: pre-tokenizer {pre!r} is not supported; supported: "
                 f"{', '.join(SUPPORTED_PRE_TOKENIZERS)}. Re-convert the model with a recent "
@@ -137,6 +157,7 @@ class Tokenizer:
             raise TokenizerError(
                 f"{source}: {len(tokens)} tokens but {len(types)} token types; file is corrupt"
             )
+        _check_vocabulary(tokens, types, source)
         self.pre = pre
         self.vocab_size = len(tokens)
         self.add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", False))
