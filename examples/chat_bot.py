@@ -8,7 +8,7 @@ import sys
 import anyio
 
 from agentcore import Agent, TextDelta, TurnEvent
-from agentcore.engine.local import LocalEngine
+from agentcore.engine import LocalEngine
 from agentcore.model_cache import pull
 
 

@@ -18,7 +18,7 @@ from agentcore import (
     ToolCallEvent,
     ToolResultEvent,
 )
-from agentcore.engine.local import LocalEngine
+from agentcore.engine import LocalEngine
 from agentcore.model_cache import pull
 from agentcore.tools.builtin import builtin_tools
 

@@ -20,8 +20,8 @@ from agentcore import (
     tool,
 )
 from agentcore.dsml import render_tool_calls
-from agentcore.testing.scripted import ScriptedEngine
 from agentcore.messages import ToolCall
+from agentcore.testing.scripted import ScriptedEngine
 
 
 @tool

@@ -9,8 +9,8 @@ import anyio
 
 from agentcore import Agent, ContextPolicy, tool
 from agentcore.dsml import render_tool_calls
-from agentcore.testing.scripted import ScriptedEngine
 from agentcore.messages import CheckpointEvent, CompactionEvent, FinalEvent, ToolCall, TurnEvent
+from agentcore.testing.scripted import ScriptedEngine
 
 
 @tool

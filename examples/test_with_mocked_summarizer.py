@@ -9,8 +9,8 @@ import respx
 
 from agentcore import Agent, ContextPolicy, OpenAICompatibleSummarizer, UserMessage, tool
 from agentcore.dsml import render_tool_calls
-from agentcore.testing.scripted import ScriptedEngine
 from agentcore.messages import ToolCall
+from agentcore.testing.scripted import ScriptedEngine
 
 
 @tool
