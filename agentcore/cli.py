@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError
 
 from agentcore.errors import AgentCoreError
 
@@ -369,7 +371,7 @@ async def _run(args: argparse.Namespace) -> int:
                   workspace=args.workspace, max_steps=args.max_steps, max_tokens=args.max_tokens)
     async for event in agent.stream(args.task):
         if args.json:
-            print(event.model_dump_json())
+            print(_event_json(event))
         elif isinstance(event, TextDelta):
             print(event.text, end="", flush=True)
         elif isinstance(event, ToolCallEvent):
@@ -495,7 +497,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _event_json(event: BaseModel) -> str:
+    """One JSON line; text that is not valid Unicode (a non-UTF-8 file name) is escaped."""
+    try:
+        return event.model_dump_json()
+    except PydanticSerializationError:
+        return json.dumps(event.model_dump(mode="json"), separators=(",", ":"))
+
+
+def _tolerant_output() -> None:
+    """Print what cannot be encoded (lone surrogates from file names) as escapes, not crash."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _tolerant_output()
     args = build_parser().parse_args(argv)
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
