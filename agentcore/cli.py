@@ -228,7 +228,8 @@ async def _demo(args: argparse.Namespace) -> int:
         _print_table(rows)
         print(f"\nafter the restart the first turn reused {restart['reused']} of "
               f"{restart['prompt']} prompt tokens from {restart['source']} (kv_dir: {kv_dir})")
-        print(f"{time.perf_counter() - t0:.1f} s")
+        print(f"wall time {time.perf_counter() - t0:.1f} s, load average "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         print(f"demo: {correct}/{len(DEMO_TASKS)} tasks answered correctly")
     finally:
         shutil.rmtree(workspace, ignore_errors=True)
