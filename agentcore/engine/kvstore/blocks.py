@@ -9,20 +9,19 @@ stores only blocks nobody stored before.
 
 The live KV a model computes with (``DenseKV`` on the CPU, the CUDA backend's cache on a
 GPU) is addressed by position; ``read_span``/``write_span`` copy a block between it and the
-block form. Invariant: a session's ledger (``Session.ids``) is exactly the token ids whose KV
-is valid in ``Session.kv``, in order.
+block form. The session ledger that says which ids the live KV holds is engine/session.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["KVLayout", "Session", "block_hashes", "common_prefix", "read_span", "write_span"]
+__all__ = ["KVLayout", "block_hashes", "common_prefix", "read_span", "write_span"]
 
 ROOT = "0" * 32
 
@@ -99,24 +98,3 @@ def write_span(kv: Any, start: int, block: np.ndarray) -> None:
     n = block.shape[2]
     kv.grow(start + n)
     kv.data[:, :, start : start + n] = block
-
-
-@dataclass
-class Session:
-    """One conversation's live KV and its ledger.
-
-    ``table`` is the session's block table: the chained hashes of its full blocks that the
-    checkpoint store holds; ``tail`` names the stored record of the partial last block.
-    """
-
-    kv: Any
-    ids: list[int] = field(default_factory=list)
-    table: list[str] = field(default_factory=list)
-    tail: str | None = None
-    turns: int = 0
-
-    def truncate(self, n: int) -> None:
-        """Roll the live KV back to its first ``n`` tokens (a shared prefix)."""
-        n = min(n, len(self.ids))
-        self.kv.truncate(n)
-        del self.ids[n:]
