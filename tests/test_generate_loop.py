@@ -205,3 +205,21 @@ def test_a_value_quoting_the_closing_tag_does_not_end_generation(tiny_gguf):
                    cancelled=threading.Event(), started=0.0)  # fmt: skip
     assert res.finish_reason == "tool_calls"
     assert res.text == "ok" + block
+
+
+async def test_nan_weights_are_a_clear_error_on_the_first_request(tmp_path):
+    from gguf import GGUFReader
+
+    from agentcore.errors import ModelFormatError
+
+    path = write_synthetic_gguf(tmp_path / "nan.gguf", arch="llama", qtype="F32", context_length=512)
+    reader = GGUFReader(path)
+    t = next(t for t in reader.tensors if t.name == "blk.0.ffn_down.weight")
+    offset = int(t.data_offset)
+    del reader
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 64] = np.full(16, np.nan, np.float32).tobytes()
+    path.write_bytes(bytes(data))
+    eng = LocalEngine.from_gguf(path)
+    with pytest.raises(ModelFormatError, match="not finite"):
+        await complete(eng, request(max_tokens=2))

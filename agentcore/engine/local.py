@@ -52,7 +52,7 @@ from agentcore.engine.kvstore.blocks import (
 from agentcore.engine.kvstore.store import CheckpointStore
 from agentcore.engine.model import build_model
 from agentcore.engine.model.chat import ChatFormat, detect_chat_format
-from agentcore.engine.model.gguf import GGUFModel, load_gguf
+from agentcore.engine.model.gguf import GGUFModel, check_logits, load_gguf
 from agentcore.engine.model.tokenizer import Tokenizer
 from agentcore.engine.session import Session
 from agentcore.errors import ContextOverflow, DeviceUnavailable
@@ -145,6 +145,7 @@ class LocalEngine:
         self.turns: list[TurnRecord] = []
         self._compute = threading.Lock()
         self._spare: list[Session] = []
+        self._logits_checked = False
 
     @classmethod
     def from_gguf(cls, path: str | Path, **kwargs: Any) -> LocalEngine:
@@ -341,6 +342,9 @@ class LocalEngine:
                 started = time.perf_counter()
                 record = self._prepare(request.session_id, request.messages, ids, ends, "generate")
                 session = self.sessions[request.session_id]
+                if not self._logits_checked:  # NaN weights would decode as token 0, silently
+                    check_logits(session.decoder.logits(), self.model.path)
+                    self._logits_checked = True
                 sampling = request.sampling
                 session.start(sampling, reserve=request.max_tokens)
                 stop_ids = () if sampling is not None and sampling.ignore_eos else self.chat.stop_ids
