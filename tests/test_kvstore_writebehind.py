@@ -152,3 +152,10 @@ def test_a_saved_block_does_not_alias_the_callers_buffer(tmp_path):
     got, dest = restore(store, ids)
     assert got.tokens == 8
     np.testing.assert_array_equal(dest, kv_of(ids))
+
+
+def test_interpreter_exit_merges_the_stats(tmp_path):
+    subprocess.run([sys.executable, "-c", _EXIT_WITHOUT_FLUSH, str(tmp_path), "exit"],
+                   capture_output=True, timeout=120, check=True)
+    stats = (tmp_path / LAYOUT.fingerprint[:16] / "stats.json").read_text()
+    assert '"blocks_written": 10' in stats

@@ -22,6 +22,7 @@ Invariants:
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -48,6 +49,13 @@ log = logging.getLogger("agentcore.kv")
 
 HIT_WEIGHT_S = 120.0  # one hit counts like two minutes of recency
 _STORES: weakref.WeakSet[CheckpointStore] = weakref.WeakSet()  # to flush a kv_dir's other writers
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    """Interpreter exit: every store's queue reaches the disk and its stats reach stats.json."""
+    for store in list(_STORES):
+        store.flush(timeout=60.0)
 
 
 @dataclass
