@@ -176,7 +176,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def bench_model(run: Run, cp: Any, name: str, path: Path, quant: str, bw: float,
-                contexts: list[int], peer_bin: str | None) -> None:  # fmt: skip
+                contexts: list[int], peer_bin: str | None, only: str | None = None) -> None:  # fmt: skip
     big = "8b" in name
     steps = 128 if big else 256
     kv_dir = Path(tempfile.mkdtemp(prefix="agentcore-kv-"))
@@ -186,7 +186,7 @@ def bench_model(run: Run, cp: Any, name: str, path: Path, quant: str, bw: float,
     ceiling = bw / wbytes
     public_turn(eng, 64, 16, "warm-up")  # compiles the kernels, as a first user request would
     peer = llama_bench(peer_bin, path, [0 if c <= 64 else c for c in contexts])
-    for ctx in contexts:
+    for ctx in contexts if only != "prefill" else ():
         req, done = public_turn(eng, ctx, steps, f"decode-{ctx}")
         fast, synced, dec = raw_decode(cp, eng, ctx, steps)
         u = done.usage
@@ -207,7 +207,7 @@ def bench_model(run: Run, cp: Any, name: str, path: Path, quant: str, bw: float,
         run.emit(**fig)
         del dec
         eng.forget(f"decode-{ctx}")
-    for n in (512, 8192):
+    for n in (512, 8192) if only != "decode" else ():
         raw = raw_prefill(cp, eng, n)
         req, done = public_turn(eng, n, 1, f"prefill-{n}")
         public = done.usage.prompt_tokens / done.usage.ttft_s
@@ -252,6 +252,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--llama-bench", default=None, help="llama-bench binary: the peer")
     p.add_argument("--tmp", default="/tmp/agentcore-bench")
+    p.add_argument("--only", choices=("decode", "prefill"), default=None,
+                   help="one kind of figure (prefill includes the checkpoint and restore)")
     args = p.parse_args(argv)
     import cupy as cp
 
@@ -274,5 +276,5 @@ def main(argv: list[str]) -> int:
         if not path.exists():
             write_synthetic_gguf(path, **preset)
         print(f"# {name}: file {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
-        bench_model(run, cp, name, path, quant, bw, contexts, args.llama_bench)
+        bench_model(run, cp, name, path, quant, bw, contexts, args.llama_bench, args.only)
     return 0

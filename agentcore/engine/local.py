@@ -251,11 +251,14 @@ class LocalEngine:
         return keep, "live" if keep else "none", 0.0
 
     def _prepare(self, session_id: str, messages: Sequence[Message], ids: list[int],
-                 ends: list[int], kind: str) -> TurnRecord:  # fmt: skip
+                 ends: list[int], kind: str, reserve: int = 0) -> TurnRecord:  # fmt: skip
         """Bring the session's KV to ``ids`` (for generation: all but the last token, which is
-        prefilled to get the first logits): reuse live KV, then RAM/disk, then prefill."""
+        prefilled to get the first logits): reuse live KV, then RAM/disk, then prefill.
+        The KV is sized for ``reserve`` more tokens first, so it never grows (a copy and, on
+        CUDA, a graph capture) between the prefill and the first decode step."""
         generation = kind == "generate"
         session = self._session(session_id)
+        session.kv.grow(len(ids) + reserve + 1)
         had = len(session.ids)
         live = common_prefix(session.ids, ids)
         limit = len(ids) - 1 if generation else len(ids)
@@ -340,7 +343,8 @@ class LocalEngine:
         try:
             with self._compute:
                 started = time.perf_counter()
-                record = self._prepare(request.session_id, request.messages, ids, ends, "generate")
+                record = self._prepare(request.session_id, request.messages, ids, ends, "generate",
+                                       reserve=request.max_tokens)  # fmt: skip
                 session = self.sessions[request.session_id]
                 if not self._logits_checked:  # NaN weights would decode as token 0, silently
                     check_logits(session.decoder.logits(), self.model.path)
