@@ -3,9 +3,9 @@
 import pytest
 
 from agentcore.dsml import (
+    TOOL_CALLS_END,
     V32,
     V41,
-    TOOL_CALLS_END,
     parse_completion,
     render_tool_calls,
     render_tool_result,
