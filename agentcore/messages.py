@@ -6,7 +6,7 @@ exactly those ids (reasoning included), so turn N+1's prompt extends turn N's to
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -73,7 +73,7 @@ def is_compacted(message: object) -> bool:
 
 
 Message = Annotated[
-    Union[SystemMessage, UserMessage, AssistantMessage, ToolMessage], Field(discriminator="role")
+    SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")
 ]
 
 
@@ -128,6 +128,7 @@ class FinalEvent(_Model):
     stop_reason: Literal["final", "max_steps"] = "final"
 
 
-Event = Union[
-    TextDelta, ToolCallEvent, ToolResultEvent, CheckpointEvent, CompactionEvent, TurnEvent, FinalEvent
-]
+Event = (
+    TextDelta | ToolCallEvent | ToolResultEvent | CheckpointEvent | CompactionEvent | TurnEvent
+    | FinalEvent
+)

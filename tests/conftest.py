@@ -8,7 +8,7 @@ def anyio_backend(request):
     return request.param
 
 
-from engine_fixtures import (  # noqa: E402,F401  (fixtures shared by the engine tests)
+from engine_fixtures import (  # noqa: F401  (fixtures shared by the engine tests)
     reference_smollm2,
     smollm2_model,
     smollm2_path,

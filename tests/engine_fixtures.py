@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from agentcore.engine.model.gguf import GGUFModel, load_gguf
-from agentcore.model_cache import pull
 from agentcore.engine.model.tokenizer import Tokenizer
+from agentcore.model_cache import pull
 
 REFERENCE_SMOLLM2 = Path(__file__).parent / "data" / "reference_smollm2.json"
 

@@ -11,7 +11,6 @@ from agentcore.agent import Agent
 from agentcore.context import MASK_PREFIX, ContextPolicy
 from agentcore.dsml import render_tool_calls
 from agentcore.engine.base import GenerationRequest
-from agentcore.testing.scripted import ScriptedEngine
 from agentcore.errors import ContextOverflow
 from agentcore.messages import (
     AssistantMessage,
@@ -28,6 +27,7 @@ from agentcore.messages import (
     UserMessage,
 )
 from agentcore.summarize import OpenAICompatibleSummarizer
+from agentcore.testing.scripted import ScriptedEngine
 from agentcore.tools import tool
 
 pytestmark = pytest.mark.anyio
@@ -237,4 +237,4 @@ async def test_engine_sees_turn_usage_in_turn_events():
 def test_scripted_engine_counts_prompt_with_generation_header():
     engine = ScriptedEngine()
     req = GenerationRequest(session_id="s", messages=[UserMessage(content="hi")])
-    assert engine.count_tokens(req) == len("<user>\nhi\n<assistant>\n".encode())
+    assert engine.count_tokens(req) == len(b"<user>\nhi\n<assistant>\n")

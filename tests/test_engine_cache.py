@@ -9,8 +9,8 @@ from agentcore import Agent, tool
 from agentcore.dsml import render_tool_calls
 from agentcore.engine.base import GenerationRequest
 from agentcore.engine.local import LocalEngine
-from agentcore.testing.synthetic import write_synthetic_gguf
 from agentcore.messages import AssistantMessage, SystemMessage, ToolCall, ToolMessage, UserMessage
+from agentcore.testing.synthetic import write_synthetic_gguf
 
 pytestmark = pytest.mark.anyio
 

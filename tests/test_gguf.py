@@ -10,8 +10,8 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 
 from agentcore.engine.model.gguf import SUPPORTED_ARCHS, SUPPORTED_QTYPES, load_gguf
-from agentcore.testing.synthetic import TINY, write_synthetic_gguf
 from agentcore.errors import ModelFormatError, ModelNotFound
+from agentcore.testing.synthetic import TINY, write_synthetic_gguf
 
 
 @pytest.mark.real_model

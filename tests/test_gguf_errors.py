@@ -15,13 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agentcore.engine.model.gguf import load_gguf
-from agentcore.testing.synthetic import write_synthetic_gguf
 from agentcore.errors import (
     AgentCoreError,
     ModelFormatError,
     UnsupportedArchitecture,
     UnsupportedQuantization,
 )
+from agentcore.testing.synthetic import write_synthetic_gguf
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from agentcore.engine.model.gguf import load_gguf
-from agentcore.testing.synthetic import SMOLLM2_135M, write_synthetic_gguf
 from agentcore.engine.model.tokenizer import Tokenizer
+from agentcore.testing.synthetic import SMOLLM2_135M, write_synthetic_gguf
 
 BLOCK_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 FLOAT_TYPES = ["F32", "F16", "BF16"]

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
+from agentcore.engine.backends.cuda import cuda_available
 from agentcore.engine.base import GenerationRequest
 from agentcore.engine.local import LocalEngine
-from agentcore.engine.backends.cuda import cuda_available
-from agentcore.testing.synthetic import write_synthetic_gguf
 from agentcore.messages import SystemMessage, UserMessage
+from agentcore.testing.synthetic import write_synthetic_gguf
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="needs CuPy and a GPU")]
 

@@ -4,9 +4,9 @@ across calls (prefill, chunks, decode, rollback) never changes the logits."""
 import numpy as np
 import pytest
 
+from agentcore.engine.backends.cpu import DenseKV, NumpyOps
 from agentcore.engine.model.gguf import load_gguf
 from agentcore.engine.model.transformer import Transformer
-from agentcore.engine.backends.cpu import DenseKV, NumpyOps
 from agentcore.testing.synthetic import TINY, write_synthetic_gguf
 
 ARCHS = sorted(TINY)

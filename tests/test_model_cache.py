@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from agentcore.errors import ModelFormatError, ModelNotFound
 from agentcore.model_cache import (
     KNOWN_MODELS,
     ModelSource,
@@ -18,7 +19,6 @@ from agentcore.model_cache import (
     pull,
     resolve_model,
 )
-from agentcore.errors import ModelFormatError, ModelNotFound
 
 PAYLOAD = b"GGUF" + bytes(range(256)) * 4096  # 1 MiB stand-in for a model file
 

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from engine_fixtures import REFERENCE_SMOLLM2
 
-from agentcore.engine.model.transformer import Transformer
 from agentcore.engine.backends.cpu import DenseKV, NumpyOps
+from agentcore.engine.model.transformer import Transformer
 
 CONFIDENT = 0.5
 TOP5_BOUND = 1.0

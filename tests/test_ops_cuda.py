@@ -12,14 +12,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
+from test_ops_cuda_decode import random_rows
 
-from agentcore.engine.model.gguf import WeightTensor, load_gguf
-from agentcore.engine.model.transformer import Transformer
+from agentcore.engine.backends.cpu import DenseKV, NumpyOps, Rope
 from agentcore.engine.backends.cuda import CudaOps, cuda_available
 from agentcore.engine.backends.cuda_graph import CudaDecoder
-from agentcore.engine.backends.cpu import DenseKV, NumpyOps, Rope
+from agentcore.engine.model.gguf import WeightTensor, load_gguf
+from agentcore.engine.model.transformer import Transformer
 from agentcore.testing.synthetic import LLAMA3_8B, SMOLLM2_135M, TINY, write_synthetic_gguf
-from test_ops_cuda_decode import random_rows
 
 pytestmark = [
     pytest.mark.gpu,

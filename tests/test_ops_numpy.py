@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
+from agentcore.engine.backends.cpu import DenseKV, Linear, NumpyOps
 from agentcore.engine.model.gguf import ModelSpec
 from agentcore.engine.model.transformer import llama3_inv_freq, rope_inv_freq
-from agentcore.engine.backends.cpu import DenseKV, Linear, NumpyOps
 
 ops = NumpyOps()
 

@@ -11,9 +11,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from agentcore.engine.model.gguf import load_gguf
-from agentcore.testing.synthetic import write_synthetic_gguf
 from agentcore.engine.model.tokenizer import PRE_TOKENIZERS, SUPPORTED_PRE_TOKENIZERS, Tokenizer
 from agentcore.errors import TokenizerError
+from agentcore.testing.synthetic import write_synthetic_gguf
 
 
 @pytest.fixture(scope="module")
