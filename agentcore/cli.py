@@ -125,14 +125,14 @@ def _answered(answer: str, workspace: Path, source: str, expected: str) -> bool:
     return in_file and expected.lower() in answer.lower()
 
 
-def _usage_row(label: str, usage: Any) -> dict[str, Any]:
+def _usage_row(label: str, usage: Any, compactions: int) -> dict[str, Any]:
     reusable = getattr(usage, "reusable_tokens", None)
     return {
         "task": label, "prompt": usage.prompt_tokens, "reused": usage.cached_tokens,
         "reusable": usage.cached_tokens if reusable is None else reusable,
         "source": usage.cache_source, "ttft_ms": round(usage.ttft_s * 1000, 1),
         "decode_tok_s": round(usage.decode_tokens_per_s, 1), "checkpoint_ms": None,
-        "compactions": 0,
+        "compactions": compactions,
     }
 
 
@@ -173,7 +173,7 @@ async def _demo_task(
         print(f"\n[{label}] >>> {task}")
     async for event in agent.stream(task):
         if isinstance(event, TurnEvent):
-            rows.append(_usage_row(label, event.usage) | {"compactions": compactions})
+            rows.append(_usage_row(label, event.usage, compactions))
         elif isinstance(event, CheckpointEvent) and rows:
             rows[-1]["checkpoint_ms"] = round(event.ms, 1)
         elif isinstance(event, CompactionEvent):
@@ -214,8 +214,7 @@ async def _demo(args: argparse.Namespace) -> int:
         # A restart: a new engine on the same kv_dir serves the shared prefix from disk.
         del engine
         engine = _load_engine(args.model, args.ctx, kv_dir, args.device, quiet=args.json)
-        task, source, expected = DEMO_TASKS[0]
-        answer = await _demo_task(engine, workspace, task, "restart", args, rows)
+        await _demo_task(engine, workspace, DEMO_TASKS[0][0], "restart", args, rows)
         restart = next(r for r in rows if r["task"] == "restart")
         if args.json:
             for r in rows:
