@@ -8,6 +8,7 @@ import pytest
 from agentcore import Agent, tool
 from agentcore.dsml import render_tool_calls
 from agentcore.engine.base import GenerationRequest
+from agentcore.engine.kvstore.blocks import block_hashes
 from agentcore.engine.local import LocalEngine
 from agentcore.messages import AssistantMessage, SystemMessage, ToolCall, ToolMessage, UserMessage
 from agentcore.testing.synthetic import write_synthetic_gguf
@@ -166,3 +167,15 @@ async def test_request_over_the_limit_is_refused_before_any_kv(tiny_gguf):
     with pytest.raises(Exception, match="exceeds"):
         await generate(eng, req(transcript(5), max_tokens=8))
     assert eng.turns == [] and eng.sessions == {}
+
+
+async def test_checkpoint_pins_the_anchor_blocks(tiny_gguf):
+    eng = engine(tiny_gguf)
+    msgs = transcript(6)
+    await eng.checkpoint(req(msgs))
+    ids, ends = eng._prompt(req(msgs), generation=False)
+    anchor = ends[1] // 16  # system + tools + the first task
+    hashes = block_hashes(ids, eng.layout)
+    assert anchor >= 1
+    assert set(hashes[:anchor]) <= eng.store.anchors["s"]
+    assert not set(hashes[anchor:]) & eng.store.anchors["s"]

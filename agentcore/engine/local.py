@@ -56,7 +56,7 @@ from agentcore.engine.model.gguf import GGUFModel, check_logits, load_gguf
 from agentcore.engine.model.tokenizer import Tokenizer
 from agentcore.engine.session import Session
 from agentcore.errors import ContextOverflow, DeviceUnavailable
-from agentcore.messages import Message, is_compacted
+from agentcore.messages import Message, UserMessage, is_compacted
 
 __all__ = ["LocalEngine", "TurnRecord"]
 
@@ -415,6 +415,11 @@ class LocalEngine:
             hashes = block_hashes(ids, self.layout)
             read: Callable[[int, int], np.ndarray] = lambda start, n: read_span(session.kv, start, n)
             written, nbytes, tail = self.store.save(request.session_id, ids, hashes, read, session.tail)
+            # The anchor (system, tools, first task) survives compactions: keep its blocks
+            # pinned so the prefill after a compaction pays only the summary and recent turns.
+            first_task = next((i for i, m in enumerate(request.messages) if isinstance(m, UserMessage)), None)
+            if first_task is not None:
+                self.store.pin(request.session_id, hashes[: ends[first_task] // self.layout.block_size])
             session.stored, session.tail = hashes, tail
             session.computed = list(ids)
             ms = (time.perf_counter() - t0) * 1000
