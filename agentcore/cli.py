@@ -212,7 +212,7 @@ async def _demo(args: argparse.Namespace) -> int:
             if not args.json:
                 print(f"[check] {'correct' if ok else 'WRONG'}: {source} says {expected!r}")
         # A restart: a new engine on the same kv_dir serves the shared prefix from disk.
-        del engine
+        engine.close()  # written-behind checkpoints are on disk once close returns
         engine = _load_engine(args.model, args.ctx, kv_dir, args.device, quiet=args.json)
         await _demo_task(engine, workspace, DEMO_TASKS[0][0], "restart", args, rows)
         restart = next(r for r in rows if r["task"] == "restart")
