@@ -35,6 +35,7 @@ def ours(path, n_prompt: int, n_decode: int) -> dict[str, float]:
     from agentcore.engine.local import LocalEngine
 
     eng = LocalEngine.from_gguf(path, device="cpu", context_length=n_prompt + n_decode + 64)
+    anyio.run(complete, eng, prompt_request(eng, 16, "warm-up", 2))  # first-forward costs, once
     req = prompt_request(eng, n_prompt, "bench", n_decode)
     done = anyio.run(complete, eng, req)
     u = done.usage
