@@ -245,7 +245,6 @@ class LocalEngine:
                                      lambda start, block: write_span(kv, start, block), live=keep)  # fmt: skip
         if got.tokens > keep:
             session.restored(ids[: got.tokens])
-            session.stored = list(got.blocks)
             return got.tokens, got.source, got.ms
         session.restored(ids[:keep])  # the store may have written past the live prefix
         return keep, "live" if keep else "none", 0.0
@@ -420,7 +419,7 @@ class LocalEngine:
             first_task = next((i for i, m in enumerate(request.messages) if isinstance(m, UserMessage)), None)
             if first_task is not None:
                 self.store.pin(request.session_id, hashes[: ends[first_task] // self.layout.block_size])
-            session.stored, session.tail = hashes, tail
+            session.tail = tail
             session.computed = list(ids)
             ms = (time.perf_counter() - t0) * 1000
         log.info("kv cache stored session=%s tokens=%d blocks=%d bytes=%d ms=%.1f",

@@ -25,9 +25,7 @@ class Session:
         self.kv = kv
         self.decoder = decoder
         self.ids: list[int] = []
-        # Checkpoint bookkeeping: chained hashes of the full blocks the store holds for this
-        # session, and the stored record of its partial last block.
-        self.stored: list[str] = []
+        # The store's record of this session's partial last block (replaced at each checkpoint).
         self.tail: str | None = None
         # What the session computed last turn (prompt + sampled tokens): the reusable prefix.
         self.computed: list[int] = []
@@ -42,7 +40,7 @@ class Session:
         its captured graph) are kept, so a new session starts without allocating."""
         self.settle()
         self.truncate(0)
-        self.stored, self.tail, self.computed, self.turns = [], None, [], 0
+        self.tail, self.computed, self.turns = None, [], 0
 
     # ---- changing the KV
 
