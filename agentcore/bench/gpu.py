@@ -239,6 +239,7 @@ def bench_model(run: Run, cp: Any, name: str, path: Path, quant: str, bw: float,
                      ttft_restored_ms=round(u.ttft_s * 1000, 1),
                      ttft_cold_ms=round(cold_ttft * 1000, 1))  # fmt: skip
             del fresh
+        eng.forget(f"prefill-{n}")  # the next new session reuses its buffers, as a user's would
     del eng
     gc.collect()
     cp.get_default_memory_pool().free_all_blocks()

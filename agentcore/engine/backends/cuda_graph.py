@@ -244,12 +244,16 @@ class CudaDecoder:
         if not len(ids):
             raise ValueError("feed needs at least one token")
         pos0 = self.kv.length
-        cp = self.cp
-        # Order after work on the caller's stream (a restore writing this KV), and finish
-        # before returning, so the caller's stream may read the KV (a checkpoint).
-        self.stream.wait_event(cp.cuda.get_current_stream().record())
+        caller = self.cp.cuda.get_current_stream()
+        # The transformer runs on the caller's stream, whose memory pool is warm (a new
+        # decoder's own stream would start with an empty pool: cudaMalloc on every prefill
+        # scratch), ordered after the decoder's earlier steps; the head and the sampler then
+        # follow on the decoder's stream. Everything is finished before returning, so the
+        # caller's stream may read the KV (a checkpoint).
+        caller.wait_event(self.stream.record())
+        x = self.model.hidden(ids, pos0, self.kv)  # the last position's hidden state (1, n_embd)
+        self.stream.wait_event(caller.record())
         with self.stream:
-            x = self.model.hidden(ids, pos0, self.kv)  # the last position's hidden state (1, n_embd)
             self.x[...] = x[-1]
             self._launch_head()
         if record:
