@@ -223,3 +223,13 @@ async def test_nan_weights_are_a_clear_error_on_the_first_request(tmp_path):
     eng = LocalEngine.from_gguf(path)
     with pytest.raises(ModelFormatError, match="not finite"):
         await complete(eng, request(max_tokens=2))
+
+
+async def test_forgetting_a_session_right_after_leaving_its_stream_never_deadlocks(tiny_gguf):
+    eng = engine(tiny_gguf)
+    with anyio.fail_after(30):
+        async for _ in eng.stream(request(max_tokens=400)):
+            break
+        eng.forget("s")  # the worker may be waiting for this loop to take its text
+        done, _ = await complete(eng, request(max_tokens=2))
+    assert done.usage.completion_tokens >= 1

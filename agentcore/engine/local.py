@@ -222,6 +222,7 @@ class LocalEngine:
                 old_id, old = self.sessions.popitem(last=False)
                 self.store.release(old_id)
                 self._retire(old)
+        self.sessions[session_id] = session  # forget() may have raced us for this id
         self.sessions.move_to_end(session_id)
         return session
 
@@ -250,7 +251,7 @@ class LocalEngine:
         return keep, "live" if keep else "none", 0.0
 
     def _prepare(self, session_id: str, messages: Sequence[Message], ids: list[int],
-                 ends: list[int], kind: str, reserve: int = 0) -> TurnRecord:  # fmt: skip
+                 ends: list[int], kind: str, reserve: int = 0) -> tuple[TurnRecord, Session]:  # fmt: skip
         """Bring the session's KV to ``ids`` (for generation: all but the last token, which is
         prefilled to get the first logits): reuse live KV, then RAM/disk, then prefill.
         The KV is sized for ``reserve`` more tokens first, so it never grows (a copy and, on
@@ -291,7 +292,7 @@ class LocalEngine:
             if kind == "generate":
                 self.store.record_miss_cost(prefill_ms)
         self.turns.append(record)
-        return record
+        return record, session
 
     # ------------------------------------------------------------------ Engine protocol
 
@@ -342,9 +343,8 @@ class LocalEngine:
         try:
             with self._compute:
                 started = time.perf_counter()
-                record = self._prepare(request.session_id, request.messages, ids, ends, "generate",
-                                       reserve=request.max_tokens)  # fmt: skip
-                session = self.sessions[request.session_id]
+                record, session = self._prepare(request.session_id, request.messages, ids, ends,
+                                                "generate", reserve=request.max_tokens)  # fmt: skip
                 if not self._logits_checked:  # NaN weights would decode as token 0, silently
                     check_logits(session.decoder.logits(), self.model.path)
                     self._logits_checked = True
@@ -409,8 +409,7 @@ class LocalEngine:
                               ends: list[int]) -> CheckpointInfo:  # fmt: skip
         with self._compute:
             t0 = time.perf_counter()
-            self._prepare(request.session_id, request.messages, ids, ends, "checkpoint")
-            session = self.sessions[request.session_id]
+            _, session = self._prepare(request.session_id, request.messages, ids, ends, "checkpoint")
             hashes = block_hashes(ids, self.layout)
             read: Callable[[int, int], np.ndarray] = lambda start, n: read_span(session.kv, start, n)
             written, nbytes, tail = self.store.save(request.session_id, ids, hashes, read, session.tail)
@@ -454,12 +453,17 @@ class LocalEngine:
         }
 
     def forget(self, session_id: str) -> None:
-        """Drop a live session (its checkpoints stay in the store)."""
-        with self._compute:
-            session = self.sessions.pop(session_id, None)
-            self.store.release(session_id)
-            if session is not None:
+        """Drop a live session (its checkpoints stay in the store).
+
+        Never waits for a generation in flight (it may be waiting for this event loop to take
+        its text): a session still in use is dropped, not kept for reuse."""
+        session = self.sessions.pop(session_id, None)
+        self.store.release(session_id)
+        if session is not None and self._compute.acquire(blocking=False):
+            try:
                 self._retire(session)
+            finally:
+                self._compute.release()
 
     def _retire(self, session: Session) -> None:
         """Keep one dropped session's buffers for the next new one (no allocation, and on
