@@ -12,6 +12,7 @@ from engine_fixtures import REFERENCE_SMOLLM2
 from agentcore.dsml import render_tool_calls, render_tools
 from agentcore.engine.model.chat import (
     ChatML,
+    DeepSeekV3,
     DeepSeekV4,
     DeepSeekV41,
     Llama3,
@@ -64,7 +65,7 @@ def paths(tmp_path_factory):
     root = tmp_path_factory.mktemp("chat")
     return {
         chat: write_synthetic_gguf(root / f"{chat}.gguf", chat=chat, vocab=2000)
-        for chat in ("chatml", "llama3", "deepseek")
+        for chat in ("chatml", "llama3", "deepseek", "deepseek-v3")
     }
 
 
@@ -79,7 +80,7 @@ def formats(paths):
     return out
 
 
-FORMATS = ["chatml", "llama3", "deepseek", "deepseek-thinking"]
+FORMATS = ["chatml", "llama3", "deepseek", "deepseek-thinking", "deepseek-v3"]
 
 
 def sampled_ids(fmt) -> list[int]:
@@ -290,7 +291,8 @@ def test_deepseek_markers_are_single_tokens(formats):
 
 
 @pytest.mark.parametrize(
-    ("chat", "cls"), [("chatml", ChatML), ("llama3", Llama3), ("deepseek", DeepSeekV4)]
+    ("chat", "cls"),
+    [("chatml", ChatML), ("llama3", Llama3), ("deepseek", DeepSeekV4), ("deepseek-v3", DeepSeekV3)],
 )
 def test_detect_chat_format_from_template_and_specials(formats, chat, cls):
     assert type(formats[chat]) is cls
@@ -447,3 +449,14 @@ def test_detect_chat_format_reads_v41_from_the_template(paths):
     model.metadata = dict(model.metadata)
     model.metadata["tokenizer.chat_template"] = "{{ '<｜Assistant｜>' }}{{ '<｜System｜>' }}"
     assert type(detect_chat_format(model, tokenizer)) is DeepSeekV41
+
+
+def test_deepseek_v3_renders_its_template_turns(formats):
+    fmt = formats["deepseek-v3"]
+    msgs = [SystemMessage(content="sys"), UserMessage(content="hi"),
+            AssistantMessage(content="yo"), UserMessage(content="again")]  # fmt: skip
+    ids = flat(fmt.render(msgs, [])) + fmt.generation_prompt(msgs)
+    assert fmt.tokenizer.decode(ids) == (
+        "<｜begin▁of▁sentence｜>sys\n\n<｜User｜>hi<｜Assistant｜>yo<｜end▁of▁sentence｜>"
+        "<｜User｜>again<｜Assistant｜>"
+    )

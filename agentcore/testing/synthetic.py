@@ -87,6 +87,16 @@ _DEEPSEEK_TEMPLATE = (
     "{% else %}{{ message['content'] }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<｜Assistant｜></think>' }}{% endif %}"
 )
+# DeepSeek V3's template is told apart by its own tool-call markers.
+_DEEPSEEK_V3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{{ '<｜User｜>' + message['content'] }}{% elif message['role'] == 'assistant' %}"
+    "{{ '<｜Assistant｜>' + message['content'] + '<｜end▁of▁sentence｜>' }}"
+    "{% elif message['role'] == 'tool' %}{{ '<｜tool▁outputs▁begin｜>' + message['content'] }}"
+    "{% else %}{{ message['content'] + '\n\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}"
+    "{# <｜tool▁calls▁begin｜> #}"
+)
 # chat format -> (control tokens, user-defined tokens, bos, eos, add_bos, pre, template)
 _CHAT: dict[str, tuple[tuple[str, ...], tuple[str, ...], str, str, bool, str, str]] = {
     "chatml": (
@@ -103,6 +113,12 @@ _CHAT: dict[str, tuple[tuple[str, ...], tuple[str, ...], str, str, bool, str, st
         ("<think>", "</think>", "｜DSML｜"),
         "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", True, "deepseek-v3",
         _DEEPSEEK_TEMPLATE,
+    ),
+    "deepseek-v3": (
+        ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"),
+        ("<think>", "</think>", "｜DSML｜"),
+        "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", True, "deepseek-v3",
+        _DEEPSEEK_V3_TEMPLATE,
     ),
 }  # fmt: skip
 

@@ -44,7 +44,9 @@ from agentcore.messages import (
     UserMessage,
 )
 
-__all__ = ["ChatFormat", "ChatML", "DeepSeekV4", "DeepSeekV41", "Llama3", "detect_chat_format"]
+__all__ = [
+    "ChatFormat", "ChatML", "DeepSeekV3", "DeepSeekV4", "DeepSeekV41", "Llama3", "detect_chat_format",
+]  # fmt: skip
 
 
 class ChatFormat(ABC):
@@ -180,6 +182,38 @@ class Llama3(ChatFormat):
 
     def _assistant_prompt(self) -> list[int]:
         return self._role("assistant") + self.tokenizer.encode("\n\n")
+
+
+class DeepSeekV3(ChatFormat):
+    """DeepSeek V3 / R1-era chat (the deepseek2 architecture's template, as llama.cpp reads
+    it: the template holds ``<｜tool▁calls▁begin｜>``): BOS, system text + "\n\n",
+    ``<｜User｜>{text}``, ``<｜Assistant｜>{text}<｜end▁of▁sentence｜>``. These models were not
+    trained on DSML; like ChatML models they are taught it through the system prompt (their
+    own ``<｜tool▁calls▁begin｜>`` JSON format is not spoken), and tool results go back as a
+    user turn."""
+
+    name = "deepseek-v3"
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        super().__init__(tokenizer)
+        self.bos = [tokenizer.special("<｜begin▁of▁sentence｜>")]
+        eos = tokenizer.special("<｜end▁of▁sentence｜>")
+        self._user = tokenizer.special("<｜User｜>")
+        self._assistant_id = tokenizer.special("<｜Assistant｜>")
+        self.end_of_turn = [eos]
+        self.separator = []
+        self.stop_ids.add(eos)
+
+    def _open(self, role: str, text: str) -> list[int]:
+        if role == "system":
+            return self.tokenizer.encode(text + "\n\n")
+        return [self._user, *self.tokenizer.encode(text)]
+
+    def _close(self) -> list[int]:
+        return []
+
+    def _assistant_prompt(self) -> list[int]:
+        return [self._assistant_id]
 
 
 class DeepSeekV4(ChatFormat):
@@ -416,6 +450,8 @@ def detect_chat_format(
     def has(marker: str) -> bool:
         return marker in template or marker in specials
 
+    if dialect is None and has("<｜Assistant｜>") and "tool▁calls▁begin" in template:
+        return DeepSeekV3(tokenizer)  # V3's own template; V4 and V4.1 write DSML instead
     if has("<｜Assistant｜>") or dialect is not None:
         if dialect is None:
             dialect = "v4.1" if has("<｜System｜>") or "｜DSML｜ calls" in template else "v4"
@@ -429,7 +465,8 @@ def detect_chat_format(
     raise TokenizerError(
         f"{model.path}: no supported chat format found in the chat "
         "template or special tokens; supported: ChatML (<|im_start|>), Llama 3 "
-        "(<|start_header_id|>), DeepSeek V4 and V4.1 (<｜Assistant｜>)"
+        "(<|start_header_id|>), DeepSeek V3 (<｜tool▁calls▁begin｜> in the template), V4 and "
+        "V4.1 (<｜Assistant｜>)"
     )
 
 
