@@ -45,7 +45,8 @@ from agentcore.messages import (
 )
 
 __all__ = [
-    "ChatFormat", "ChatML", "DeepSeekV3", "DeepSeekV4", "DeepSeekV41", "Llama3", "detect_chat_format",
+    "CHAT_FORMATS", "ChatFormat", "ChatML", "DeepSeekV3", "DeepSeekV4", "DeepSeekV41", "Llama3",
+    "chat_format_for_template", "chat_format_named", "detect_chat_format",
 ]  # fmt: skip
 
 
@@ -438,14 +439,32 @@ def detect_chat_format(
     drop_thinking: bool = False,
     dialect: str | None = None,
 ) -> ChatFormat:
-    """The chat format of a GGUF model, from its chat template and special tokens.
+    """The chat format of a GGUF model, from its chat template and special tokens (see
+    ``chat_format_for_template``)."""
+    template = str(model.metadata.get("tokenizer.chat_template", ""))
+    try:
+        return chat_format_for_template(template, tokenizer, thinking=thinking,
+                                        drop_thinking=drop_thinking, dialect=dialect)  # fmt: skip
+    except TokenizerError as exc:
+        raise TokenizerError(f"{model.path}: {exc}") from None
+
+
+def chat_format_for_template(
+    template: str,
+    tokenizer: Tokenizer,
+    *,
+    thinking: bool = False,
+    drop_thinking: bool = False,
+    dialect: str | None = None,
+) -> ChatFormat:
+    """The chat format a chat template (a GGUF's, or a server's) and a vocabulary speak.
 
     ``thinking`` and ``drop_thinking`` select DeepSeek's modes; other formats ignore them.
     ``dialect`` ("v4" or "v4.1") overrides the DeepSeek generation read from the template
-    (V4.1 is told by its ``<｜System｜>`` token or its spaced ``<｜DSML｜ calls>`` tag).
+    (V4.1 is told by its ``<｜System｜>`` token or its spaced ``<｜DSML｜ calls>`` tag; V3 by
+    its own ``<｜tool▁calls▁begin｜>`` markers).
     """
-    template = str(model.metadata.get("tokenizer.chat_template", ""))
-    specials = tokenizer.special_ids
+    specials = getattr(tokenizer, "special_ids", {})
 
     def has(marker: str) -> bool:
         return marker in template or marker in specials
@@ -463,11 +482,21 @@ def detect_chat_format(
     if has("<|im_start|>"):
         return ChatML(tokenizer)
     raise TokenizerError(
-        f"{model.path}: no supported chat format found in the chat "
-        "template or special tokens; supported: ChatML (<|im_start|>), Llama 3 "
-        "(<|start_header_id|>), DeepSeek V3 (<｜tool▁calls▁begin｜> in the template), V4 and "
-        "V4.1 (<｜Assistant｜>)"
+        "no supported chat format found in the chat template or special tokens; supported: "
+        "ChatML (<|im_start|>), Llama 3 (<|start_header_id|>), DeepSeek V3 "
+        "(<｜tool▁calls▁begin｜> in the template), V4 and V4.1 (<｜Assistant｜>)"
     )
 
 
+def chat_format_named(name: str, tokenizer: Tokenizer, *, thinking: bool = False) -> ChatFormat:
+    """A chat format by name: one of ``CHAT_FORMATS``."""
+    if name not in CHAT_FORMATS:
+        raise ValueError(f"chat_format must be one of {', '.join(CHAT_FORMATS)}, not {name!r}")
+    fmt = CHAT_FORMATS[name]
+    return fmt(tokenizer, thinking=thinking) if issubclass(fmt, DeepSeekV4) else fmt(tokenizer)
+
+
 _DEEPSEEK: dict[str, type[DeepSeekV4]] = {"v4": DeepSeekV4, "v4.1": DeepSeekV41}
+CHAT_FORMATS: dict[str, type[ChatFormat]] = {
+    f.name: f for f in (ChatML, Llama3, DeepSeekV3, DeepSeekV4, DeepSeekV41)
+}

@@ -44,7 +44,13 @@ import httpx
 from agentcore import dsml
 from agentcore.engine.base import CheckpointInfo, Completion, GenerationRequest, TextDelta, Usage
 from agentcore.engine.kvstore.blocks import common_prefix
-from agentcore.engine.model.chat import ChatFormat, ChatML, DeepSeekV4, Llama3, detect_chat_format
+from agentcore.engine.model.chat import (
+    CHAT_FORMATS,
+    ChatFormat,
+    chat_format_for_template,
+    chat_format_named,
+    detect_chat_format,
+)
 from agentcore.engine.model.gguf import load_gguf
 from agentcore.engine.model.tokenizer import Tokenizer
 from agentcore.engine.remote.dialects import (
@@ -72,9 +78,6 @@ __all__ = ["RemoteEngine"]
 
 log = logging.getLogger("agentcore.kv")
 
-_FORMATS: dict[str, type[ChatFormat]] = {"chatml": ChatML, "llama3": Llama3, "deepseek-v4": DeepSeekV4}
-# Template markers, most specific first (the same ones detect_chat_format reads in a GGUF).
-_MARKERS = (("<｜Assistant｜>", "deepseek-v4"), ("<|start_header_id|>", "llama3"), ("<|im_start|>", "chatml"))
 
 
 @dataclass
@@ -116,7 +119,7 @@ class RemoteEngine:
     "vllm", "sglang", "ds4" or "openai". model: the model name sent to OpenAI endpoints
     (default: the server's first model). gguf: the model's GGUF file, for a local tokenizer
     and chat format (needed for vLLM/SGLang/ds4 in completions mode). chat_format:
-    "chatml" | "llama3" | "deepseek-v4" or a ChatFormat. context_length: the real limit,
+    a name in ``chat.CHAT_FORMATS`` or a ChatFormat. context_length: the real limit,
     when the server does not report it or a router in front lowers it. timeout: seconds a
     request may take (a long prefill counts). max_retries/max_retry_wait: bounded retries of
     requests nothing has been received from. session_header: the header routers read for
@@ -188,21 +191,23 @@ class RemoteEngine:
         if isinstance(chat_format, ChatFormat):
             self.chat = chat_format
         elif self.tokenizer is not None:
-            name = chat_format or next((n for m, n in _MARKERS if m in template), None)
-            if name is None and model is not None:
+            if chat_format is not None:
+                self.chat = chat_format_named(chat_format, self.tokenizer, thinking=self.thinking)
+            elif model is not None and not template:
                 self.chat = detect_chat_format(model, self.tokenizer, thinking=self.thinking)
-            elif name is not None:
-                if name not in _FORMATS:
-                    raise ValueError(f"chat_format must be one of {', '.join(_FORMATS)}, not {name!r}")
-                fmt = _FORMATS[name]
-                self.chat = fmt(self.tokenizer, thinking=self.thinking) if fmt is DeepSeekV4 else fmt(self.tokenizer)
+            else:
+                try:  # the server's template first; the GGUF's when the server's says nothing
+                    self.chat = chat_format_for_template(template, self.tokenizer, thinking=self.thinking)
+                except TokenizerError:
+                    if model is not None:
+                        self.chat = detect_chat_format(model, self.tokenizer, thinking=self.thinking)
         if self.mode == "chat":
             return
         if self.chat is None:
             raise TokenizerError(
                 f"{self.transport.base_url} ({self.dialect.name}): completions mode needs the "
                 "model's tokenizer and chat format: pass gguf= (the model's GGUF) and/or "
-                "chat_format= ('chatml', 'llama3', 'deepseek-v4'), or use mode='chat'"
+                f"chat_format= ({', '.join(CHAT_FORMATS)}), or use mode='chat'"
             )
         if self.dialect.text_prompt and not hasattr(self.chat.tokenizer, "decode"):
             raise TokenizerError(
