@@ -34,14 +34,12 @@ import numpy as np
 
 from agentcore.engine.base import Sampling
 from agentcore.engine.decode.constrain import Allowed, Forced, ToolCallConstraint
-from agentcore.engine.decode.sampler import sample
+from agentcore.engine.decode.sampler import REPEAT_WINDOW, sample
 from agentcore.engine.decode.stop import StopChecker
 from agentcore.engine.session import Session
 
-__all__ = ["REPEAT_WINDOW", "Decoder", "EagerDecoder", "GenerationResult", "generate"]
+__all__ = ["Decoder", "EagerDecoder", "GenerationResult", "generate"]
 
-# Generated tokens the repetition penalty looks back on (the CUDA sampler uses the same).
-REPEAT_WINDOW = 64
 
 
 class Decoder(Protocol):

@@ -31,10 +31,6 @@ class Session:
         self.computed: list[int] = []
         self.turns = 0
 
-    @property
-    def length(self) -> int:
-        return len(self.ids)
-
     def reset(self) -> None:
         """Empty the session for reuse by another conversation: its KV buffers (and on CUDA
         its captured graph) are kept, so a new session starts without allocating."""

@@ -38,14 +38,13 @@ from agentcore.engine.backends.cuda import (
     pinned_empty,
 )
 from agentcore.engine.base import Sampling
+from agentcore.engine.decode.sampler import REPEAT_WINDOW
 
 __all__ = ["CudaDecoder"]
 
 _I32 = np.int32
 _F32 = np.float32
 _MASKS_KEPT = 512
-# Tokens of the generation the repetition penalty looks back on (the host sampler's window).
-REPEAT_WINDOW = 64
 
 
 class CudaDecoder:

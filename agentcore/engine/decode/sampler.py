@@ -19,8 +19,10 @@ import numpy as np
 
 from agentcore.engine.base import Sampling
 
-__all__ = ["sample"]
+__all__ = ["REPEAT_WINDOW", "sample"]
 
+# Generated tokens the repetition penalty looks back on (the CUDA sampler uses the same).
+REPEAT_WINDOW = 64
 # top-p sorts only the most likely tokens first and widens the window only when they do not
 # reach the mass asked for: a full sort of a 150K vocabulary would cost milliseconds per token.
 _TOP_P_WINDOW = 256
