@@ -162,6 +162,20 @@ class Transport:
         wait = retry_after if retry_after is not None else 0.25 * 2**attempt
         return min(wait, self.max_retry_wait)
 
+    def _retry_wait(self, response: httpx.Response, attempt: int) -> float | None:
+        """Seconds to wait before sending again (429/503 with retries left), else None."""
+        if response.status_code in _RETRY_STATUS and attempt < self.max_retries:
+            return self._wait(attempt, _retry_after(response))
+        return None
+
+    def _result(self, path: str, response: httpx.Response, missing_ok: bool) -> Any:
+        """The JSON of a final answer; ``missing_ok`` turns 404/405/501 into None."""
+        if missing_ok and response.status_code in (404, 405, 501):
+            return None
+        if response.status_code >= 400:
+            self._raise_for(path, response, response.text)
+        return self._json(path, self.base_url, response)
+
     @staticmethod
     def _json(path: str, base: str, response: httpx.Response) -> Any:
         try:
@@ -191,15 +205,12 @@ class Transport:
                 continue
             except httpx.TimeoutException as exc:
                 raise self._timed_out(path, exc) from None
-            if response.status_code in _RETRY_STATUS and attempt < self.max_retries:
-                time.sleep(self._wait(attempt, _retry_after(response)))
+            wait = self._retry_wait(response, attempt)
+            if wait is not None:
+                time.sleep(wait)
                 self.retries += 1
                 continue
-            if missing_ok and response.status_code in (404, 405, 501):
-                return None
-            if response.status_code >= 400:
-                self._raise_for(path, response, response.text)
-            return self._json(path, self.base_url, response)
+            return self._result(path, response, missing_ok)
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ async
@@ -217,15 +228,12 @@ class Transport:
                 continue
             except httpx.TimeoutException as exc:
                 raise self._timed_out(path, exc) from None
-            if response.status_code in _RETRY_STATUS and attempt < self.max_retries:
-                await anyio.sleep(self._wait(attempt, _retry_after(response)))
+            wait = self._retry_wait(response, attempt)
+            if wait is not None:
+                await anyio.sleep(wait)
                 self.retries += 1
                 continue
-            if missing_ok and response.status_code in (404, 405, 501):
-                return None
-            if response.status_code >= 400:
-                self._raise_for(path, response, response.text)
-            return self._json(path, self.base_url, response)
+            return self._result(path, response, missing_ok)
         raise AssertionError("unreachable")
 
     async def stream(self, path: str, body: Any, *, headers: dict[str, str] | None = None
@@ -236,12 +244,11 @@ class Transport:
             try:
                 async with self.aclient.stream("POST", path, json=body, headers=headers) as response:
                     received = True
-                    if response.status_code in _RETRY_STATUS and attempt < self.max_retries:
-                        wait = self._wait(attempt, _retry_after(response))
-                    elif response.status_code >= 400:
-                        text = (await response.aread()).decode("utf-8", "replace")
-                        self._raise_for(path, response, text)
-                    else:
+                    wait = self._retry_wait(response, attempt)  # if set: sent again below
+                    if wait is None:
+                        if response.status_code >= 400:
+                            text = (await response.aread()).decode("utf-8", "replace")
+                            self._raise_for(path, response, text)
                         async for item in self._events(path, response):
                             yield item
                         return
