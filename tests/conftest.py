@@ -14,3 +14,4 @@ from engine_fixtures import (  # noqa: F401  (fixtures shared by the engine test
     smollm2_path,
     smollm2_tokenizer,
 )
+from tool_fixtures import registry, workspace  # noqa: F401  (fixtures of the tool tests)

@@ -7,35 +7,13 @@ from pathlib import Path
 
 import anyio
 import pytest
+from tool_fixtures import run
 
 from agentcore.errors import ToolError
-from agentcore.messages import ToolCall, ToolMessage
 from agentcore.tools import ToolRegistry
 from agentcore.tools.builtin import builtin_tools
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request):
-    return request.param
-
-
-@pytest.fixture
-def workspace(tmp_path: Path) -> Path:
-    root = tmp_path / "ws"
-    root.mkdir()
-    return root
-
-
-@pytest.fixture
-def registry(workspace: Path) -> ToolRegistry:
-    return ToolRegistry(builtin_tools(workspace), workspace=workspace)
-
-
-async def run(registry: ToolRegistry, name: str, **arguments) -> ToolMessage:
-    [result] = await registry.run([ToolCall(id="c1", name=name, arguments=arguments)])
-    return result
 
 
 def alive(pid: int) -> bool:

@@ -23,18 +23,6 @@ pytestmark = pytest.mark.anyio
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request):
-    return request.param
-
-
-@pytest.fixture
-def workspace(tmp_path: Path) -> Path:
-    root = tmp_path / "ws"
-    root.mkdir()
-    return root
-
-
 def calls(*names: str) -> list[ToolCall]:
     return [ToolCall(id=f"c{i}", name=name, arguments={}) for i, name in enumerate(names)]
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tool_fixtures import run
 
 from agentcore.context import Compactor, ContextPolicy
 from agentcore.messages import AssistantMessage, SystemMessage, ToolCall, ToolMessage, UserMessage
@@ -25,23 +26,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
-
-
-@pytest.fixture
-def workspace(tmp_path: Path) -> Path:
-    root = tmp_path / "ws"
-    root.mkdir()
-    return root
-
-
-@pytest.fixture
-def registry(workspace: Path) -> ToolRegistry:
-    return ToolRegistry(builtin_tools(workspace), workspace=workspace)
-
-
-async def run(registry: ToolRegistry, name: str, **arguments) -> ToolMessage:
-    [result] = await registry.run([ToolCall(id="c1", name=name, arguments=arguments)])
-    return result
 
 
 def tools_by_name(workspace: Path, **kwargs):

@@ -18,11 +18,6 @@ from agentcore.tools import Tool, ToolRegistry, tool
 from agentcore.tools.capping import approx_tokens
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request):
-    return request.param
-
-
 class Address(BaseModel):
     """A postal address."""
 
