@@ -8,8 +8,6 @@ from hypothesis import strategies as st
 from test_kvstore_faults import FaultyOS
 
 from agentcore.engine import GenerationRequest, LocalEngine
-from agentcore.engine.kvstore import blockfile, disk
-from agentcore.engine.kvstore import store as store_mod
 from agentcore.messages import AssistantMessage, SystemMessage, UserMessage
 from agentcore.testing.synthetic import write_synthetic_gguf
 
@@ -53,8 +51,7 @@ def test_random_disk_faults_never_reach_stream_or_checkpoint(tiny, tmp_path_fact
 
     faulty = FaultyOS(rate, seed)
     with pytest.MonkeyPatch.context() as m:
-        for mod in (disk, blockfile, store_mod):
-            m.setattr(mod, "os", faulty)
+        faulty.patch(m)
         eng = engine()
         for turns, restart in steps:
             anyio.run(eng.checkpoint, request(turns).model_copy(update={"max_tokens": 0}))

@@ -59,6 +59,32 @@ async def test_cuda_checkpoint_restores_in_a_new_engine(model_path, tmp_path, an
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_cuda_ram_tier_is_pinned_and_restores_a_dropped_session(model_path, tmp_path, anyio_backend):
+    import cupy as cp
+
+    eng = LocalEngine.from_gguf(model_path, device="cuda", kv_dir=tmp_path, block_size=64)
+    info = await eng.checkpoint(request(4))
+    assert info.store_ms > 0 and info.bytes_written > 0
+    base = await generate(eng, request(5))
+    entries = [e for e in eng.store.ram.values() if e.data is not None]
+    assert entries
+    for e in entries:  # page-locked: the copies to and from the GPU run at full bandwidth
+        attrs = cp.cuda.runtime.pointerGetAttributes(e.data.ctypes.data)
+        assert attrs.type == cp.cuda.runtime.memoryTypeHost
+    eng.forget("g")
+    again = await generate(eng, request(5))
+    assert again.usage.cache_source == "ram"
+    assert again.usage.cached_tokens / again.usage.prompt_tokens >= 0.9
+    assert again.token_ids == base.token_ids
+    eng.close()
+    fresh = LocalEngine.from_gguf(model_path, device="cuda", kv_dir=tmp_path, block_size=64,
+                                  kv_ram_mb=0)  # fmt: skip
+    third = await generate(fresh, request(5))
+    assert third.usage.cache_source == "disk" and third.token_ids == base.token_ids
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_cuda_constrained_tool_call_parses_like_the_cpu_one(model_path, anyio_backend):
     from agentcore.dsml import parse_completion
     from agentcore.messages import ToolSpec

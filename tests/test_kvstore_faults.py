@@ -1,6 +1,7 @@
 """The disk tier under faults (issue 17.3): every disk OSError is "disk tier unavailable",
 logged, with the RAM tier carrying on; odd files are misses; restored KV is never wrong."""
 
+import contextlib
 import errno
 import logging
 import os
@@ -331,6 +332,28 @@ class FaultyOS:
 
         return op
 
+    def map(self, fd, size):
+        """``blockfile._map`` with the same faults: an OSError, or a payload byte flipped."""
+        if self.rng.random() < self.rate:
+            err = self.rng.choice(ERRNOS)
+            raise OSError(err, os.strerror(err))
+        mapped = REAL_MAP(fd, size)
+        if self.rng.random() >= self.garble:
+            return mapped
+        with mapped:
+            data = bytearray(mapped)
+        self.garbled += 1
+        data[self.rng.randrange(len(data))] ^= 0x55
+        return contextlib.nullcontext(data)
+
+    def patch(self, m) -> None:
+        for mod in (disk, blockfile, store_mod):
+            m.setattr(mod, "os", self)
+        m.setattr(blockfile, "_map", self.map)
+
+
+REAL_MAP = blockfile._map
+
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
@@ -353,8 +376,7 @@ def test_random_disk_faults_never_raise_and_never_return_wrong_kv(tmp_path_facto
         return s
 
     with pytest.MonkeyPatch.context() as m:
-        for mod in (disk, blockfile, store_mod):
-            m.setattr(mod, "os", faulty)
+        faulty.patch(m)
         store = new_store()
         for which, n, live, then in steps:
             ids = prompts[which][:n]

@@ -3,10 +3,10 @@ a 30-turn session's per-turn reuse.
 
 ``python -m agentcore.bench cache [--sizes 2048,8192,32768] [--turns 30] [--skip ...]`` prints
 JSON lines (each with the command, git sha, device and the load average at the start):
-- ``restore``: a LocalEngine on the real model checkpoints an N-token prompt
-  (``await engine.checkpoint(request)``); a NEW LocalEngine on the same kv_dir answers the same
-  prompt (its TTFT: disk restore + the last token) against a cold engine prefilling it, with
-  the ratio; ``context_length`` is sized to N;
+- ``restore``: a cold LocalEngine on the real model answers an N-token prompt (the recompute
+  TTFT) and checkpoints it (``await engine.checkpoint(request)``); a NEW LocalEngine on the
+  same kv_dir answers the same prompt (its TTFT: disk restore + the last tokens), with the
+  ratio; ``context_length`` is sized to N;
 - ``store``: the CheckpointStore alone on the same KV layout: save latency (the part a
   checkpoint puts on the turn's critical path), write-behind flush, restore GB/s with the
   page cache warm and cold (pages dropped with POSIX_FADV_DONTNEED), and xxh3 GB/s;
@@ -69,26 +69,26 @@ async def _first_token(eng: LocalEngine, request: GenerationRequest):
 
 
 async def restore_vs_recompute(path: Path, n: int, kv_dir: str) -> dict:
+    """A cold engine answers an N-token prompt (its TTFT is the recompute figure) and
+    checkpoints it; a NEW engine on the same kv_dir answers the same prompt from disk."""
     ctx = n + 512
     writer = LocalEngine.from_gguf(path, device="cpu", context_length=ctx, kv_dir=kv_dir)
     request = _long_prompt(writer, n)
+    cold = await _first_token(writer, request)
     info = await writer.checkpoint(request)
     t0 = time.perf_counter()
-    flush = getattr(writer.store, "flush", None)
-    if flush:
-        flush()
+    writer.store.flush()
     flush_ms = (time.perf_counter() - t0) * 1000
     restorer = LocalEngine.from_gguf(path, device="cpu", context_length=ctx, kv_dir=kv_dir)
     warm = await _first_token(restorer, request)
-    cold_engine = LocalEngine.from_gguf(path, device="cpu", context_length=ctx)
-    cold = await _first_token(cold_engine, request)
     turn = restorer.stats()["turns"][-1]
     return {
         "figure": "restore", "tokens": warm.usage.prompt_tokens, "restored_tokens": warm.usage.cached_tokens,
         "source": warm.usage.cache_source, "restore_ttft_ms": round(warm.usage.ttft_s * 1000, 1),
         "restore_load_ms": turn["load_ms"], "recompute_ttft_ms": round(cold.usage.ttft_s * 1000, 1),
         "value": round(cold.usage.ttft_s / warm.usage.ttft_s, 1), "unit": "x (cold prefill TTFT / restore TTFT)",
-        "checkpoint_ms": round(info.ms, 1), "checkpoint_flush_ms": round(flush_ms, 1),
+        "restore_gbs": round(info.bytes_written / turn["load_ms"] / 1e6, 2) if turn["load_ms"] else None,
+        "checkpoint_store_ms": round(info.store_ms, 1), "checkpoint_flush_ms": round(flush_ms, 1),
         "checkpoint_bytes": info.bytes_written, "same_first_token": warm.token_ids == cold.token_ids,
     }
 
@@ -170,7 +170,8 @@ async def session_reuse(path: Path, kv_dir: str, turns: int) -> list[dict]:
                      "reusable": reusable, "value": round(u.cached_tokens / reusable, 4) if reusable else None,
                      "unit": "reused/reusable", "common_over_prompt": round(u.cached_tokens / u.prompt_tokens, 4),
                      "source": u.cache_source, "prefill_ms": rec["prefill_ms"],
-                     "checkpoint_ms": round(info.ms, 1), "checkpoint_bytes": info.bytes_written})
+                     "checkpoint_ms": round(info.ms, 1), "checkpoint_store_ms": round(info.store_ms, 1),
+                     "checkpoint_prefill_ms": round(info.prefill_ms, 1), "checkpoint_bytes": info.bytes_written})
         reusable = info.tokens
     blocks = eng.store.stats.blocks_written
     rows.append({"figure": "blocks_written_once", "value": blocks == reusable // eng.layout.block_size,

@@ -10,6 +10,12 @@ Q8_0) and, per model and context, times:
   ``Transformer.forward`` (prefill), the kernel figures;
 - ``peer``: llama.cpp's ``llama-bench`` on the same file in the same run
   (``-ngl 99 -fa 1``), when ``--llama-bench`` names the binary.
+With ``--only cache`` it times the KV store's tiers instead (``bench_cache``): per context, a
+cold prefill, the checkpoint (its cost on the critical path, and the write-behind flush),
+and the same prompt answered again from each tier: ``live`` (the session kept), ``ram``
+(the session dropped, its blocks in pinned host memory) and ``disk`` (a new engine on the
+same kv_dir, page cache warm), with TTFT ratios and GB/s; then an agent-like session of
+``--turns`` turns of ~280 new tokens, the checkpoint's cost against the turn's prefill.
 One JSON object per figure goes to stdout and ``DIR/results.jsonl``. The decode ceiling is
 weight bytes read per token over the device-to-device copy bandwidth of the same run.
 """
@@ -245,6 +251,74 @@ def bench_model(run: Run, cp: Any, name: str, path: Path, quant: str, bw: float,
     cp.get_default_memory_pool().free_all_blocks()
 
 
+def _new_engine(path: Path, kv_dir: Path, ram_mb: int = 16384) -> LocalEngine:
+    eng = LocalEngine.from_gguf(path, device="cuda", context_length=40960, kv_dir=kv_dir,
+                                kv_ram_mb=ram_mb, kv_disk_mb=65536)  # fmt: skip
+    public_turn(eng, 64, 4, "warm-up")  # compiles the kernels, as a first user request would
+    return eng
+
+
+def bench_cache(run: Run, cp: Any, name: str, path: Path, quant: str, contexts: list[int],
+                turns: int) -> None:  # fmt: skip
+    """Restore from each tier vs recompute, and the checkpoint's cost, through the public API."""
+    kv_dir = Path(tempfile.mkdtemp(prefix="agentcore-kv-"))
+    eng = _new_engine(path, kv_dir)
+    base = {"model": name, "quant": quant, "bytes_per_token": eng.layout.bytes_per_token()}
+    for ctx in contexts:
+        sid = f"cache-{ctx}"
+        req = prompt_request(eng, ctx, sid, 1)
+        cold = anyio.run(complete, eng, req).usage
+        info = anyio.run(eng.checkpoint, req)
+        t0 = time.perf_counter()
+        eng.store.flush()
+        flush_ms = (time.perf_counter() - t0) * 1000
+        run.emit(figure="checkpoint", ctx=info.tokens, value=round(info.store_ms, 1),
+                 unit="ms on the critical path (CheckpointInfo.store_ms: KV into pinned RAM)",
+                 bytes=info.bytes_written, ms=round(info.ms, 1), flush_ms=round(flush_ms, 1),
+                 cold_prefill_ms=round(cold.ttft_s * 1000, 1),
+                 store_over_prefill=_ratio(info.store_ms, cold.ttft_s * 1000), **base)  # fmt: skip
+        got = {"live": anyio.run(complete, eng, req).usage}
+        eng.forget(sid)
+        got["ram"] = anyio.run(complete, eng, req).usage
+        ram_turn = eng.stats()["turns"][-1]
+        fresh = _new_engine(path, kv_dir, ram_mb=1024)
+        got["disk"] = anyio.run(complete, fresh, req).usage
+        disk_turn = fresh.stats()["turns"][-1]
+        for tier, u in got.items():
+            turn = {"ram": ram_turn, "disk": disk_turn}.get(tier)
+            fig = {"figure": "restore_vs_recompute", "tier": tier, "ctx": u.prompt_tokens,
+                   "value": _ratio(cold.ttft_s, u.ttft_s), "unit": "x (cold TTFT / TTFT restored)",
+                   "source": u.cache_source, "cached": u.cached_tokens,
+                   "ttft_ms": round(u.ttft_s * 1000, 1), "cold_ttft_ms": round(cold.ttft_s * 1000, 1)}
+            if turn is not None and turn["load_ms"]:
+                fig["load_ms"] = turn["load_ms"]
+                fig["load_gbs"] = round(u.cached_tokens * base["bytes_per_token"] / turn["load_ms"] / 1e6, 2)
+            run.emit(**fig, **base)
+        fresh.close()
+        del fresh
+        eng.forget(sid)
+        gc.collect()
+    # An agent-like session: each turn adds ~280 tokens (a tool result and a reply).
+    sid = "agent"
+    req = prompt_request(eng, 2048, sid, 16)
+    for turn in range(turns):
+        done = anyio.run(complete, eng, req)
+        nxt = followed_by(req, done)
+        more = prompt_request(eng, 260, sid, 16, seed=turn + 1).messages[0]
+        nxt = nxt.model_copy(update={"messages": [*nxt.messages, more]})
+        info = anyio.run(eng.checkpoint, nxt)
+        run.emit(figure="agent_checkpoint", turn=turn + 1, ctx=info.tokens, value=round(info.store_ms, 2),
+                 unit="ms on the critical path (CheckpointInfo.store_ms)", bytes=info.bytes_written,
+                 turn_prefill_ms=round(info.prefill_ms, 2),
+                 store_over_turn_prefill=_ratio(info.store_ms, info.prefill_ms),
+                 reused=done.usage.cached_tokens, prompt=done.usage.prompt_tokens, **base)  # fmt: skip
+        req = nxt.model_copy(update={"max_tokens": 16})
+    eng.close()
+    del eng
+    gc.collect()
+    cp.get_default_memory_pool().free_all_blocks()
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m agentcore.bench gpu")
     p.add_argument("--out", default=os.environ.get("OUT", "bench/results"))
@@ -253,8 +327,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--llama-bench", default=None, help="llama-bench binary: the peer")
     p.add_argument("--tmp", default="/tmp/agentcore-bench")
-    p.add_argument("--only", choices=("decode", "prefill"), default=None,
-                   help="one kind of figure (prefill includes the checkpoint and restore)")
+    p.add_argument("--only", choices=("decode", "prefill", "cache"), default=None,
+                   help="one kind of figure (prefill includes the checkpoint and restore; cache "
+                        "times every KV tier and the checkpoint's cost)")
+    p.add_argument("--contexts", default=None, help="comma list of prompt sizes")
+    p.add_argument("--turns", type=int, default=8, help="turns of the agent session (--only cache)")
     args = p.parse_args(argv)
     import cupy as cp
 
@@ -270,6 +347,8 @@ def main(argv: list[str]) -> int:
     if args.quick:
         names = [n for n in names if n != "llama3-8b-q8_0"]
     contexts = [64, 8192] if args.quick else [64, 8192, 32768]
+    if args.contexts:
+        contexts = [int(c) for c in args.contexts.split(",")]
     for name in names:
         preset, quant = MODELS[name]
         path = tmp / f"{name}.gguf"
@@ -277,5 +356,8 @@ def main(argv: list[str]) -> int:
         if not path.exists():
             write_synthetic_gguf(path, **preset)
         print(f"# {name}: file {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
-        bench_model(run, cp, name, path, quant, bw, contexts, args.llama_bench, args.only)
+        if args.only == "cache":
+            bench_cache(run, cp, name, path, quant, contexts, args.turns)
+        else:
+            bench_model(run, cp, name, path, quant, bw, contexts, args.llama_bench, args.only)
     return 0

@@ -82,10 +82,16 @@ class Completion(BaseModel):
 
 
 class CheckpointInfo(BaseModel):
+    """What ``checkpoint`` did: ``ms`` in all, of which ``prefill_ms`` computed the tokens the
+    session did not have yet and ``store_ms`` put the KV in the store's RAM tier (the
+    checkpoint's own cost on the turn's critical path; the disk write happens behind it)."""
+
     session_id: str
     tokens: int
     bytes_written: int = 0
     ms: float = 0.0
+    prefill_ms: float = 0.0
+    store_ms: float = 0.0
 
 
 @runtime_checkable

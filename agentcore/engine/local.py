@@ -21,7 +21,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -137,8 +137,14 @@ class LocalEngine:
             planes, heads, width = 1, 1, mla.latent_dim
         self.layout = KVLayout(model.fingerprint, self.spec.n_layers, heads, width, kv_dtype,
                                block_size, planes)  # fmt: skip
+        host_alloc = None
+        if self.device == "cuda":  # RAM-tier copies in pinned memory: full-bandwidth D2H and H2D
+            from agentcore.engine.backends.cuda import pinned_empty
+
+            host_alloc = pinned_empty
         self.store = CheckpointStore(
-            self.layout, ram_bytes=kv_ram_mb << 20, kv_dir=kv_dir, disk_bytes=kv_disk_mb << 20
+            self.layout, ram_bytes=kv_ram_mb << 20, kv_dir=kv_dir, disk_bytes=kv_disk_mb << 20,
+            host_alloc=host_alloc,
         )
         self.sessions: OrderedDict[str, Session] = OrderedDict()
         self.max_live_sessions = max_live_sessions
@@ -409,10 +415,14 @@ class LocalEngine:
                               ends: list[int]) -> CheckpointInfo:  # fmt: skip
         with self._compute:
             t0 = time.perf_counter()
-            _, session = self._prepare(request.session_id, request.messages, ids, ends, "checkpoint")
+            record, session = self._prepare(request.session_id, request.messages, ids, ends, "checkpoint")
+            t1 = time.perf_counter()
             hashes = block_hashes(ids, self.layout)
-            read: Callable[[int, int], np.ndarray] = lambda start, n: read_span(session.kv, start, n)
-            written, nbytes, tail = self.store.save(request.session_id, ids, hashes, read, session.tail)
+            def read(start: int, n: int) -> np.ndarray:  # into the store's host memory (pinned on CUDA)
+                return read_span(session.kv, start, n, out=self.store.host_empty(self.layout.block_shape(n)))
+
+            written, nbytes, tail = self.store.save(request.session_id, ids, hashes, read, session.tail,
+                                                    owned=True)  # fmt: skip
             # The anchor (system, tools, first task) survives compactions: keep its blocks
             # pinned so the prefill after a compaction pays only the summary and recent turns.
             first_task = next((i for i, m in enumerate(request.messages) if isinstance(m, UserMessage)), None)
@@ -420,10 +430,12 @@ class LocalEngine:
                 self.store.pin(request.session_id, hashes[: ends[first_task] // self.layout.block_size])
             session.tail = tail
             session.computed = list(ids)
-            ms = (time.perf_counter() - t0) * 1000
-        log.info("kv cache stored session=%s tokens=%d blocks=%d bytes=%d ms=%.1f",
-                 request.session_id, len(ids), written, nbytes, ms)  # fmt: skip
-        return CheckpointInfo(session_id=request.session_id, tokens=len(ids), bytes_written=nbytes, ms=ms)
+            t2 = time.perf_counter()
+        ms, store_ms = (t2 - t0) * 1000, (t2 - t1) * 1000
+        log.info("kv cache stored session=%s tokens=%d blocks=%d bytes=%d ms=%.1f store_ms=%.1f",
+                 request.session_id, len(ids), written, nbytes, ms, store_ms)  # fmt: skip
+        return CheckpointInfo(session_id=request.session_id, tokens=len(ids), bytes_written=nbytes, ms=ms,
+                              prefill_ms=record.prefill_ms, store_ms=store_ms)  # fmt: skip
 
     # ------------------------------------------------------------------ observability
 

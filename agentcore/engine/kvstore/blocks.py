@@ -83,11 +83,15 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return int(diff[0]) if len(diff) else n
 
 
-def read_span(kv: Any, start: int, n: int) -> np.ndarray:
-    """Positions [start, start+n) of every layer as one contiguous host array."""
+def read_span(kv: Any, start: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Positions [start, start+n) of every layer as one contiguous host array of its own
+    (``out`` when given: pinned memory on CUDA), never a view of the live KV."""
     if hasattr(kv, "read_span"):
-        return kv.read_span(start, n)
-    return np.ascontiguousarray(kv.data[:, :, start : start + n])
+        return kv.read_span(start, n, out=out)
+    if out is None:
+        return np.array(kv.data[:, :, start : start + n], order="C")
+    np.copyto(out, kv.data[:, :, start : start + n])
+    return out
 
 
 def write_span(kv: Any, start: int, block: np.ndarray) -> None:

@@ -29,7 +29,9 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -110,8 +112,16 @@ class CheckpointStore:
         disk_bytes: int = 16 << 30,
         write_behind: bool = True,
         max_pending_bytes: int = 512 << 20,
+        read_threads: int | None = None,
+        host_alloc: Callable[[tuple[int, ...], str], np.ndarray] | None = None,
     ) -> None:
+        """``read_threads``: disk reads in flight during a restore (default: up to 4, one per
+        core). ``host_alloc(shape, dtype)``: where RAM-tier copies and read buffers live
+        (pinned memory on CUDA, so the copies to and from the GPU run at full bandwidth)."""
         self.layout = layout
+        self.read_threads = max(1, read_threads or min(4, os.cpu_count() or 1))
+        self._host_alloc = host_alloc
+        self._read_pool: ThreadPoolExecutor | None = None
         self.ram_bytes = ram_bytes
         self.disk_bytes = disk_bytes
         self.ram: dict[str, _Entry] = {}
@@ -164,12 +174,14 @@ class CheckpointStore:
 
     def save(
         self, session_id: str, ids: Sequence[int], hashes: Sequence[str],
-        read_block: Callable[[int, int], np.ndarray], prev_tail: str | None,
+        read_block: Callable[[int, int], np.ndarray], prev_tail: str | None, *, owned: bool = False,
     ) -> tuple[int, int, str | None]:
         """Store the blocks of ``ids`` not stored yet, and a tail record for the rest.
 
-        ``read_block(start, n)`` returns positions [start, start+n) as one host array.
-        Returns once the blocks are in the RAM tier: (blocks stored, bytes stored, tail key).
+        ``read_block(start, n)`` returns positions [start, start+n) as one host array; with
+        ``owned`` each call returns a fresh array the store may keep (else it is copied, as a
+        view of the live KV would change under the store). Returns once the blocks are in the
+        RAM tier: (blocks stored, bytes stored, tail key).
         """
         bs = self.layout.block_size
         written = nbytes = 0
@@ -184,14 +196,14 @@ class CheckpointStore:
                 parent = ROOT
                 for i, key in enumerate(hashes):
                     if not self._has(key):
-                        block = _owned(read_block(i * bs, bs))
+                        block = self._keep(read_block(i * bs, bs), owned)
                         nbytes += self._put(key, parent, ids[i * bs : (i + 1) * bs], block, False, chain, jobs)
                         written += 1
                     parent = key
                 if prev_tail and prev_tail != tail:
                     self._drop_tail(prev_tail)
                 if tail and not self._has(tail):
-                    block = _owned(read_block(len(hashes) * bs, len(rest)))
+                    block = self._keep(read_block(len(hashes) * bs, len(rest)), owned)
                     nbytes += self._put(tail, parent, rest, block, True, chain, jobs)
                 self.recent[session_id] = set(chain)
                 self.stats.blocks_written += written
@@ -208,6 +220,22 @@ class CheckpointStore:
             elif self.disk_io is not None:
                 _make_write(self.layout, self.disk_io, lambda: self._landed)(job)
         return written, nbytes, tail
+
+    def host_empty(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A host array of this layout's dtype from ``host_alloc`` (pinned memory on CUDA)."""
+        if self._host_alloc is None:
+            return np.empty(shape, self.layout.dtype)
+        return self._host_alloc(shape, self.layout.dtype)
+
+    def _keep(self, block: np.ndarray, owned: bool) -> np.ndarray:
+        """The block as an array of the store's own (a view of live KV would change under it)."""
+        if owned and block.flags.c_contiguous:
+            return block
+        if not owned and block.flags.owndata and block.flags.c_contiguous:
+            return block
+        out = self.host_empty(block.shape)
+        np.copyto(out, block)
+        return out
 
     def _has(self, key: str) -> bool:
         return key in self.ram or key in self.disk or (self._writer is not None and self._writer.pending(key) is not None)
@@ -274,12 +302,15 @@ class CheckpointStore:
         """Load the longest stored prefix of ``ids``.
 
         Positions [0, live) are the caller's live KV: blocks wholly inside them are not read.
-        Either ``write_block(start, array)`` receives each verified block from the one that
-        holds position ``live`` on (it must copy it before returning: the array is reused for
-        the next block), or ``into`` (an array ``(n_layers, planes, >= len(ids), n_kv_heads,
+        Either ``write_block(start, array)`` receives each verified block, in order, from the
+        one that holds position ``live`` on (it must copy it before returning: the array is
+        reused), or ``into`` (an array ``(n_layers, planes, >= len(ids), n_kv_heads,
         head_dim)``, its last three axes C-contiguous) is filled in place: positions [0, live)
         are never touched; on return positions [live, result.tokens) hold verified KV, and
         positions past result.tokens may have been overwritten with garbage.
+
+        Disk blocks are read ahead by ``read_threads`` threads (the copy releases the GIL);
+        the prefix still ends at the first block that is missing or fails verification.
         """
         if (write_block is None) == (into is None):
             raise TypeError("pass exactly one of write_block or into=")
@@ -287,32 +318,29 @@ class CheckpointStore:
         bs = self.layout.block_size
         sources: set[str] = set()
         nbytes = 0
-        scratch: dict[int, np.ndarray] = {}  # one buffer per block length, reused (fresh pages cost)
         with self._lock:
             self._active = frozenset(hashes)
             try:
                 n_full = min(live // bs, len(hashes))
                 parent = hashes[n_full - 1] if n_full else ROOT
-                for i in range(n_full, len(hashes)):
-                    key = hashes[i]
-                    got = self._fetch(key, parent, ids[i * bs : (i + 1) * bs], False, i * bs, write_block, into, live,
-                                      scratch)
-                    if got is None:
-                        break
+                chain = [(i * bs, hashes[i], hashes[i - 1] if i else ROOT, ids[i * bs : (i + 1) * bs], False)
+                         for i in range(n_full, len(hashes))]  # fmt: skip
+                for got in self._fetch_chain(chain, write_block, into, live):
                     nbytes += got[0]
                     sources.add(got[1])
-                    n_full = i + 1
-                    parent = key
+                    n_full += 1
+                parent = hashes[n_full - 1] if n_full else ROOT
                 tokens = max(n_full * bs, live)
                 tail_key = None
                 rest = list(ids[n_full * bs :])
                 if rest:
                     # Wherever the chain of full blocks stops, a stored partial block may go on.
                     for key, n in self._tails(parent, rest):
-                        got = self._fetch(key, parent, rest[:n], True, n_full * bs, write_block, into, live, scratch)
-                        if got is not None:
-                            nbytes += got[0]
-                            sources.add(got[1])
+                        found = list(self._fetch_chain([(n_full * bs, key, parent, rest[:n], True)],
+                                                       write_block, into, live))  # fmt: skip
+                        if found:
+                            nbytes += found[0][0]
+                            sources.add(found[0][1])
                             tail_key = key
                             tokens = max(tokens, n_full * bs + n)
                             break
@@ -336,34 +364,67 @@ class CheckpointStore:
         with self._lock:
             self.stats.miss_ms.append(float(ms))
 
-    def _fetch(
-        self, key: str, parent: str, tokens: Sequence[int], tail: bool, start: int,
-        write_block, into: np.ndarray | None, live: int, scratch: dict[int, np.ndarray],
-    ) -> tuple[int, str] | None:
-        """Put one verified block at ``start``: (bytes, source), or None for a miss."""
-        n = len(tokens)
-        shape = self.layout.block_shape(n)
-        data, src = self._in_memory(key)
-        direct = into is not None and start >= live
-        if data is None:
-            if direct:
-                ok = self._read_file(key, parent, tokens, tail, into, start)
+    def _fetch_chain(self, chain: list[tuple[int, str, str, Sequence[int], bool]], write_block,
+                     into: np.ndarray | None, live: int) -> Iterator[tuple[int, str]]:  # fmt: skip
+        """Put the verified blocks of ``chain`` ((start, key, parent, tokens, is_tail), in
+        order) in place, yielding (bytes, source) for each until the first miss.
+
+        Blocks in memory are copied here; disk blocks are read and verified by the read
+        pool up to ``2 * read_threads`` ahead, straight into ``into`` where they land at or
+        past ``live``, else into scratch buffers that are recycled once placed."""
+        free: dict[int, list[np.ndarray]] = {}  # scratch buffers by block length
+        ahead: deque[tuple[tuple, np.ndarray | None, str, Future | None]] = deque()
+        items = iter(chain)
+        window = 2 * self.read_threads
+
+        def submit() -> bool:
+            item = next(items, None)
+            if item is None:
+                return False
+            start, key, parent, tokens, tail = item
+            data, src = self._in_memory(key)
+            if data is not None:
+                ahead.append((item, data, src, None))
+                return True
+            n = len(tokens)
+            if into is not None and start >= live:
+                dest, off, buf = into, start, None
             else:
-                data = scratch.get(n)
-                if data is None:
-                    data = scratch[n] = np.empty(shape, self.layout.dtype)
-                ok = self._read_file(key, parent, tokens, tail, data, 0)
-            if not ok:
-                return None
-            src = "disk"
-        if into is None:
-            write_block(start, data)
-        elif not direct:
-            skip = live - start
-            into[:, :, live : start + n] = data[:, :, skip:]
-        elif data is not None:
-            np.copyto(into[:, :, start : start + n], data)
-        return int(np.prod(shape)) * np.dtype(self.layout.dtype).itemsize, src
+                pool = free.setdefault(n, [])
+                buf = pool.pop() if pool else self.host_empty(self.layout.block_shape(n))
+                dest, off = buf, 0
+            fut = self._reads().submit(self._read_file, key, parent, tokens, tail, dest, off)
+            ahead.append((item, buf, "disk", fut))
+            return True
+
+        try:
+            while len(ahead) < window and submit():
+                pass
+            while ahead:
+                item, data, src, fut = ahead.popleft()
+                start, n = item[0], len(item[3])
+                if fut is not None and not self._settle_read(item, fut.result()):
+                    return
+                if into is None:
+                    write_block(start, data)
+                elif data is not None and start < live:  # a block straddling the live prefix
+                    skip = live - start
+                    into[:, :, live : start + n] = data[:, :, skip:]
+                elif data is not None and fut is None:  # from memory
+                    np.copyto(into[:, :, start : start + n], data)
+                if fut is not None and data is not None:
+                    free.setdefault(n, []).append(data)
+                yield int(np.prod(self.layout.block_shape(n))) * np.dtype(self.layout.dtype).itemsize, src
+                submit()
+        finally:
+            for _, _, _, fut in ahead:  # reads past a miss: let them finish before buffers go
+                if fut is not None:
+                    fut.cancel() or fut.exception()
+
+    def _reads(self) -> ThreadPoolExecutor:
+        if self._read_pool is None:
+            self._read_pool = ThreadPoolExecutor(self.read_threads, thread_name_prefix="agentcore-kv-read")
+        return self._read_pool
 
     def _in_memory(self, key: str) -> tuple[np.ndarray | None, str]:
         entry = self.ram.get(key)
@@ -376,31 +437,50 @@ class CheckpointStore:
             return job.data, "ram"
         return None, ""
 
-    def _read_file(self, key: str, parent: str, tokens: Sequence[int], tail: bool, dest: np.ndarray, start: int) -> bool:
+    def _read_file(self, key: str, parent: str, tokens: Sequence[int], tail: bool, dest: np.ndarray,
+                   start: int) -> tuple[str, int, Exception | None]:  # fmt: skip
+        """Read and verify one block file into ``dest`` at ``start`` (on a read-pool thread:
+        no store state is touched here). ("ok", size, None), ("missing", 0, None),
+        ("corrupt", 0, BlockRejected) or ("fault", 0, OSError)."""
         if self.disk_io is None:
-            return False
+            return "missing", 0, None
         sub, name = _file_name(key, parent, tail, len(tokens))
         fd = self.disk_io.open_regular(sub, name)
         if fd is None:
-            self.disk.pop(key, None)
-            return False
-        head = BlockHeader(key, parent, tail, len(tokens))
+            return "missing", 0, None
         try:
             size = os.fstat(fd).st_size
-            read_into(fd, self.layout, head, tokens, slabs(dest, start, len(tokens)))
+            read_into(fd, self.layout, BlockHeader(key, parent, tail, len(tokens)), tokens,
+                      slabs(dest, start, len(tokens)))  # fmt: skip
         except BlockRejected as exc:
+            return "corrupt", 0, exc
+        except OSError as exc:
+            return "fault", 0, exc
+        finally:
+            self.disk_io.close(fd)
+        return "ok", size, None
+
+    def _settle_read(self, item: tuple, outcome: tuple[str, int, Exception | None]) -> bool:
+        """The store's bookkeeping for one read (under the lock); True when the block is good."""
+        _, key, parent, tokens, tail = item
+        what, size, exc = outcome
+        sub, name = _file_name(key, parent, tail, len(tokens))
+        if what == "missing":
+            self.disk.pop(key, None)
+            return False
+        if what == "corrupt":
+            assert isinstance(exc, BlockRejected)
             self.stats.corrupt += 1
             log.warning("kv cache miss reason=corrupt file=%s detail=%s", name, exc)
             self.disk.pop(key, None)
-            if exc.remove:
+            if exc.remove and self.disk_io is not None:
                 self.disk_io.unlink(sub, name)
             return False
-        except OSError as exc:
+        if what == "fault":
+            assert isinstance(exc, OSError) and self.disk_io is not None
             self.disk_io.fault("read", exc)
             self.stats.disk_faults = self.disk_io.faults
             return False
-        finally:
-            self.disk_io.close(fd)
         entry = self.disk.get(key)
         if entry is None:  # written by another process since our scan
             entry = self.disk[key] = _Entry(key, parent, len(tokens), size, time.time(), is_tail=tail, name=name)
@@ -527,13 +607,6 @@ class CheckpointStore:
         merged = stats_file.merge_stats(old, now, base)
         if self.disk_io.write(".", "stats.json", [json.dumps(merged).encode()]) is not None:
             self._persisted = now
-
-
-def _owned(block: np.ndarray) -> np.ndarray:
-    """The block as an array of its own: a view of the live KV would change under the store."""
-    if block.flags.owndata and block.flags.c_contiguous:
-        return block
-    return np.array(block, order="C")
 
 
 def _make_write(layout: KVLayout, disk: DiskTier, landed) -> Callable[[WriteJob], None]:
