@@ -85,6 +85,26 @@ async def test_cuda_ram_tier_is_pinned_and_restores_a_dropped_session(model_path
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_cuda_checkpoint_saved_behind_is_the_kv_at_checkpoint_time(model_path, tmp_path, anyio_backend):
+    # The checkpoint returns after a device snapshot; the session then diverges at once and
+    # rewrites every position. What lands in the store must be the KV of the checkpoint.
+    eng = LocalEngine.from_gguf(model_path, device="cuda", kv_dir=tmp_path, block_size=64)
+    ref = LocalEngine.from_gguf(model_path, device="cuda", block_size=64)
+    await ref.checkpoint(request(4))
+    want = await generate(ref, request(4))  # the same split: prefix from the KV, then the rest
+    info = await eng.checkpoint(request(4))
+    other = request(4)
+    other.messages[0] = SystemMessage(content="a different system prompt " * 20)
+    await generate(eng, other)  # same session id: truncates to the common prefix, rewrites the rest
+    eng.close()
+    fresh = LocalEngine.from_gguf(model_path, device="cuda", kv_dir=tmp_path, block_size=64)
+    got = await generate(fresh, request(4))
+    assert got.usage.cache_source == "disk" and got.usage.cached_tokens >= info.tokens - 64
+    assert got.token_ids == want.token_ids
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_cuda_constrained_tool_call_parses_like_the_cpu_one(model_path, anyio_backend):
     from agentcore.dsml import parse_completion
     from agentcore.messages import ToolSpec

@@ -22,6 +22,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -150,6 +151,8 @@ class LocalEngine:
         self.max_live_sessions = max_live_sessions
         self.turns: list[TurnRecord] = []
         self._compute = threading.Lock()
+        self._behind: ThreadPoolExecutor | None = None  # CUDA: checkpoint saves behind the turn
+        self._behind_last: Future[None] | None = None
         self._spare: list[Session] = []
         self._logits_checked = False
 
@@ -160,6 +163,7 @@ class LocalEngine:
 
     def close(self) -> None:
         """Make every saved checkpoint durable (the store writes behind)."""
+        self._settle_behind()
         self.store.close()
 
     def __enter__(self) -> Self:
@@ -242,6 +246,7 @@ class LocalEngine:
     def _restore(self, session: Session, ids: list[int], hashes: list[str], keep: int,
                  limit: int) -> tuple[int, str, float]:  # fmt: skip
         """Extend the live prefix ``keep`` from the store, up to ``limit`` tokens."""
+        self._settle_behind()  # a checkpoint still being saved behind may hold these blocks
         kv = session.kv
         if hasattr(kv, "data"):  # a dense host KV: the store reads straight into it
             kv.grow(limit)
@@ -418,18 +423,21 @@ class LocalEngine:
             record, session = self._prepare(request.session_id, request.messages, ids, ends, "checkpoint")
             t1 = time.perf_counter()
             hashes = block_hashes(ids, self.layout)
-            def read(start: int, n: int) -> np.ndarray:  # into the store's host memory (pinned on CUDA)
-                return read_span(session.kv, start, n, out=self.store.host_empty(self.layout.block_shape(n)))
-
-            written, nbytes, tail = self.store.save(request.session_id, ids, hashes, read, session.tail,
-                                                    owned=True)  # fmt: skip
             # The anchor (system, tools, first task) survives compactions: keep its blocks
             # pinned so the prefill after a compaction pays only the summary and recent turns.
             first_task = next((i for i, m in enumerate(request.messages) if isinstance(m, UserMessage)), None)
             if first_task is not None:
                 self.store.pin(request.session_id, hashes[: ends[first_task] // self.layout.block_size])
-            session.tail = tail
             session.computed = list(ids)
+            saved = self._save_behind(request.session_id, session, ids, hashes) if self.device == "cuda" else None
+            if saved is None:
+                def read(start: int, n: int) -> np.ndarray:  # into the store's host memory
+                    return read_span(session.kv, start, n, out=self._host_block(n))
+
+                written, nbytes, session.tail = self.store.save(request.session_id, ids, hashes, read,
+                                                                session.tail, owned=True)  # fmt: skip
+            else:
+                written, nbytes = saved
             t2 = time.perf_counter()
         ms, store_ms = (t2 - t0) * 1000, (t2 - t1) * 1000
         log.info("kv cache stored session=%s tokens=%d blocks=%d bytes=%d ms=%.1f store_ms=%.1f",
@@ -437,10 +445,67 @@ class LocalEngine:
         return CheckpointInfo(session_id=request.session_id, tokens=len(ids), bytes_written=nbytes, ms=ms,
                               prefill_ms=record.prefill_ms, store_ms=store_ms)  # fmt: skip
 
+    def _host_block(self, n: int) -> np.ndarray:
+        """Host memory for an ``n``-token block from the store's allocator (pinned on CUDA).
+        Always a full block's bytes, so a partial tail reuses a freed block's pinned pages."""
+        full = int(np.prod(self.layout.block_shape(self.layout.block_size)))
+        shape = self.layout.block_shape(n)
+        return self.store.host_empty((max(full, int(np.prod(shape))),))[: int(np.prod(shape))].reshape(shape)
+
+    def _save_behind(self, session_id: str, session: Session, ids: list[int],
+                     hashes: list[str]) -> tuple[int, int] | None:  # fmt: skip
+        """CUDA: snapshot the blocks the store lacks on the device (a copy at HBM speed) and
+        hand the copy to pinned memory and ``store.save`` to a background thread, so the
+        checkpoint's critical path never waits on PCIe or on pinning fresh host pages
+        (measured: 4.1 s for a first 32K-token checkpoint of the 8B shape done inline).
+        Returns (blocks, bytes) queued, or None to save inline (no device memory to spare)."""
+        import cupy as cp
+
+        self._settle_behind()  # the previous save has landed: session.tail is current
+        bs = self.layout.block_size
+        starts = [(i * bs, bs) for i, key in enumerate(hashes) if not self.store.has(key)]
+        if len(ids) > len(hashes) * bs:
+            starts.append((len(hashes) * bs, len(ids) - len(hashes) * bs))
+        try:
+            spans = {start: session.kv.snapshot(start, n) for start, n in starts}
+            cp.cuda.get_current_stream().synchronize()  # later kernels may rewrite the live KV
+        except cp.cuda.memory.OutOfMemoryError:
+            return None
+        prev_tail = session.tail
+
+        def save() -> None:
+            def read(start: int, n: int) -> np.ndarray | None:
+                dev = spans.pop(start, None)
+                if dev is None:
+                    return None
+                out = self._host_block(n)
+                dev.get(out=out)
+                return out
+
+            try:
+                _, _, session.tail = self.store.save(session_id, ids, hashes, read, prev_tail, owned=True)
+            except Exception:  # a lost checkpoint is a later miss, never wrong KV
+                log.exception("kv cache background save failed session=%s", session_id)
+            finally:
+                spans.clear()
+
+        nbytes = sum(int(a.nbytes) for a in spans.values())
+        if self._behind is None:
+            self._behind = ThreadPoolExecutor(1, thread_name_prefix="agentcore-kv-snapshot")
+        self._behind_last = self._behind.submit(save)
+        return sum(1 for _, n in starts if n == bs), nbytes
+
+    def _settle_behind(self) -> None:
+        """Wait for the background save of the last CUDA checkpoint."""
+        fut = self._behind_last
+        if fut is not None:
+            fut.result()
+
     # ------------------------------------------------------------------ observability
 
     def stats(self) -> dict[str, Any]:
         """Per-turn reuse history, tier hit counts and store usage."""
+        self._settle_behind()
         gen = [t for t in self.turns if t.kind == "generate"]
         s = self.store.stats
         return {

@@ -273,13 +273,18 @@ class CudaKV:
         span = blocks.transpose(1, 2, 0, 3, 4, 5).reshape(s[1], s[2], s[0] * bs, s[4], s[5])
         return span, start - b0 * bs
 
-    def read_span(self, start: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Positions [start, start+n) of every layer: host float16 (L, 2, n, KVH, D)."""
+    def snapshot(self, start: int, n: int) -> Any:
+        """Positions [start, start+n) of every layer as a device copy (L, 2, n, KVH, D) float16,
+        queued on the current stream: later writes to the cache do not change it."""
         cp = _cupy()
         if start + n > self.length:
             raise ValueError(f"cannot read positions up to {start + n} of {self.length}")
         span, off = self._span_view(start, n)
-        dev = cp.ascontiguousarray(span[:, :, off : off + n])
+        return cp.ascontiguousarray(span[:, :, off : off + n])
+
+    def read_span(self, start: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Positions [start, start+n) of every layer: host float16 (L, 2, n, KVH, D)."""
+        dev = self.snapshot(start, n)
         if out is None:
             out = pinned_empty(dev.shape, np.float16)
         dev.get(out=out)

@@ -178,10 +178,11 @@ class CheckpointStore:
     ) -> tuple[int, int, str | None]:
         """Store the blocks of ``ids`` not stored yet, and a tail record for the rest.
 
-        ``read_block(start, n)`` returns positions [start, start+n) as one host array; with
-        ``owned`` each call returns a fresh array the store may keep (else it is copied, as a
-        view of the live KV would change under the store). Returns once the blocks are in the
-        RAM tier: (blocks stored, bytes stored, tail key).
+        ``read_block(start, n)`` returns positions [start, start+n) as one host array, or None
+        when it no longer has them (that block is skipped); with ``owned`` each call returns a
+        fresh array the store may keep (else it is copied, as a view of the live KV would
+        change under the store). Returns once the blocks are in the RAM tier: (blocks stored,
+        bytes stored, tail key).
         """
         bs = self.layout.block_size
         written = nbytes = 0
@@ -195,16 +196,15 @@ class CheckpointStore:
             try:
                 parent = ROOT
                 for i, key in enumerate(hashes):
-                    if not self._has(key):
-                        block = self._keep(read_block(i * bs, bs), owned)
+                    if not self._has(key) and (got := read_block(i * bs, bs)) is not None:
+                        block = self._keep(got, owned)
                         nbytes += self._put(key, parent, ids[i * bs : (i + 1) * bs], block, False, chain, jobs)
                         written += 1
                     parent = key
                 if prev_tail and prev_tail != tail:
                     self._drop_tail(prev_tail)
-                if tail and not self._has(tail):
-                    block = self._keep(read_block(len(hashes) * bs, len(rest)), owned)
-                    nbytes += self._put(tail, parent, rest, block, True, chain, jobs)
+                if tail and not self._has(tail) and (got := read_block(len(hashes) * bs, len(rest))) is not None:
+                    nbytes += self._put(tail, parent, rest, self._keep(got, owned), True, chain, jobs)
                 self.recent[session_id] = set(chain)
                 self.stats.blocks_written += written
                 self.stats.bytes_written += nbytes
@@ -236,6 +236,11 @@ class CheckpointStore:
         out = self.host_empty(block.shape)
         np.copyto(out, block)
         return out
+
+    def has(self, key: str) -> bool:
+        """Whether the block ``key`` is stored (in RAM, queued for the disk, or on disk)."""
+        with self._lock:
+            return self._has(key)
 
     def _has(self, key: str) -> bool:
         return key in self.ram or key in self.disk or (self._writer is not None and self._writer.pending(key) is not None)
