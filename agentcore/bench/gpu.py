@@ -37,14 +37,18 @@ import anyio
 import numpy as np
 
 from agentcore.bench._public import complete, followed_by, prompt_request
-from agentcore.engine.backends.cuda_graph import CudaDecoder
+from agentcore.engine.backends.cuda_graph import CudaDecoder, CudaMLADecoder
 from agentcore.engine.local import LocalEngine
 from agentcore.testing.synthetic import LLAMA3_8B, SMOLLM2_135M, write_synthetic_gguf
+from agentcore.testing.synthetic_deepseek2 import V2_LITE, write_synthetic_deepseek2
 
 MODELS = {
     "smollm2-135m": ({**SMOLLM2_135M, "context_length": 40960}, "Q4_1"),
     "llama3-8b-q4_k": ({**LLAMA3_8B, "context_length": 40960}, "Q4_K"),
     "llama3-8b-q8_0": ({**LLAMA3_8B, "context_length": 40960, "qtype": "Q8_0"}, "Q8_0"),
+    # deepseek2 (MLA + MoE) at DeepSeek-V2-Lite's shape; K-quant rows that 256 does not
+    # divide (expert down, k_b) are Q8_0, as llama-quantize falls back
+    "deepseek-v2-lite-q4_k": ({**V2_LITE, "qtype": "Q4_K", "arch": "deepseek2"}, "Q4_K"),
 }
 
 
@@ -92,13 +96,17 @@ def copy_bandwidth(cp: Any) -> float:
 
 
 def weight_bytes_per_token(model: Any) -> int:
-    """Bytes a decode step reads from weights: every matrix but the embedding table (one row)."""
+    """Bytes a decode step reads from weights: every matrix but the embedding table (one
+    row), and of an MoE layer's expert stacks only the experts a token uses."""
     total = 0
+    moe = getattr(model.spec, "moe", None)
     for name, t in model.tensors.items():
         if name == "token_embd.weight":
             total += t.nbytes // t.shape[0]
             if model.spec.tied_embeddings:
                 total += t.nbytes
+        elif moe is not None and "_exps." in name:
+            total += t.nbytes * moe.n_expert_used // moe.n_expert
         else:
             total += t.nbytes
     return total
@@ -116,7 +124,7 @@ def raw_decode(cp: Any, eng: LocalEngine, ctx: int, steps: int) -> tuple[float, 
     """(tok/s of graph replays back to back, tok/s with one read-back per token) at ``ctx``."""
     kv = eng.ops.new_kv(eng.spec, ctx + steps + 64)
     fill_kv(cp, kv, ctx)
-    dec = CudaDecoder(eng.transformer, kv)
+    dec = (CudaMLADecoder if eng.spec.mla is not None else CudaDecoder)(eng.transformer, kv)
     dec.start(None, reserve=steps + 8)
     dec.generate(1, 8)
     kv.length = ctx
@@ -345,7 +353,7 @@ def main(argv: list[str]) -> int:
     tmp.mkdir(parents=True, exist_ok=True)
     names = args.models.split(",")
     if args.quick:
-        names = [n for n in names if n != "llama3-8b-q8_0"]
+        names = [n for n in names if n not in ("llama3-8b-q8_0", "deepseek-v2-lite-q4_k")]
     contexts = [64, 8192] if args.quick else [64, 8192, 32768]
     if args.contexts:
         contexts = [int(c) for c in args.contexts.split(",")]
@@ -354,7 +362,10 @@ def main(argv: list[str]) -> int:
         path = tmp / f"{name}.gguf"
         t0 = time.perf_counter()
         if not path.exists():
-            write_synthetic_gguf(path, **preset)
+            if preset.get("arch") == "deepseek2":
+                write_synthetic_deepseek2(path, **{k: v for k, v in preset.items() if k != "arch"})
+            else:
+                write_synthetic_gguf(path, **preset)
         print(f"# {name}: file {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
         if args.only == "cache":
             bench_cache(run, cp, name, path, quant, contexts, args.turns)

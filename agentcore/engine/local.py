@@ -56,7 +56,7 @@ from agentcore.engine.model.chat import ChatFormat, detect_chat_format
 from agentcore.engine.model.gguf import GGUFModel, check_logits, load_gguf
 from agentcore.engine.model.tokenizer import Tokenizer
 from agentcore.engine.session import Session
-from agentcore.errors import ContextOverflow, DeviceUnavailable
+from agentcore.errors import ContextOverflow
 from agentcore.messages import Message, UserMessage, is_compacted
 
 __all__ = ["LocalEngine", "TurnRecord"]
@@ -120,12 +120,7 @@ class LocalEngine:
         if self.context_length < 1:
             raise ValueError("context_length must be positive")
         mla = getattr(self.spec, "mla", None)
-        if mla is not None and device == "cuda":
-            raise DeviceUnavailable(
-                "deepseek2 (MLA + MoE) runs on the CPU backend only so far; use device='cpu' "
-                "(or 'auto', which picks the CPU for it)"
-            )
-        self.ops = select_ops("cpu" if mla is not None else device)
+        self.ops = select_ops(device)
         self.device = "cuda" if type(self.ops).__name__ == "CudaOps" else "cpu"
         self.tokenizer = Tokenizer.from_gguf(model)
         self.chat: ChatFormat = detect_chat_format(model, self.tokenizer, thinking=thinking)
@@ -219,9 +214,10 @@ class LocalEngine:
             return session
         kv = self.ops.new_kv(self.spec, 256)
         if self.device == "cuda":
-            from agentcore.engine.backends.cuda_graph import CudaDecoder
+            from agentcore.engine.backends.cuda_graph import CudaDecoder, CudaMLADecoder
 
-            return Session(kv, CudaDecoder(self.transformer, kv))
+            decoder = CudaMLADecoder if self.spec.mla is not None else CudaDecoder
+            return Session(kv, decoder(self.transformer, kv))
         return Session(kv, EagerDecoder(self.transformer, kv))
 
     def _session(self, session_id: str) -> Session:

@@ -17,11 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import ExpertGatingFuncType, GGMLQuantizationType, GGUFWriter, RopeScalingType
+from gguf import (
+    GGML_QUANT_SIZES,
+    ExpertGatingFuncType,
+    GGMLQuantizationType,
+    GGUFWriter,
+    RopeScalingType,
+)
 
 from agentcore.testing.synthetic import _add_vocabulary, _nbytes, _random_tensor
 
-__all__ = ["PRESETS", "write_synthetic_deepseek2"]
+__all__ = ["PRESETS", "V2_LITE", "write_synthetic_deepseek2"]
 
 _Q = GGMLQuantizationType
 
@@ -54,6 +60,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "v3_q8_0": {**_TINY, **_V3_ROUTING, **_YARN_V3, "qtype": "Q8_0"},
 }
+
+# DeepSeek-V2-Lite's real shape (15.7B parameters, 2.4B active): the GPU benchmark's file.
+V2_LITE: dict[str, Any] = {
+    "n_layers": 27, "n_dense_lead": 1, "n_embd": 2048, "n_heads": 16, "q_lora_rank": 0,
+    "kv_lora_rank": 512, "qk_rope_dim": 64, "qk_nope_dim": 128, "v_head_dim": 128,
+    "n_ff": 10944, "n_ff_exp": 1408, "n_expert": 64, "n_expert_used": 6, "n_expert_shared": 2,
+    "gating": "softmax", "weights_norm": False, "weights_scale": 1.0, "vocab": 102400,
+    "yarn": {"factor": 40.0, "original_context_length": 4096, "log_multiplier": 0.0707},
+    "context_length": 163840,
+}  # fmt: skip
 
 
 def write_synthetic_deepseek2(
@@ -146,7 +162,7 @@ def write_synthetic_deepseek2(
         "sh": n_expert_shared, "vocab": vocab,
     }  # fmt: skip
     plan = list(_tensor_plan(n_layers, n_dense_lead, split_kv_b, selection_bias, dims))
-    types = [_Q.F32 if role in ("norm", "bias", "router") else mat for _, role, _ in plan]
+    types = [_Q.F32 if role in ("norm", "bias", "router") else _row_type(mat, shape) for _, role, shape in plan]
     for (name, _, shape), qt in zip(plan, types, strict=True):
         w.add_tensor_info(name, shape, np.dtype(np.float32), _nbytes(name, shape, qt), qt)
     w.write_header_to_file(path)
@@ -162,6 +178,12 @@ def write_synthetic_deepseek2(
             )
     w.close()
     return path
+
+
+def _row_type(qt: GGMLQuantizationType, shape: tuple[int, ...]) -> GGMLQuantizationType:
+    """``qt``, or Q8_0 for rows its blocks do not divide (V2-Lite's 1408-wide expert and
+    128-wide k_b rows under a K-quant), as llama-quantize falls back to another type."""
+    return qt if shape[-1] % GGML_QUANT_SIZES[qt][0] == 0 else _Q.Q8_0
 
 
 def _tensor_plan(

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from agentcore.engine.backends.cuda_mla import MLA_SHAPES, MLAOps
 from agentcore.engine.model.gguf import ModelSpec, WeightTensor
 from agentcore.errors import DeviceUnavailable
 
@@ -94,11 +95,12 @@ def select_ops(device: str = "auto") -> Any:
 @cache
 def _module() -> Any:
     cp = _cupy()
-    code = "\n".join((KERNELS / f).read_text() for f in ("quant.cu", "ops.cu", "sample.cu"))
+    code = "\n".join((KERNELS / f).read_text() for f in ("quant.cu", "ops.cu", "sample.cu", "mla.cu"))
     names = [f"gemv<{q},{m}>" for q in NATIVE_QTYPES for m in (0, 1, 2)]
     names += [f"dequant_f16<{q}>" for q in NATIVE_QTYPES]
     names += [f"embed<{q}>" for q in NATIVE_QTYPES]
     names += [f"attn_split<{d}>" for d in HEAD_DIMS]
+    names += [f"mla_attn_split<{r},{p}>" for r, p in MLA_SHAPES]
     return cp.RawModule(code=code, options=("-std=c++17",), name_expressions=names)
 
 
@@ -360,8 +362,9 @@ class CudaKV:
 # ---------------------------------------------------------------------------- ops
 
 
-class CudaOps:
-    """The ops interface on CuPy (see ``model.Ops``); arrays are cupy float32."""
+class CudaOps(MLAOps):
+    """The ops interface on CuPy (see ``model.Ops``); arrays are cupy float32. The deepseek2
+    ops (latent cache, MLA, MoE) come from ``cuda_mla.MLAOps``."""
 
     kv_dtype = "float16"  # the paged KV pool stores fp16; part of every block's identity
     prefill_chunk = 2048  # tokens per prefill chunk: GEMMs big enough for the tensor cores
@@ -399,9 +402,6 @@ class CudaOps:
     def prepare_rope(self, inv_freq: np.ndarray, neox: bool, max_positions: int) -> CudaRope:
         return CudaRope(inv_freq, neox, max_positions)
 
-    def new_kv(self, spec: ModelSpec, capacity: int) -> CudaKV:
-        return CudaKV(spec, capacity)
-
     def compute(self) -> Any:
         """Entered around each forward: makes this ops' GPU the current device."""
         return self.cp.cuda.Device(self.device_id)
@@ -409,8 +409,11 @@ class CudaOps:
     # ---- kernels, callable from the graph capture too ----
 
     def gemv(self, part: QMatrix, x: Any, y: Any, *, t: int = 1, y_stride: int = 0,
-             mode: int = 0, norm: Any = None, eps: float = 0.0, bias: Any = None) -> None:  # fmt: skip
-        """y (device pointer / array view) <- part @ x for t rows of x; see quant.cu gemv."""
+             mode: int = 0, norm: Any = None, eps: float = 0.0, bias: Any = None,
+             x_stride: int | None = None, eids: Any = None, e_stride: int = 0) -> None:  # fmt: skip
+        """y (device pointer / array view) <- part @ x for t rows of x (``x_stride`` floats
+        apart, default ``part.cols``; 0 broadcasts one x); with ``eids`` row i uses expert
+        ``eids[i]``'s matrix, ``e_stride`` bytes after ``part``'s; see quant.cu gemv."""
         k = _kernel(f"gemv<{part.qtype},{mode}>")
         smem = (part.cols + part.cols // 32 * 4) * 4
         if smem > 48 * 1024 and k.max_dynamic_shared_size_bytes < smem:
@@ -419,7 +422,8 @@ class CudaOps:
         grid = _cdiv(rows, 8 if mode == 2 else 16)
         k((grid, t), (256,),
           (part.data, np.int64(part.row_bytes), _as_ptr(x), _I32(part.cols), _as_ptr(y),
-           _I32(rows), np.int64(y_stride), _as_ptr(norm), _F32(eps), _as_ptr(bias)),
+           _I32(rows), np.int64(y_stride), _as_ptr(norm), _F32(eps), _as_ptr(bias),
+           np.int64(part.cols if x_stride is None else x_stride), _as_ptr(eids), np.int64(e_stride)),
           shared_mem=smem)  # fmt: skip
 
     def dequantize(self, part: QMatrix, out: Any) -> None:

@@ -30,6 +30,7 @@ import numpy as np
 
 from agentcore.engine.backends.cuda import (
     CudaKV,
+    CudaLinear,
     CudaOps,
     _as_ptr,
     _cdiv,
@@ -37,10 +38,11 @@ from agentcore.engine.backends.cuda import (
     _Offset,
     pinned_empty,
 )
+from agentcore.engine.backends.cuda_mla import MLA_SHAPES
 from agentcore.engine.base import Sampling
 from agentcore.engine.decode.sampler import REPEAT_WINDOW
 
-__all__ = ["CudaDecoder"]
+__all__ = ["CudaDecoder", "CudaMLADecoder"]
 
 _I32 = np.int32
 _F32 = np.float32
@@ -312,12 +314,7 @@ class CudaDecoder:
         kv = self.kv
         self.model.rope.ensure(kv.capacity + 1)
         self._ensure_history(kv.capacity + 1)
-        self.nsplit = self.ops.decode_splits(self.model.spec, kv.capacity)
-        h, hd = self.model.spec.n_heads, self.model.spec.head_dim
-        cp = self.cp
-        with self.stream:
-            self.po = cp.empty((h, self.nsplit, hd), cp.float32)
-            self.pml = cp.empty((h, self.nsplit, 2), cp.float32)
+        self._split_buffers()
         # Warm-up (compiles and checks every kernel outside capture) at the next position to
         # be written, so the KV and history it writes are overwritten by the first real step.
         # It overwrites the held logits too: a capture may follow a prefill, so keep them.
@@ -333,6 +330,14 @@ class CudaDecoder:
             self.logits_dev[...] = held
         self.stream.synchronize()
         self._captured_for = (kv.pool.data.ptr, self.model.rope.cos.data.ptr, self.history.data.ptr)
+
+    def _split_buffers(self) -> None:
+        """Flash-decoding's partial results for the context slices of this KV's capacity."""
+        self.nsplit = self.ops.decode_splits(self.model.spec, self.kv.capacity)
+        h, hd = self.model.spec.n_heads, self.model.spec.head_dim
+        with self.stream:
+            self.po = self.cp.empty((h, self.nsplit, hd), self.cp.float32)
+            self.pml = self.cp.empty((h, self.nsplit, 2), self.cp.float32)
 
     def _mark(self, label: str) -> None:
         if self._marks is not None:
@@ -401,3 +406,143 @@ class CudaDecoder:
         self._launch_head()
         self._mark("sample")
         self._launch_sample(advance=1)
+
+
+class CudaMLADecoder(CudaDecoder):
+    """The decode graph of a deepseek2 model (``DeepSeek2`` on ``CudaOps``) over its latent
+    cache: per layer the fused q/kv_a GEMV, the latent write (RMSNorm + RoPE, mla_kv_write),
+    the absorbed query (mla_q_rope, head_gemv with k_b), MLA over the cache, the value
+    up-projection (head_gemv with v_b) and the output GEMV + residual; then the dense FFN, or
+    the router GEMV, device routing (moe_route), the selected experts' GEMVs and the shared
+    experts. Sampling, run-ahead and capture are ``CudaDecoder``'s."""
+
+    def __init__(self, model: Any, kv: Any) -> None:
+        super().__init__(model, kv)
+        s, cp = model.spec, self.cp
+        m, f = s.mla, s.moe
+        if not self.ops.mla_decode_supported(s):
+            raise ValueError(
+                f"CUDA MLA decode is compiled for (kv_lora_rank, rope dims) in {MLA_SHAPES}, not "
+                f"({m.kv_lora_rank}, {m.qk_rope_dim})"
+            )  # fmt: skip
+        if f.n_expert > 1024 or (f.n_groups > 1 and f.n_groups > 64):
+            raise ValueError("CUDA MoE routing supports up to 1024 experts in up to 64 groups")
+        h, qk = s.n_heads, m.qk_nope_dim + m.qk_rope_dim
+        self.n_q = m.q_lora_rank or h * qk
+        shared = f.n_ff_exp * f.n_expert_shared
+        with self.stream:
+            self.qkva = cp.empty(self.n_q + m.latent_dim, cp.float32)
+            self.qfull = cp.empty(h * qk, cp.float32)
+            self.q_pe = cp.empty(h * m.qk_rope_dim, cp.float32)
+            self.q_abs = cp.empty(h * m.kv_lora_rank, cp.float32)
+            self.o_lat = cp.empty(h * m.kv_lora_rank, cp.float32)
+            self.o_v = cp.empty(h * m.v_head_dim, cp.float32)
+            self.ffn = cp.empty(max(s.n_ff, shared, 1), cp.float32)
+            self.gu = cp.empty(2 * max(s.n_ff, shared, 1), cp.float32)
+            self.router = cp.empty(f.n_expert, cp.float32)
+            self.eids = cp.zeros(f.n_expert_used, cp.int32)
+            self.ew = cp.zeros(f.n_expert_used, cp.float32)
+            self.moe_h = cp.empty(f.n_expert_used * f.n_ff_exp, cp.float32)
+            self.moe_y = cp.empty(f.n_expert_used * s.n_embd, cp.float32)
+            self.bias = [None if b.bias is None else cp.asarray(b.bias, dtype=cp.float32)
+                         for b in model.layers]  # fmt: skip
+        self.stream.synchronize()
+
+    def _split_buffers(self) -> None:
+        s = self.model.spec
+        self.nsplit = self.ops.mla_splits(self.kv.capacity)
+        with self.stream:
+            self.po = self.cp.empty((s.n_heads, self.nsplit, s.mla.kv_lora_rank), self.cp.float32)
+            self.pml = self.cp.empty((s.n_heads, self.nsplit, 2), self.cp.float32)
+
+    def _gemv_parts(self, lin: CudaLinear, x: Any, y: Any, **kw: Any) -> None:
+        off = 0
+        for p in lin.parts:
+            self.ops.gemv(p, x, _Offset(y, off), **kw)
+            off += p.rows
+
+    def _launch_step(self) -> None:
+        ops, model, s, kv = self.ops, self.model, self.model.spec, self.kv
+        m, f, eps = s.mla, s.moe, s.rms_eps
+        h, nope, rope_d, rank = s.n_heads, m.qk_nope_dim, m.qk_rope_dim, m.kv_lora_rank
+        cos, sin = model.rope.cos, model.rope.sin
+        self.logits_prev[...] = self.logits_dev  # the held logits, should this step be dropped
+        self._mark("embed")
+        emb = model.embedding.parts[0]
+        _kernel(f"embed<{emb.qtype}>")(
+            (1,), (128,), (emb.data, np.int64(emb.row_bytes), _I32(emb.cols),
+                           _as_ptr(_Offset(self.state, 1)), self.x))  # fmt: skip
+        pos = self.state  # state[0] is the position
+        for layer, b in enumerate(model.layers):
+            self._mark("gemv_q_kv_a")
+            self._gemv_parts(b.q_kv_a, self.x, self.qkva, norm=b.attn_norm, eps=eps)
+            q = self.qkva
+            if m.q_lora_rank:
+                self._gemv_parts(b.q_b, self.qkva, self.qfull, norm=b.q_a_norm, eps=eps)
+                q = self.qfull
+            self._mark("mla_kv_write")
+            _kernel("mla_kv_write")(
+                (1,), (256,),
+                (self.qkva, np.int64(0), _I32(self.n_q), _I32(rank), _I32(rope_d), b.kv_a_norm,
+                 _F32(eps), cos, sin, _I32(0), pos, kv.pool, _I32(layer), _I32(kv.capacity)),
+            )  # fmt: skip
+            self._mark("mla_q")
+            _kernel("mla_q_rope")((h,), (32,), (q, _I32(h), _I32(nope), _I32(rope_d), cos, sin, _I32(0),
+                                                pos, self.q_pe))  # fmt: skip
+            _kernel("head_gemv")(
+                (h, _cdiv(rank, 32)), (256,),
+                (q, np.int64(0), np.int64(nope + rope_d), b.k_b, _I32(h), _I32(rank), _I32(nope), self.q_abs),
+            )  # fmt: skip
+            self._mark("mla_attention")
+            ops.mla_attend_decode(self.q_abs, self.q_pe, kv, layer, self.po, self.pml, self.o_lat,
+                                  self.nsplit, m.kq_scale, m.rope_scale, pos_dev=pos)  # fmt: skip
+            self._mark("head_gemv_v")
+            _kernel("head_gemv")(
+                (h, _cdiv(m.v_head_dim, 32)), (256,),
+                (self.o_lat, np.int64(0), np.int64(rank), b.v_b, _I32(h), _I32(m.v_head_dim), _I32(rank),
+                 self.o_v),
+            )  # fmt: skip
+            self._mark("gemv_out")
+            ops.gemv(b.out.parts[0], self.o_v, self.x, mode=1)
+            if b.experts is None:
+                self._mark("gemv_ffn")
+                self._ffn_dense(b.gate_up, b.down, b.ffn_norm, s.n_ff)
+                continue
+            # Every read of x (router, experts, shared experts) comes before the writes to it.
+            self._mark("moe_route")
+            ops.gemv(b.router.parts[0], self.x, self.router, norm=b.ffn_norm, eps=eps)
+            _kernel("moe_route")(
+                (1,), (256,),
+                (self.router, _as_ptr(self.bias[layer]), _I32(f.n_expert), _I32(f.n_expert_used),
+                 _I32(f.gating == "sigmoid"), _I32(f.n_groups), _I32(f.n_group_used),
+                 _I32(f.weights_norm), _F32(f.weights_scale), self.eids, self.ew),
+            )  # fmt: skip
+            self._mark("moe_experts")
+            ex, k = b.experts, f.n_expert_used
+            ops.gemv(ex.gate_up, self.x, self.moe_h, t=k, y_stride=f.n_ff_exp, mode=2, norm=b.ffn_norm,
+                     eps=eps, x_stride=0, eids=self.eids, e_stride=ex.gu_stride)  # fmt: skip
+            if b.down is not None:
+                self._mark("shared_experts")
+                self._ffn_dense(b.gate_up, b.down, b.ffn_norm, f.n_ff_exp * f.n_expert_shared, later=True)
+            self._mark("moe_down")
+            ops.gemv(ex.down, self.moe_h, self.moe_y, t=k, y_stride=s.n_embd, x_stride=f.n_ff_exp,
+                     eids=self.eids, e_stride=ex.down_stride)  # fmt: skip
+            if b.down is not None:
+                ops.gemv(b.down.parts[0], self.ffn, self.x, mode=1)
+            _kernel("moe_combine")((_cdiv(s.n_embd, 256),), (256,),
+                                   (self.x, self.moe_y, self.ew, _I32(k), _I32(s.n_embd)))
+        self._mark("gemv_head")
+        self._launch_head()
+        self._mark("sample")
+        self._launch_sample(advance=1)
+
+    def _ffn_dense(self, gate_up: CudaLinear, down: CudaLinear, norm: Any, n_ff: int, *,
+                   later: bool = False) -> None:  # fmt: skip
+        """swiglu(gate_up(norm(x))) into self.ffn, then (unless ``later``) x += down(ffn)."""
+        if len(gate_up.parts) == 1:
+            self.ops.gemv(gate_up.parts[0], self.x, self.ffn, mode=2, norm=norm, eps=self.model.spec.rms_eps)
+        else:
+            self._gemv_parts(gate_up, self.x, self.gu, norm=norm, eps=self.model.spec.rms_eps)
+            _kernel("swiglu")((_cdiv(n_ff, 256),), (256,), (self.gu, self.ffn, _I32(1), _I32(n_ff)))
+        if not later:
+            self.ops.gemv(down.parts[0], self.ffn, self.x, mode=1)

@@ -429,7 +429,7 @@ class DeepSeek2:
     latent cache for a spec with ``mla`` set.
     """
 
-    def __init__(self, model: GGUFModel, ops: Any, *, chunk: int = 512) -> None:
+    def __init__(self, model: GGUFModel, ops: Any, *, chunk: int | None = None) -> None:
         spec, t = model.spec, model.tensor
         missing = [
             op
@@ -443,7 +443,8 @@ class DeepSeek2:
                 f"the {type(ops).__name__} backend cannot run deepseek2 yet (no "
                 f"{', '.join(missing)}); use device='cpu'"
             )
-        self.spec, self.ops, self.chunk = spec, ops, chunk
+        self.spec, self.ops = spec, ops
+        self.chunk = chunk or getattr(ops, "prefill_chunk", 512)
         self.embedding = ops.prepare_embedding(t("token_embd.weight"))
         self.output_norm = ops.prepare_vector(t("output_norm.weight"))
         self.head = (
@@ -512,6 +513,20 @@ class DeepSeek2:
                 if all_logits:
                     out.append(self._logits(x))
             return np.concatenate(out) if all_logits else self._logits(x[-1:])[0]
+
+    def hidden(self, ids: Sequence[int], pos0: int, kv: Any) -> Array:
+        """Append ``ids`` at ``pos0`` to ``kv``; the last chunk's hidden states before the
+        final norm, as a backend array (T_last, n_embd): a device decoder applies the head."""
+        if not len(ids):
+            raise ValueError("forward needs at least one token")
+        if not 0 <= pos0 <= kv.length:
+            raise ValueError(f"pos0={pos0} must be within the {kv.length} cached positions")
+        with self.ops.compute():
+            for start in range(0, len(ids), self.chunk):
+                chunk = ids[start : start + self.chunk]
+                x = self._hidden(chunk, pos0 + start, kv)
+                kv.length = pos0 + start + len(chunk)
+        return x
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits at every position of ``ids`` from an empty cache: the referee's view."""

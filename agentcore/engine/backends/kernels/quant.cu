@@ -188,18 +188,22 @@ extern "C" int deq_rows_host(int qt, const uint8_t* w, long row_bytes, int rows,
 __device__ __forceinline__ int xpad(int i) { return i + ((i >> 5) << 2); }
 
 // GEMV over the rows of a GGUF matrix, one warp per ROWS rows, 8 warps per block.
-// x: (T, cols) fp32, one row per blockIdx.y. If norm_w: x is RMS-normalised and scaled by
-// norm_w first (fused RMSNorm). MODE 0: y = Wx (+ bias); MODE 1: y += Wx (residual add);
-// MODE 2: SwiGLU, y[r] = silu(W[r]x) * W[r + rows]x for r < rows.
+// x: one row per blockIdx.y, x_stride floats apart (0: every row reads the same x). If
+// norm_w: x is RMS-normalised and scaled by norm_w first (fused RMSNorm). MODE 0: y = Wx
+// (+ bias); MODE 1: y += Wx (residual add); MODE 2: SwiGLU, y[r] = silu(W[r]x) * W[r + rows]x
+// for r < rows. With eids (MoE), row blockIdx.y uses the matrix of expert eids[blockIdx.y],
+// e_stride bytes apart in W, read on the device (the decode graph routes on the device).
 template <int QT, int MODE>
 __global__ void __launch_bounds__(256) gemv(
     const uint8_t* __restrict__ W, long long row_bytes, const float* __restrict__ x, int cols,
     float* __restrict__ y, int rows, long long y_stride, const float* __restrict__ norm_w,
-    float eps, const float* __restrict__ bias) {
+    float eps, const float* __restrict__ bias, long long x_stride, const int* __restrict__ eids,
+    long long e_stride) {
     extern __shared__ float xs[];
     const int t = blockIdx.y;
-    x += (long long)t * cols;
+    x += (long long)t * x_stride;
     y += (long long)t * y_stride;
+    if (eids) W += (long long)eids[t] * e_stride;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     float scale = 1.f;
     if (norm_w) {
