@@ -185,6 +185,19 @@ def llama_bench(binary: str | None, path: Path, depths: list[int]) -> dict[tuple
     return got
 
 
+def _wait_for(binary: str | None, timeout_s: float = 600.0) -> str | None:
+    """``binary`` once it exists (a build may still be running), or None after the timeout."""
+    if not binary:
+        return None
+    t0 = time.perf_counter()
+    while not Path(binary).exists():
+        if time.perf_counter() - t0 > timeout_s:
+            print(f"# {binary} did not appear in {timeout_s:.0f}s: no peer figures", file=sys.stderr)
+            return None
+        time.sleep(2.0)
+    return binary
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
@@ -199,7 +212,7 @@ def bench_model(run: Run, cp: Any, name: str, path: Path, quant: str, bw: float,
     wbytes = weight_bytes_per_token(eng.model)
     ceiling = bw / wbytes
     public_turn(eng, 64, 16, "warm-up")  # compiles the kernels, as a first user request would
-    peer = llama_bench(peer_bin, path, [0 if c <= 64 else c for c in contexts])
+    figs: list[tuple[tuple[str, int], str, dict]] = []  # emitted once the peer has run
     for ctx in contexts if only != "prefill" else ():
         req, done = public_turn(eng, ctx, steps, f"decode-{ctx}")
         fast, synced, dec = raw_decode(cp, eng, ctx, steps)
@@ -212,13 +225,9 @@ def bench_model(run: Run, cp: Any, name: str, path: Path, quant: str, bw: float,
                "ceiling": round(ceiling, 1),
                "ratio_to_ceiling": _ratio(u.decode_tokens_per_s, ceiling),
                "weight_bytes_per_token": wbytes}  # fmt: skip
-        p = peer.get(("decode", 0 if ctx <= 64 else ctx))
-        if p:
-            fig["peer"] = {"name": "llama.cpp llama-bench tg128", "value": round(p, 1)}
-            fig["ratio_to_peer"] = _ratio(u.decode_tokens_per_s, p)
         if ctx in (64, contexts[-1]):
             fig["profile_ms"] = {k: round(v, 4) for k, v in dec.profile().items()}
-        run.emit(**fig)
+        figs.append((("decode", 0 if ctx <= 64 else ctx), "llama.cpp llama-bench tg128", fig))
         del dec
         eng.forget(f"decode-{ctx}")
     for n in (512, 8192) if only != "decode" else ():
@@ -229,11 +238,7 @@ def bench_model(run: Run, cp: Any, name: str, path: Path, quant: str, bw: float,
                "value": round(public, 1), "unit": "tok/s (prompt / TTFT of LocalEngine.stream)",
                "ttft_ms": round(done.usage.ttft_s * 1000, 1), "raw": round(raw, 1),
                "public_over_raw": _ratio(public, raw)}  # fmt: skip
-        p = peer.get(("prefill", n))
-        if p:
-            fig["peer"] = {"name": f"llama.cpp llama-bench pp{n}", "value": round(p, 1)}
-            fig["ratio_to_peer"] = _ratio(public, p)
-        run.emit(**fig)
+        figs.append((("prefill", n), f"llama.cpp llama-bench pp{n}", fig))
         if n == 8192:
             info = anyio.run(eng.checkpoint, followed_by(req, done))
             eng.close()
@@ -255,6 +260,17 @@ def bench_model(run: Run, cp: Any, name: str, path: Path, quant: str, bw: float,
             del fresh
         eng.forget(f"prefill-{n}")  # the next new session reuses its buffers, as a user's would
     del eng
+    gc.collect()
+    cp.get_default_memory_pool().free_all_blocks()
+    # The peer runs last in the same run (on the same file and GPU), so a llama-bench still
+    # being built when the run starts is ready by then.
+    peer = llama_bench(_wait_for(peer_bin), path, [0 if c <= 64 else c for c in contexts])
+    for key, label, fig in figs:
+        p = peer.get(key)
+        if p:
+            fig["peer"] = {"name": label, "value": round(p, 1)}
+            fig["ratio_to_peer"] = _ratio(fig["value"], p)
+        run.emit(**fig)
     gc.collect()
     cp.get_default_memory_pool().free_all_blocks()
 

@@ -490,7 +490,7 @@ class CudaMLADecoder(CudaDecoder):
             _kernel("mla_q_rope")((h,), (32,), (q, _I32(h), _I32(nope), _I32(rope_d), cos, sin, _I32(0),
                                                 pos, self.q_pe))  # fmt: skip
             _kernel("head_gemv")(
-                (h, _cdiv(rank, 32)), (256,),
+                (h, _cdiv(rank, 8)), (256,),
                 (q, np.int64(0), np.int64(nope + rope_d), b.k_b, _I32(h), _I32(rank), _I32(nope), self.q_abs),
             )  # fmt: skip
             self._mark("mla_attention")
@@ -498,7 +498,7 @@ class CudaMLADecoder(CudaDecoder):
                                   self.nsplit, m.kq_scale, m.rope_scale, pos_dev=pos)  # fmt: skip
             self._mark("head_gemv_v")
             _kernel("head_gemv")(
-                (h, _cdiv(m.v_head_dim, 32)), (256,),
+                (h, _cdiv(m.v_head_dim, 8)), (256,),
                 (self.o_lat, np.int64(0), np.int64(rank), b.v_b, _I32(h), _I32(m.v_head_dim), _I32(rank),
                  self.o_v),
             )  # fmt: skip

@@ -186,7 +186,7 @@ class MLAOps:
         if t <= _cu.GEMV_MAX_T and n_in <= 2048:
             y = cp.empty((t, h, n_out), cp.float32)
             _cu._kernel("head_gemv")(
-                (t * h, _cu._cdiv(n_out, 32)), (256,),
+                (t * h, _cu._cdiv(n_out, 8)), (256,),
                 (x, _I64(h * n_in), _I64(n_in), w, _I32(h), _I32(n_out), _I32(n_in), y),
             )  # fmt: skip
             return y

@@ -50,8 +50,9 @@ extern "C" __global__ void mla_q_rope(const float* __restrict__ q, int H, int no
 }
 
 // Per-head projection y[t, h, i] = sum_j w[h, i, j] * x[t, h, j] with w (H, n_out, n_in)
-// fp32 and x rows at x + t * x_t + h * x_h. Grid (T * H, ceil(n_out / 32)), 256 threads: a
-// warp per 4 output rows, x staged in shared memory (n_in <= 2048).
+// fp32 and x rows at x + t * x_t + h * x_h. Grid (T * H, ceil(n_out / 8)), 256 threads: a
+// warp per output row (enough blocks to keep HBM busy), x staged in shared memory
+// (n_in <= 2048).
 extern "C" __global__ void __launch_bounds__(256) head_gemv(
     const float* __restrict__ x, long long x_t, long long x_h, const float* __restrict__ w,
     int H, int n_out, int n_in, float* __restrict__ y) {
@@ -62,15 +63,13 @@ extern "C" __global__ void __launch_bounds__(256) head_gemv(
     __syncthreads();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     float* yr = y + (long long)blockIdx.x * n_out;
-    for (int k = 0; k < 4; k++) {
-        int i = blockIdx.y * 32 + warp * 4 + k;
-        if (i >= n_out) break;
-        const float* wr = w + ((long long)h * n_out + i) * n_in;
-        float s = 0.f;
-        for (int j = lane; j < n_in; j += 32) s += wr[j] * xs[j];
-        for (int o = 16; o; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
-        if (lane == 0) yr[i] = s;
-    }
+    const int i = blockIdx.y * 8 + warp;
+    if (i >= n_out) return;
+    const float* wr = w + ((long long)h * n_out + i) * n_in;
+    float s = 0.f;
+    for (int j = lane; j < n_in; j += 32) s += wr[j] * xs[j];
+    for (int o = 16; o; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
+    if (lane == 0) yr[i] = s;
 }
 
 // MLA decode, phase 1: one query over positions [start, end) of split blockIdx.x of the
@@ -126,35 +125,58 @@ __global__ void __launch_bounds__(256) mla_attn_split(
         uint4* dst = (uint4*)tile;
         for (int i = threadIdx.x; i < rows * W / 8; i += blockDim.x) dst[i] = src[i];
         __syncthreads();
-        for (int p = 0; p < rows; p++) {
-            const __half* row = tile + p * W;
-            float lat[KR];
-            float sa = 0.f, sb = 0.f;
+        // Four positions at a time: their eight shuffle chains interleave, and one rescale
+        // of the accumulators serves all four.
+        for (int p = 0; p < rows; p += 4) {
+            float lat[4][KR], sa[4], sb[4];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const bool ok = p + j < rows;
+                const __half* row = tile + (p + j) * W;
+                sa[j] = 0.f;
+                sb[j] = 0.f;
+#pragma unroll
+                for (int k = 0; k < KR; k++) {
+                    lat[j][k] = ok ? __half2float(row[lane + 32 * k]) : 0.f;
+                    sa[j] += qa[k] * lat[j][k];
+                    sb[j] += qb[k] * lat[j][k];
+                }
+#pragma unroll
+                for (int k = 0; k < KP; k++) {
+                    float kp = ok && lane + 32 * k < P ? __half2float(row[R + lane + 32 * k]) : 0.f;
+                    sa[j] += pa[k] * kp;
+                    sb[j] += pb[k] * kp;
+                }
+            }
+#pragma unroll
+            for (int o = 16; o; o >>= 1)
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    sa[j] += __shfl_xor_sync(0xffffffff, sa[j], o);
+                    sb[j] += __shfl_xor_sync(0xffffffff, sb[j], o);
+                }
+            float mna = ma, mnb = mb;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                if (p + j >= rows) { sa[j] = -INFINITY; sb[j] = -INFINITY; }
+                mna = fmaxf(mna, sa[j]);
+                mnb = fmaxf(mnb, sb[j]);
+            }
+            const float ca = __expf(ma - mna), cb = __expf(mb - mnb);
+            float wa[4], wb[4];
+            la *= ca;
+            lb *= cb;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                wa[j] = __expf(sa[j] - mna);
+                wb[j] = __expf(sb[j] - mnb);
+                la += wa[j];
+                lb += wb[j];
+            }
 #pragma unroll
             for (int k = 0; k < KR; k++) {
-                lat[k] = __half2float(row[lane + 32 * k]);
-                sa += qa[k] * lat[k];
-                sb += qb[k] * lat[k];
-            }
-#pragma unroll
-            for (int k = 0; k < KP; k++) {
-                float kp = lane + 32 * k < P ? __half2float(row[R + lane + 32 * k]) : 0.f;
-                sa += pa[k] * kp;
-                sb += pb[k] * kp;
-            }
-            for (int o = 16; o; o >>= 1) {
-                sa += __shfl_xor_sync(0xffffffff, sa, o);
-                sb += __shfl_xor_sync(0xffffffff, sb, o);
-            }
-            float mna = fmaxf(ma, sa), mnb = fmaxf(mb, sb);
-            float ca = __expf(ma - mna), wa = __expf(sa - mna);
-            float cb = __expf(mb - mnb), wb = __expf(sb - mnb);
-            la = la * ca + wa;
-            lb = lb * cb + wb;
-#pragma unroll
-            for (int k = 0; k < KR; k++) {
-                acca[k] = acca[k] * ca + wa * lat[k];
-                accb[k] = accb[k] * cb + wb * lat[k];
+                acca[k] = acca[k] * ca + wa[0] * lat[0][k] + wa[1] * lat[1][k] + wa[2] * lat[2][k] + wa[3] * lat[3][k];
+                accb[k] = accb[k] * cb + wb[0] * lat[0][k] + wb[1] * lat[1][k] + wb[2] * lat[2][k] + wb[3] * lat[3][k];
             }
             ma = mna;
             mb = mnb;
@@ -208,42 +230,65 @@ extern "C" __global__ void moe_route(const float* __restrict__ logits, const flo
         taken[i] = false;
     }
     __syncthreads();
-    if (threadIdx.x != 0) return;
+    if (threadIdx.x >= 32) return;  // one warp selects: k rounds of a warp-wide argmax
+    const int lane = threadIdx.x;
     if (n_groups > 1) {
         const int gs = ne / n_groups;
-        float gscore[64];
-        bool keep[64];
-        for (int g = 0; g < n_groups; g++) {
-            float a = -INFINITY, b = -INFINITY;  // the two best of the group
-            for (int i = g * gs; i < (g + 1) * gs; i++) {
-                float v = sel[i];
-                if (v > a) { b = a; a = v; } else if (v > b) b = v;
-            }
-            gscore[g] = a + b;
-            keep[g] = false;
+        float gscore[2];
+        for (int j = 0; j < 2; j++) {
+            const int g = lane + 32 * j;
+            float a = -INFINITY, b = -INFINITY;  // the two best of group g
+            if (g < n_groups)
+                for (int i = g * gs; i < (g + 1) * gs; i++) {
+                    float v = sel[i];
+                    if (v > a) { b = a; a = v; } else if (v > b) b = v;
+                }
+            gscore[j] = g < n_groups ? a + b : -INFINITY;
         }
+        unsigned long long keep = 0ull;
         for (int u = 0; u < n_group_used; u++) {
-            int best = -1;
-            for (int g = 0; g < n_groups; g++)
-                if (!keep[g] && (best < 0 || gscore[g] > gscore[best])) best = g;
-            keep[best] = true;
+            float bv = -INFINITY;
+            int bi = 0x7fffffff;
+            for (int j = 0; j < 2; j++) {
+                const int g = lane + 32 * j;
+                if (g < n_groups && !((keep >> g) & 1ull) && (gscore[j] > bv || (gscore[j] == bv && g < bi))) {
+                    bv = gscore[j];
+                    bi = g;
+                }
+            }
+            for (int o = 16; o; o >>= 1) {
+                float ov = __shfl_xor_sync(0xffffffff, bv, o);
+                int oi = __shfl_xor_sync(0xffffffff, bi, o);
+                if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
+            }
+            keep |= 1ull << bi;
         }
-        for (int g = 0; g < n_groups; g++)
-            if (!keep[g])
-                for (int i = g * gs; i < (g + 1) * gs; i++) sel[i] = -INFINITY;
+        for (int i = lane; i < ne; i += 32)
+            if (!((keep >> (i / gs)) & 1ull)) sel[i] = -INFINITY;
+        __syncwarp();
     }
     int* out_ids = eids + blockIdx.x * k;
     float* out_w = ew + blockIdx.x * k;
     float wsum = 0.f;
     for (int s = 0; s < k; s++) {
-        int best = -1;
-        for (int i = 0; i < ne; i++)
-            if (!taken[i] && (best < 0 || sel[i] > sel[best])) best = i;
-        taken[best] = true;
-        out_ids[s] = best;
-        out_w[s] = prob[best];
-        wsum += prob[best];
+        float bv = -INFINITY;
+        int bi = 0x7fffffff;
+        for (int i = lane; i < ne; i += 32)
+            if (!taken[i] && (sel[i] > bv || (sel[i] == bv && i < bi))) { bv = sel[i]; bi = i; }
+        for (int o = 16; o; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffff, bv, o);
+            int oi = __shfl_xor_sync(0xffffffff, bi, o);
+            if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
+        }
+        if (lane == 0) {
+            taken[bi] = true;
+            out_ids[s] = bi;
+            out_w[s] = prob[bi];
+        }
+        wsum += prob[bi];
+        __syncwarp();
     }
+    if (lane != 0) return;
     if (norm) {
         float d = fmaxf(wsum, 6.103515625e-5f);
         for (int s = 0; s < k; s++) out_w[s] /= d;
