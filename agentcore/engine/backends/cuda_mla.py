@@ -158,7 +158,7 @@ class MLAOps:
     n_sm: int
 
     def new_kv(self, spec: ModelSpec, capacity: int) -> Any:
-        if spec.mla is not None:
+        if getattr(spec, "mla", None) is not None:
             return CudaLatentKV(spec, capacity)
         return _cu.CudaKV(spec, capacity)
 
