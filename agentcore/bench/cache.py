@@ -108,8 +108,8 @@ def store_alone(layout: KVLayout, n: int, repeats: int = 5) -> dict:
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 40000, n).tolist()
     hashes = block_hashes(ids, layout)
-    kv = rng.standard_normal(layout.block_shape(n)).astype(layout.dtype)
-    dest = np.zeros(layout.block_shape(n), layout.dtype)
+    kv = rng.standard_normal(layout.block_shape(n)).astype(layout.array_dtype)
+    dest = np.zeros(layout.block_shape(n), layout.array_dtype)
     with tempfile.TemporaryDirectory() as kv_dir:
         store = CheckpointStore(layout, kv_dir=kv_dir, ram_bytes=4 * kv.nbytes, disk_bytes=4 * kv.nbytes)
         t0 = time.perf_counter()

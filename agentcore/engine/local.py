@@ -98,6 +98,9 @@ class LocalEngine:
     Build it with ``LocalEngine.from_gguf(path, ...)``. ``device``: ``"cpu"`` (NumPy),
     ``"cuda"`` (CuPy; a clear error without it) or ``"auto"``. ``kv_dir`` enables the disk tier
     (checkpoints survive restarts); ``kv_ram_mb`` and ``kv_disk_mb`` are the tier budgets.
+    ``kv_dtype``: the live KV's and its checkpoints' type: ``"float32"`` (the CPU default),
+    ``"float16"`` (the GPU default, and on the CPU), or ``"q8_0"`` (CPU, llama-style models:
+    3.8x fewer bytes than float32 to hold, write and restore; attention dequantizes it).
     Use it as a context manager (or call ``close()``) so saved checkpoints reach the disk.
     """
 
@@ -113,6 +116,7 @@ class LocalEngine:
         block_size: int = 256,
         max_live_sessions: int = 4,
         thinking: bool = False,
+        kv_dtype: str | None = None,
     ) -> None:
         self.model = model
         self.spec = model.spec
@@ -122,11 +126,22 @@ class LocalEngine:
         mla = getattr(self.spec, "mla", None)
         self.ops = select_ops(device)
         self.device = "cuda" if type(self.ops).__name__ == "CudaOps" else "cpu"
+        kv_dtype = kv_dtype or self.ops.kv_dtype
+        allowed = ("float16",) if self.device == "cuda" else ("float32", "float16", "q8_0")
+        if kv_dtype not in allowed:
+            raise ValueError(
+                f"kv_dtype={kv_dtype!r} is not supported on {self.device}; choose one of {allowed}"
+                + (" (an 8-bit KV cache on the GPU is not built yet)" if self.device == "cuda" else "")
+            )
+        if kv_dtype == "q8_0" and mla is not None:
+            raise ValueError("kv_dtype='q8_0' is for llama-style models; deepseek2's latent cache is "
+                             "float32 or float16")  # fmt: skip
+        if self.device == "cpu":
+            self.ops.kv_dtype = kv_dtype
         self.tokenizer = Tokenizer.from_gguf(model)
         self.chat: ChatFormat = detect_chat_format(model, self.tokenizer, thinking=thinking)
         self.thinking = thinking
         self.transformer = build_model(model, self.ops)
-        kv_dtype = str(np.dtype(getattr(self.ops, "kv_dtype", np.float32)))
         if mla is None:
             planes, heads, width = 2, self.spec.n_kv_heads, self.spec.head_dim
         else:  # one latent row per token and layer
@@ -148,6 +163,7 @@ class LocalEngine:
         self._compute = threading.Lock()
         self._behind: ThreadPoolExecutor | None = None  # CUDA: checkpoint saves behind the turn
         self._behind_last: Future[None] | None = None
+        self._behind_stream: Any = None
         self._spare: list[Session] = []
         self._logits_checked = False
 
@@ -468,6 +484,11 @@ class LocalEngine:
         except cp.cuda.memory.OutOfMemoryError:
             return None
         prev_tail = session.tail
+        if self._behind_stream is None:
+            # Its own non-blocking stream: copies queued on the legacy default stream would
+            # serialise with the next turn's prefill, which runs there.
+            self._behind_stream = cp.cuda.Stream(non_blocking=True)
+        stream = self._behind_stream
 
         def save() -> None:
             def read(start: int, n: int) -> np.ndarray | None:
@@ -475,7 +496,9 @@ class LocalEngine:
                 if dev is None:
                     return None
                 out = self._host_block(n)
-                dev.get(out=out)
+                with stream:
+                    dev.get(out=out, stream=stream)
+                stream.synchronize()
                 return out
 
             try:

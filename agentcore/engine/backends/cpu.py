@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from agentcore.engine.kvstore.blocks import Q8_BLOCK_BYTES
 from agentcore.engine.model.gguf import ModelSpec, WeightTensor
 
 __all__ = ["DenseKV", "Experts", "LatentKV", "Linear", "NumpyOps", "Rope"]
@@ -151,6 +152,58 @@ class DenseKV:
         self.length = n
 
 
+class Q8KV(DenseKV):
+    """A KV cache whose K and V rows are block-quantized as GGUF Q8_0: per 32 values an fp16
+    scale then 32 int8 (34 bytes, 3.8x fewer than float32, 1.9x fewer than fp16). The cache,
+    and so every checkpoint of it, holds these bytes; attention reads them dequantized.
+    Quantization follows llama.cpp's ``quantize_row_q8_0`` (scale = max|x| / 127, rounding half
+    away from zero), so a row means what it means in a llama.cpp q8_0 cache.
+    """
+
+    def __init__(self, spec: ModelSpec, capacity: int = 256) -> None:
+        if spec.head_dim % 32:
+            raise ValueError(f"kv_dtype='q8_0' needs a head_dim divisible by 32, not {spec.head_dim}")
+        self.head_dim = spec.head_dim
+        width = spec.head_dim // 32 * Q8_BLOCK_BYTES
+        self.data = _zeroed((spec.n_layers, 2, max(1, capacity), spec.n_kv_heads, width), np.uint8)
+        self.length = 0
+
+    def store(self, layer: int, pos0: int, k: np.ndarray, v: np.ndarray) -> None:
+        end = pos0 + len(k)
+        if end > self.capacity:
+            self.grow(end)
+        self.data[layer, 0, pos0:end] = quantize_q8_0(k)
+        self.data[layer, 1, pos0:end] = quantize_q8_0(v)
+
+    def load(self, layer: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """K and V of the first ``n`` positions, dequantized to float32 (n, n_kv_heads, head_dim)."""
+        return dequantize_q8_0(self.data[layer, 0, :n]), dequantize_q8_0(self.data[layer, 1, :n])
+
+
+def quantize_q8_0(x: np.ndarray) -> np.ndarray:
+    """Rows (..., D) float -> (..., D / 32 * 34) uint8 GGUF Q8_0 blocks."""
+    *lead, d = x.shape
+    b = np.asarray(x, dtype=np.float32).reshape(*lead, d // 32, 32)
+    scale = np.abs(b).max(axis=-1) / 127.0
+    inv = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
+    y = b * inv[..., None]
+    q = np.trunc(y + np.copysign(np.float32(0.5), y)).astype(np.int8)  # C roundf
+    out = np.empty((*lead, d // 32, Q8_BLOCK_BYTES), np.uint8)
+    out[..., :2] = scale.astype(np.float16)[..., None].view(np.uint8)
+    out[..., 2:] = q.view(np.uint8)
+    return out.reshape(*lead, d // 32 * Q8_BLOCK_BYTES)
+
+
+def dequantize_q8_0(rows: np.ndarray) -> np.ndarray:
+    """GGUF Q8_0 rows (..., W) uint8 -> (..., W / 34 * 32) float32."""
+    *lead, w = rows.shape
+    b = rows.reshape(*lead, w // Q8_BLOCK_BYTES, Q8_BLOCK_BYTES)
+    scale = np.ascontiguousarray(b[..., :2]).view(np.float16).astype(np.float32)
+    q = np.ascontiguousarray(b[..., 2:]).view(np.int8).astype(np.float32)
+    q *= scale
+    return q.reshape(*lead, w // Q8_BLOCK_BYTES * 32)
+
+
 class LatentKV(DenseKV):
     """deepseek2's latent cache: per token and layer the normalised compressed KV
     (``kv_lora_rank``) then the rotated rope key, one row of ``kv_lora_rank + rope dims``.
@@ -201,6 +254,8 @@ class NumpyOps:
     row) runs on the calling thread, where a GEMV is bound by memory bandwidth anyway.
     """
 
+    kv_dtype = "float32"  # or "float16", "q8_0" (LocalEngine's kv_dtype); part of a block's identity
+
     def __init__(self, threads: int | None = None) -> None:
         self.threads = threads or os.cpu_count() or 1
         self._pool = ThreadPoolExecutor(self.threads - 1) if self.threads > 1 else None
@@ -235,7 +290,12 @@ class NumpyOps:
         return Rope(inv_freq, neox, max_positions)
 
     def new_kv(self, spec: ModelSpec, capacity: int) -> DenseKV:
-        return LatentKV(spec, capacity) if spec.mla is not None else DenseKV(spec, capacity)
+        """The live KV for ``spec`` in ``kv_dtype`` ("float32", "float16" or "q8_0")."""
+        if spec.mla is not None:
+            return LatentKV(spec, capacity, np.float16 if self.kv_dtype == "float16" else np.float32)
+        if self.kv_dtype == "q8_0":
+            return Q8KV(spec, capacity)
+        return DenseKV(spec, capacity, np.float16 if self.kv_dtype == "float16" else np.float32)
 
     def prepare_heads(self, w: np.ndarray) -> np.ndarray:
         """Per-head matrices (H, out, in) for ``head_matmul``."""

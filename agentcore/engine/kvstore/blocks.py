@@ -24,6 +24,7 @@ import numpy as np
 __all__ = ["KVLayout", "block_hashes", "common_prefix", "read_span", "write_span"]
 
 ROOT = "0" * 32
+Q8_BLOCK_BYTES = 34  # a Q8_0 block: fp16 scale, then 32 int8 values (GGUF's layout)
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,22 @@ class KVLayout:
     planes: int = 2
 
     def block_shape(self, n_tokens: int) -> tuple[int, ...]:
-        return (self.n_layers, self.planes, n_tokens, self.n_kv_heads, self.head_dim)
+        """A block's array shape; its last axis is ``row_width`` elements of ``array_dtype``."""
+        return (self.n_layers, self.planes, n_tokens, self.n_kv_heads, self.row_width)
+
+    @property
+    def array_dtype(self) -> str:
+        """The NumPy dtype of a block's array: bytes for the block-quantized ``q8_0``."""
+        return "uint8" if self.dtype == "q8_0" else self.dtype
+
+    @property
+    def row_width(self) -> int:
+        """Elements per (position, head) row: head_dim, or its Q8_0 bytes (34 per 32 values)."""
+        return self.head_dim // 32 * Q8_BLOCK_BYTES if self.dtype == "q8_0" else self.head_dim
 
     def bytes_per_token(self) -> int:
-        return (self.n_layers * self.planes * self.n_kv_heads * self.head_dim
-                * np.dtype(self.dtype).itemsize)  # fmt: skip
+        return (self.n_layers * self.planes * self.n_kv_heads * self.row_width
+                * np.dtype(self.array_dtype).itemsize)  # fmt: skip
 
     @property
     def salt(self) -> bytes:

@@ -224,8 +224,8 @@ class CheckpointStore:
     def host_empty(self, shape: tuple[int, ...]) -> np.ndarray:
         """A host array of this layout's dtype from ``host_alloc`` (pinned memory on CUDA)."""
         if self._host_alloc is None:
-            return np.empty(shape, self.layout.dtype)
-        return self._host_alloc(shape, self.layout.dtype)
+            return np.empty(shape, self.layout.array_dtype)
+        return self._host_alloc(shape, self.layout.array_dtype)
 
     def _keep(self, block: np.ndarray, owned: bool) -> np.ndarray:
         """The block as an array of the store's own (a view of live KV would change under it)."""
@@ -419,7 +419,7 @@ class CheckpointStore:
                     np.copyto(into[:, :, start : start + n], data)
                 if fut is not None and data is not None:
                     free.setdefault(n, []).append(data)
-                yield int(np.prod(self.layout.block_shape(n))) * np.dtype(self.layout.dtype).itemsize, src
+                yield int(np.prod(self.layout.block_shape(n))) * np.dtype(self.layout.array_dtype).itemsize, src
                 submit()
         finally:
             for _, _, _, fut in ahead:  # reads past a miss: let them finish before buffers go
