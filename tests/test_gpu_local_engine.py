@@ -132,3 +132,8 @@ async def test_leaving_a_cuda_stream_early_leaves_the_engine_usable(model_path, 
         break
     done = await generate(gpu, request(max_tokens=4))
     assert done.usage.completion_tokens >= 1
+
+
+def test_cuda_kv_dtype_other_than_fp16_is_a_clear_error(model_path):
+    with pytest.raises(ValueError, match="not supported on cuda"):
+        LocalEngine.from_gguf(model_path, device="cuda", kv_dtype="q8_0")

@@ -6,7 +6,8 @@ JSON lines (each with the command, git sha, device and the load average at the s
 - ``restore``: a cold LocalEngine on the real model answers an N-token prompt (the recompute
   TTFT) and checkpoints it (``await engine.checkpoint(request)``); a NEW LocalEngine on the
   same kv_dir answers the same prompt (its TTFT: disk restore + the last tokens), with the
-  ratio; ``context_length`` is sized to N;
+  ratio, and so does a new process (``restart``: what a restarted app sees, without this
+  process's memory history); ``context_length`` is sized to N;
 - ``store``: the CheckpointStore alone on the same KV layout: save latency (the part a
   checkpoint puts on the turn's critical path), write-behind flush, restore GB/s with the
   page cache warm and cold (pages dropped with POSIX_FADV_DONTNEED), and xxh3 GB/s;
@@ -21,6 +22,8 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -82,15 +85,39 @@ async def restore_vs_recompute(path: Path, n: int, kv_dir: str) -> dict:
     restorer = LocalEngine.from_gguf(path, device="cpu", context_length=ctx, kv_dir=kv_dir)
     warm = await _first_token(restorer, request)
     turn = restorer.stats()["turns"][-1]
+    restart = _restore_in_new_process(path, ctx, kv_dir, request)
     return {
         "figure": "restore", "tokens": warm.usage.prompt_tokens, "restored_tokens": warm.usage.cached_tokens,
         "source": warm.usage.cache_source, "restore_ttft_ms": round(warm.usage.ttft_s * 1000, 1),
-        "restore_load_ms": turn["load_ms"], "recompute_ttft_ms": round(cold.usage.ttft_s * 1000, 1),
+        "restore_load_ms": turn["load_ms"], "restore_prefill_ms": turn["prefill_ms"],
+        "recompute_ttft_ms": round(cold.usage.ttft_s * 1000, 1),
         "value": round(cold.usage.ttft_s / warm.usage.ttft_s, 1), "unit": "x (cold prefill TTFT / restore TTFT)",
         "restore_gbs": round(info.bytes_written / turn["load_ms"] / 1e6, 2) if turn["load_ms"] else None,
         "checkpoint_store_ms": round(info.store_ms, 1), "checkpoint_flush_ms": round(flush_ms, 1),
         "checkpoint_bytes": info.bytes_written, "same_first_token": warm.token_ids == cold.token_ids,
+        "restart": {**restart, "value": round(cold.usage.ttft_s * 1000 / restart["ttft_ms"], 1),
+                    "same_first_token": restart["token_ids"] == cold.token_ids},
     }
+
+
+def _restore_in_new_process(path: Path, ctx: int, kv_dir: str, request: GenerationRequest) -> dict:
+    """The same restore by a new process on the same kv_dir (what a restart sees): its TTFT,
+    load and prefill ms, source and first tokens."""
+    job = json.dumps({"path": str(path), "ctx": ctx, "kv_dir": kv_dir, "request": request.model_dump(mode="json")})
+    code = "from agentcore.bench.cache import _restore_child; _restore_child()"
+    out = subprocess.run([sys.executable, "-c", code], input=job, capture_output=True, text=True, check=True,
+                         timeout=600)  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _restore_child() -> None:
+    job = json.loads(sys.stdin.read())
+    eng = LocalEngine.from_gguf(job["path"], device="cpu", context_length=job["ctx"], kv_dir=job["kv_dir"])
+    done = anyio.run(_first_token, eng, GenerationRequest.model_validate(job["request"]))
+    turn = eng.stats()["turns"][-1]
+    print(json.dumps({"ttft_ms": round(done.usage.ttft_s * 1000, 1), "load_ms": turn["load_ms"],
+                      "prefill_ms": turn["prefill_ms"], "source": done.usage.cache_source,
+                      "restored_tokens": done.usage.cached_tokens, "token_ids": done.token_ids}))  # fmt: skip
 
 
 def _drop_pages(root: str) -> None:
