@@ -495,7 +495,12 @@ class LocalEngine:
                 dev = spans.pop(start, None)
                 if dev is None:
                     return None
-                out = self._host_block(n)
+                # A freed pinned block is reused; new pinned memory is not pinned here: page
+                # locking (cudaHostAlloc) holds the driver's lock and stalls the next turn's
+                # kernel launches (measured: a 32K checkpoint cost the next turn 1.3-1.7 s).
+                # Such a block stays in pageable memory: a slower copy back, no stall.
+                pinned = cp.get_default_pinned_memory_pool().n_free_blocks() > 0
+                out = self._host_block(n) if pinned else np.empty(self.layout.block_shape(n), self.layout.array_dtype)
                 with stream:
                     dev.get(out=out, stream=stream)
                 stream.synchronize()
