@@ -153,6 +153,12 @@ class LocalEngine:
             from agentcore.engine.backends.cuda import pinned_empty
 
             host_alloc = pinned_empty
+            # Pin a few blocks' worth now (up to 64 blocks, 512 MB): checkpoints saved behind a
+            # turn only reuse freed pinned blocks, never pin new memory (see _save_behind).
+            full = self.layout.bytes_per_token() * block_size
+            count = min(64, min(kv_ram_mb << 20, 512 << 20) // max(1, full))
+            warm = [pinned_empty((full // 2,), np.float16) for _ in range(count)]
+            del warm  # back to CuPy's pinned pool, ready for the store
         self.store = CheckpointStore(
             self.layout, ram_bytes=kv_ram_mb << 20, kv_dir=kv_dir, disk_bytes=kv_disk_mb << 20,
             host_alloc=host_alloc,
