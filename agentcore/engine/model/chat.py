@@ -185,6 +185,35 @@ class Llama3(ChatFormat):
         return self._role("assistant") + self.tokenizer.encode("\n\n")
 
 
+class DeepSeekV2(ChatFormat):
+    """DeepSeek-V2 / V2-Lite / Coder-V2 chat: ``{system}\n\nUser: {text}\n\nAssistant: {reply}<eos>``
+    after BOS, as their chat template writes it; the generation prompt is ``Assistant:``.
+    The family has no native tool-call tokens: tools are taught through the system prompt in
+    DSML, as for ChatML and Llama 3 models."""
+
+    name = "deepseek-v2"
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        super().__init__(tokenizer)
+        eos = tokenizer.eos_id
+        self.end_of_turn = [] if eos is None else [eos]
+        self.separator = []
+        if eos is not None:
+            self.stop_ids.add(eos)
+
+    def _open(self, role: str, text: str) -> list[int]:
+        return self.tokenizer.encode(text if role == "system" else f"User: {text}")
+
+    def _close(self) -> list[int]:
+        return self.tokenizer.encode("\n\n")
+
+    def _assistant_prompt(self) -> list[int]:
+        return self.tokenizer.encode("Assistant:")
+
+    def _assistant_body(self, message: AssistantMessage) -> list[int]:
+        return self.tokenizer.encode(" ") + super()._assistant_body(message)
+
+
 class DeepSeekV3(ChatFormat):
     """DeepSeek V3 / R1-era chat (the deepseek2 architecture's template, as llama.cpp reads
     it: the template holds ``<｜tool▁calls▁begin｜>``): BOS, system text + "\n\n",
@@ -469,6 +498,11 @@ def chat_format_for_template(
     def has(marker: str) -> bool:
         return marker in template or marker in specials
 
+    # V2's template writes plain "User: " / "Assistant:" turns (its vocabulary may still hold
+    # the later role tokens, so the template decides).
+    v2_turns = "User: " in template and "Assistant:" in template and "<｜Assistant｜>" not in template
+    if dialect is None and v2_turns and has("<｜begin▁of▁sentence｜>"):
+        return DeepSeekV2(tokenizer)
     if dialect is None and has("<｜Assistant｜>") and "tool▁calls▁begin" in template:
         return DeepSeekV3(tokenizer)  # V3's own template; V4 and V4.1 write DSML instead
     if has("<｜Assistant｜>") or dialect is not None:
@@ -483,8 +517,8 @@ def chat_format_for_template(
         return ChatML(tokenizer)
     raise TokenizerError(
         "no supported chat format found in the chat template or special tokens; supported: "
-        "ChatML (<|im_start|>), Llama 3 (<|start_header_id|>), DeepSeek V3 "
-        "(<｜tool▁calls▁begin｜> in the template), V4 and V4.1 (<｜Assistant｜>)"
+        "ChatML (<|im_start|>), Llama 3 (<|start_header_id|>), DeepSeek V2 ('User: ' / "
+        "'Assistant:' turns), V3 (<｜tool▁calls▁begin｜> in the template), V4 and V4.1 (<｜Assistant｜>)"
     )
 
 
@@ -498,5 +532,5 @@ def chat_format_named(name: str, tokenizer: Tokenizer, *, thinking: bool = False
 
 _DEEPSEEK: dict[str, type[DeepSeekV4]] = {"v4": DeepSeekV4, "v4.1": DeepSeekV41}
 CHAT_FORMATS: dict[str, type[ChatFormat]] = {
-    f.name: f for f in (ChatML, Llama3, DeepSeekV3, DeepSeekV4, DeepSeekV41)
+    f.name: f for f in (ChatML, Llama3, DeepSeekV2, DeepSeekV3, DeepSeekV4, DeepSeekV41)
 }
