@@ -21,7 +21,6 @@ Invariants:
 from __future__ import annotations
 
 import itertools
-import mmap
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -64,26 +63,6 @@ class Rope:
         self.cos, self.sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-_POPULATE_MIN_BYTES = 16 << 20
-
-
-def _zeroed(shape: tuple[int, ...], dtype: type) -> np.ndarray:
-    """A zero-filled array; a large one comes from one populated anonymous mapping.
-
-    The KV of a long prompt is written whole (a prefill or a restore), so its pages are all
-    faulted in anyway: MAP_POPULATE has the kernel zero them in one call (0.2 s for 377 MB on
-    the 2-core CI VM) where first touches one 4 KiB page at a time cost 0.4 s, and 1.1 s
-    through NumPy's allocator, which asks for transparent huge pages and so meets direct
-    compaction when the host's THP defrag setting is "madvise"."""
-    count = int(np.prod(shape))
-    nbytes = count * np.dtype(dtype).itemsize
-    flags = getattr(mmap, "MAP_POPULATE", 0)
-    if nbytes < _POPULATE_MIN_BYTES or not flags:
-        return np.zeros(shape, dtype)
-    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | flags)
-    return np.frombuffer(buf, dtype, count).reshape(shape)
-
-
 class DenseKV:
     """A contiguous KV cache for one sequence; grows by doubling when a store overflows it.
 
@@ -93,7 +72,7 @@ class DenseKV:
 
     def __init__(self, spec: ModelSpec, capacity: int = 256, dtype: type = np.float32) -> None:
         shape = (spec.n_layers, 2, max(1, capacity), spec.n_kv_heads, spec.head_dim)
-        self.data = _zeroed(shape, dtype)
+        self.data = np.zeros(shape, dtype)
         self.length = 0
 
     @property
@@ -127,7 +106,7 @@ class DenseKV:
             return
         shape = list(self.data.shape)
         shape[2] = max(min_capacity, 2 * self.capacity)
-        data = _zeroed(tuple(shape), self.data.dtype)
+        data = np.zeros(shape, self.data.dtype)
         # Copy every slot, not just ``length``: a forward in progress may have stored
         # positions of the current chunk in earlier layers before ``length`` moves.
         data[:, :, : self.capacity] = self.data
@@ -165,7 +144,7 @@ class Q8KV(DenseKV):
             raise ValueError(f"kv_dtype='q8_0' needs a head_dim divisible by 32, not {spec.head_dim}")
         self.head_dim = spec.head_dim
         width = spec.head_dim // 32 * Q8_BLOCK_BYTES
-        self.data = _zeroed((spec.n_layers, 2, max(1, capacity), spec.n_kv_heads, width), np.uint8)
+        self.data = np.zeros((spec.n_layers, 2, max(1, capacity), spec.n_kv_heads, width), np.uint8)
         self.length = 0
 
     def store(self, layer: int, pos0: int, k: np.ndarray, v: np.ndarray) -> None:
@@ -213,7 +192,7 @@ class LatentKV(DenseKV):
         mla = spec.mla
         if mla is None:
             raise ValueError(f"LatentKV needs a model with latent attention, not {spec.arch!r}")
-        self.data = _zeroed((spec.n_layers, 1, max(1, capacity), 1, mla.latent_dim), dtype)
+        self.data = np.zeros((spec.n_layers, 1, max(1, capacity), 1, mla.latent_dim), dtype)
         self.kv_lora_rank = mla.kv_lora_rank
         self.length = 0
 
