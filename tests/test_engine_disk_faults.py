@@ -49,7 +49,7 @@ def test_random_disk_faults_never_reach_stream_or_checkpoint(tiny, tmp_path_fact
         eng.store.disk_io.retry_s = 0.0
         return eng
 
-    faulty = FaultyOS(rate, seed)
+    faulty = FaultyOS(rate, seed, garble=0.1)  # some restores must get through
     with pytest.MonkeyPatch.context() as m:
         faulty.patch(m)
         eng = engine()

@@ -4,12 +4,11 @@ reference), the decode graph's device routing against ``route``, latent checkpoi
 import anyio
 import numpy as np
 import pytest
+from test_deepseek2_engine import complete, request
 
 from agentcore.engine.backends.cuda import cuda_available
-from agentcore.engine.base import GenerationRequest
 from agentcore.engine.local import LocalEngine
 from agentcore.engine.model.deepseek2 import route
-from agentcore.messages import SystemMessage, UserMessage
 from agentcore.testing.synthetic_deepseek2 import PRESETS, write_synthetic_deepseek2
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="needs CuPy and a GPU")]
@@ -22,15 +21,7 @@ def ds2(request, tmp_path_factory):
 
 
 def request_(n=4, max_tokens=10):
-    msgs = [SystemMessage(content="deepseek system " * 10)]
-    msgs += [UserMessage(content=f"question {i} about latent caches") for i in range(n)]
-    return GenerationRequest(session_id="d", messages=msgs, max_tokens=max_tokens)
-
-
-async def complete(eng, req):
-    async for item in eng.stream(req):
-        done = item
-    return done
+    return request(n, max_tokens)
 
 
 def test_cuda_logits_match_numpy(ds2):
