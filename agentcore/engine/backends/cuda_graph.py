@@ -360,19 +360,15 @@ class CudaDecoder:
              self.history, self.fparams, self.iparams, self.work, _I32(advance)),
         )  # fmt: skip
 
-    def _launch_embed(self) -> None:
-        """A step's start: keep the held logits (should the step be dropped), embed the token."""
-        self.logits_prev[...] = self.logits_dev
-        self._mark("embed")
-        emb = self.model.embedding.parts[0]
-        _kernel(f"embed<{emb.qtype}>")(
-            (1,), (128,), (emb.data, np.int64(emb.row_bytes), _I32(emb.cols),
-                           _as_ptr(_Offset(self.state, 1)), self.x))  # fmt: skip
-
     def _launch_step(self) -> None:
         ops, m, s, kv = self.ops, self.model, self.model.spec, self.kv
         eps = s.rms_eps
-        self._launch_embed()
+        self.logits_prev[...] = self.logits_dev  # the held logits, should this step be dropped
+        self._mark("embed")
+        emb = m.embedding.parts[0]
+        _kernel(f"embed<{emb.qtype}>")(
+            (1,), (128,), (emb.data, np.int64(emb.row_bytes), _I32(emb.cols),
+                           _as_ptr(_Offset(self.state, 1)), self.x))  # fmt: skip
         pos = self.state  # state[0] is the position
         for layer, b in enumerate(m.layers):
             self._mark("gemv_qkv")
@@ -470,7 +466,12 @@ class CudaMLADecoder(CudaDecoder):
         m, f, eps = s.mla, s.moe, s.rms_eps
         h, nope, rope_d, rank = s.n_heads, m.qk_nope_dim, m.qk_rope_dim, m.kv_lora_rank
         cos, sin = model.rope.cos, model.rope.sin
-        self._launch_embed()
+        self.logits_prev[...] = self.logits_dev  # the held logits, should this step be dropped
+        self._mark("embed")
+        emb = model.embedding.parts[0]
+        _kernel(f"embed<{emb.qtype}>")(
+            (1,), (128,), (emb.data, np.int64(emb.row_bytes), _I32(emb.cols),
+                           _as_ptr(_Offset(self.state, 1)), self.x))  # fmt: skip
         pos = self.state  # state[0] is the position
         for layer, b in enumerate(model.layers):
             self._mark("gemv_q_kv_a")
