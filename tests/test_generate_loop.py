@@ -60,10 +60,10 @@ async def test_every_sampled_token_joins_the_ledger(tiny_gguf):
     ids, _ = eng._prompt(request(), generation=True)
     # The last sampled ids are fed after the Completion is handed over: nothing is recomputed
     # next turn.
-    await anyio.sleep(0.05)
     session = eng.sessions["s"]
-    assert session.ids == ids + done.token_ids
-    assert session.kv.length == len(session.ids)
+    with eng._compute:  # held by the worker until they are fed
+        assert session.ids == ids + done.token_ids
+        assert session.kv.length == len(session.ids)
 
 
 async def test_next_turn_reuses_all_that_was_reusable(tiny_gguf):
@@ -101,7 +101,10 @@ async def test_leaving_the_stream_early_leaves_the_engine_usable(tiny_gguf):
     done, _ = await complete(eng, request(max_tokens=3))
     assert done.usage.completion_tokens >= 1
     session = eng.sessions["s"]
-    assert session.kv.length == len(session.ids)
+    # The worker feeds the last sampled ids after posting the Completion; the compute lock
+    # is held until it is done (the next request waits for it the same way).
+    with eng._compute:
+        assert session.kv.length == len(session.ids)
 
 
 async def test_leaving_agent_stream_early_then_running_again_works(tiny_gguf):
