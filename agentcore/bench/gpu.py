@@ -271,8 +271,6 @@ def bench_model(run: Run, cp: Any, name: str, path: Path, quant: str, bw: float,
             fig["peer"] = {"name": label, "value": round(p, 1)}
             fig["ratio_to_peer"] = _ratio(fig["value"], p)
         run.emit(**fig)
-    gc.collect()
-    cp.get_default_memory_pool().free_all_blocks()
 
 
 def _new_engine(path: Path, kv_dir: Path, ram_mb: int = 16384) -> LocalEngine:

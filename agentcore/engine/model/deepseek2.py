@@ -43,6 +43,7 @@ from agentcore.engine.model.gguf import (
     ModelSpec,
     WeightTensor,
 )
+from agentcore.engine.model.transformer import ChunkedForward
 from agentcore.errors import ModelFormatError
 
 __all__ = ["DeepSeek2", "MLAParams", "MoEParams", "build_spec", "expected_shapes", "route"]
@@ -421,7 +422,7 @@ class _Layer:
     experts: Any = None
 
 
-class DeepSeek2:
+class DeepSeek2(ChunkedForward):
     """A deepseek2 model over an ops backend; same interface as ``Transformer``.
 
     Beyond the llama ops it needs ``prepare_heads``/``head_matmul`` (per-head matrices),
@@ -495,45 +496,6 @@ class DeepSeek2:
             )
             layer.down = ops.prepare_linear([t(p + "ffn_down_shexp.weight")])
         return layer
-
-    def forward(
-        self, ids: Sequence[int], pos0: int, kv: Any, *, all_logits: bool = False
-    ) -> np.ndarray:
-        """Logits of the last position (vocab,), or of every position (T, vocab)."""
-        if not len(ids):
-            raise ValueError("forward needs at least one token")
-        if not 0 <= pos0 <= kv.length:
-            raise ValueError(f"pos0={pos0} must be within the {kv.length} cached positions")
-        out = []
-        with self.ops.compute():
-            for start in range(0, len(ids), self.chunk):
-                chunk = ids[start : start + self.chunk]
-                x = self._hidden(chunk, pos0 + start, kv)
-                kv.length = pos0 + start + len(chunk)
-                if all_logits:
-                    out.append(self._logits(x))
-            return np.concatenate(out) if all_logits else self._logits(x[-1:])[0]
-
-    def hidden(self, ids: Sequence[int], pos0: int, kv: Any) -> Array:
-        """Append ``ids`` at ``pos0`` to ``kv``; the last chunk's hidden states before the
-        final norm, as a backend array (T_last, n_embd): a device decoder applies the head."""
-        if not len(ids):
-            raise ValueError("forward needs at least one token")
-        if not 0 <= pos0 <= kv.length:
-            raise ValueError(f"pos0={pos0} must be within the {kv.length} cached positions")
-        with self.ops.compute():
-            for start in range(0, len(ids), self.chunk):
-                chunk = ids[start : start + self.chunk]
-                x = self._hidden(chunk, pos0 + start, kv)
-                kv.length = pos0 + start + len(chunk)
-        return x
-
-    def logits(self, ids: Sequence[int]) -> np.ndarray:
-        """Logits at every position of ``ids`` from an empty cache: the referee's view."""
-        return self.forward(ids, 0, self.ops.new_kv(self.spec, len(ids)), all_logits=True)
-
-    def _logits(self, x: Array) -> np.ndarray:
-        return self.ops.logits(self.ops.rmsnorm(x, self.output_norm, self.spec.rms_eps), self.head)
 
     def _hidden(self, ids: Sequence[int], pos0: int, kv: Any) -> Array:
         ops, s, m = self.ops, self.spec, self.spec.mla

@@ -26,7 +26,7 @@ import numpy as np
 
 from agentcore.engine.model.gguf import GGUFModel, ModelSpec, WeightTensor
 
-__all__ = ["LiveKV", "Ops", "Transformer", "llama3_inv_freq", "rope_inv_freq"]
+__all__ = ["ChunkedForward", "LiveKV", "Ops", "Transformer", "llama3_inv_freq", "rope_inv_freq"]
 
 Array = Any  # a backend array (numpy.ndarray, cupy.ndarray)
 
@@ -106,43 +106,20 @@ class Layer:
     down: Any
 
 
-class Transformer:
-    """A decoder-only transformer whose weights live in ``ops``' prepared form."""
+class ChunkedForward:
+    """The forward driver every architecture shares: the prompt in chunks of ``chunk``
+    tokens, ``kv.length`` advanced after each, the final norm and head. A subclass sets
+    ``ops``, ``spec``, ``chunk``, ``output_norm`` and ``head`` and implements
+    ``_hidden(ids, pos0, kv)`` (one chunk's hidden states, its KV stored)."""
 
-    def __init__(self, model: GGUFModel, ops: Ops, *, chunk: int | None = None) -> None:
-        spec, t = model.spec, model.tensor
-        self.spec, self.ops = spec, ops
-        self.chunk = chunk or getattr(ops, "prefill_chunk", 512)
-        self.embedding = ops.prepare_embedding(t("token_embd.weight"))
-        self.output_norm = ops.prepare_vector(t("output_norm.weight"))
-        self.head = (
-            ops.tied_linear(self.embedding)
-            if spec.tied_embeddings
-            else ops.prepare_linear([t("output.weight")])
-        )
-        factors = None
-        if spec.rope_scaling and spec.rope_scaling.get("type") == "freq_factors":
-            factors = t(spec.rope_scaling["tensor"]).dequantize()
-        self.rope = ops.prepare_rope(
-            rope_inv_freq(spec, factors), spec.rope_neox, spec.context_length
-        )
-        self.layers = [self._layer(model, f"blk.{i}.") for i in range(spec.n_layers)]
+    ops: Any
+    spec: ModelSpec
+    chunk: int
+    output_norm: Any
+    head: Any
 
-    def _layer(self, model: GGUFModel, p: str) -> Layer:
-        ops, t = self.ops, model.tensor
-        names = (p + "attn_q", p + "attn_k", p + "attn_v")
-        bias = [t(n + ".bias") for n in names] if self.spec.qkv_bias else None
-        qk_norm = self.spec.qk_norm
-        return Layer(
-            attn_norm=ops.prepare_vector(t(p + "attn_norm.weight")),
-            qkv=ops.prepare_linear([t(n + ".weight") for n in names], bias),
-            q_norm=ops.prepare_vector(t(p + "attn_q_norm.weight")) if qk_norm else None,
-            k_norm=ops.prepare_vector(t(p + "attn_k_norm.weight")) if qk_norm else None,
-            out=ops.prepare_linear([t(p + "attn_output.weight")]),
-            ffn_norm=ops.prepare_vector(t(p + "ffn_norm.weight")),
-            gate_up=ops.prepare_linear([t(p + "ffn_gate.weight"), t(p + "ffn_up.weight")]),
-            down=ops.prepare_linear([t(p + "ffn_down.weight")]),
-        )
+    def _hidden(self, ids: Sequence[int], pos0: int, kv: LiveKV) -> Array:
+        raise NotImplementedError
 
     def forward(
         self, ids: Sequence[int], pos0: int, kv: LiveKV, *, all_logits: bool = False
@@ -183,6 +160,45 @@ class Transformer:
 
     def _logits(self, x: Array) -> np.ndarray:
         return self.ops.logits(self.ops.rmsnorm(x, self.output_norm, self.spec.rms_eps), self.head)
+
+
+class Transformer(ChunkedForward):
+    """A decoder-only transformer whose weights live in ``ops``' prepared form."""
+
+    def __init__(self, model: GGUFModel, ops: Ops, *, chunk: int | None = None) -> None:
+        spec, t = model.spec, model.tensor
+        self.spec, self.ops = spec, ops
+        self.chunk = chunk or getattr(ops, "prefill_chunk", 512)
+        self.embedding = ops.prepare_embedding(t("token_embd.weight"))
+        self.output_norm = ops.prepare_vector(t("output_norm.weight"))
+        self.head = (
+            ops.tied_linear(self.embedding)
+            if spec.tied_embeddings
+            else ops.prepare_linear([t("output.weight")])
+        )
+        factors = None
+        if spec.rope_scaling and spec.rope_scaling.get("type") == "freq_factors":
+            factors = t(spec.rope_scaling["tensor"]).dequantize()
+        self.rope = ops.prepare_rope(
+            rope_inv_freq(spec, factors), spec.rope_neox, spec.context_length
+        )
+        self.layers = [self._layer(model, f"blk.{i}.") for i in range(spec.n_layers)]
+
+    def _layer(self, model: GGUFModel, p: str) -> Layer:
+        ops, t = self.ops, model.tensor
+        names = (p + "attn_q", p + "attn_k", p + "attn_v")
+        bias = [t(n + ".bias") for n in names] if self.spec.qkv_bias else None
+        qk_norm = self.spec.qk_norm
+        return Layer(
+            attn_norm=ops.prepare_vector(t(p + "attn_norm.weight")),
+            qkv=ops.prepare_linear([t(n + ".weight") for n in names], bias),
+            q_norm=ops.prepare_vector(t(p + "attn_q_norm.weight")) if qk_norm else None,
+            k_norm=ops.prepare_vector(t(p + "attn_k_norm.weight")) if qk_norm else None,
+            out=ops.prepare_linear([t(p + "attn_output.weight")]),
+            ffn_norm=ops.prepare_vector(t(p + "ffn_norm.weight")),
+            gate_up=ops.prepare_linear([t(p + "ffn_gate.weight"), t(p + "ffn_up.weight")]),
+            down=ops.prepare_linear([t(p + "ffn_down.weight")]),
+        )
 
     def _hidden(self, ids: Sequence[int], pos0: int, kv: LiveKV) -> Array:
         ops, s = self.ops, self.spec
