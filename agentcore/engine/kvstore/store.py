@@ -4,7 +4,8 @@
 thread (``writer.py``) makes them durable as block files (``blockfile.py``, ``disk.py``).
 ``restore`` loads the longest stored prefix of a prompt, from RAM, the write queue or disk,
 either through a ``write_block(start, array)`` callback or straight into a destination array
-(``into=``: a dense KV cache, or pinned host memory on CUDA) with ``os.preadv``.
+(``into=``: a dense KV cache), copied from each block file's mapping (``blockfile.read_into``)
+by a small pool of read-ahead threads.
 
 Invariants:
 - a read is verified (header, layout, key and parent, token ids, xxh3 checksum) before it
