@@ -1,7 +1,12 @@
 """The CUDA backend computes what the NumPy reference computes (run on a GPU machine).
 
 Error bounds (relative Frobenius error against float64/NumPy references):
-- GEMV (T <= 8) on every weight type: 1e-4 (same dequantized values, fp32 accumulation).
+- GEMV (T <= 8) on every weight type with fp32 activations: 1e-4 (same dequantized values,
+  fp32 accumulation).
+- GEMV on int8 activations (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K; gemv_q8): 1e-5 when every
+  32-group of x is exactly int8 times a power of two (quantization is then exact, so this
+  checks the block decoding and integer sums bit for bit); 1e-2 on Gaussian x (rounding to
+  int8 per 32 is |err| <= d/2 = absmax/254 per element, about 0.4% of a dot product).
 - Prefill matmul (dequant to fp16 + cuBLAS, fp32 accumulate): 5e-3 (fp16 weights/inputs).
 - Attention over fp16 KV (decode and prefill): 5e-3 against NumPy on the same fp16 values.
 - End to end: top-1 agreement >= 99% of positions with the NumPy engine.
@@ -38,6 +43,22 @@ def ops():
     return CudaOps()
 
 
+@pytest.fixture(scope="module")
+def ops_fp32():
+    return CudaOps(int8_activations=False)
+
+
+INT8_TYPES = ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
+
+
+def representable(rng, t, cols):
+    """x whose every 32-group is int8 * 2^e with |max| = 127 * 2^e: quant_x is exact on it."""
+    q = rng.integers(-127, 128, (t, cols // 32, 32))
+    q[:, :, 0] = 127 * rng.choice([-1, 1], (t, cols // 32))
+    e = rng.integers(-8, 2, (t, cols // 32, 1)).astype(np.float64)
+    return (q * 2.0**e).reshape(t, cols).astype(np.float32)
+
+
 def weight(name: str, rows: int, cols: int, seed: int) -> WeightTensor:
     qt = Q[name]
     rng = np.random.default_rng(seed)
@@ -58,14 +79,75 @@ def weight(name: str, rows: int, cols: int, seed: int) -> WeightTensor:
 
 @pytest.mark.parametrize("name", QTYPES)
 @pytest.mark.parametrize("t", [1, 3])
-def test_gemv_matches_dequantized_matmul(ops, name, t):
+def test_gemv_matches_dequantized_matmul(ops_fp32, name, t):
     import cupy as cp
 
+    ops = ops_fp32
     w = weight(name, 96, 768, 1)
     x = np.random.default_rng(2).standard_normal((t, 768)).astype(np.float32)
     y = ops.matmul(cp.asarray(x), ops.prepare_linear([w])).get()
     bound = 1e-3 if name == "Q5_0" else 1e-4  # Q5_0 goes up as F16: fp16 rounding of weights
     assert rel(y, x.astype(np.float64) @ w.dequantize(np.float64).T) < bound
+
+
+@pytest.mark.parametrize("name", INT8_TYPES)
+@pytest.mark.parametrize("cols", [768, 2304])  # 12/24 and 36/72 units a row: tail and loop
+@pytest.mark.parametrize("t", [1, 3])
+def test_int8_gemv_is_exact_on_representable_x(ops, name, cols, t):
+    import cupy as cp
+
+    w = weight(name, 80, cols, 5)
+    part = ops.prepare_linear([w]).parts[0]
+    assert ops.int8_ready(part)
+    x = representable(np.random.default_rng(6), t, cols)
+    wd = w.dequantize(np.float64)
+    want = x.astype(np.float64) @ wd.T
+    y = cp.empty((t, 80), cp.float32)
+    ops.gemv(part, cp.asarray(x), y, t=t, y_stride=80)
+    assert rel(y.get(), want) < 1e-5
+    # y += Wx (residual) and silu(W[:40]x) * W[40:]x (SwiGLU), on the same x
+    base = np.random.default_rng(7).standard_normal((t, 80)).astype(np.float32)
+    y = cp.asarray(base)
+    ops.gemv(part, cp.asarray(x), y, t=t, y_stride=80, mode=1)
+    assert rel(y.get(), base + want) < 1e-5
+    y = cp.zeros((t, 40), cp.float32)
+    ops.gemv(part, cp.asarray(x), y, t=t, y_stride=40, mode=2)
+    g, u = want[:, :40], want[:, 40:]
+    assert rel(y.get(), g / (1 + np.exp(-g)) * u) < 1e-5
+
+
+@pytest.mark.parametrize("name", INT8_TYPES)
+def test_int8_gemv_with_fused_norm_and_bias_within_rounding(ops, name):
+    import cupy as cp
+
+    rng = np.random.default_rng(8)
+    w = weight(name, 64, 2304, 9)
+    lin = ops.prepare_linear([w])
+    bias = rng.standard_normal(64).astype(np.float32)
+    x = rng.standard_normal(2304).astype(np.float32)
+    nw = rng.uniform(0.5, 1.5, 2304).astype(np.float32)
+    xn = x.astype(np.float64) / np.sqrt(np.mean(x.astype(np.float64) ** 2) + 1e-5) * nw
+    y = cp.empty(64, cp.float32)
+    ops.gemv(lin.parts[0], cp.asarray(x), y, norm=cp.asarray(nw), eps=1e-5, bias=cp.asarray(bias))
+    want = w.dequantize(np.float64) @ xn + bias
+    assert rel(y.get(), want) < 1e-2
+
+
+def test_quant_x_matches_numpy(ops):
+    import cupy as cp
+
+    x = (3 * np.random.default_rng(10).standard_normal((2, 1024))).astype(np.float32)
+    x[1, 64:96] = 0.0  # an all-zero group: d = 0, q = 0
+    xq = ops.quantize(cp.asarray(x), 1024, t=2)
+    q = xq.q[: 2 * 1024].get().reshape(2, 32, 32).astype(np.int32)
+    s = xq.s[: 2 * 64].get().reshape(2, 32, 2)
+    g = x.reshape(2, 32, 32)
+    amax = np.abs(g).max(-1)
+    assert np.allclose(s[..., 0], amax / 127, rtol=1e-6)
+    assert np.allclose(s[..., 1], g.sum(-1), rtol=1e-5, atol=1e-5)
+    want = np.rint(g * np.where(amax > 0, 127 / np.maximum(amax, 1e-30), 0)[..., None])
+    assert np.abs(q - want).max() <= 1 and np.mean(q == want) > 0.999
+    assert (q[1, 2] == 0).all() and s[1, 2, 0] == 0
 
 
 @pytest.mark.parametrize("name", ["Q4_1", "Q4_K", "Q6_K", "Q8_0", "F16"])
@@ -123,7 +205,7 @@ class _Spec:
         self.n_layers, self.n_kv_heads, self.n_heads, self.head_dim = layers, kvh, heads, hd
 
 
-@pytest.mark.parametrize(("hd", "heads", "kvh"), [(64, 9, 3), (128, 32, 8), (64, 4, 4)])
+@pytest.mark.parametrize(("hd", "heads", "kvh"), [(64, 9, 3), (128, 32, 8), (64, 4, 4), (128, 16, 2), (128, 14, 7)])
 @pytest.mark.parametrize(("pos0", "t"), [(0, 1), (37, 1), (3000, 1), (0, 70), (100, 33)])
 def test_attention_matches_numpy_on_fp16_kv(ops, hd, heads, kvh, pos0, t):
     import cupy as cp

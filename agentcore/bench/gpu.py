@@ -10,7 +10,9 @@ Q8_0) and, per model and context, times:
   ``Transformer.forward`` (prefill), the kernel figures;
 - ``peer``: llama.cpp's ``llama-bench`` on the same file in the same run
   (``-ngl 99 -fa 1``), when ``--llama-bench`` names the binary.
-With ``--only cache`` it times the KV store's tiers instead (``bench_cache``): per context, a
+With ``--only gemv`` it times each decode GEMV of the Llama-3-8B shapes alone (``bench_gemv``):
+per weight type and matrix, the fp32-activation kernel and the int8 one (``quant_x`` + 
+``gemv_q8``), as achieved GB/s of weight bytes. With ``--only cache`` it times the KV store's tiers instead (``bench_cache``): per context, a
 cold prefill, the checkpoint (its cost on the critical path, and the write-behind flush),
 and the same prompt answered again from each tier: ``live`` (the session kept), ``ram``
 (the session dropped, its blocks in pinned host memory) and ``disk`` (a new engine on the
@@ -198,6 +200,48 @@ def _wait_for(binary: str | None, timeout_s: float = 600.0) -> str | None:
     return binary
 
 
+# Llama-3-8B's decode GEMVs: (label, rows, cols, mode); mode 2 is the fused gate/up + SwiGLU.
+GEMV_SHAPES = [("qkv", 6144, 4096, 0), ("out", 4096, 4096, 1), ("gate_up", 28672, 4096, 2),
+               ("down", 4096, 14336, 1), ("head", 128256, 4096, 0)]  # fmt: skip
+
+
+def bench_gemv(run: Run, cp: Any, types: list[str], reps: int = 200) -> None:
+    """GB/s of weight bytes for each decode GEMV alone (CUDA events over ``reps`` back-to-back
+    launches): fp32 activations (``gemv``) against int8 (``quant_x`` + ``gemv_q8``)."""
+    from gguf import GGMLQuantizationType
+
+    from agentcore.engine.backends.cuda import CudaOps
+    from agentcore.engine.model.gguf import WeightTensor
+    from agentcore.testing.synthetic import _random_tensor
+
+    rng = np.random.default_rng(0)
+    variants = {"fp32_act": CudaOps(int8_activations=False), "int8_act": CudaOps()}
+    for tname in types:
+        qt = GGMLQuantizationType[tname]
+        for label, rows, cols, mode in GEMV_SHAPES:
+            raw = _random_tensor(rng, "matrix", (rows, cols), qt)
+            w = WeightTensor("w", qt, (rows, cols), raw)
+            fig: dict[str, Any] = {"figure": "gemv", "model": "llama3-8b shape", "quant": tname,
+                                   "matrix": label, "rows": rows, "cols": cols, "bytes": raw.nbytes}  # fmt: skip
+            for vname, ops in variants.items():
+                part = ops.prepare_linear([w]).parts[0]
+                x = cp.asarray(rng.standard_normal(cols).astype(np.float32))
+                y = cp.zeros(rows // 2 if mode == 2 else rows, cp.float32)
+                for _ in range(3):
+                    ops.gemv(part, x, y, mode=mode)
+                s, e = cp.cuda.Event(), cp.cuda.Event()
+                s.record()
+                for _ in range(reps):
+                    ops.gemv(part, x, y, mode=mode)
+                e.record()
+                e.synchronize()
+                us = cp.cuda.get_elapsed_time(s, e) * 1e3 / reps
+                fig[vname] = {"us": round(us, 2), "GB/s": round(raw.nbytes / us / 1e3, 1),
+                              "int8": ops.int8_ready(part)}  # fmt: skip
+                del part
+            run.emit(**fig, value=fig["int8_act"]["GB/s"], unit="GB/s of weights (int8 activations)")
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
@@ -349,7 +393,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--llama-bench", default=None, help="llama-bench binary: the peer")
     p.add_argument("--tmp", default="/tmp/agentcore-bench")
-    p.add_argument("--only", choices=("decode", "prefill", "cache"), default=None,
+    p.add_argument("--only", choices=("decode", "prefill", "cache", "gemv"), default=None,
                    help="one kind of figure (prefill includes the checkpoint and restore; cache "
                         "times every KV tier and the checkpoint's cost)")
     p.add_argument("--contexts", default=None, help="comma list of prompt sizes")
@@ -363,6 +407,9 @@ def main(argv: list[str]) -> int:
     bw = copy_bandwidth(cp)
     run.emit(figure="copy_bandwidth", model=None, quant=None, ctx=None, value=round(bw / 1e9, 1),
              unit="GB/s (read+write)")  # fmt: skip
+    if args.only == "gemv":
+        bench_gemv(run, cp, ["Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_0", "Q4_1"])
+        return 0
     tmp = Path(args.tmp)
     tmp.mkdir(parents=True, exist_ok=True)
     names = args.models.split(",")

@@ -23,7 +23,10 @@ Invariants:
 - Activations are float32 (T, features); KV is float16; accumulation is float32.
 - Weights stay GGUF blocks on the device (Q4_0, Q4_1, Q8_0, Q2_K, Q4_K, Q5_K, Q6_K, F16, BF16,
   F32). Other types the loader accepts (Q5_0, Q5_1, Q3_K) are uploaded as F16.
-- T <= 8 tokens: quantized GEMV. Longer: each matrix is dequantized to an fp16 scratch and
+- T <= 8 tokens: quantized GEMV. For Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K the activations are
+  first quantized to int8 per 32 (``quant_x``, RMSNorm fused) and the GEMV runs on integer
+  dot products (``gemv_q8``, kernels/gemv_q8.cu), as llama.cpp's Q8_1 activations; other
+  types, MoE expert GEMVs and ``CudaOps(int8_activations=False)`` use the fp32 GEMV. Longer: each matrix is dequantized to an fp16 scratch and
   multiplied by cuBLAS (fp32 accumulate); attention runs as two batched GEMMs per chunk
   (scores chunk x context in fp32, probabilities fp16), never T x T for a whole prompt.
 - The decode graph uses only our kernels (CuPy refuses cuBLAS inside capture); every
@@ -50,9 +53,17 @@ __all__ = ["CudaKV", "CudaOps", "cuda_available", "select_ops"]
 KERNELS = Path(__file__).parent / "kernels"
 # GGML type ids read in place by the kernels; the rest of SUPPORTED_QTYPES go up as F16.
 NATIVE_QTYPES = (0, 1, 2, 3, 8, 10, 12, 13, 14, 30)
+# Read by gemv_q8 on int8 activations: Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, with the
+# alignment each type's loads need (16-byte words for Q4_K/Q5_K; Q6_K, Q8_0 and Q4_0 blocks
+# start at even addresses and are realigned in registers).
+INT8_ALIGN = {2: 2, 3: 4, 8: 2, 12: 16, 13: 16, 14: 2}
+INT8_QTYPES = tuple(INT8_ALIGN)
+# Columns x rows the ops' own int8 activation scratch holds (never reallocated).
+_XQ_SCRATCH = 65536 * 8
 F16 = 1
 GEMV_MAX_T = 8
 HEAD_DIMS = (16, 32, 64, 128, 256)
+ATTN_GROUPS = (1, 2, 4, 8)  # attn_split is compiled for up to this many query heads per KV head
 _U64 = np.uint64
 _I32 = np.int32
 _F32 = np.float32
@@ -95,11 +106,13 @@ def select_ops(device: str = "auto") -> Any:
 @cache
 def _module() -> Any:
     cp = _cupy()
-    code = "\n".join((KERNELS / f).read_text() for f in ("quant.cu", "ops.cu", "sample.cu", "mla.cu"))
+    files = ("quant.cu", "gemv_q8.cu", "ops.cu", "sample.cu", "mla.cu")
+    code = "\n".join((KERNELS / f).read_text() for f in files)
     names = [f"gemv<{q},{m}>" for q in NATIVE_QTYPES for m in (0, 1, 2)]
+    names += [f"gemv_q8<{q},{m}>" for q in INT8_QTYPES for m in (0, 1, 2)]
     names += [f"dequant_f16<{q}>" for q in NATIVE_QTYPES]
     names += [f"embed<{q}>" for q in NATIVE_QTYPES]
-    names += [f"attn_split<{d}>" for d in HEAD_DIMS]
+    names += [f"attn_split<{d},{g}>" for d in HEAD_DIMS for g in ATTN_GROUPS]
     names += [f"mla_attn_split<{r},{p}>" for r, p in MLA_SHAPES]
     return cp.RawModule(code=code, options=("-std=c++17",), name_expressions=names)
 
@@ -132,6 +145,17 @@ class QMatrix:
     @property
     def row_bytes(self) -> int:
         return self.data.shape[1]
+
+
+class ActQ8:
+    """Activations quantized for ``gemv_q8``: ``rows`` rows of ``cols`` int8 (``q``) and a
+    (d, sum) float pair per 32 (``s``), what ``quant_x`` writes. A decoder owns one so its
+    graph never touches the ops' scratch."""
+
+    def __init__(self, cp: Any, cols: int, rows: int = 1) -> None:
+        self.capacity = cols * rows
+        self.q = cp.empty(self.capacity, cp.int8)
+        self.s = cp.empty(self.capacity // 16, cp.float32)
 
 
 @dataclass
@@ -371,7 +395,9 @@ class CudaOps(MLAOps):
 
     dtype = np.float32
 
-    def __init__(self) -> None:
+    def __init__(self, *, int8_activations: bool = True) -> None:
+        """``int8_activations``: run the decode GEMVs of Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K weights
+        on int8 activations (dp4a; the default, as llama.cpp does); False keeps them fp32."""
         if not cuda_available():
             select_ops("cuda")  # raises DeviceUnavailable with the install hint
         cp = _cupy()
@@ -379,6 +405,8 @@ class CudaOps(MLAOps):
         self.device_id = cp.cuda.Device().id
         self.n_sm = cp.cuda.Device().attributes["MultiProcessorCount"]
         self._scratch16 = cp.empty(0, cp.float16)
+        self.int8_activations = int8_activations
+        self._xq: ActQ8 | None = None
 
     # ---- preparation ----
 
@@ -408,17 +436,68 @@ class CudaOps(MLAOps):
 
     # ---- kernels, callable from the graph capture too ----
 
+    def int8_ready(self, part: QMatrix) -> bool:
+        """Whether ``gemv`` multiplies ``part`` on int8 activations (``gemv_q8``)."""
+        a = INT8_ALIGN.get(part.qtype)
+        return (self.int8_activations and a is not None and part.cols % 32 == 0
+                and part.data.data.ptr % a == 0 and part.row_bytes % a == 0)  # fmt: skip
+
+    def quantize(self, x: Any, cols: int, *, t: int = 1, norm: Any = None, eps: float = 0.0,
+                 x_stride: int | None = None, out: ActQ8 | None = None) -> ActQ8:  # fmt: skip
+        """t rows of x (``x_stride`` floats apart, default ``cols``; RMS-normalised with
+        ``norm`` first when given) as int8 activations, into ``out`` or the ops' scratch."""
+        if cols % 32:
+            raise ValueError(f"int8 activations need a multiple of 32 columns, not {cols}")
+        if out is None:
+            if t * cols <= _XQ_SCRATCH:
+                if self._xq is None:
+                    self._xq = ActQ8(self.cp, _XQ_SCRATCH)
+                out = self._xq
+            else:
+                out = ActQ8(self.cp, cols, t)
+        if out.capacity < t * cols:
+            raise ValueError(f"int8 activation buffer holds {out.capacity} values, not {t * cols}")
+        _kernel("quant_x")(
+            (t,), (512,),
+            (_as_ptr(x), np.int64(cols if x_stride is None else x_stride), _I32(cols),
+             _as_ptr(norm), _F32(eps), out.q, out.s),
+        )  # fmt: skip
+        return out
+
+    def quantize_for(self, parts: Sequence[QMatrix], x: Any, **kw: Any) -> ActQ8 | None:
+        """``quantize`` x once for all of ``parts`` when any of them reads int8 activations."""
+        if not any(self.int8_ready(p) for p in parts):
+            return None
+        return self.quantize(x, parts[0].cols, **kw)
+
     def gemv(self, part: QMatrix, x: Any, y: Any, *, t: int = 1, y_stride: int = 0,
              mode: int = 0, norm: Any = None, eps: float = 0.0, bias: Any = None,
-             x_stride: int | None = None, eids: Any = None, e_stride: int = 0) -> None:  # fmt: skip
+             x_stride: int | None = None, eids: Any = None, e_stride: int = 0,
+             xq: ActQ8 | None = None, scratch: ActQ8 | None = None) -> None:  # fmt: skip
         """y (device pointer / array view) <- part @ x for t rows of x (``x_stride`` floats
         apart, default ``part.cols``; 0 broadcasts one x); with ``eids`` row i uses expert
-        ``eids[i]``'s matrix, ``e_stride`` bytes after ``part``'s; see quant.cu gemv."""
+        ``eids[i]``'s matrix, ``e_stride`` bytes after ``part``'s; see quant.cu gemv.
+
+        When ``int8_ready(part)`` (and no experts, no broadcast x) the product runs on int8
+        activations: ``xq`` if given (x already quantized, norm applied), else x quantized
+        into ``scratch`` (a decoder's buffer) or the ops' own."""
+        rows = part.rows // 2 if mode == 2 else part.rows
+        stride = part.cols if x_stride is None else x_stride
+        aligned = int(_as_ptr(x)) % 16 == 0 and stride % 4 == 0  # quant_x reads float4s
+        if eids is None and (stride or t == 1) and (xq is not None or aligned) and self.int8_ready(part):
+            if xq is None:
+                xq = self.quantize(x, part.cols, t=t, norm=norm, eps=eps, x_stride=x_stride,
+                                   out=scratch)  # fmt: skip
+            _kernel(f"gemv_q8<{part.qtype},{mode}>")(
+                (_cdiv(rows, 8 if mode == 2 else 16), t), (256,),
+                (part.data, np.int64(part.row_bytes), xq.q, xq.s, _I32(part.cols), _as_ptr(y),
+                 _I32(rows), np.int64(y_stride), _as_ptr(bias)),
+            )  # fmt: skip
+            return
         k = _kernel(f"gemv<{part.qtype},{mode}>")
         smem = (part.cols + part.cols // 32 * 4) * 4
         if smem > 48 * 1024 and k.max_dynamic_shared_size_bytes < smem:
             k.max_dynamic_shared_size_bytes = smem
-        rows = part.rows // 2 if mode == 2 else part.rows
         grid = _cdiv(rows, 8 if mode == 2 else 16)
         k((grid, t), (256,),
           (part.data, np.int64(part.row_bytes), _as_ptr(x), _I32(part.cols), _as_ptr(y),
@@ -453,8 +532,9 @@ class CudaOps(MLAOps):
         y = cp.empty((t, lin.rows), cp.float32)
         if t <= GEMV_MAX_T:
             off = 0
+            xq = self.quantize_for(lin.parts, x, t=t)
             for p in lin.parts:
-                self.gemv(p, x, _Offset(y, off), t=t, y_stride=lin.rows)
+                self.gemv(p, x, _Offset(y, off), t=t, y_stride=lin.rows, xq=xq)
                 off += p.rows
         else:
             w16 = self._dequant_linear(lin)
@@ -535,9 +615,20 @@ class CudaOps(MLAOps):
                             (o, out, _I32(t), _I32(kvh), _I32(g), _I32(d)))
         return out
 
+    @staticmethod
+    def _attn_shape(spec: ModelSpec) -> tuple[int, int]:
+        """(GM, tile): the attn_split instance for ``spec``'s query heads per KV head, and
+        how many positions a block reads per iteration (kernels/ops.cu)."""
+        d, g = spec.head_dim, spec.n_heads // spec.n_kv_heads
+        if d not in HEAD_DIMS or g > ATTN_GROUPS[-1]:
+            raise ValueError(f"CUDA decode attention supports head_dim {HEAD_DIMS} and at most "
+                             f"{ATTN_GROUPS[-1]} query heads per KV head, not {d} and {g}")  # fmt: skip
+        gm = next(x for x in ATTN_GROUPS if x >= g)
+        return gm, 256 // (d // 8) * (4 if gm <= 4 else 2)
+
     def decode_splits(self, spec: ModelSpec, n: int) -> int:
         """How many context slices flash-decoding uses for ``n`` positions (fixed in graphs)."""
-        per_iter = 256 // (spec.head_dim // 8)
+        per_iter = self._attn_shape(spec)[1]
         return max(1, min(_cdiv(n, per_iter), 4 * self.n_sm // spec.n_kv_heads, 1024))
 
     def attend_decode(self, q: Any, kv: CudaKV, layer: int, po: Any, pml: Any, out: Any,
@@ -546,10 +637,8 @@ class CudaOps(MLAOps):
         ``*pos_dev + 1`` read on the device) into out (H * D)."""
         s = kv.spec
         d, g = s.head_dim, s.n_heads // s.n_kv_heads
-        if d not in HEAD_DIMS or g > 8:
-            raise ValueError(f"CUDA decode attention supports head_dim {HEAD_DIMS} and at most "
-                             f"8 query heads per KV head, not {d} and {g}")  # fmt: skip
-        _kernel(f"attn_split<{d}>")(
+        gm = self._attn_shape(s)[0]
+        _kernel(f"attn_split<{d},{gm}>")(
             (s.n_kv_heads, nsplit), (256,),
             (q, kv.pool, kv.table, _I32(layer), _I32(s.n_layers), _I32(kv.block_size),
              _I32(s.n_kv_heads), _I32(g), _I32(n_host), _as_ptr(pos_dev),

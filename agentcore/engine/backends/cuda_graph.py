@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from agentcore.engine.backends.cuda import (
+    ActQ8,
     CudaKV,
     CudaLinear,
     CudaOps,
@@ -77,6 +78,7 @@ class CudaDecoder:
             self.work = cp.empty(s.vocab_size, cp.float32)
             self.mask_bits = cp.zeros(_cdiv(s.vocab_size, 32), cp.uint32)
             self.state = cp.zeros(4, cp.int32)
+            self.xq = ActQ8(cp, self._widest_input())  # int8 activations, reused by each GEMV
             self.fparams = cp.asarray(np.array([0.0, 1.0, 0.0, 1.0], np.float32))
             self.iparams = cp.zeros(3, cp.int32)
         self.host_state = pinned_empty((4,), np.int32)
@@ -293,6 +295,10 @@ class CudaDecoder:
             self._masks.popitem(last=False)
         return packed
 
+    def _widest_input(self) -> int:
+        s = self.model.spec
+        return max(s.n_embd, s.n_ff, s.n_heads * s.head_dim)
+
     def _read_token(self) -> int:
         self.cp.cuda.runtime.memcpyAsync(
             self.host_token.ctypes.data, self.state.data.ptr + 4, 4,
@@ -348,9 +354,11 @@ class CudaDecoder:
     def _launch_head(self) -> None:
         m = self.model
         off = 0
+        xq = self.ops.quantize_for(m.head.parts, self.x, norm=m.output_norm, eps=m.spec.rms_eps,
+                                   out=self.xq)  # fmt: skip
         for p in m.head.parts:
             self.ops.gemv(p, self.x, _Offset(self.logits_dev, off), norm=m.output_norm,
-                          eps=m.spec.rms_eps)  # fmt: skip
+                          eps=m.spec.rms_eps, xq=xq)  # fmt: skip
             off += p.rows
 
     def _launch_sample(self, advance: int) -> None:
@@ -373,9 +381,11 @@ class CudaDecoder:
         for layer, b in enumerate(m.layers):
             self._mark("gemv_qkv")
             off = 0
+            xq = ops.quantize_for(b.qkv.parts, self.x, norm=b.attn_norm, eps=eps, out=self.xq)
             for p in b.qkv.parts:
                 bias = None if b.qkv.bias is None else _Offset(b.qkv.bias, off)
-                ops.gemv(p, self.x, _Offset(self.qkv, off), norm=b.attn_norm, eps=eps, bias=bias)
+                ops.gemv(p, self.x, _Offset(self.qkv, off), norm=b.attn_norm, eps=eps, bias=bias,
+                         xq=xq)  # fmt: skip
                 off += p.rows
             self._mark("rope_kv")
             _kernel("rope_kv_decode")(
@@ -389,19 +399,21 @@ class CudaDecoder:
             ops.attend_decode(self.q, kv, layer, self.po, self.pml, self.attn, self.nsplit,
                               pos_dev=pos)  # fmt: skip
             self._mark("gemv_out")
-            ops.gemv(b.out.parts[0], self.attn, self.x, mode=1)
+            ops.gemv(b.out.parts[0], self.attn, self.x, mode=1, scratch=self.xq)
             self._mark("gemv_gate_up")
             if len(b.gate_up.parts) == 1:
-                ops.gemv(b.gate_up.parts[0], self.x, self.ffn, mode=2, norm=b.ffn_norm, eps=eps)
+                ops.gemv(b.gate_up.parts[0], self.x, self.ffn, mode=2, norm=b.ffn_norm, eps=eps,
+                         scratch=self.xq)  # fmt: skip
             else:
                 off = 0
+                xq = ops.quantize_for(b.gate_up.parts, self.x, norm=b.ffn_norm, eps=eps, out=self.xq)
                 for p in b.gate_up.parts:
-                    ops.gemv(p, self.x, _Offset(self.gu, off), norm=b.ffn_norm, eps=eps)
+                    ops.gemv(p, self.x, _Offset(self.gu, off), norm=b.ffn_norm, eps=eps, xq=xq)
                     off += p.rows
                 _kernel("swiglu")((_cdiv(s.n_ff, 256),), (256,),
                                   (self.gu, self.ffn, _I32(1), _I32(s.n_ff)))
             self._mark("gemv_down")
-            ops.gemv(b.down.parts[0], self.ffn, self.x, mode=1)
+            ops.gemv(b.down.parts[0], self.ffn, self.x, mode=1, scratch=self.xq)
         self._mark("gemv_head")
         self._launch_head()
         self._mark("sample")
@@ -455,10 +467,17 @@ class CudaMLADecoder(CudaDecoder):
             self.po = self.cp.empty((s.n_heads, self.nsplit, s.mla.kv_lora_rank), self.cp.float32)
             self.pml = self.cp.empty((s.n_heads, self.nsplit, 2), self.cp.float32)
 
+    def _widest_input(self) -> int:
+        s = self.model.spec
+        m, f = s.mla, s.moe
+        return max(s.n_embd, s.n_ff, m.q_lora_rank or 0, s.n_heads * m.v_head_dim,
+                   f.n_ff_exp * max(f.n_expert_shared, 1))  # fmt: skip
+
     def _gemv_parts(self, lin: CudaLinear, x: Any, y: Any, **kw: Any) -> None:
         off = 0
+        xq = self.ops.quantize_for(lin.parts, x, out=self.xq, **kw)
         for p in lin.parts:
-            self.ops.gemv(p, x, _Offset(y, off), **kw)
+            self.ops.gemv(p, x, _Offset(y, off), xq=xq, **kw)
             off += p.rows
 
     def _launch_step(self) -> None:
@@ -503,14 +522,14 @@ class CudaMLADecoder(CudaDecoder):
                  self.o_v),
             )  # fmt: skip
             self._mark("gemv_out")
-            ops.gemv(b.out.parts[0], self.o_v, self.x, mode=1)
+            ops.gemv(b.out.parts[0], self.o_v, self.x, mode=1, scratch=self.xq)
             if b.experts is None:
                 self._mark("gemv_ffn")
                 self._ffn_dense(b.gate_up, b.down, b.ffn_norm, s.n_ff)
                 continue
             # Every read of x (router, experts, shared experts) comes before the writes to it.
             self._mark("moe_route")
-            ops.gemv(b.router.parts[0], self.x, self.router, norm=b.ffn_norm, eps=eps)
+            ops.gemv(b.router.parts[0], self.x, self.router, norm=b.ffn_norm, eps=eps, scratch=self.xq)
             _kernel("moe_route")(
                 (1,), (256,),
                 (self.router, _as_ptr(self.bias[layer]), _I32(f.n_expert), _I32(f.n_expert_used),
@@ -528,7 +547,7 @@ class CudaMLADecoder(CudaDecoder):
             ops.gemv(ex.down, self.moe_h, self.moe_y, t=k, y_stride=s.n_embd, x_stride=f.n_ff_exp,
                      eids=self.eids, e_stride=ex.down_stride)  # fmt: skip
             if b.down is not None:
-                ops.gemv(b.down.parts[0], self.ffn, self.x, mode=1)
+                ops.gemv(b.down.parts[0], self.ffn, self.x, mode=1, scratch=self.xq)
             _kernel("moe_combine")((_cdiv(s.n_embd, 256),), (256,),
                                    (self.x, self.moe_y, self.ew, _I32(k), _I32(s.n_embd)))
         self._mark("gemv_head")
@@ -540,9 +559,10 @@ class CudaMLADecoder(CudaDecoder):
                    later: bool = False) -> None:  # fmt: skip
         """swiglu(gate_up(norm(x))) into self.ffn, then (unless ``later``) x += down(ffn)."""
         if len(gate_up.parts) == 1:
-            self.ops.gemv(gate_up.parts[0], self.x, self.ffn, mode=2, norm=norm, eps=self.model.spec.rms_eps)
+            self.ops.gemv(gate_up.parts[0], self.x, self.ffn, mode=2, norm=norm, eps=self.model.spec.rms_eps,
+                          scratch=self.xq)  # fmt: skip
         else:
             self._gemv_parts(gate_up, self.x, self.gu, norm=norm, eps=self.model.spec.rms_eps)
             _kernel("swiglu")((_cdiv(n_ff, 256),), (256,), (self.gu, self.ffn, _I32(1), _I32(n_ff)))
         if not later:
-            self.ops.gemv(down.parts[0], self.ffn, self.x, mode=1)
+            self.ops.gemv(down.parts[0], self.ffn, self.x, mode=1, scratch=self.xq)

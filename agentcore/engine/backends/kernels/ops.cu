@@ -105,22 +105,24 @@ extern "C" __global__ void rope_kv_decode(const float* __restrict__ qkv, float* 
 }
 
 // Flash-decoding, phase 1. Grid (KVH, NSPLIT), 256 threads. The context [0, n) is cut into
-// NSPLIT equal slices; TPP = D/8 threads share one position (each loads 8 halves of K and
-// of V as one 16-byte access), so 256/TPP positions are in flight per iteration. Each of
-// the G query heads of this KV head keeps an online softmax (max m, sum l, acc); the block
-// merges its position groups and writes (m, l, acc) per head and split.
-// n = *pos_dev + 1 when pos_dev is set, else n_host. GMAX bounds G (query heads per KV head).
-template <int D>
+// NSPLIT slices (multiples of the tile). TPP = D/8 threads share one position (each loads 8
+// halves of K and of V as one 16-byte access); a tile is U positions per group of TPP
+// threads, GROUPS * U positions a block, all loaded before any is used, so each thread keeps
+// 2U 16-byte loads in flight. Each of the G (<= GM) query heads of this KV head keeps an
+// online softmax (max m, sum l, acc), rescaled once per tile; the block merges its position
+// groups and writes (m, l, acc) per head and split.
+// n = *pos_dev + 1 when pos_dev is set, else n_host.
+template <int D, int GM>
 __global__ void __launch_bounds__(256) attn_split(
     const float* __restrict__ q, const __half* __restrict__ pool, const int* __restrict__ table,
     int layer, int L, int BS, int KVH, int G, int n_host, const int* pos_dev, float scale,
     float* __restrict__ part_o, float* __restrict__ part_ml, int nsplit) {
-    constexpr int TPP = D / 8, GROUPS = 256 / TPP, GMAX = 8;
-    __shared__ float sm_m[GROUPS][GMAX], sm_l[GROUPS][GMAX];
+    constexpr int TPP = D / 8, GROUPS = 256 / TPP, U = GM <= 4 ? 4 : 2, TILE = GROUPS * U;
+    __shared__ float sm_m[GROUPS][GM], sm_l[GROUPS][GM];
     __shared__ float sm_buf[GROUPS * D];
     const int h = blockIdx.x, split = blockIdx.y;
     const int n = pos_dev ? *pos_dev + 1 : n_host;
-    const int per = ((n + nsplit - 1) / nsplit + GROUPS - 1) / GROUPS * GROUPS;
+    const int per = ((n + nsplit - 1) / nsplit + TILE - 1) / TILE * TILE;
     const int start = split * per, end = min(n, start + per);
     const int grp = threadIdx.x / TPP, sub = threadIdx.x % TPP;
     if (start >= end) {  // no positions: only the statistics, which the merge skips
@@ -130,71 +132,106 @@ __global__ void __launch_bounds__(256) attn_split(
         }
         return;
     }
-    float qr[GMAX][8];
+    float qr[GM][8];
 #pragma unroll
-    for (int j = 0; j < GMAX; j++)
+    for (int j = 0; j < GM; j++)
 #pragma unroll
         for (int e = 0; e < 8; e++)
             qr[j][e] = j < G ? q[(long long)(h * G + j) * D + sub * 8 + e] * scale : 0.f;
-    float m[GMAX], l[GMAX], acc[GMAX][8];
+    float m[GM], l[GM], acc[GM][8];
 #pragma unroll
-    for (int j = 0; j < GMAX; j++) {
+    for (int j = 0; j < GM; j++) {
         m[j] = -INFINITY; l[j] = 0.f;
 #pragma unroll
         for (int e = 0; e < 8; e++) acc[j][e] = 0.f;
     }
     // The trip count is uniform across the block (groups past `end` idle), so the width-TPP
     // shuffles always run with every lane of the warp present.
-    for (int base = start; base < end; base += GROUPS) {
-        const int p = base + grp;
-        const bool ok = p < end;
-        uint4 kraw = make_uint4(0, 0, 0, 0), vraw = make_uint4(0, 0, 0, 0);
-        if (ok) {
-            kraw = *(const uint4*)(pool + kv_index(table, p, layer, 0, h, L, BS, KVH, D) + sub * 8);
-            vraw = *(const uint4*)(pool + kv_index(table, p, layer, 1, h, L, BS, KVH, D) + sub * 8);
-        }
-        const __half2* kh = (const __half2*)&kraw;
-        const __half2* vh = (const __half2*)&vraw;
-        float kf[8], vf[8];
+    for (int base = start; base < end; base += TILE) {
+        uint4 kraw[U], vraw[U];
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-            float2 a = __half22float2(kh[e]), b = __half22float2(vh[e]);
-            kf[2 * e] = a.x; kf[2 * e + 1] = a.y; vf[2 * e] = b.x; vf[2 * e + 1] = b.y;
+        for (int k = 0; k < U; k++) {
+            const int p = base + grp + GROUPS * k;
+            kraw[k] = make_uint4(0, 0, 0, 0);
+            vraw[k] = make_uint4(0, 0, 0, 0);
+            if (p < end) {
+                kraw[k] = *(const uint4*)(pool + kv_index(table, p, layer, 0, h, L, BS, KVH, D) + sub * 8);
+                vraw[k] = *(const uint4*)(pool + kv_index(table, p, layer, 1, h, L, BS, KVH, D) + sub * 8);
+            }
+        }
+        float s[GM][U];
+#pragma unroll
+        for (int k = 0; k < U; k++) {
+            const __half2* kh = (const __half2*)&kraw[k];
+            float kf[8];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float2 a = __half22float2(kh[e]);
+                kf[2 * e] = a.x; kf[2 * e + 1] = a.y;
+            }
+            const bool ok = base + grp + GROUPS * k < end;
+#pragma unroll
+            for (int j = 0; j < GM; j++) {
+                float d = 0.f;
+                if (j < G) {
+#pragma unroll
+                    for (int e = 0; e < 8; e++) d += qr[j][e] * kf[e];
+#pragma unroll
+                    for (int o = TPP / 2; o; o >>= 1) d += __shfl_xor_sync(0xffffffff, d, o, TPP);
+                }
+                s[j][k] = ok ? d : -INFINITY;
+            }
+        }
+        float vf[U][8];
+#pragma unroll
+        for (int k = 0; k < U; k++) {
+            const __half2* vh = (const __half2*)&vraw[k];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float2 b = __half22float2(vh[e]);
+                vf[k][2 * e] = b.x; vf[k][2 * e + 1] = b.y;
+            }
         }
 #pragma unroll
-        for (int j = 0; j < GMAX; j++) {
+        for (int j = 0; j < GM; j++) {
             if (j >= G) break;
-            float s = 0.f;
+            float mt = s[j][0];
 #pragma unroll
-            for (int e = 0; e < 8; e++) s += qr[j][e] * kf[e];
+            for (int k = 1; k < U; k++) mt = fmaxf(mt, s[j][k]);
+            const float mn = fmaxf(m[j], mt);
+            if (mn == -INFINITY) continue;  // nothing seen yet by this group
+            const float c = __expf(m[j] - mn);
+            float w[U], ws = 0.f;
 #pragma unroll
-            for (int o = TPP / 2; o; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o, TPP);
-            if (!ok) continue;
-            float mn = fmaxf(m[j], s);
-            float c = __expf(m[j] - mn), w = __expf(s - mn);
-            l[j] = l[j] * c + w;
+            for (int k = 0; k < U; k++) { w[k] = __expf(s[j][k] - mn); ws += w[k]; }
+            l[j] = l[j] * c + ws;
 #pragma unroll
-            for (int e = 0; e < 8; e++) acc[j][e] = acc[j][e] * c + w * vf[e];
+            for (int e = 0; e < 8; e++) {
+                float a = acc[j][e] * c;
+#pragma unroll
+                for (int k = 0; k < U; k++) a += w[k] * vf[k][e];
+                acc[j][e] = a;
+            }
             m[j] = mn;
         }
     }
     // Merge the GROUPS position groups of this block.
-    // Loops over the heads are unrolled to GMAX with a guard: a run-time index into m, l or
+    // Loops over the heads are unrolled to GM with a guard: a run-time index into m, l or
     // acc would move those register arrays to local memory. The position groups are merged
     // through shared memory one head at a time (no shared-memory float atomics: contended,
     // they serialise).
     if (sub == 0) {
 #pragma unroll
-        for (int j = 0; j < GMAX; j++)
+        for (int j = 0; j < GM; j++)
             if (j < G) { sm_m[grp][j] = m[j]; sm_l[grp][j] = l[j]; }
     }
     __syncthreads();
 #pragma unroll
-    for (int j = 0; j < GMAX; j++) {
+    for (int j = 0; j < GM; j++) {
         if (j >= G) break;  // uniform across the block
         float M = -INFINITY;
         for (int g2 = 0; g2 < GROUPS; g2++) M = fmaxf(M, sm_m[g2][j]);
-        float c = M == -INFINITY ? 0.f : __expf(m[j] - M);
+        float c = (M == -INFINITY || m[j] == -INFINITY) ? 0.f : __expf(m[j] - M);
 #pragma unroll
         for (int e = 0; e < 8; e++) sm_buf[grp * D + sub * 8 + e] = acc[j][e] * c;
         __syncthreads();
@@ -207,7 +244,7 @@ __global__ void __launch_bounds__(256) attn_split(
         if (threadIdx.x == 0) {
             float Lsum = 0.f;
             for (int g2 = 0; g2 < GROUPS; g2++)
-                Lsum += M == -INFINITY ? 0.f : sm_l[g2][j] * __expf(sm_m[g2][j] - M);
+                Lsum += (M == -INFINITY || sm_m[g2][j] == -INFINITY) ? 0.f : sm_l[g2][j] * __expf(sm_m[g2][j] - M);
             part_ml[pi * 2] = M;
             part_ml[pi * 2 + 1] = Lsum;
         }
