@@ -1,8 +1,10 @@
 // Decode GEMV on int8 activations: integer dot products (dp4a) over GGUF blocks in place.
 //
 // quant_x turns an activation row (optionally RMS-normalised first, as the fp32 gemv fuses)
-// into int8 per group of 32 with (d, sum): x[i] ~= d * xq[i], sum = the exact float sum of the
-// group (the min/offset terms of Q4_K, Q5_K, Q4_0 and Q4_1 use it). gemv_q8 then reads each
+// into int8 per group of 32 with (d, sum): x[i] ~= d * xq[i], sum = d * sum(xq) (the min or
+// offset terms of Q4_K, Q5_K, Q4_0 and Q4_1 use it). The sum is of the quantized values, so a
+// row's result is exactly its dequantized weights times the dequantized activations: the
+// error is sum_i w_i e_i over centred weights, not the larger sum_i q_i e_i over raw ones. gemv_q8 then reads each
 // weight block once: one "unit" of a row (64 weights of a K-quant super-block, or one 32-weight
 // block) per lane and step, loaded as whole 16-byte words where the format's alignment allows
 // (Q4_K, Q5_K), else as aligned 32-bit words realigned with a funnel shift (Q6_K, Q8_0, Q4_0
@@ -251,17 +253,15 @@ extern "C" __global__ void __launch_bounds__(512) quant_x(
             v.x *= scale * w.x; v.y *= scale * w.y; v.z *= scale * w.z; v.w *= scale * w.w;
         }
         float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
-        float sum = (v.x + v.y) + (v.z + v.w);
-        for (int o = 4; o; o >>= 1) {
-            amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, o, 8));
-            sum += __shfl_xor_sync(0xffffffff, sum, o, 8);
-        }
+        for (int o = 4; o; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, o, 8));
         const float d = amax / 127.f, id = amax > 0.f ? 127.f / amax : 0.f;
+        const int q0 = __float2int_rn(v.x * id), q1 = __float2int_rn(v.y * id);
+        const int q2 = __float2int_rn(v.z * id), q3 = __float2int_rn(v.w * id);
+        int qs = q0 + q1 + q2 + q3;
+        for (int o = 4; o; o >>= 1) qs += __shfl_xor_sync(0xffffffff, qs, o, 8);
         if (ok) {
-            char4 q = make_char4((signed char)__float2int_rn(v.x * id), (signed char)__float2int_rn(v.y * id),
-                                 (signed char)__float2int_rn(v.z * id), (signed char)__float2int_rn(v.w * id));
-            ((char4*)xq)[c] = q;
-            if ((tid & 7) == 0) xs[c >> 3] = make_float2(d, sum);
+            ((char4*)xq)[c] = make_char4((signed char)q0, (signed char)q1, (signed char)q2, (signed char)q3);
+            if ((tid & 7) == 0) xs[c >> 3] = make_float2(d, d * (float)qs);
         }
     }
 }
