@@ -40,8 +40,15 @@ async def test_cuda_engine_matches_numpy_logits_and_greedy_text(model_path, anyi
     a, b = cpu.logits(ids), gpu.logits(ids)
     assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.99
     assert np.abs(a - b).max() / np.abs(a).max() < 2e-2
-    c, g = await generate(cpu, request()), await generate(gpu, request())
-    assert c.token_ids[:8] == g.token_ids[:8]
+    # Greedy decode on the GPU (int8 activations in its GEMVs) picks, at every step, the
+    # NumPy argmax of the same sequence up to 3% of the logit range (near-ties may flip).
+    g = await generate(gpu, request())
+    assert len(g.token_ids) >= 8
+    ref = cpu.logits(ids + g.token_ids)
+    gaps = [(ref[len(ids) - 1 + i].max() - ref[len(ids) - 1 + i][t]) / np.ptp(ref[len(ids) - 1 + i])
+            for i, t in enumerate(g.token_ids)]  # fmt: skip
+    print(f"greedy: {sum(x == 0 for x in gaps)}/{len(gaps)} argmax, worst gap {max(gaps):.4f} of the range")
+    assert max(gaps) <= 3e-2
 
 
 @pytest.mark.anyio

@@ -164,10 +164,10 @@ def test_fused_projection_of_mixed_types_concatenates_outputs(ops):
     import cupy as cp
 
     ws = [weight("Q4_K", 64, 256, 5), weight("Q4_K", 32, 256, 6), weight("Q6_K", 32, 256, 7)]
-    x = np.random.default_rng(8).standard_normal((1, 256)).astype(np.float32)
+    x = representable(np.random.default_rng(8), 1, 256)  # int8 activations exact: one quant_x
     y = ops.matmul(cp.asarray(x), ops.prepare_linear(ws)).get()
-    ref = x @ np.concatenate([w.dequantize() for w in ws]).T
-    assert rel(y, ref) < 1e-4
+    ref = x.astype(np.float64) @ np.concatenate([w.dequantize(np.float64) for w in ws]).T
+    assert rel(y, ref) < 1e-5
 
 
 def test_embedding_gather_matches_rows(ops):
@@ -248,9 +248,10 @@ def test_kv_spans_and_blocks_round_trip(ops):
     assert len(dense) == 3 and dense[0].shape == (2, 300, 2, 64) and dense[0].dtype == np.float32
 
 
-def _engines(path, n_layers=None):
+def _engines(path, n_layers=None, int8_activations=True):
     model = load_gguf(path)
-    return Transformer(model, NumpyOps(), chunk=64), Transformer(model, CudaOps(), chunk=64)
+    gpu = Transformer(model, CudaOps(int8_activations=int8_activations), chunk=64)
+    return Transformer(model, NumpyOps(), chunk=64), gpu
 
 
 def _agree(ref, got) -> float:
@@ -263,9 +264,15 @@ def _agree(ref, got) -> float:
      ({**SMOLLM2_135M}, 150), ({**LLAMA3_8B, "n_layers": 2}, 80)],
     ids=["tiny-llama", "tiny-qwen2", "tiny-qwen3", "smollm2-135m", "llama3-8b-2layer"],
 )  # fmt: skip
-def test_end_to_end_logits_and_graph_decode_match_numpy(tmp_path, preset, n):
+@pytest.mark.parametrize("int8", [True, False], ids=["int8-act", "fp32-act"])
+def test_end_to_end_logits_and_graph_decode_match_numpy(tmp_path, preset, n, int8):
+    # Graph decode bounds: fp32 activations, top-1 >= 97% and rel < 3e-2 (fp16 KV, fp16
+    # prefill GEMMs); int8 activations (the default), top-1 >= 90% and rel < 6e-2: every
+    # GEMV input is rounded to 8 bits per 32 values, as llama.cpp's Q8_1, and the random
+    # weights of these files give flat logits with many near-ties.
+    top1, bound = (0.90, 6e-2) if int8 else (0.97, 3e-2)
     path = write_synthetic_gguf(tmp_path / "m.gguf", **preset)
-    ref, gpu = _engines(path)
+    ref, gpu = _engines(path, int8_activations=int8)
     ids = np.random.default_rng(14).integers(0, ref.spec.vocab_size, n).tolist()
     want = ref.logits(ids)
     got = gpu.logits(ids)  # chunks of 64: prefill path (cuBLAS) and chunked attention
@@ -281,15 +288,17 @@ def test_end_to_end_logits_and_graph_decode_match_numpy(tmp_path, preset, n):
         dec.step(ids[i])
         steps.append(dec.logits())
     steps = np.stack(steps)
-    print(f"graph top1={_agree(want[n // 2 : n - 1], steps):.4f} rel={rel(steps, want[n // 2 : n - 1]):.2e}")
-    assert _agree(want[n // 2 : n - 1], steps) >= 0.97
-    assert rel(steps, want[n // 2 : n - 1]) < 3e-2
+    print(f"graph int8={int8} top1={_agree(want[n // 2 : n - 1], steps):.4f} "
+          f"rel={rel(steps, want[n // 2 : n - 1]):.2e}")  # fmt: skip
+    assert _agree(want[n // 2 : n - 1], steps) >= top1
+    assert rel(steps, want[n // 2 : n - 1]) < bound
     assert kv.length == n - 1
     # Token-by-token decode through the ops interface agrees with the graph.
     kv2 = gpu.ops.new_kv(gpu.spec, 8)
     gpu.forward(ids[:3], 0, kv2)
     one = gpu.forward(ids[3:4], 3, kv2)
-    assert rel(one, want[3]) < 3e-2
+    print(f"eager int8={int8} rel={rel(one, want[3]):.2e}")
+    assert rel(one, want[3]) < bound
 
 
 def test_graph_generate_matches_step_by_step(tmp_path):

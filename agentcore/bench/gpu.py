@@ -203,9 +203,13 @@ def _wait_for(binary: str | None, timeout_s: float = 600.0) -> str | None:
 # Llama-3-8B's decode GEMVs: (label, rows, cols, mode); mode 2 is the fused gate/up + SwiGLU.
 GEMV_SHAPES = [("qkv", 6144, 4096, 0), ("out", 4096, 4096, 1), ("gate_up", 28672, 4096, 2),
                ("down", 4096, 14336, 1), ("head", 128256, 4096, 0)]  # fmt: skip
+# SmolLM2-135M's (the small-model end: latency, not bandwidth)
+GEMV_SHAPES_SMALL = [("qkv", 960, 576, 0), ("out", 576, 576, 1), ("gate_up", 3072, 576, 2),
+                     ("down", 576, 1536, 1), ("head", 49152, 576, 0)]  # fmt: skip
 
 
-def bench_gemv(run: Run, cp: Any, types: list[str], reps: int = 100) -> None:
+def bench_gemv(run: Run, cp: Any, types: list[str], reps: int = 100,
+               shapes: list[tuple[str, int, int, int]] = GEMV_SHAPES, model: str = "llama3-8b shape") -> None:  # fmt: skip
     """GB/s of weight bytes for each decode GEMV alone (CUDA events around one CUDA graph of
     ``reps`` launches, as the decode graph runs them): fp32 activations (``gemv``) against
     int8 (``quant_x`` + ``gemv_q8``, both kernels timed)."""
@@ -219,10 +223,10 @@ def bench_gemv(run: Run, cp: Any, types: list[str], reps: int = 100) -> None:
     variants = {"fp32_act": CudaOps(int8_activations=False), "int8_act": CudaOps()}
     for tname in types:
         qt = GGMLQuantizationType[tname]
-        for label, rows, cols, mode in GEMV_SHAPES:
+        for label, rows, cols, mode in shapes:
             raw = _random_tensor(rng, "matrix", (rows, cols), qt)
             w = WeightTensor("w", qt, (rows, cols), raw)
-            fig: dict[str, Any] = {"figure": "gemv", "model": "llama3-8b shape", "quant": tname,
+            fig: dict[str, Any] = {"figure": "gemv", "model": model, "quant": tname,
                                    "matrix": label, "rows": rows, "cols": cols, "bytes": raw.nbytes}  # fmt: skip
             for vname, ops in variants.items():
                 part = ops.prepare_linear([w]).parts[0]
@@ -278,8 +282,11 @@ def bench_model(run: Run, cp: Any, name: str, path: Path, quant: str, bw: float,
                "weight_bytes_per_token": wbytes}  # fmt: skip
         if ctx in (64, contexts[-1]):
             fig["profile_ms"] = {k: round(v, 4) for k, v in dec.profile().items()}
-        figs.append((("decode", 0 if ctx <= 64 else ctx), "llama.cpp llama-bench tg128", fig))
         del dec
+        eng.ops.int8_activations = False  # the same graph with every GEMV on fp32 activations
+        fig["raw_fp32_activations"] = round(raw_decode(cp, eng, ctx, steps)[0], 1)
+        eng.ops.int8_activations = True
+        figs.append((("decode", 0 if ctx <= 64 else ctx), "llama.cpp llama-bench tg128", fig))
         eng.forget(f"decode-{ctx}")
     for n in (512, 8192) if only != "decode" else ():
         raw = raw_prefill(cp, eng, n)
@@ -416,6 +423,7 @@ def main(argv: list[str]) -> int:
              unit="GB/s (read+write)")  # fmt: skip
     if args.only == "gemv":
         bench_gemv(run, cp, ["Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_0", "Q4_1"])
+        bench_gemv(run, cp, ["Q4_1", "Q8_0"], shapes=GEMV_SHAPES_SMALL, model="smollm2-135m shape")
         return 0
     tmp = Path(args.tmp)
     tmp.mkdir(parents=True, exist_ok=True)

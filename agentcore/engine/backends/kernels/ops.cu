@@ -145,18 +145,36 @@ __global__ void __launch_bounds__(256) attn_split(
 #pragma unroll
         for (int e = 0; e < 8; e++) acc[j][e] = 0.f;
     }
+    // Tiles start at multiples of TILE; when BS is one too, a tile lies in one paged block.
+    const bool tile_in_block = BS % TILE == 0;
     // The trip count is uniform across the block (groups past `end` idle), so the width-TPP
     // shuffles always run with every lane of the warp present.
     for (int base = start; base < end; base += TILE) {
         uint4 kraw[U], vraw[U];
+        if (tile_in_block) {  // one table lookup a tile; positions GROUPS apart are rows apart
+            const long long k0 = kv_index(table, base, layer, 0, h, L, BS, KVH, D) + sub * 8 +
+                                 (long long)grp * KVH * D;
+            const long long vo = (long long)BS * KVH * D;  // V follows K in the block
+            const long long step = (long long)GROUPS * KVH * D;
 #pragma unroll
-        for (int k = 0; k < U; k++) {
-            const int p = base + grp + GROUPS * k;
-            kraw[k] = make_uint4(0, 0, 0, 0);
-            vraw[k] = make_uint4(0, 0, 0, 0);
-            if (p < end) {
-                kraw[k] = *(const uint4*)(pool + kv_index(table, p, layer, 0, h, L, BS, KVH, D) + sub * 8);
-                vraw[k] = *(const uint4*)(pool + kv_index(table, p, layer, 1, h, L, BS, KVH, D) + sub * 8);
+            for (int k = 0; k < U; k++) {
+                kraw[k] = make_uint4(0, 0, 0, 0);
+                vraw[k] = make_uint4(0, 0, 0, 0);
+                if (base + grp + GROUPS * k < end) {
+                    kraw[k] = *(const uint4*)(pool + k0 + k * step);
+                    vraw[k] = *(const uint4*)(pool + k0 + vo + k * step);
+                }
+            }
+        } else {
+#pragma unroll
+            for (int k = 0; k < U; k++) {
+                const int p = base + grp + GROUPS * k;
+                kraw[k] = make_uint4(0, 0, 0, 0);
+                vraw[k] = make_uint4(0, 0, 0, 0);
+                if (p < end) {
+                    kraw[k] = *(const uint4*)(pool + kv_index(table, p, layer, 0, h, L, BS, KVH, D) + sub * 8);
+                    vraw[k] = *(const uint4*)(pool + kv_index(table, p, layer, 1, h, L, BS, KVH, D) + sub * 8);
+                }
             }
         }
         float s[GM][U];
