@@ -40,7 +40,7 @@ def rel(a, b) -> float:
 
 @pytest.fixture(scope="module")
 def ops():
-    return CudaOps()
+    return CudaOps(int8_min_bytes=0)  # int8 activations on the small test matrices too
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +250,7 @@ def test_kv_spans_and_blocks_round_trip(ops):
 
 def _engines(path, n_layers=None, int8_activations=True):
     model = load_gguf(path)
-    gpu = Transformer(model, CudaOps(int8_activations=int8_activations), chunk=64)
+    gpu = Transformer(model, CudaOps(int8_activations=int8_activations, int8_min_bytes=0), chunk=64)
     return Transformer(model, NumpyOps(), chunk=64), gpu
 
 

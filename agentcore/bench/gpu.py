@@ -220,14 +220,16 @@ def bench_gemv(run: Run, cp: Any, types: list[str], reps: int = 100,
     from agentcore.testing.synthetic import _random_tensor
 
     rng = np.random.default_rng(0)
-    variants = {"fp32_act": CudaOps(int8_activations=False), "int8_act": CudaOps()}
+    variants = {"fp32_act": CudaOps(int8_activations=False), "int8_act": CudaOps(int8_min_bytes=0)}
+    min_bytes = CudaOps().int8_min_bytes  # what the decoder picks by default
     for tname in types:
         qt = GGMLQuantizationType[tname]
         for label, rows, cols, mode in shapes:
             raw = _random_tensor(rng, "matrix", (rows, cols), qt)
             w = WeightTensor("w", qt, (rows, cols), raw)
             fig: dict[str, Any] = {"figure": "gemv", "model": model, "quant": tname,
-                                   "matrix": label, "rows": rows, "cols": cols, "bytes": raw.nbytes}  # fmt: skip
+                                   "matrix": label, "rows": rows, "cols": cols, "bytes": raw.nbytes,
+                                   "default": "int8_act" if raw.nbytes >= min_bytes else "fp32_act"}  # fmt: skip
             for vname, ops in variants.items():
                 part = ops.prepare_linear([w]).parts[0]
                 x = cp.asarray(rng.standard_normal(cols).astype(np.float32))
