@@ -451,8 +451,9 @@ class CudaOps(MLAOps):
                  x_stride: int | None = None, out: ActQ8 | None = None) -> ActQ8:  # fmt: skip
         """t rows of x (``x_stride`` floats apart, default ``cols``; RMS-normalised with
         ``norm`` first when given) as int8 activations, into ``out`` or the ops' scratch."""
-        if cols % 32:
-            raise ValueError(f"int8 activations need a multiple of 32 columns, not {cols}")
+        if cols % 32 or not _float4_rows(x, cols if x_stride is None else x_stride):
+            raise ValueError(f"int8 activations need a multiple of 32 columns and 16-byte aligned "
+                             f"rows (quant_x reads float4s), not {cols} columns at {int(_as_ptr(x))}")  # fmt: skip
         if out is None:
             if t * cols <= _XQ_SCRATCH:
                 if self._xq is None:
@@ -470,8 +471,10 @@ class CudaOps(MLAOps):
         return out
 
     def quantize_for(self, parts: Sequence[QMatrix], x: Any, **kw: Any) -> ActQ8 | None:
-        """``quantize`` x once for all of ``parts`` when any of them reads int8 activations."""
-        if not any(self.int8_ready(p) for p in parts):
+        """``quantize`` x once for all of ``parts`` when any of them reads int8 activations
+        (and x's rows are float4-aligned; else None, and ``gemv`` keeps fp32)."""
+        stride = kw.get("x_stride")
+        if not any(self.int8_ready(p) for p in parts) or not _float4_rows(x, stride or parts[0].cols):
             return None
         return self.quantize(x, parts[0].cols, **kw)
 
@@ -488,8 +491,8 @@ class CudaOps(MLAOps):
         into ``scratch`` (a decoder's buffer) or the ops' own."""
         rows = part.rows // 2 if mode == 2 else part.rows
         stride = part.cols if x_stride is None else x_stride
-        aligned = int(_as_ptr(x)) % 16 == 0 and stride % 4 == 0  # quant_x reads float4s
-        if eids is None and (stride or t == 1) and (xq is not None or aligned) and self.int8_ready(part):
+        usable = xq is not None or _float4_rows(x, stride)
+        if eids is None and (stride or t == 1) and usable and self.int8_ready(part):
             if xq is None:
                 xq = self.quantize(x, part.cols, t=t, norm=norm, eps=eps, x_stride=x_stride,
                                    out=scratch)  # fmt: skip
@@ -672,6 +675,11 @@ class _Offset:
 
     def __init__(self, a: Any, elements: int) -> None:
         self.ptr = a.data.ptr + 4 * elements
+
+
+def _float4_rows(x: Any, stride: int) -> bool:
+    """Whether rows of x, ``stride`` floats apart, start 16-byte aligned (quant_x's loads)."""
+    return int(_as_ptr(x)) % 16 == 0 and stride % 4 == 0
 
 
 def _as_ptr(a: Any) -> np.uint64:

@@ -299,6 +299,16 @@ class CudaDecoder:
         s = self.model.spec
         return max(s.n_embd, s.n_ff, s.n_heads * s.head_dim)
 
+    def _gemv_parts(self, lin: CudaLinear, x: Any, y: Any, **kw: Any) -> None:
+        """y <- lin(x) (+ its bias) part by part, the parts' rows in order; x is quantized
+        once for the parts that take int8 activations."""
+        off = 0
+        xq = self.ops.quantize_for(lin.parts, x, out=self.xq, **kw)
+        for p in lin.parts:
+            bias = None if lin.bias is None else _Offset(lin.bias, off)
+            self.ops.gemv(p, x, _Offset(y, off), xq=xq, bias=bias, **kw)
+            off += p.rows
+
     def _read_token(self) -> int:
         self.cp.cuda.runtime.memcpyAsync(
             self.host_token.ctypes.data, self.state.data.ptr + 4, 4,
@@ -353,13 +363,7 @@ class CudaDecoder:
 
     def _launch_head(self) -> None:
         m = self.model
-        off = 0
-        xq = self.ops.quantize_for(m.head.parts, self.x, norm=m.output_norm, eps=m.spec.rms_eps,
-                                   out=self.xq)  # fmt: skip
-        for p in m.head.parts:
-            self.ops.gemv(p, self.x, _Offset(self.logits_dev, off), norm=m.output_norm,
-                          eps=m.spec.rms_eps, xq=xq)  # fmt: skip
-            off += p.rows
+        self._gemv_parts(m.head, self.x, self.logits_dev, norm=m.output_norm, eps=m.spec.rms_eps)
 
     def _launch_sample(self, advance: int) -> None:
         _kernel("sample_token")(
@@ -380,13 +384,7 @@ class CudaDecoder:
         pos = self.state  # state[0] is the position
         for layer, b in enumerate(m.layers):
             self._mark("gemv_qkv")
-            off = 0
-            xq = ops.quantize_for(b.qkv.parts, self.x, norm=b.attn_norm, eps=eps, out=self.xq)
-            for p in b.qkv.parts:
-                bias = None if b.qkv.bias is None else _Offset(b.qkv.bias, off)
-                ops.gemv(p, self.x, _Offset(self.qkv, off), norm=b.attn_norm, eps=eps, bias=bias,
-                         xq=xq)  # fmt: skip
-                off += p.rows
+            self._gemv_parts(b.qkv, self.x, self.qkv, norm=b.attn_norm, eps=eps)
             self._mark("rope_kv")
             _kernel("rope_kv_decode")(
                 (s.n_heads + 2 * s.n_kv_heads,), (128,),
@@ -405,11 +403,7 @@ class CudaDecoder:
                 ops.gemv(b.gate_up.parts[0], self.x, self.ffn, mode=2, norm=b.ffn_norm, eps=eps,
                          scratch=self.xq)  # fmt: skip
             else:
-                off = 0
-                xq = ops.quantize_for(b.gate_up.parts, self.x, norm=b.ffn_norm, eps=eps, out=self.xq)
-                for p in b.gate_up.parts:
-                    ops.gemv(p, self.x, _Offset(self.gu, off), norm=b.ffn_norm, eps=eps, xq=xq)
-                    off += p.rows
+                self._gemv_parts(b.gate_up, self.x, self.gu, norm=b.ffn_norm, eps=eps)
                 _kernel("swiglu")((_cdiv(s.n_ff, 256),), (256,),
                                   (self.gu, self.ffn, _I32(1), _I32(s.n_ff)))
             self._mark("gemv_down")
@@ -472,13 +466,6 @@ class CudaMLADecoder(CudaDecoder):
         m, f = s.mla, s.moe
         return max(s.n_embd, s.n_ff, m.q_lora_rank or 0, s.n_heads * m.v_head_dim,
                    f.n_ff_exp * max(f.n_expert_shared, 1))  # fmt: skip
-
-    def _gemv_parts(self, lin: CudaLinear, x: Any, y: Any, **kw: Any) -> None:
-        off = 0
-        xq = self.ops.quantize_for(lin.parts, x, out=self.xq, **kw)
-        for p in lin.parts:
-            self.ops.gemv(p, x, _Offset(y, off), xq=xq, **kw)
-            off += p.rows
 
     def _launch_step(self) -> None:
         ops, model, s, kv = self.ops, self.model, self.model.spec, self.kv

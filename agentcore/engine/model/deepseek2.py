@@ -431,7 +431,7 @@ class DeepSeek2(ChunkedForward):
     """
 
     def __init__(self, model: GGUFModel, ops: Any, *, chunk: int | None = None) -> None:
-        spec, t = model.spec, model.tensor
+        spec = model.spec
         missing = [
             op
             for op in ("prepare_heads", "head_matmul", "latent_attention", "prepare_experts", "moe")
@@ -444,15 +444,7 @@ class DeepSeek2(ChunkedForward):
                 f"the {type(ops).__name__} backend cannot run deepseek2 yet (no "
                 f"{', '.join(missing)}); use device='cpu'"
             )
-        self.spec, self.ops = spec, ops
-        self.chunk = chunk or getattr(ops, "prefill_chunk", 512)
-        self.embedding = ops.prepare_embedding(t("token_embd.weight"))
-        self.output_norm = ops.prepare_vector(t("output_norm.weight"))
-        self.head = (
-            ops.tied_linear(self.embedding)
-            if spec.tied_embeddings
-            else ops.prepare_linear([t("output.weight")])
-        )
+        self._prepare_ends(model, ops, chunk)
         self.rope = ops.prepare_rope(rope_inv_freq(spec), False, spec.context_length)
         self.layers = [self._layer(model, i) for i in range(spec.n_layers)]
 

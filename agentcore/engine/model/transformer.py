@@ -109,7 +109,8 @@ class Layer:
 class ChunkedForward:
     """The forward driver every architecture shares: the prompt in chunks of ``chunk``
     tokens, ``kv.length`` advanced after each, the final norm and head. A subclass sets
-    ``ops``, ``spec``, ``chunk``, ``output_norm`` and ``head`` and implements
+    ``ops``, ``spec``, ``chunk``, ``output_norm`` and ``head`` (``_prepare_ends`` does, from
+    the model's embedding, final norm and output tensors) and implements
     ``_hidden(ids, pos0, kv)`` (one chunk's hidden states, its KV stored)."""
 
     ops: Any
@@ -117,6 +118,19 @@ class ChunkedForward:
     chunk: int
     output_norm: Any
     head: Any
+
+    def _prepare_ends(self, model: GGUFModel, ops: Any, chunk: int | None) -> None:
+        """ops, spec, chunk, and the embedding, final norm and head (tied or not)."""
+        spec, t = model.spec, model.tensor
+        self.spec, self.ops = spec, ops
+        self.chunk = chunk or getattr(ops, "prefill_chunk", 512)
+        self.embedding = ops.prepare_embedding(t("token_embd.weight"))
+        self.output_norm = ops.prepare_vector(t("output_norm.weight"))
+        self.head = (
+            ops.tied_linear(self.embedding)
+            if spec.tied_embeddings
+            else ops.prepare_linear([t("output.weight")])
+        )
 
     def _hidden(self, ids: Sequence[int], pos0: int, kv: LiveKV) -> Array:
         raise NotImplementedError
@@ -167,15 +181,7 @@ class Transformer(ChunkedForward):
 
     def __init__(self, model: GGUFModel, ops: Ops, *, chunk: int | None = None) -> None:
         spec, t = model.spec, model.tensor
-        self.spec, self.ops = spec, ops
-        self.chunk = chunk or getattr(ops, "prefill_chunk", 512)
-        self.embedding = ops.prepare_embedding(t("token_embd.weight"))
-        self.output_norm = ops.prepare_vector(t("output_norm.weight"))
-        self.head = (
-            ops.tied_linear(self.embedding)
-            if spec.tied_embeddings
-            else ops.prepare_linear([t("output.weight")])
-        )
+        self._prepare_ends(model, ops, chunk)
         factors = None
         if spec.rope_scaling and spec.rope_scaling.get("type") == "freq_factors":
             factors = t(spec.rope_scaling["tensor"]).dequantize()
