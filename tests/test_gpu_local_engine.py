@@ -141,6 +141,45 @@ async def test_leaving_a_cuda_stream_early_leaves_the_engine_usable(model_path, 
     assert done.usage.completion_tokens >= 1
 
 
-def test_cuda_kv_dtype_other_than_fp16_is_a_clear_error(model_path):
+def test_cuda_kv_dtypes_it_cannot_hold_are_clear_errors(model_path):
     with pytest.raises(ValueError, match="not supported on cuda"):
+        LocalEngine.from_gguf(model_path, device="cuda", kv_dtype="float32")
+    with pytest.raises(ValueError, match="needs head_dim in"):  # this file's head_dim is 16
         LocalEngine.from_gguf(model_path, device="cuda", kv_dtype="q8_0")
+
+
+@pytest.fixture(scope="module")
+def q8_model_path(tmp_path_factory):  # head_dim 64: a q8_0 KV row is two Q8_0 blocks
+    return write_synthetic_gguf(tmp_path_factory.mktemp("q8") / "hd64.gguf", arch="llama", qtype="Q8_0",
+                                n_embd=256, n_heads=4, n_kv_heads=2, n_ff=512, context_length=4096)  # fmt: skip
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_cuda_q8_0_checkpoints_hold_half_the_bytes_and_restore_on_either_device(
+    q8_model_path, tmp_path, anyio_backend
+):
+    first = LocalEngine.from_gguf(q8_model_path, device="cuda", kv_dir=tmp_path, block_size=64, kv_dtype="q8_0")
+    f16 = LocalEngine.from_gguf(q8_model_path, device="cuda", block_size=64)
+    assert first.layout.bytes_per_token() * 1.8 < f16.layout.bytes_per_token()  # 34 vs 64 bytes per 32
+    info = await first.checkpoint(request(4))
+    assert info.bytes_written == info.tokens * first.layout.bytes_per_token()
+    base = await generate(first, request(5))
+    first.close()
+    second = LocalEngine.from_gguf(q8_model_path, device="cuda", kv_dir=tmp_path, block_size=64, kv_dtype="q8_0")
+    again = await generate(second, request(5))
+    assert again.usage.cache_source == "disk"
+    assert again.usage.cached_tokens / again.usage.prompt_tokens >= 0.9
+    assert again.token_ids == base.token_ids
+    # The blocks are the CPU's Q8_0 layout under the same identity: a CPU engine on the
+    # kv_dir restores them, and its KV holds the GPU's bytes.
+    cpu = LocalEngine.from_gguf(q8_model_path, device="cpu", kv_dir=tmp_path, block_size=64, kv_dtype="q8_0")
+    on_cpu = await generate(cpu, request(5))
+    assert on_cpu.usage.cache_source == "disk" and on_cpu.usage.cached_tokens == again.usage.cached_tokens
+    n = again.usage.cached_tokens
+    gpu_bytes = second.sessions["g"].kv.read_span(0, n)
+    assert np.array_equal(cpu.sessions["g"].kv.data[:, :, :n], gpu_bytes)
+    # A float16 engine on the same kv_dir misses: the dtype is part of a block's identity.
+    cold = await generate(LocalEngine.from_gguf(q8_model_path, device="cuda", kv_dir=tmp_path, block_size=64),
+                          request(5))  # fmt: skip
+    assert cold.usage.cached_tokens == 0

@@ -9,6 +9,10 @@ Error bounds (relative Frobenius error against float64/NumPy references):
   int8 per 32 is |err| <= d/2 = absmax/254 per element, about 0.4% of a dot product).
 - Prefill matmul (dequant to fp16 + cuBLAS, fp32 accumulate): 5e-3 (fp16 weights/inputs).
 - Attention over fp16 KV (decode and prefill): 5e-3 against NumPy on the same fp16 values.
+- q8_0 KV: the pool's bytes equal the CPU's ``quantize_q8_0`` of the same K/V exactly; decode
+  attention over them 2e-4 against NumPy on the same dequantized values (fp32 products, the
+  only rounding is __expf and the order of sums); prefill 5e-3 (values rounded to fp16 for
+  the cuBLAS products).
 - End to end: top-1 agreement >= 99% of positions with the NumPy engine.
 """
 
@@ -19,7 +23,7 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 from test_ops_cuda_decode import random_rows
 
-from agentcore.engine.backends.cpu import DenseKV, NumpyOps, Rope
+from agentcore.engine.backends.cpu import Q8KV, DenseKV, NumpyOps, Rope, quantize_q8_0
 from agentcore.engine.backends.cuda import CudaOps, cuda_available
 from agentcore.engine.backends.cuda_graph import CudaDecoder
 from agentcore.engine.model.gguf import WeightTensor, load_gguf
@@ -225,11 +229,52 @@ def test_attention_matches_numpy_on_fp16_kv(ops, hd, heads, kvh, pos0, t):
     assert rel(out, ref) < 5e-3
 
 
-def test_kv_spans_and_blocks_round_trip(ops):
+@pytest.mark.parametrize(("hd", "heads", "kvh"), [(64, 9, 3), (128, 32, 8), (128, 16, 2), (256, 8, 1), (64, 8, 1)])
+@pytest.mark.parametrize(("pos0", "t"), [(0, 1), (37, 1), (3000, 1), (0, 70), (100, 33)])
+def test_attention_matches_numpy_on_q8_0_kv(hd, heads, kvh, pos0, t):
     import cupy as cp
 
+    from agentcore.engine.backends.cuda import CudaKV
+
+    spec = _Spec(2, kvh, heads, hd)
+    n = pos0 + t
+    rng = np.random.default_rng(15)
+    k = rng.standard_normal((n, kvh, hd)).astype(np.float32)
+    v = rng.standard_normal((n, kvh, hd)).astype(np.float32)
+    k[:, :, :32] *= 8  # blocks of different scales within a row
+    q = (2 * rng.standard_normal((t, heads, hd))).astype(np.float32)
+    ref_kv = Q8KV(spec, n)
+    ref_kv.store(1, 0, k, v)
+    ref = NumpyOps().attention(q, ref_kv, 1, pos0)
+    kv = CudaKV(spec, 16, dtype="q8_0")
+    kv.store(1, 0, cp.asarray(k), cp.asarray(v))  # grows across blocks of 64
+    kv.length = n
+    # The pool holds the CPU quantizer's bytes: what a checkpoint of either device stores.
+    assert np.array_equal(kv.read_span(0, n)[1], ref_kv.data[1, :, :n])
+    out = CudaOps().attention(cp.asarray(q), kv, 1, pos0).get()
+    assert rel(out, ref) < (2e-4 if t == 1 else 5e-3)
+
+
+def test_q8_0_kv_rejects_head_dims_attention_cannot_read():
+    from agentcore.engine.backends.cuda import CudaKV
+
+    with pytest.raises(ValueError, match="head_dim in"):
+        CudaKV(_Spec(2, 2, 4, 32), 16, dtype="q8_0")
+    with pytest.raises(ValueError, match="must be one of"):
+        CudaKV(_Spec(2, 2, 4, 64), 16, dtype="int4")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "q8_0"])
+def test_kv_spans_and_blocks_round_trip(ops, dtype):
+    import cupy as cp
+
+    from agentcore.engine.backends.cuda import CudaKV
+
     spec = _Spec(3, 2, 4, 64)
+    ops = CudaOps()
+    ops.kv_dtype = dtype
     kv = ops.new_kv(spec, 300)
+    assert isinstance(kv, CudaKV) and kv.dtype == dtype
     rng = np.random.default_rng(13)
     for layer in range(3):
         kv.store(layer, 0, cp.asarray(rng.standard_normal((300, 2, 64)), dtype=cp.float32),
@@ -245,7 +290,33 @@ def test_kv_spans_and_blocks_round_trip(ops):
     third.length = 192
     assert np.array_equal(third.read_span(64, 128), kv.read_span(64, 128))
     dense = kv.export(300)
-    assert len(dense) == 3 and dense[0].shape == (2, 300, 2, 64) and dense[0].dtype == np.float32
+    if dtype == "float16":
+        assert len(dense) == 3 and dense[0].shape == (2, 300, 2, 64) and dense[0].dtype == np.float32
+    else:  # the Q8_0 bytes, as the CPU's Q8KV exports them
+        assert len(dense) == 3 and dense[0].shape == (2, 300, 2, 68) and dense[0].dtype == np.uint8
+        assert span.dtype == np.uint8 and span.shape == (3, 2, 150, 2, 68)
+        fourth = ops.new_kv(spec, 8)
+        fourth.import_(dense)
+        assert fourth.length == 300 and np.array_equal(fourth.read_span(0, 300), kv.read_span(0, 300))
+
+
+def test_kv_store_q8_0_matches_cpu_quantizer_bit_for_bit():
+    import cupy as cp
+
+    from agentcore.engine.backends.cuda import CudaKV
+
+    spec = _Spec(2, 4, 8, 128)
+    rng = np.random.default_rng(16)
+    k = (rng.standard_normal((200, 4, 128)) * rng.uniform(0.01, 30, (200, 4, 1))).astype(np.float32)
+    v = rng.standard_normal((200, 4, 128)).astype(np.float32)
+    k[5, 1, :32] = 0.0  # an all-zero block: scale 0, every q 0
+    v[7, 2, 32:64] = np.r_[np.arange(-15.5, 15.0), 127.0]  # d = 1: halves round away from zero
+    kv = CudaKV(spec, 200, dtype="q8_0")
+    kv.store(0, 0, cp.asarray(k), cp.asarray(v))
+    kv.length = 200
+    got = kv.read_span(0, 200)[0]
+    assert np.array_equal(got[0], quantize_q8_0(k))
+    assert np.array_equal(got[1], quantize_q8_0(v))
 
 
 def _engines(path, n_layers=None, int8_activations=True):
@@ -299,6 +370,50 @@ def test_end_to_end_logits_and_graph_decode_match_numpy(tmp_path, preset, n, int
     one = gpu.forward(ids[3:4], 3, kv2)
     print(f"eager int8={int8} rel={rel(one, want[3]):.2e}")
     assert rel(one, want[3]) < bound
+
+
+@pytest.mark.parametrize(
+    "preset", [{**SMOLLM2_135M, "n_layers": 4}, {**LLAMA3_8B, "n_layers": 4}], ids=["smollm2-4layer", "llama3-8b-4layer"]
+)
+def test_q8_0_kv_end_to_end_against_numpy_and_fp16_kv(tmp_path, preset):
+    # The GPU on a q8_0 KV against the NumPy engine on its own q8_0 KV (the same bytes up to
+    # the rounding of K and V before quantization): the int8-activation bounds of the test
+    # above. And the q8_0 KV's cost, the same GPU graph on fp16 KV: on these random-weight
+    # files (flat logits, many near-ties) top-1 agreement and the worst logit gap over the
+    # logit range are the bound.
+    path = write_synthetic_gguf(tmp_path / "m.gguf", **preset)
+    model = load_gguf(path)
+    cpu_ops = NumpyOps()
+    cpu_ops.kv_dtype = "q8_0"
+    ref = Transformer(model, cpu_ops, chunk=64)
+    gpu_ops = CudaOps()
+    gpu = Transformer(model, gpu_ops, chunk=64)
+    n = 160
+    ids = np.random.default_rng(17).integers(0, ref.spec.vocab_size, n).tolist()
+    want = ref.logits(ids)
+
+    def graph_decode(dtype):
+        gpu_ops.kv_dtype = dtype
+        kv = gpu_ops.new_kv(gpu.spec, n + 8)
+        assert kv.dtype == dtype
+        first = gpu.forward(ids[: n // 2], 0, kv, all_logits=True)  # prefill: kv_gather(_q8)
+        dec = CudaDecoder(gpu, kv)
+        steps = []
+        for i in range(n // 2, n - 1):
+            dec.step(ids[i])
+            steps.append(dec.logits())
+        return first, np.stack(steps)
+
+    pre8, q8 = graph_decode("q8_0")
+    _, f16 = graph_decode("float16")
+    tail = want[n // 2 : n - 1]
+    gap = float((np.abs(q8 - f16).max(-1) / np.ptp(f16, axis=-1)).max())
+    print(f"q8_0 KV: prefill top1={_agree(want[: n // 2], pre8):.4f} rel={rel(pre8, want[: n // 2]):.2e}; "
+          f"graph top1={_agree(tail, q8):.4f} rel={rel(q8, tail):.2e}; "
+          f"vs fp16 KV top1={_agree(f16, q8):.4f} rel={rel(q8, f16):.2e} worst gap/range={gap:.4f}")  # fmt: skip
+    assert _agree(want[: n // 2], pre8) >= 0.97 and rel(pre8, want[: n // 2]) < 3e-2
+    assert _agree(tail, q8) >= 0.90 and rel(q8, tail) < 6e-2
+    assert _agree(f16, q8) >= 0.90 and rel(q8, f16) < 5e-2 and gap < 0.1
 
 
 def test_graph_generate_matches_step_by_step(tmp_path):

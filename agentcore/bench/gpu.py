@@ -115,10 +115,16 @@ def weight_bytes_per_token(model: Any) -> int:
 
 
 def fill_kv(cp: Any, kv: Any, n: int) -> None:
-    """Random fp16 K/V for positions [0, n): decode speed does not depend on the values."""
-    kv.pool[...] = (cp.random.standard_normal(kv.pool.shape, dtype=cp.float32) * 0.5).astype(
-        cp.float16
-    )
+    """Random K/V for positions [0, n): decode speed does not depend on the values. A q8_0
+    pool gets random int8 and one finite scale per block."""
+    if getattr(kv, "q8", False):
+        kv.pool[...] = cp.random.randint(0, 256, kv.pool.shape, dtype=cp.int32).astype(cp.uint8)
+        blocks = kv.pool.reshape(-1, 34)
+        blocks[:, :2] = cp.asarray(np.full(1, 0.004, np.float16).view(np.uint8))
+    else:
+        kv.pool[...] = (cp.random.standard_normal(kv.pool.shape, dtype=cp.float32) * 0.5).astype(
+            cp.float16
+        )
     kv.length = n
 
 
@@ -164,11 +170,15 @@ def public_turn(eng: LocalEngine, ctx: int, steps: int, session: str) -> tuple[A
     return req, anyio.run(complete, eng, req)
 
 
-def llama_bench(binary: str | None, path: Path, depths: list[int]) -> dict[tuple[str, int], float]:
-    """{("decode", depth) | ("prefill", n): tok/s} from llama-bench's JSON lines."""
+def llama_bench(binary: str | None, path: Path, depths: list[int],
+                kv_dtype: str = "float16") -> dict[tuple[str, int], float]:  # fmt: skip
+    """{("decode", depth) | ("prefill", n): tok/s} from llama-bench's JSON lines (its K and V
+    cache types matching ``kv_dtype``: f16 or q8_0)."""
     if not binary:
         return {}
+    cache = "q8_0" if kv_dtype == "q8_0" else "f16"
     cmd = [binary, "-m", str(path), "-ngl", "99", "-fa", "1", "-p", "512,8192", "-n", "128",
+           "-ctk", cache, "-ctv", cache,
            "-d", ",".join(map(str, depths)), "-r", "2", "-o", "jsonl"]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     if out.returncode != 0:
@@ -260,12 +270,13 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def bench_model(run: Run, cp: Any, name: str, path: Path, quant: str, bw: float,
-                contexts: list[int], peer_bin: str | None, only: str | None = None) -> None:  # fmt: skip
+                contexts: list[int], peer_bin: str | None, only: str | None = None,
+                kv_dtype: str = "float16") -> None:  # fmt: skip
     big = "8b" in name
     steps = 128 if big else 256
     kv_dir = Path(tempfile.mkdtemp(prefix="agentcore-kv-"))
     eng = LocalEngine.from_gguf(path, device="cuda", context_length=40960, kv_dir=kv_dir,
-                                kv_ram_mb=16384, kv_disk_mb=65536)  # fmt: skip
+                                kv_ram_mb=16384, kv_disk_mb=65536, kv_dtype=kv_dtype)  # fmt: skip
     wbytes = weight_bytes_per_token(eng.model)
     ceiling = bw / wbytes
     public_turn(eng, 64, 16, "warm-up")  # compiles the kernels, as a first user request would
@@ -274,7 +285,7 @@ def bench_model(run: Run, cp: Any, name: str, path: Path, quant: str, bw: float,
         req, done = public_turn(eng, ctx, steps, f"decode-{ctx}")
         fast, synced, dec = raw_decode(cp, eng, ctx, steps)
         u = done.usage
-        fig = {"figure": "decode", "model": name, "quant": quant, "ctx": u.prompt_tokens,
+        fig = {"figure": "decode", "model": name, "quant": quant, "kv_dtype": kv_dtype, "ctx": u.prompt_tokens,
                "value": round(u.decode_tokens_per_s, 1), "unit": "tok/s (LocalEngine.stream)",
                "tokens": u.completion_tokens, "raw": round(fast, 1),
                "raw_sync_per_token": round(synced, 1),
@@ -294,7 +305,8 @@ def bench_model(run: Run, cp: Any, name: str, path: Path, quant: str, bw: float,
         raw = raw_prefill(cp, eng, n)
         req, done = public_turn(eng, n, 1, f"prefill-{n}")
         public = done.usage.prompt_tokens / done.usage.ttft_s
-        fig = {"figure": "prefill", "model": name, "quant": quant, "ctx": done.usage.prompt_tokens,
+        fig = {"figure": "prefill", "model": name, "quant": quant, "kv_dtype": kv_dtype,
+               "ctx": done.usage.prompt_tokens,
                "value": round(public, 1), "unit": "tok/s (prompt / TTFT of LocalEngine.stream)",
                "ttft_ms": round(done.usage.ttft_s * 1000, 1), "raw": round(raw, 1),
                "public_over_raw": _ratio(public, raw)}  # fmt: skip
@@ -302,17 +314,18 @@ def bench_model(run: Run, cp: Any, name: str, path: Path, quant: str, bw: float,
         if n == 8192:
             info = anyio.run(eng.checkpoint, followed_by(req, done))
             eng.close()
-            run.emit(figure="checkpoint", model=name, quant=quant, ctx=info.tokens,
+            run.emit(figure="checkpoint", model=name, quant=quant, kv_dtype=kv_dtype, ctx=info.tokens,
                      value=round(info.ms, 1), unit="ms (LocalEngine.checkpoint, cold session)",
                      bytes=info.bytes_written,
                      bytes_per_token=eng.layout.bytes_per_token())  # fmt: skip
             cold_ttft = done.usage.ttft_s
             fresh = LocalEngine.from_gguf(path, device="cuda", context_length=40960, kv_dir=kv_dir,
-                                          kv_ram_mb=16384, kv_disk_mb=65536)  # fmt: skip
+                                          kv_ram_mb=16384, kv_disk_mb=65536, kv_dtype=kv_dtype)  # fmt: skip
             public_turn(fresh, 64, 4, "warm-up")
             again = anyio.run(complete, fresh, req)
             u = again.usage
-            run.emit(figure="restore_vs_recompute", model=name, quant=quant, ctx=u.prompt_tokens,
+            run.emit(figure="restore_vs_recompute", model=name, quant=quant, kv_dtype=kv_dtype,
+                     ctx=u.prompt_tokens,
                      value=_ratio(cold_ttft, u.ttft_s), unit="x (cold TTFT / TTFT of a new engine on the same kv_dir)",
                      source=u.cache_source, cached=u.cached_tokens,
                      ttft_restored_ms=round(u.ttft_s * 1000, 1),
@@ -324,7 +337,7 @@ def bench_model(run: Run, cp: Any, name: str, path: Path, quant: str, bw: float,
     cp.get_default_memory_pool().free_all_blocks()
     # The peer runs last in the same run (on the same file and GPU), so a llama-bench still
     # being built when the run starts is ready by then.
-    peer = llama_bench(_wait_for(peer_bin), path, [0 if c <= 64 else c for c in contexts])
+    peer = llama_bench(_wait_for(peer_bin), path, [0 if c <= 64 else c for c in contexts], kv_dtype)
     for key, label, fig in figs:
         p = peer.get(key)
         if p:
@@ -414,6 +427,8 @@ def main(argv: list[str]) -> int:
                         "times every KV tier and the checkpoint's cost)")
     p.add_argument("--contexts", default=None, help="comma list of prompt sizes")
     p.add_argument("--turns", type=int, default=8, help="turns of the agent session (--only cache)")
+    p.add_argument("--kv-dtype", choices=("float16", "q8_0"), default="float16",
+                   help="the KV cache's dtype (decode/prefill figures; llama-bench gets the same)")
     args = p.parse_args(argv)
     import cupy as cp
 
@@ -448,5 +463,6 @@ def main(argv: list[str]) -> int:
         if args.only == "cache":
             bench_cache(run, cp, name, path, quant, contexts, args.turns)
         else:
-            bench_model(run, cp, name, path, quant, bw, contexts, args.llama_bench, args.only)
+            bench_model(run, cp, name, path, quant, bw, contexts, args.llama_bench, args.only,
+                        args.kv_dtype)
     return 0

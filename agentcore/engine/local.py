@@ -99,8 +99,9 @@ class LocalEngine:
     ``"cuda"`` (CuPy; a clear error without it) or ``"auto"``. ``kv_dir`` enables the disk tier
     (checkpoints survive restarts); ``kv_ram_mb`` and ``kv_disk_mb`` are the tier budgets.
     ``kv_dtype``: the live KV's and its checkpoints' type: ``"float32"`` (the CPU default),
-    ``"float16"`` (the GPU default, and on the CPU), or ``"q8_0"`` (CPU, llama-style models:
-    3.8x fewer bytes than float32 to hold, write and restore; attention dequantizes it).
+    ``"float16"`` (the GPU default, and on the CPU), or ``"q8_0"`` (llama-style models, CPU
+    and GPU: GGUF Q8_0 rows, 3.8x fewer bytes than float32 and 1.9x fewer than float16 to
+    hold, write and restore; attention reads it dequantized; on CUDA head_dim 64, 128 or 256).
     Use it as a context manager (or call ``close()``) so saved checkpoints reach the disk.
     """
 
@@ -127,17 +128,19 @@ class LocalEngine:
         self.ops = select_ops(device)
         self.device = "cuda" if type(self.ops).__name__ == "CudaOps" else "cpu"
         kv_dtype = kv_dtype or self.ops.kv_dtype
-        allowed = ("float16",) if self.device == "cuda" else ("float32", "float16", "q8_0")
+        allowed = ("float16", "q8_0") if self.device == "cuda" else ("float32", "float16", "q8_0")
         if kv_dtype not in allowed:
-            raise ValueError(
-                f"kv_dtype={kv_dtype!r} is not supported on {self.device}; choose one of {allowed}"
-                + (" (an 8-bit KV cache on the GPU is not built yet)" if self.device == "cuda" else "")
-            )
+            raise ValueError(f"kv_dtype={kv_dtype!r} is not supported on {self.device}; choose one of {allowed}")
         if kv_dtype == "q8_0" and mla is not None:
             raise ValueError("kv_dtype='q8_0' is for llama-style models; deepseek2's latent cache is "
-                             "float32 or float16")  # fmt: skip
-        if self.device == "cpu":
-            self.ops.kv_dtype = kv_dtype
+                             f"{'float16' if self.device == 'cuda' else 'float32 or float16'}")  # fmt: skip
+        if kv_dtype == "q8_0" and self.device == "cuda":
+            from agentcore.engine.backends.cuda import Q8_HEAD_DIMS
+
+            if self.spec.head_dim not in Q8_HEAD_DIMS:
+                raise ValueError(f"kv_dtype='q8_0' on CUDA needs head_dim in {Q8_HEAD_DIMS}, "
+                                 f"not {self.spec.head_dim}")  # fmt: skip
+        self.ops.kv_dtype = kv_dtype
         self.tokenizer = Tokenizer.from_gguf(model)
         self.chat: ChatFormat = detect_chat_format(model, self.tokenizer, thinking=thinking)
         self.thinking = thinking

@@ -63,6 +63,8 @@ _XQ_SCRATCH = 65536 * 8
 F16 = 1
 GEMV_MAX_T = 8
 HEAD_DIMS = (16, 32, 64, 128, 256)
+KV_DTYPES = ("float16", "q8_0")
+Q8_HEAD_DIMS = (64, 128, 256)  # q8_0 rows of 68, 136, 272 bytes: 4-byte aligned for attn_split
 ATTN_GROUPS = (1, 2, 4, 8)  # attn_split is compiled for up to this many query heads per KV head
 _U64 = np.uint64
 _I32 = np.int32
@@ -112,7 +114,8 @@ def _module() -> Any:
     names += [f"gemv_q8<{q},{m}>" for q in INT8_QTYPES for m in (0, 1, 2)]
     names += [f"dequant_f16<{q}>" for q in NATIVE_QTYPES]
     names += [f"embed<{q}>" for q in NATIVE_QTYPES]
-    names += [f"attn_split<{d},{g}>" for d in HEAD_DIMS for g in ATTN_GROUPS]
+    names += [f"attn_split<{d},{g},0>" for d in HEAD_DIMS for g in ATTN_GROUPS]
+    names += [f"attn_split<{d},{g},1>" for d in Q8_HEAD_DIMS for g in ATTN_GROUPS]
     names += [f"mla_attn_split<{r},{p}>" for r, p in MLA_SHAPES]
     return cp.RawModule(code=code, options=("-std=c++17",), name_expressions=names)
 
@@ -231,21 +234,32 @@ def pinned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
 
 
 class CudaKV:
-    """Paged fp16 KV of one sequence: pool (n_blocks, L, 2, BS, KVH, D) and a block table.
+    """Paged KV of one sequence: pool (n_blocks, L, 2, BS, KVH, row) and a block table.
 
+    ``dtype`` "float16": a row is head_dim halves. "q8_0": a row is head_dim / 32 GGUF Q8_0
+    blocks (an fp16 scale, then 32 int8; 34 bytes per 32 values), the bytes the CPU's
+    ``Q8KV`` and every checkpoint hold, so blocks move between devices and files unchanged.
     Logical block b (positions [b*BS, (b+1)*BS)) lives in physical block ``table[b]``.
     ``length`` counts valid positions (``Transformer.forward`` sets it).
     """
 
-    dtype = "float16"
-
-    def __init__(self, spec: ModelSpec, capacity: int, block_size: int = 64) -> None:
+    def __init__(self, spec: ModelSpec, capacity: int, block_size: int = 64,
+                 dtype: str = "float16") -> None:  # fmt: skip
         cp = _cupy()
+        if dtype not in KV_DTYPES:
+            raise ValueError(f"CUDA KV dtype must be one of {KV_DTYPES}, not {dtype!r}")
+        if dtype == "q8_0" and spec.head_dim not in Q8_HEAD_DIMS:
+            raise ValueError(f"kv_dtype='q8_0' on CUDA needs head_dim in {Q8_HEAD_DIMS}, "
+                             f"not {spec.head_dim}")  # fmt: skip
         self.spec = spec
+        self.dtype = dtype
         self.block_size = block_size
+        self.q8 = dtype == "q8_0"
+        self.row_width = spec.head_dim // 32 * 34 if self.q8 else spec.head_dim
+        self.np_dtype = np.dtype(np.uint8 if self.q8 else np.float16)
         n = max(1, _cdiv(capacity, block_size))
-        self.pool = cp.zeros((n, spec.n_layers, 2, block_size, spec.n_kv_heads, spec.head_dim),
-                             cp.float16)  # fmt: skip
+        self.pool = cp.zeros((n, spec.n_layers, 2, block_size, spec.n_kv_heads, self.row_width),
+                             self.np_dtype)  # fmt: skip
         self.table = cp.arange(n, dtype=cp.int32)
         self.length = 0
 
@@ -266,7 +280,7 @@ class CudaKV:
         v = cp.ascontiguousarray(v, dtype=cp.float32)
         s = self.spec
         n = t * s.n_kv_heads * s.head_dim
-        _kernel("kv_store")(
+        _kernel("kv_store_q8" if self.q8 else "kv_store")(
             (_cdiv(n, 256),), (256,),
             (k, v, self.pool, self.table, _I32(layer), _I32(s.n_layers), _I32(self.block_size),
              _I32(s.n_kv_heads), _I32(s.head_dim), _I32(t), _I32(pos0), _U64(0)),
@@ -284,7 +298,7 @@ class CudaKV:
         cp = _cupy()
         old = self.pool.shape[0]
         n = max(_cdiv(min_capacity, self.block_size), 2 * old)
-        pool = cp.zeros((n, *self.pool.shape[1:]), cp.float16)
+        pool = cp.zeros((n, *self.pool.shape[1:]), self.np_dtype)
         pool[:old] = self.pool[self.table]  # logical order from now on
         self.pool, self.table = pool, cp.arange(n, dtype=cp.int32)
 
@@ -300,8 +314,9 @@ class CudaKV:
         return span, start - b0 * bs
 
     def snapshot(self, start: int, n: int) -> Any:
-        """Positions [start, start+n) of every layer as a device copy (L, 2, n, KVH, D) float16,
-        queued on the current stream: later writes to the cache do not change it."""
+        """Positions [start, start+n) of every layer as a device copy (L, 2, n, KVH, row) in
+        the pool's dtype, queued on the current stream: later writes to the cache do not
+        change it."""
         cp = _cupy()
         if start + n > self.length:
             raise ValueError(f"cannot read positions up to {start + n} of {self.length}")
@@ -309,10 +324,11 @@ class CudaKV:
         return cp.ascontiguousarray(span[:, :, off : off + n])
 
     def read_span(self, start: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Positions [start, start+n) of every layer: host float16 (L, 2, n, KVH, D)."""
+        """Positions [start, start+n) of every layer: host (L, 2, n, KVH, row), float16 or
+        q8_0 bytes (uint8)."""
         dev = self.snapshot(start, n)
         if out is None:
-            out = pinned_empty(dev.shape, np.float16)
+            out = pinned_empty(dev.shape, self.np_dtype)
         dev.get(out=out)
         return out
 
@@ -330,19 +346,19 @@ class CudaKV:
             blocks.shape[1], 2, nb * bs, *blocks.shape[4:]
         )
         off = start - b0 * bs
-        span[:, :, off : off + n] = cp.asarray(block, dtype=cp.float16)
+        span[:, :, off : off + n] = cp.asarray(block, dtype=self.np_dtype)
         self.pool[ids] = span.reshape(blocks.shape[1], 2, nb, bs, *blocks.shape[4:]).transpose(
             2, 0, 1, 3, 4, 5
         )
         self.length = max(self.length, start + n)
 
     def export_blocks(self, block_ids: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
-        """Logical blocks as one pinned host array (len, L, 2, BS, KVH, D) float16."""
+        """Logical blocks as one pinned host array (len, L, 2, BS, KVH, row) of the pool's dtype."""
         cp = _cupy()
         ids = cp.asarray(np.asarray(block_ids, np.int64))
         dev = self.pool[self.table[ids]]
         if out is None:
-            out = pinned_empty(dev.shape, np.float16)
+            out = pinned_empty(dev.shape, self.np_dtype)
         dev.get(out=out)
         return out
 
@@ -356,8 +372,8 @@ class CudaKV:
         phys = cp.asnumpy(self.table)[ids]
         given = stream is not None
         stream = stream or cp.cuda.get_current_stream()
-        per_block = int(np.prod(self.pool.shape[1:])) * 2
-        src = np.ascontiguousarray(host, dtype=np.float16)
+        per_block = int(np.prod(self.pool.shape[1:])) * self.np_dtype.itemsize
+        src = np.ascontiguousarray(host, dtype=self.np_dtype)
         i = 0
         while i < len(ids):
             j = i
@@ -373,9 +389,10 @@ class CudaKV:
             stream.synchronize()
 
     def export(self, n: int) -> list[np.ndarray]:
-        """Like ``DenseKV.export``: per layer a float32 (2, n, KVH, D) host array."""
-        span = self.read_span(0, n).astype(np.float32)
-        return list(span)
+        """Like ``DenseKV.export``: per layer a (2, n, KVH, D) host array, float32 (fp16
+        pool) or the Q8_0 bytes (2, n, KVH, row) as the CPU's ``Q8KV`` exports them."""
+        span = self.read_span(0, n)
+        return list(span if self.q8 else span.astype(np.float32))
 
     def import_(self, layers: Sequence[np.ndarray]) -> None:
         """Replace the contents with ``export``'s output; ``length`` becomes its token count."""
@@ -390,7 +407,7 @@ class CudaOps(MLAOps):
     """The ops interface on CuPy (see ``model.Ops``); arrays are cupy float32. The deepseek2
     ops (latent cache, MLA, MoE) come from ``cuda_mla.MLAOps``."""
 
-    kv_dtype = "float16"  # the paged KV pool stores fp16; part of every block's identity
+    kv_dtype = "float16"  # or "q8_0" (LocalEngine's kv_dtype): the pool's; part of every block's identity
     prefill_chunk = 2048  # tokens per prefill chunk: GEMMs big enough for the tensor cores
 
     dtype = np.float32
@@ -605,7 +622,7 @@ class CudaOps(MLAOps):
                           (q, q16, _I32(t), _I32(kvh), _I32(g), _I32(d), _F32(scale)))
         k16 = cp.empty((kvh, n, d), cp.float16)
         v16 = cp.empty((kvh, n, d), cp.float16)
-        _kernel("kv_gather")(
+        _kernel("kv_gather_q8" if kv.q8 else "kv_gather")(
             (_cdiv(n * kvh * d, 256),), (256,),
             (kv.pool, kv.table, _I32(layer), _I32(s.n_layers), _I32(kv.block_size), _I32(kvh),
              _I32(d), _I32(n), k16, v16),
@@ -646,7 +663,7 @@ class CudaOps(MLAOps):
         s = kv.spec
         d, g = s.head_dim, s.n_heads // s.n_kv_heads
         gm = self._attn_shape(s)[0]
-        _kernel(f"attn_split<{d},{gm}>")(
+        _kernel(f"attn_split<{d},{gm},{int(kv.q8)}>")(
             (s.n_kv_heads, nsplit), (256,),
             (q, kv.pool, kv.table, _I32(layer), _I32(s.n_layers), _I32(kv.block_size),
              _I32(s.n_kv_heads), _I32(g), _I32(n_host), _as_ptr(pos_dev),

@@ -386,7 +386,7 @@ class CudaDecoder:
             self._mark("gemv_qkv")
             self._gemv_parts(b.qkv, self.x, self.qkv, norm=b.attn_norm, eps=eps)
             self._mark("rope_kv")
-            _kernel("rope_kv_decode")(
+            _kernel("rope_kv_decode_q8" if kv.q8 else "rope_kv_decode")(
                 (s.n_heads + 2 * s.n_kv_heads,), (128,),
                 (self.qkv, self.q, kv.pool, kv.table, _I32(layer), _I32(s.n_layers),
                  _I32(kv.block_size), _I32(s.n_heads), _I32(s.n_kv_heads), _I32(s.head_dim),

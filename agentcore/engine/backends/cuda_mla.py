@@ -160,7 +160,7 @@ class MLAOps:
     def new_kv(self, spec: ModelSpec, capacity: int) -> Any:
         if getattr(spec, "mla", None) is not None:
             return CudaLatentKV(spec, capacity)
-        return _cu.CudaKV(spec, capacity)
+        return _cu.CudaKV(spec, capacity, dtype=getattr(self, "kv_dtype", "float16"))
 
     def prepare_heads(self, w: np.ndarray) -> Any:
         """Per-head matrices (H, out, in) for ``head_matmul``, fp32 on the device."""

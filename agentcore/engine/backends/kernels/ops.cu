@@ -1,7 +1,9 @@
 // Elementwise and attention kernels of the CUDA backend (see ops_cuda.py for the layouts).
 //
-// Paged KV pool: half of shape (n_blocks, n_layers, 2, BS, KVH, D); a sequence's logical
-// block b lives in physical block table[b]. Positions read from device memory (pos_dev) let
+// Paged KV pool: half of shape (n_blocks, n_layers, 2, BS, KVH, D), or for kv_dtype q8_0 bytes
+// of shape (n_blocks, n_layers, 2, BS, KVH, D / 32 * 34): each (position, head) row is GGUF
+// Q8_0 blocks (an fp16 scale, then 32 int8), the CPU's and the checkpoints' layout. A
+// sequence's logical block b lives in physical block table[b]. Positions read from device memory (pos_dev) let
 // the captured decode graph run at any position; when pos_dev is null the host value is used.
 
 #include <cuda_fp16.h>
@@ -9,10 +11,28 @@
 #define INFINITY __int_as_float(0x7f800000)
 #endif
 
+// Offset, in pool elements (halves, or bytes for q8_0), of the row of (pos, layer, K/V, head);
+// RW is a row's width in elements (D, or D / 32 * 34).
 __device__ __forceinline__ long long kv_index(const int* table, int pos, int layer, int kv,
-                                              int h, int L, int BS, int KVH, int D) {
+                                              int h, int L, int BS, int KVH, int RW) {
     long long blk = table[pos / BS];
-    return ((((blk * L + layer) * 2 + kv) * BS + pos % BS) * KVH + h) * (long long)D;
+    return ((((blk * L + layer) * 2 + kv) * BS + pos % BS) * KVH + h) * (long long)RW;
+}
+
+constexpr int Q8B = 34;  // bytes of a Q8_0 block: fp16 scale, 32 int8
+
+// One warp quantizes 32 values (lane i holds x) into a Q8_0 block at dst, as llama.cpp's
+// quantize_row_q8_0 and the CPU's quantize_q8_0: d = max|x| / 127, q = round(x / d), half
+// away from zero, with 1/d taken in fp32 as they do.
+__device__ __forceinline__ void q8_store_warp(float x, unsigned char* dst) {
+    const int lane = threadIdx.x & 31;
+    float a = fabsf(x);
+#pragma unroll
+    for (int o = 16; o; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffff, a, o));
+    const float d = a / 127.f;
+    const float inv = d > 0.f ? 1.f / d : 0.f;
+    dst[2 + lane] = (unsigned char)(signed char)(int)roundf(x * inv);
+    if (lane == 0) *(__half*)dst = __float2half(d);
 }
 
 __device__ __forceinline__ float block_sum(float v, float* red) {
@@ -71,13 +91,30 @@ extern "C" __global__ void kv_store(const float* __restrict__ k, const float* __
     pool[kv_index(table, pos, layer, 1, h, L, BS, KVH, D) + d] = __float2half(v[i]);
 }
 
+// kv_store for a q8_0 pool: warp w quantizes values [32w, 32w + 32), one Q8_0 block of K and
+// one of V (D % 32 == 0, and T * KVH * D is a multiple of 32: whole warps return together).
+extern "C" __global__ void kv_store_q8(const float* __restrict__ k, const float* __restrict__ v,
+                                       unsigned char* pool, const int* table, int layer, int L,
+                                       int BS, int KVH, int D, int T, int pos0, const int* pos_dev) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)T * KVH * D) return;
+    int d = i % D, h = (i / D) % KVH, t = i / ((long long)D * KVH);
+    int pos = pos0 + t + (pos_dev ? *pos_dev : 0);
+    const int RW = D / 32 * Q8B;
+    long long blk = (d / 32) * Q8B;
+    q8_store_warp(k[i], pool + kv_index(table, pos, layer, 0, h, L, BS, KVH, RW) + blk);
+    q8_store_warp(v[i], pool + kv_index(table, pos, layer, 1, h, L, BS, KVH, RW) + blk);
+}
+
 // Decode step, fused: qkv (H + 2 KVH heads of D) -> q rotated (optionally head-normed first,
-// qwen3) into q_out; k rotated and v stored into the pool at *pos_dev. Block per head.
-extern "C" __global__ void rope_kv_decode(const float* __restrict__ qkv, float* __restrict__ q_out,
-                                          __half* pool, const int* table, int layer, int L,
-                                          int BS, int H, int KVH, int D, const float* cos_t,
-                                          const float* sin_t, const int* pos_dev, int neox,
-                                          const float* q_norm, const float* k_norm, float eps) {
+// qwen3) into q_out; k rotated and v stored into the pool at *pos_dev (fp16, or quantized to
+// Q8_0 one warp per 32 values when Q8). Block per head, 128 threads.
+template <bool Q8>
+__device__ __forceinline__ void rope_kv_body(const float* __restrict__ qkv, float* __restrict__ q_out,
+                                             void* pool, const int* table, int layer, int L,
+                                             int BS, int H, int KVH, int D, const float* cos_t,
+                                             const float* sin_t, const int* pos_dev, int neox,
+                                             const float* q_norm, const float* k_norm, float eps) {
     __shared__ float buf[2][512];
     __shared__ float red[32];
     int hb = blockIdx.x, pos = *pos_dev;
@@ -95,12 +132,80 @@ extern "C" __global__ void rope_kv_decode(const float* __restrict__ qkv, float* 
     __syncthreads();
     if (hb < H) {
         for (int i = threadIdx.x; i < D; i += blockDim.x) q_out[(long long)hb * D + i] = buf[1][i];
-    } else if (hb < H + KVH) {
-        long long o = kv_index(table, pos, layer, 0, hb - H, L, BS, KVH, D);
-        for (int i = threadIdx.x; i < D; i += blockDim.x) pool[o + i] = __float2half(buf[1][i]);
+        return;
+    }
+    const int kv = hb < H + KVH ? 0 : 1, h = hb - H - kv * KVH;
+    const float* row = buf[1 - kv];  // K rotated, V as it is
+    if constexpr (Q8) {
+        unsigned char* dst = (unsigned char*)pool + kv_index(table, pos, layer, kv, h, L, BS, KVH, D / 32 * Q8B);
+        for (int b = threadIdx.x / 32; b < D / 32; b += blockDim.x / 32)
+            q8_store_warp(row[b * 32 + (threadIdx.x & 31)], dst + b * Q8B);
     } else {
-        long long o = kv_index(table, pos, layer, 1, hb - H - KVH, L, BS, KVH, D);
-        for (int i = threadIdx.x; i < D; i += blockDim.x) pool[o + i] = __float2half(buf[0][i]);
+        __half* dst = (__half*)pool + kv_index(table, pos, layer, kv, h, L, BS, KVH, D);
+        for (int i = threadIdx.x; i < D; i += blockDim.x) dst[i] = __float2half(row[i]);
+    }
+}
+
+#define ROPE_KV_ARGS const float* __restrict__ qkv, float* __restrict__ q_out, void* pool,        \
+    const int* table, int layer, int L, int BS, int H, int KVH, int D, const float* cos_t,         \
+    const float* sin_t, const int* pos_dev, int neox, const float* q_norm, const float* k_norm,    \
+    float eps
+#define ROPE_KV_PASS qkv, q_out, pool, table, layer, L, BS, H, KVH, D, cos_t, sin_t, pos_dev, neox, \
+    q_norm, k_norm, eps
+extern "C" __global__ void rope_kv_decode(ROPE_KV_ARGS) { rope_kv_body<false>(ROPE_KV_PASS); }
+extern "C" __global__ void rope_kv_decode_q8(ROPE_KV_ARGS) { rope_kv_body<true>(ROPE_KV_PASS); }
+
+// A thread's 8 consecutive values of a K or V row, as loaded (16 bytes of fp16; or for q8_0
+// the aligned words holding its 8 int8 and its block's scale), and their float values.
+// q8_0: sub's values are int8 [8 (sub % 4), +8) of block b = sub / 4, at byte 34 b + 2 + 8
+// (sub % 4) of a row that starts 4-byte aligned (D = 64, 128, 256: rows of 68, 136, 272
+// bytes), so 2 mod 4 when b is even (three words, realigned by a funnel shift), 0 mod 4 when
+// b is odd (two words); the scale is the low half of word 34 b (b even) or the high half of
+// the word before (b odd). No load leaves the row.
+template <bool Q8>
+__device__ __forceinline__ uint4 kv_load(const void* pool, long long row, int sub) {
+    if constexpr (!Q8) {
+        return *(const uint4*)((const __half*)pool + row + sub * 8);
+    } else {
+        const unsigned char* p = (const unsigned char*)pool + row;
+        const int b = sub >> 2, o = b * Q8B + 2 + 8 * (sub & 3);
+        const unsigned* w = (const unsigned*)(p + (o & ~3));
+        uint4 r;
+        r.x = w[0];
+        r.y = w[1];
+        r.z = (o & 3) ? w[2] : 0u;
+        r.w = *(const unsigned*)(p + ((b * Q8B) & ~3));
+        return r;
+    }
+}
+
+// f[e] = value e of the row's 8 (unscaled int8 for q8_0); returns the scale (1 for fp16).
+template <bool Q8>
+__device__ __forceinline__ float kv_unpack(uint4 r, int sub, float f[8]) {
+    if constexpr (!Q8) {
+        const __half2* h = (const __half2*)&r;
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float2 a = __half22float2(h[e]);
+            f[2 * e] = a.x; f[2 * e + 1] = a.y;
+        }
+        return 1.f;
+    } else {
+        const int odd = (sub >> 2) & 1;
+        const unsigned sh = odd ? 0u : 16u;
+        const unsigned lo = __funnelshift_r(r.x, r.y, sh), hi = __funnelshift_r(r.y, r.z, sh);
+        // int8 -> float by the exponent trick: 0x4B000000 | (byte ^ 0x80) is 2^23 + 128 + q.
+        const unsigned a = lo ^ 0x80808080u, c = hi ^ 0x80808080u;
+        f[0] = __int_as_float(__byte_perm(a, 0x4B000000u, 0x7650)) - 8388736.f;
+        f[1] = __int_as_float(__byte_perm(a, 0x4B000000u, 0x7651)) - 8388736.f;
+        f[2] = __int_as_float(__byte_perm(a, 0x4B000000u, 0x7652)) - 8388736.f;
+        f[3] = __int_as_float(__byte_perm(a, 0x4B000000u, 0x7653)) - 8388736.f;
+        f[4] = __int_as_float(__byte_perm(c, 0x4B000000u, 0x7650)) - 8388736.f;
+        f[5] = __int_as_float(__byte_perm(c, 0x4B000000u, 0x7651)) - 8388736.f;
+        f[6] = __int_as_float(__byte_perm(c, 0x4B000000u, 0x7652)) - 8388736.f;
+        f[7] = __int_as_float(__byte_perm(c, 0x4B000000u, 0x7653)) - 8388736.f;
+        const unsigned short bits = odd ? (unsigned short)(r.w >> 16) : (unsigned short)(r.w & 0xffffu);
+        return __half2float(__ushort_as_half(bits));
     }
 }
 
@@ -111,13 +216,16 @@ extern "C" __global__ void rope_kv_decode(const float* __restrict__ qkv, float* 
 // 2U 16-byte loads in flight. Each of the G (<= GM) query heads of this KV head keeps an
 // online softmax (max m, sum l, acc), rescaled once per tile; the block merges its position
 // groups and writes (m, l, acc) per head and split.
+// Q8 (q8_0 pools): the same position mapping over kv_load's words; each thread's 8 values
+// share one block scale, folded into its partial dot product (K) and its weights (V).
 // n = *pos_dev + 1 when pos_dev is set, else n_host.
-template <int D, int GM>
-__global__ void __launch_bounds__(256) attn_split(
-    const float* __restrict__ q, const __half* __restrict__ pool, const int* __restrict__ table,
+template <int D, int GM, int Q8>
+__global__ void __launch_bounds__(256, GM <= 4 ? 2 : 1) attn_split(
+    const float* __restrict__ q, const void* __restrict__ pool, const int* __restrict__ table,
     int layer, int L, int BS, int KVH, int G, int n_host, const int* pos_dev, float scale,
     float* __restrict__ part_o, float* __restrict__ part_ml, int nsplit) {
     constexpr int TPP = D / 8, GROUPS = 256 / TPP, U = GM <= 4 ? 4 : 2, TILE = GROUPS * U;
+    constexpr int RW = Q8 ? D / 32 * Q8B : D;  // row width in pool elements
     __shared__ float sm_m[GROUPS][GM], sm_l[GROUPS][GM];
     __shared__ float sm_buf[GROUPS * D];
     const int h = blockIdx.x, split = blockIdx.y;
@@ -152,17 +260,17 @@ __global__ void __launch_bounds__(256) attn_split(
     for (int base = start; base < end; base += TILE) {
         uint4 kraw[U], vraw[U];
         if (tile_in_block) {  // one table lookup a tile; positions GROUPS apart are rows apart
-            const long long k0 = kv_index(table, base, layer, 0, h, L, BS, KVH, D) + sub * 8 +
-                                 (long long)grp * KVH * D;
-            const long long vo = (long long)BS * KVH * D;  // V follows K in the block
-            const long long step = (long long)GROUPS * KVH * D;
+            const long long k0 = kv_index(table, base, layer, 0, h, L, BS, KVH, RW) +
+                                 (long long)grp * KVH * RW;
+            const long long vo = (long long)BS * KVH * RW;  // V follows K in the block
+            const long long step = (long long)GROUPS * KVH * RW;
 #pragma unroll
             for (int k = 0; k < U; k++) {
                 kraw[k] = make_uint4(0, 0, 0, 0);
                 vraw[k] = make_uint4(0, 0, 0, 0);
                 if (base + grp + GROUPS * k < end) {
-                    kraw[k] = *(const uint4*)(pool + k0 + k * step);
-                    vraw[k] = *(const uint4*)(pool + k0 + vo + k * step);
+                    kraw[k] = kv_load<Q8>(pool, k0 + k * step, sub);
+                    vraw[k] = kv_load<Q8>(pool, k0 + vo + k * step, sub);
                 }
             }
         } else {
@@ -172,21 +280,16 @@ __global__ void __launch_bounds__(256) attn_split(
                 kraw[k] = make_uint4(0, 0, 0, 0);
                 vraw[k] = make_uint4(0, 0, 0, 0);
                 if (p < end) {
-                    kraw[k] = *(const uint4*)(pool + kv_index(table, p, layer, 0, h, L, BS, KVH, D) + sub * 8);
-                    vraw[k] = *(const uint4*)(pool + kv_index(table, p, layer, 1, h, L, BS, KVH, D) + sub * 8);
+                    kraw[k] = kv_load<Q8>(pool, kv_index(table, p, layer, 0, h, L, BS, KVH, RW), sub);
+                    vraw[k] = kv_load<Q8>(pool, kv_index(table, p, layer, 1, h, L, BS, KVH, RW), sub);
                 }
             }
         }
         float s[GM][U];
 #pragma unroll
         for (int k = 0; k < U; k++) {
-            const __half2* kh = (const __half2*)&kraw[k];
             float kf[8];
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float2 a = __half22float2(kh[e]);
-                kf[2 * e] = a.x; kf[2 * e + 1] = a.y;
-            }
+            const float ks = kv_unpack<Q8>(kraw[k], sub, kf);
             const bool ok = base + grp + GROUPS * k < end;
 #pragma unroll
             for (int j = 0; j < GM; j++) {
@@ -194,22 +297,16 @@ __global__ void __launch_bounds__(256) attn_split(
                 if (j < G) {
 #pragma unroll
                     for (int e = 0; e < 8; e++) d += qr[j][e] * kf[e];
+                    if constexpr (Q8) d *= ks;
 #pragma unroll
                     for (int o = TPP / 2; o; o >>= 1) d += __shfl_xor_sync(0xffffffff, d, o, TPP);
                 }
                 s[j][k] = ok ? d : -INFINITY;
             }
         }
-        float vf[U][8];
+        float vf[U][8], vs[U];
 #pragma unroll
-        for (int k = 0; k < U; k++) {
-            const __half2* vh = (const __half2*)&vraw[k];
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float2 b = __half22float2(vh[e]);
-                vf[k][2 * e] = b.x; vf[k][2 * e + 1] = b.y;
-            }
-        }
+        for (int k = 0; k < U; k++) vs[k] = kv_unpack<Q8>(vraw[k], sub, vf[k]);
 #pragma unroll
         for (int j = 0; j < GM; j++) {
             if (j >= G) break;
@@ -223,6 +320,10 @@ __global__ void __launch_bounds__(256) attn_split(
 #pragma unroll
             for (int k = 0; k < U; k++) { w[k] = __expf(s[j][k] - mn); ws += w[k]; }
             l[j] = l[j] * c + ws;
+            if constexpr (Q8) {
+#pragma unroll
+                for (int k = 0; k < U; k++) w[k] *= vs[k];  // the V block scale, per thread
+            }
 #pragma unroll
             for (int e = 0; e < 8; e++) {
                 float a = acc[j][e] * c;
@@ -334,6 +435,23 @@ extern "C" __global__ void kv_gather(const __half* __restrict__ pool, const int*
     long long o = ((long long)h * n + p) * D + d;
     k16[o] = pool[kv_index(table, p, layer, 0, h, L, BS, KVH, D) + d];
     v16[o] = pool[kv_index(table, p, layer, 1, h, L, BS, KVH, D) + d];
+}
+
+// kv_gather from a q8_0 pool: values dequantized to fp16 (q * d rounded once).
+__device__ __forceinline__ __half q8_value(const unsigned char* row, int d) {
+    const unsigned char* blk = row + (d / 32) * Q8B;
+    return __float2half((float)(signed char)blk[2 + d % 32] * __half2float(*(const __half*)blk));
+}
+extern "C" __global__ void kv_gather_q8(const unsigned char* __restrict__ pool, const int* table,
+                                        int layer, int L, int BS, int KVH, int D, int n,
+                                        __half* __restrict__ k16, __half* __restrict__ v16) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)n * KVH * D) return;
+    int d = i % D, h = (i / D) % KVH, p = i / ((long long)D * KVH);
+    const int RW = D / 32 * Q8B;
+    long long o = ((long long)h * n + p) * D + d;
+    k16[o] = q8_value(pool + kv_index(table, p, layer, 0, h, L, BS, KVH, RW), d);
+    v16[o] = q8_value(pool + kv_index(table, p, layer, 1, h, L, BS, KVH, RW), d);
 }
 
 // Causal softmax of score rows (KVH, T*G, n) fp32 -> P fp16. Row (t, j) sees keys [0, pos0+t].
