@@ -9,10 +9,12 @@ Error bounds (relative Frobenius error against float64/NumPy references):
   int8 per 32 is |err| <= d/2 = absmax/254 per element, about 0.4% of a dot product).
 - Prefill matmul (dequant to fp16 + cuBLAS, fp32 accumulate): 5e-3 (fp16 weights/inputs).
 - Attention over fp16 KV (decode and prefill): 5e-3 against NumPy on the same fp16 values.
+- Decode attention runs on tensor cores (attn_tc: Q, K/V and probabilities as fp16, fp32
+  accumulation) for head_dim 64/128/256, else on CUDA cores (attn_split); both are tested.
 - q8_0 KV: the pool's bytes equal the CPU's ``quantize_q8_0`` of the same K/V exactly; decode
-  attention over them 2e-4 against NumPy on the same dequantized values (fp32 products, the
-  only rounding is __expf and the order of sums); prefill 5e-3 (values rounded to fp16 for
-  the cuBLAS products).
+  attention over them on attn_split 2e-4 against NumPy on the same dequantized values (fp32
+  products, the only rounding is __expf and the order of sums); attn_tc and prefill 5e-3
+  (values rounded to fp16 for the tensor-core and cuBLAS products).
 - End to end: top-1 agreement >= 99% of positions with the NumPy engine.
 """
 
@@ -211,7 +213,8 @@ class _Spec:
 
 @pytest.mark.parametrize(("hd", "heads", "kvh"), [(64, 9, 3), (128, 32, 8), (64, 4, 4), (128, 16, 2), (128, 14, 7)])
 @pytest.mark.parametrize(("pos0", "t"), [(0, 1), (37, 1), (3000, 1), (0, 70), (100, 33)])
-def test_attention_matches_numpy_on_fp16_kv(ops, hd, heads, kvh, pos0, t):
+@pytest.mark.parametrize("tc", [True, False], ids=["attn_tc", "attn_split"])
+def test_attention_matches_numpy_on_fp16_kv(hd, heads, kvh, pos0, t, tc):
     import cupy as cp
 
     spec = _Spec(2, kvh, heads, hd)
@@ -223,6 +226,7 @@ def test_attention_matches_numpy_on_fp16_kv(ops, hd, heads, kvh, pos0, t):
     ref_kv = DenseKV(spec, n)
     ref_kv.store(1, 0, k, v)
     ref = NumpyOps().attention(q, ref_kv, 1, pos0)
+    ops = CudaOps(tc_attention=tc)
     kv = ops.new_kv(spec, 16)
     kv.store(1, 0, cp.asarray(k), cp.asarray(v))  # also exercises grow()
     out = ops.attention(cp.asarray(q), kv, 1, pos0).get()
@@ -230,8 +234,9 @@ def test_attention_matches_numpy_on_fp16_kv(ops, hd, heads, kvh, pos0, t):
 
 
 @pytest.mark.parametrize(("hd", "heads", "kvh"), [(64, 9, 3), (128, 32, 8), (128, 16, 2), (256, 8, 1), (64, 8, 1)])
-@pytest.mark.parametrize(("pos0", "t"), [(0, 1), (37, 1), (3000, 1), (0, 70), (100, 33)])
-def test_attention_matches_numpy_on_q8_0_kv(hd, heads, kvh, pos0, t):
+@pytest.mark.parametrize(("pos0", "t"), [(0, 1), (37, 1), (3000, 1), (0, 70), (100, 33), (20000, 1)])
+@pytest.mark.parametrize("tc", [True, False], ids=["attn_tc", "attn_split"])
+def test_attention_matches_numpy_on_q8_0_kv(hd, heads, kvh, pos0, t, tc):
     import cupy as cp
 
     from agentcore.engine.backends.cuda import CudaKV
@@ -251,8 +256,9 @@ def test_attention_matches_numpy_on_q8_0_kv(hd, heads, kvh, pos0, t):
     kv.length = n
     # The pool holds the CPU quantizer's bytes: what a checkpoint of either device stores.
     assert np.array_equal(kv.read_span(0, n)[1], ref_kv.data[1, :, :n])
-    out = CudaOps().attention(cp.asarray(q), kv, 1, pos0).get()
-    assert rel(out, ref) < (2e-4 if t == 1 else 5e-3)
+    out = CudaOps(tc_attention=tc).attention(cp.asarray(q), kv, 1, pos0).get()
+    # attn_split: fp32 products of the dequantized values; attn_tc and prefill: fp16 operands.
+    assert rel(out, ref) < (2e-4 if t == 1 and not tc else 5e-3)
 
 
 def test_q8_0_kv_rejects_head_dims_attention_cannot_read():

@@ -265,6 +265,74 @@ def bench_gemv(run: Run, cp: Any, types: list[str], reps: int = 100,
             run.emit(**fig, value=fig["int8_act"]["GB/s"], unit="GB/s of weights (int8 activations)")
 
 
+def _graph_ms(cp: Any, step: Any, reps: int) -> float:
+    """ms per call of ``step`` (kernel launches) replayed ``reps`` times in one CUDA graph."""
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        step()  # compiles, sets attributes: outside the capture
+        stream.begin_capture()
+        for _ in range(reps):
+            step()
+        graph = stream.end_capture()
+        graph.launch(stream)
+        s, e = cp.cuda.Event(), cp.cuda.Event()
+        s.record(stream)
+        graph.launch(stream)
+        e.record(stream)
+        e.synchronize()
+    return cp.cuda.get_elapsed_time(s, e) / reps
+
+
+def _attention_step(ops: Any, kv: Any, bufs: tuple, nsplit: int) -> Any:
+    """A decode step's attention launches: every layer of ``kv`` once."""
+    q, po, pml, out, pos = bufs
+
+    def step() -> None:
+        for layer in range(kv.spec.n_layers):
+            ops.attend_decode(q, kv, layer, po, pml, out, nsplit, pos_dev=pos)
+
+    return step
+
+
+# (model, n_layers, n_kv_heads, n_heads, head_dim) of the decode attention figures.
+ATTN_SHAPES = [("llama3-8b shape", 32, 8, 32, 128), ("smollm2-135m shape", 30, 3, 9, 64)]
+
+
+def bench_attention(run: Run, cp: Any, contexts: list[int], reps: int = 20) -> None:
+    """Decode attention alone (split + combine, every layer once, as a decode step runs it):
+    ms per token and GB/s of K/V bytes read, for the tensor-core (``attn_tc``) and CUDA-core
+    (``attn_split``) kernels on fp16 and q8_0 pools. CUDA events around one graph of ``reps``
+    tokens' launches."""
+    from types import SimpleNamespace
+
+    from agentcore.engine.backends.cuda import CudaKV, CudaOps
+
+    for model, layers, kvh, heads, hd in ATTN_SHAPES:
+        spec = SimpleNamespace(n_layers=layers, n_kv_heads=kvh, n_heads=heads, head_dim=hd)
+        for ctx in contexts:
+            for dtype in ("float16", "q8_0"):
+                kv = CudaKV(spec, ctx + 64, dtype=dtype)
+                fill_kv(cp, kv, ctx)
+                row = {}
+                for kname, tc in (("attn_tc", True), ("attn_split", False)):
+                    ops = CudaOps(tc_attention=tc)
+                    nsplit = ops.decode_splits(spec, kv.capacity)  # as a graph sized to the KV
+                    q = cp.asarray(np.random.default_rng(0).standard_normal((heads, hd)), dtype=cp.float32)
+                    po = cp.empty((heads, nsplit, hd), cp.float32)
+                    pml = cp.empty((heads, nsplit, 2), cp.float32)
+                    out = cp.empty(heads * hd, cp.float32)
+                    pos = cp.asarray(np.array([ctx - 1], np.int32))
+                    ms = _graph_ms(cp, _attention_step(ops, kv, (q, po, pml, out, pos), nsplit), reps)
+                    kv_bytes = layers * 2 * ctx * kvh * kv.row_width * kv.np_dtype.itemsize
+                    row[kname] = {"ms_per_token": round(ms, 4), "gb_per_s": round(kv_bytes / ms / 1e6, 1)}
+                run.emit(figure="decode_attention", model=model, quant=None, kv_dtype=dtype, ctx=ctx,
+                         value=row["attn_tc"]["ms_per_token"], unit="ms per token (all layers, attn_tc)",
+                         kv_bytes_per_token=layers * 2 * ctx * kvh * kv.row_width * kv.np_dtype.itemsize,
+                         **row)  # fmt: skip
+                del kv
+                cp.get_default_memory_pool().free_all_blocks()
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
@@ -422,7 +490,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--llama-bench", default=None, help="llama-bench binary: the peer")
     p.add_argument("--tmp", default="/tmp/agentcore-bench")
-    p.add_argument("--only", choices=("decode", "prefill", "cache", "gemv"), default=None,
+    p.add_argument("--only", choices=("decode", "prefill", "cache", "gemv", "attention"), default=None,
                    help="one kind of figure (prefill includes the checkpoint and restore; cache "
                         "times every KV tier and the checkpoint's cost)")
     p.add_argument("--contexts", default=None, help="comma list of prompt sizes")
@@ -441,6 +509,9 @@ def main(argv: list[str]) -> int:
     if args.only == "gemv":
         bench_gemv(run, cp, ["Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_0", "Q4_1"])
         bench_gemv(run, cp, ["Q4_1", "Q8_0"], shapes=GEMV_SHAPES_SMALL, model="smollm2-135m shape")
+        return 0
+    if args.only == "attention":
+        bench_attention(run, cp, [int(c) for c in (args.contexts or "4096,32768").split(",")])
         return 0
     tmp = Path(args.tmp)
     tmp.mkdir(parents=True, exist_ok=True)

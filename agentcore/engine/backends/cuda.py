@@ -66,6 +66,10 @@ HEAD_DIMS = (16, 32, 64, 128, 256)
 KV_DTYPES = ("float16", "q8_0")
 Q8_HEAD_DIMS = (64, 128, 256)  # q8_0 rows of 68, 136, 272 bytes: 4-byte aligned for attn_split
 ATTN_GROUPS = (1, 2, 4, 8)  # attn_split is compiled for up to this many query heads per KV head
+# attn_tc (tensor-core flash-decoding, kernels/ops.cu) covers these head dims, up to 8 query
+# heads per KV head, splits of at most ATTN_TC_SPLIT positions read ATTN_TP at a time.
+TC_HEAD_DIMS = (64, 128, 256)
+ATTN_TC_SPLIT, ATTN_TP = 512, 64
 _U64 = np.uint64
 _I32 = np.int32
 _F32 = np.float32
@@ -116,6 +120,7 @@ def _module() -> Any:
     names += [f"embed<{q}>" for q in NATIVE_QTYPES]
     names += [f"attn_split<{d},{g},0>" for d in HEAD_DIMS for g in ATTN_GROUPS]
     names += [f"attn_split<{d},{g},1>" for d in Q8_HEAD_DIMS for g in ATTN_GROUPS]
+    names += [f"attn_tc<{d},{q8}>" for d in TC_HEAD_DIMS for q8 in (0, 1)]
     names += [f"mla_attn_split<{r},{p}>" for r, p in MLA_SHAPES]
     return cp.RawModule(code=code, options=("-std=c++17",), name_expressions=names)
 
@@ -412,12 +417,15 @@ class CudaOps(MLAOps):
 
     dtype = np.float32
 
-    def __init__(self, *, int8_activations: bool = True, int8_min_bytes: int = 4 << 20) -> None:
+    def __init__(self, *, int8_activations: bool = True, int8_min_bytes: int = 4 << 20,
+                 tc_attention: bool = True) -> None:  # fmt: skip
         """``int8_activations``: run the decode GEMVs of Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K weights
         of at least ``int8_min_bytes`` on int8 activations (dp4a; the default, as llama.cpp
         does); False keeps them fp32. Below the size the extra ``quant_x`` launch costs more
         than the integer kernel saves (SmolLM2's 0.3-1 MB matrices: 2.6-3.6 us fp32 against
-        3.3-4.4 us int8 on an H200; Llama-3-8B's 9-300 MB ones: 1.3-1.8x faster int8)."""
+        3.3-4.4 us int8 on an H200; Llama-3-8B's 9-300 MB ones: 1.3-1.8x faster int8).
+        ``tc_attention``: decode attention on tensor cores (``attn_tc``) for head_dim 64, 128
+        and 256; False (or other head dims) uses the CUDA-core ``attn_split``."""
         if not cuda_available():
             select_ops("cuda")  # raises DeviceUnavailable with the install hint
         cp = _cupy()
@@ -427,6 +435,7 @@ class CudaOps(MLAOps):
         self._scratch16 = cp.empty(0, cp.float16)
         self.int8_activations = int8_activations
         self.int8_min_bytes = int8_min_bytes
+        self.tc_attention = tc_attention
         self._xq: ActQ8 | None = None
 
     # ---- preparation ----
@@ -640,21 +649,28 @@ class CudaOps(MLAOps):
                             (o, out, _I32(t), _I32(kvh), _I32(g), _I32(d)))
         return out
 
-    @staticmethod
-    def _attn_shape(spec: ModelSpec) -> tuple[int, int]:
-        """(GM, tile): the attn_split instance for ``spec``'s query heads per KV head, and
-        how many positions a block reads per iteration (kernels/ops.cu)."""
+    def _attn_shape(self, spec: ModelSpec) -> tuple[int, int]:
+        """(GM, tile): the attn_split instance for ``spec``'s query heads per KV head (0 when
+        attn_tc runs it), and how many positions a block reads per iteration (kernels/ops.cu)."""
         d, g = spec.head_dim, spec.n_heads // spec.n_kv_heads
         if d not in HEAD_DIMS or g > ATTN_GROUPS[-1]:
             raise ValueError(f"CUDA decode attention supports head_dim {HEAD_DIMS} and at most "
                              f"{ATTN_GROUPS[-1]} query heads per KV head, not {d} and {g}")  # fmt: skip
+        if d in TC_HEAD_DIMS and self.tc_attention:
+            return 0, ATTN_TP
         gm = next(x for x in ATTN_GROUPS if x >= g)
         return gm, 256 // (d // 8) * (4 if gm <= 4 else 2)
 
     def decode_splits(self, spec: ModelSpec, n: int) -> int:
-        """How many context slices flash-decoding uses for ``n`` positions (fixed in graphs)."""
-        per_iter = self._attn_shape(spec)[1]
-        return max(1, min(_cdiv(n, per_iter), 4 * self.n_sm // spec.n_kv_heads, 1024))
+        """How many context slices flash-decoding uses for ``n`` positions (fixed in graphs:
+        n is then the KV's capacity). attn_tc's slices hold at most ATTN_TC_SPLIT positions."""
+        gm, per_iter = self._attn_shape(spec)
+        nsplit = max(1, min(_cdiv(n, per_iter), 4 * self.n_sm // spec.n_kv_heads, 1024))
+        if gm == 0:
+            nsplit = max(nsplit, _cdiv(n, ATTN_TC_SPLIT))
+            if nsplit > 1024:  # attn_combine merges at most 1024
+                raise ValueError(f"CUDA decode attention holds at most {1024 * ATTN_TC_SPLIT} positions, not {n}")
+        return nsplit
 
     def attend_decode(self, q: Any, kv: CudaKV, layer: int, po: Any, pml: Any, out: Any,
                       nsplit: int, *, n_host: int = 0, pos_dev: Any = None) -> None:  # fmt: skip
@@ -663,12 +679,17 @@ class CudaOps(MLAOps):
         s = kv.spec
         d, g = s.head_dim, s.n_heads // s.n_kv_heads
         gm = self._attn_shape(s)[0]
-        _kernel(f"attn_split<{d},{gm},{int(kv.q8)}>")(
-            (s.n_kv_heads, nsplit), (256,),
-            (q, kv.pool, kv.table, _I32(layer), _I32(s.n_layers), _I32(kv.block_size),
-             _I32(s.n_kv_heads), _I32(g), _I32(n_host), _as_ptr(pos_dev),
-             _F32(1.0 / math.sqrt(d)), po, pml, _I32(nsplit)),
-        )  # fmt: skip
+        args = (q, kv.pool, kv.table, _I32(layer), _I32(s.n_layers), _I32(kv.block_size),
+                _I32(s.n_kv_heads), _I32(g), _I32(n_host), _as_ptr(pos_dev),
+                _F32(1.0 / math.sqrt(d)), po, pml, _I32(nsplit))  # fmt: skip
+        if gm == 0:
+            k = _kernel(f"attn_tc<{d},{int(kv.q8)}>")
+            smem = ATTN_TP * (d + 8) * 2 + 8 * ATTN_TC_SPLIT * 4 + 8 * (ATTN_TC_SPLIT + 8) * 2 + 8 * (d + 8) * 2
+            if smem > 48 * 1024 and k.max_dynamic_shared_size_bytes < smem:
+                k.max_dynamic_shared_size_bytes = smem
+            k((s.n_kv_heads, nsplit), (256,), args, shared_mem=smem)
+        else:
+            _kernel(f"attn_split<{d},{gm},{int(kv.q8)}>")((s.n_kv_heads, nsplit), (256,), args)
         _kernel("attn_combine")((s.n_heads,), (256,), (po, pml, out, _I32(d), _I32(nsplit)))
 
     def swiglu(self, gate_up: Any) -> Any:

@@ -371,6 +371,176 @@ __global__ void __launch_bounds__(256, GM <= 4 ? 2 : 1) attn_split(
     }
 }
 
+// Flash-decoding on tensor cores, phase 1 (head_dim 64, 128 or 256; fp16 or q8_0 pools).
+// Grid (KVH, NSPLIT), 256 threads; a split is at most ATTN_TC_SPLIT positions. The G <= 8
+// query heads of a KV head are padded to 8 and go through wmma: pass 1 streams the split's K
+// tile by tile (TP positions) into shared memory as fp16 (q8_0 dequantized on the way) and
+// takes scores S^T (positions x 8) = K Q^T on m32n8k16; a softmax per head (max, then
+// P = exp(S - max) in fp16 and its sum); pass 2 streams V the same way and takes O (8 x D) =
+// P V on m8n32k16, accumulated over the split in fragments. Each tile's global loads are
+// issued before the previous tile's products, so they are in flight during them. K and V are
+// each read once; no online rescaling (the split's scores all sit in shared memory).
+#include <mma.h>
+#define ATTN_TC_SPLIT 512
+constexpr int ATTN_TP = 64;
+
+// 8 values of a row as fp16: the raw fp16 words, or q8_0 int8 * scale rounded to fp16.
+template <bool Q8>
+__device__ __forceinline__ uint4 kv_half8(uint4 r, int sub) {
+    if constexpr (!Q8) {
+        return r;
+    } else {
+        const int odd = (sub >> 2) & 1;
+        const unsigned sh = odd ? 0u : 16u;
+        const unsigned lo = __funnelshift_r(r.x, r.y, sh) ^ 0x80808080u;
+        const unsigned hi = __funnelshift_r(r.y, r.z, sh) ^ 0x80808080u;
+        const unsigned short bits = odd ? (unsigned short)(r.w >> 16) : (unsigned short)(r.w & 0xffffu);
+        const __half2 d = __half2half2(__ushort_as_half(bits));
+        // 0x6400 | u is the fp16 1024 + u, exact: minus 1152 leaves the int8 q, exact too.
+        const __half2 off = __float2half2_rn(1152.f);
+        unsigned w[4] = {__byte_perm(lo, 0x64646464u, 0x4140), __byte_perm(lo, 0x64646464u, 0x4342),
+                         __byte_perm(hi, 0x64646464u, 0x4140), __byte_perm(hi, 0x64646464u, 0x4342)};
+        uint4 out;
+        unsigned* o = (unsigned*)&out;
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            __half2 v = __hmul2(__hsub2(*(__half2*)&w[e], off), d);
+            o[e] = *(unsigned*)&v;
+        }
+        return out;
+    }
+}
+
+template <int D, int Q8, int PER>
+__device__ __forceinline__ void tc_load(uint4 (&r)[PER], const void* pool, const int* table, int kv,
+                                        int base, int end, int layer, int L, int BS, int KVH, int h) {
+    constexpr int CH = D / 8, RW = Q8 ? D / 32 * Q8B : D;
+#pragma unroll
+    for (int i = 0; i < PER; i++) {
+        const int c = threadIdx.x + 256 * i, p = base + c / CH;
+        r[i] = p < end ? kv_load<Q8>(pool, kv_index(table, p, layer, kv, h, L, BS, KVH, RW), c % CH)
+                       : make_uint4(0, 0, 0, 0);
+    }
+}
+
+template <int D, int Q8, int PER>
+__device__ __forceinline__ void tc_store(const uint4 (&r)[PER], __half* tile) {
+    constexpr int CH = D / 8, LDK = D + 8;
+#pragma unroll
+    for (int i = 0; i < PER; i++) {
+        const int c = threadIdx.x + 256 * i;
+        *(uint4*)(tile + (c / CH) * LDK + (c % CH) * 8) = kv_half8<Q8>(r[i], c % CH);
+    }
+}
+
+template <int D, int Q8>
+__global__ void __launch_bounds__(256) attn_tc(
+    const float* __restrict__ q, const void* __restrict__ pool, const int* __restrict__ table,
+    int layer, int L, int BS, int KVH, int G, int n_host, const int* pos_dev, float scale,
+    float* __restrict__ part_o, float* __restrict__ part_ml, int nsplit) {
+    using namespace nvcuda;
+    constexpr int TP = ATTN_TP, SMAX = ATTN_TC_SPLIT, LDK = D + 8, LDP = SMAX + 8, LDQ = D + 8;
+    constexpr int PER = TP * (D / 8) / 256;  // 16-byte chunks a thread loads per tile
+    constexpr int NT = D / 32, KG = 8 / NT;   // pass 2: warps over 32-column tiles x k-groups
+    extern __shared__ __align__(128) unsigned char smem[];
+    __half* tile = (__half*)smem;                                  // [TP][LDK]
+    float* S = (float*)(smem + TP * LDK * 2);                      // [8][SMAX]; then O partials
+    __half* P = (__half*)(smem + TP * LDK * 2 + 8 * SMAX * 4);     // [8][LDP]
+    __half* Qs = P + 8 * LDP;                                      // [8][LDQ]
+    __shared__ float stat[2][8];
+    const int h = blockIdx.x, split = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int n = pos_dev ? *pos_dev + 1 : n_host;
+    const int per = ((n + nsplit - 1) / nsplit + TP - 1) / TP * TP;
+    const int start = split * per, end = min(n, start + per);
+    if (start >= end) {
+        for (int j = threadIdx.x; j < G; j += blockDim.x) {
+            part_ml[((long long)(h * G + j) * nsplit + split) * 2] = -INFINITY;
+            part_ml[((long long)(h * G + j) * nsplit + split) * 2 + 1] = 0.f;
+        }
+        return;
+    }
+    const int cnt = end - start, padded = (cnt + TP - 1) / TP * TP;
+    for (int i = threadIdx.x; i < 8 * D; i += 256) {
+        const int j = i / D, d = i % D;
+        Qs[j * LDQ + d] = __float2half(j < G ? q[(long long)(h * G + j) * D + d] * scale : 0.f);
+    }
+    uint4 r[PER];
+    // Pass 1: scores.
+    tc_load<D, Q8, PER>(r, pool, table, 0, start, end, layer, L, BS, KVH, h);
+    for (int t0 = start; t0 < end; t0 += TP) {
+        tc_store<D, Q8, PER>(r, tile);
+        __syncthreads();
+        if (t0 + TP < end) tc_load<D, Q8, PER>(r, pool, table, 0, t0 + TP, end, layer, L, BS, KVH, h);
+        if (warp < TP / 32) {
+            wmma::fragment<wmma::accumulator, 32, 8, 16, float> c;
+            wmma::fill_fragment(c, 0.f);
+#pragma unroll
+            for (int k0 = 0; k0 < D; k0 += 16) {
+                wmma::fragment<wmma::matrix_a, 32, 8, 16, __half, wmma::row_major> a;
+                wmma::fragment<wmma::matrix_b, 32, 8, 16, __half, wmma::col_major> b;
+                wmma::load_matrix_sync(a, tile + warp * 32 * LDK + k0, LDK);
+                wmma::load_matrix_sync(b, Qs + k0, LDQ);
+                wmma::mma_sync(c, a, b, c);
+            }
+            wmma::store_matrix_sync(S + (t0 - start) + warp * 32, c, SMAX, wmma::mem_col_major);
+        }
+        __syncthreads();
+    }
+    // Softmax per head: warp j owns head j. Columns past cnt (to the tile edge) get P = 0.
+    if (warp < G) {
+        const float* sr = S + warp * SMAX;
+        float m = -INFINITY;
+        for (int i = lane; i < cnt; i += 32) m = fmaxf(m, sr[i]);
+#pragma unroll
+        for (int o = 16; o; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, o));
+        float l = 0.f;
+        for (int i = lane; i < padded; i += 32) {
+            const __half p = __float2half(i < cnt ? __expf(sr[i] - m) : 0.f);
+            P[warp * LDP + i] = p;
+            l += __half2float(p);  // the sum of the values the products use
+        }
+#pragma unroll
+        for (int o = 16; o; o >>= 1) l += __shfl_xor_sync(0xffffffff, l, o);
+        if (lane == 0) { stat[0][warp] = m; stat[1][warp] = l; }
+    } else {
+        for (int i = lane; i < padded; i += 32) P[warp * LDP + i] = __float2half(0.f);
+    }
+    // Pass 2: O = P V (the syncs in the loop order the softmax before the first products).
+    const int nt = warp % NT, kg = warp / NT;
+    wmma::fragment<wmma::accumulator, 8, 32, 16, float> o;
+    wmma::fill_fragment(o, 0.f);
+    tc_load<D, Q8, PER>(r, pool, table, 1, start, end, layer, L, BS, KVH, h);
+    for (int t0 = start; t0 < end; t0 += TP) {
+        __syncthreads();  // the previous tile's products (or the softmax) are done
+        tc_store<D, Q8, PER>(r, tile);
+        __syncthreads();
+        if (t0 + TP < end) tc_load<D, Q8, PER>(r, pool, table, 1, t0 + TP, end, layer, L, BS, KVH, h);
+#pragma unroll
+        for (int k0 = kg * 16; k0 < TP; k0 += KG * 16) {
+            wmma::fragment<wmma::matrix_a, 8, 32, 16, __half, wmma::row_major> a;
+            wmma::fragment<wmma::matrix_b, 8, 32, 16, __half, wmma::row_major> b;
+            wmma::load_matrix_sync(a, P + (t0 - start) + k0, LDP);
+            wmma::load_matrix_sync(b, tile + k0 * LDK + nt * 32, LDK);
+            wmma::mma_sync(o, a, b, o);
+        }
+    }
+    __syncthreads();  // S is free: it takes the k-groups' partial O
+    wmma::store_matrix_sync(S + kg * 8 * D + nt * 32, o, D, wmma::mem_row_major);
+    __syncthreads();
+    for (int i = threadIdx.x; i < G * D; i += 256) {
+        const int j = i / D, d = i % D;
+        float sum = 0.f;
+#pragma unroll
+        for (int g = 0; g < KG; g++) sum += S[(g * 8 + j) * D + d];
+        part_o[((long long)(h * G + j) * nsplit + split) * D + d] = sum;
+    }
+    if (threadIdx.x < G) {
+        const long long pi = (long long)(h * G + threadIdx.x) * nsplit + split;
+        part_ml[pi * 2] = stat[0][threadIdx.x];
+        part_ml[pi * 2 + 1] = stat[1][threadIdx.x];
+    }
+}
+
 // Flash-decoding, phase 2: merge the splits of each query head. Grid H, 256 threads; the
 // split statistics go through shared memory so only splits that saw positions cost a load.
 extern "C" __global__ void attn_combine(const float* __restrict__ part_o,
