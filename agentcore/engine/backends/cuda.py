@@ -684,7 +684,7 @@ class CudaOps(MLAOps):
                 _F32(1.0 / math.sqrt(d)), po, pml, _I32(nsplit))  # fmt: skip
         if gm == 0:
             k = _kernel(f"attn_tc<{d},{int(kv.q8)}>")
-            smem = ATTN_TP * (d + 8) * 2 + 8 * ATTN_TC_SPLIT * 4 + 8 * (ATTN_TC_SPLIT + 8) * 2 + 8 * (d + 8) * 2
+            smem = ATTN_TP * (d + 8) * 2 + 8 * (ATTN_TC_SPLIT + 4) * 4 + 8 * (ATTN_TC_SPLIT + 8) * 2 + 8 * (d + 8) * 2
             if smem > 48 * 1024 and k.max_dynamic_shared_size_bytes < smem:
                 k.max_dynamic_shared_size_bytes = smem
             k((s.n_kv_heads, nsplit), (256,), args, shared_mem=smem)

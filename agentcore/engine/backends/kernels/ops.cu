@@ -373,16 +373,44 @@ __global__ void __launch_bounds__(256, GM <= 4 ? 2 : 1) attn_split(
 
 // Flash-decoding on tensor cores, phase 1 (head_dim 64, 128 or 256; fp16 or q8_0 pools).
 // Grid (KVH, NSPLIT), 256 threads; a split is at most ATTN_TC_SPLIT positions. The G <= 8
-// query heads of a KV head are padded to 8 and go through wmma: pass 1 streams the split's K
-// tile by tile (TP positions) into shared memory as fp16 (q8_0 dequantized on the way) and
-// takes scores S^T (positions x 8) = K Q^T on m32n8k16; a softmax per head (max, then
-// P = exp(S - max) in fp16 and its sum); pass 2 streams V the same way and takes O (8 x D) =
-// P V on m8n32k16, accumulated over the split in fragments. Each tile's global loads are
-// issued before the previous tile's products, so they are in flight during them. K and V are
-// each read once; no online rescaling (the split's scores all sit in shared memory).
-#include <mma.h>
+// query heads of a KV head are padded to 8, the N of mma.m16n8k16 (fp16 in, fp32 out; PTX,
+// no headers). Pass 1 streams the split's K tile by tile (TP positions) into shared memory
+// as fp16 (q8_0 dequantized on the way) and takes scores S^T (positions x 8) = K Q^T; then a
+// softmax per head (max, P = exp(S - max) in fp16, and its sum); pass 2 streams V the same
+// way and takes O^T (D x 8) = V^T P^T, accumulated over the split in registers. Each tile's
+// global loads are issued before the previous tile's products, so they are in flight
+// during them. K and V are each read once; no online rescaling (a split's scores all sit in
+// shared memory).
 #define ATTN_TC_SPLIT 512
 constexpr int ATTN_TP = 64;
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    unsigned a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+// ldmatrix: four (x4) or two (x2) 8x8 fp16 matrices; lane i gives the address of row i % 8
+// of matrix i / 8 and gets, of each matrix, row lane / 4, columns 2 (lane % 4) and +1
+// (.trans: those of the transpose).
+__device__ __forceinline__ void ldsm4(unsigned (&r)[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)) : "memory");
+}
+__device__ __forceinline__ void ldsm4t(unsigned (&r)[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)) : "memory");
+}
+__device__ __forceinline__ void ldsm2(unsigned (&r)[2], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1]) : "r"(smem_u32(p)) : "memory");
+}
+// c += a b: A 16x16 row-major (a: rows g, g+8 x columns 2t.., 2t+8..), B 16x8 (b: k 2t.. and
+// 2t+8.., column g), C 16x8 (c: rows g, g+8 x columns 2t, 2t+1); g = lane / 4, t = lane % 4.
+__device__ __forceinline__ void mma16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
 
 // 8 values of a row as fp16: the raw fp16 words, or q8_0 int8 * scale rounded to fp16.
 template <bool Q8>
@@ -434,21 +462,25 @@ __device__ __forceinline__ void tc_store(const uint4 (&r)[PER], __half* tile) {
 }
 
 template <int D, int Q8>
-__global__ void __launch_bounds__(256) attn_tc(
+__global__ void __launch_bounds__(256, D <= 128 ? 3 : 1) attn_tc(
     const float* __restrict__ q, const void* __restrict__ pool, const int* __restrict__ table,
     int layer, int L, int BS, int KVH, int G, int n_host, const int* pos_dev, float scale,
     float* __restrict__ part_o, float* __restrict__ part_ml, int nsplit) {
-    using namespace nvcuda;
-    constexpr int TP = ATTN_TP, SMAX = ATTN_TC_SPLIT, LDK = D + 8, LDP = SMAX + 8, LDQ = D + 8;
+    constexpr int TP = ATTN_TP, SMAX = ATTN_TC_SPLIT, LDK = D + 8, LDS = SMAX + 4, LDP = SMAX + 8;
+    constexpr int LDQ = D + 8;
     constexpr int PER = TP * (D / 8) / 256;  // 16-byte chunks a thread loads per tile
-    constexpr int NT = D / 32, KG = 8 / NT;   // pass 2: warps over 32-column tiles x k-groups
+    constexpr int MT = D / 16;                // pass 2: 16-row tiles of O^T
+    constexpr int KG = MT >= 8 ? 1 : 8 / MT;  // k-groups (warps splitting a tile's positions)
+    constexpr int MPW = MT >= 8 ? MT / 8 : 1; // m-tiles a warp owns
+    static_assert(KG * 8 * D <= 8 * LDS, "O partials reuse the score buffer");
     extern __shared__ __align__(128) unsigned char smem[];
     __half* tile = (__half*)smem;                                  // [TP][LDK]
-    float* S = (float*)(smem + TP * LDK * 2);                      // [8][SMAX]; then O partials
-    __half* P = (__half*)(smem + TP * LDK * 2 + 8 * SMAX * 4);     // [8][LDP]
+    float* S = (float*)(smem + TP * LDK * 2);                      // [8][LDS]; then O partials
+    __half* P = (__half*)(smem + TP * LDK * 2 + 8 * LDS * 4);      // [8][LDP]
     __half* Qs = P + 8 * LDP;                                      // [8][LDQ]
     __shared__ float stat[2][8];
     const int h = blockIdx.x, split = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, t4 = lane & 3;
     const int n = pos_dev ? *pos_dev + 1 : n_host;
     const int per = ((n + nsplit - 1) / nsplit + TP - 1) / TP * TP;
     const int start = split * per, end = min(n, start + per);
@@ -460,35 +492,46 @@ __global__ void __launch_bounds__(256) attn_tc(
         return;
     }
     const int cnt = end - start, padded = (cnt + TP - 1) / TP * TP;
+    uint4 r[PER];
+    tc_load<D, Q8, PER>(r, pool, table, 0, start, end, layer, L, BS, KVH, h);
     for (int i = threadIdx.x; i < 8 * D; i += 256) {
         const int j = i / D, d = i % D;
         Qs[j * LDQ + d] = __float2half(j < G ? q[(long long)(h * G + j) * D + d] * scale : 0.f);
     }
-    uint4 r[PER];
-    // Pass 1: scores.
-    tc_load<D, Q8, PER>(r, pool, table, 0, start, end, layer, L, BS, KVH, h);
+    __syncthreads();
+    unsigned qb[D / 16][2];  // Q^T, pass 1's B operand, for every k-step
+#pragma unroll
+    for (int k0 = 0; k0 < D; k0 += 32) {
+        unsigned x[4];
+        ldsm4(x, Qs + (lane & 7) * LDQ + k0 + 8 * (lane >> 3));
+        qb[k0 / 16][0] = x[0]; qb[k0 / 16][1] = x[1];
+        qb[k0 / 16 + 1][0] = x[2]; qb[k0 / 16 + 1][1] = x[3];
+    }
+    // Pass 1: scores. Warp w < TP / 16 takes positions [16 w, 16 w + 16) of each tile.
     for (int t0 = start; t0 < end; t0 += TP) {
         tc_store<D, Q8, PER>(r, tile);
         __syncthreads();
         if (t0 + TP < end) tc_load<D, Q8, PER>(r, pool, table, 0, t0 + TP, end, layer, L, BS, KVH, h);
-        if (warp < TP / 32) {
-            wmma::fragment<wmma::accumulator, 32, 8, 16, float> c;
-            wmma::fill_fragment(c, 0.f);
+        if (warp < TP / 16) {
+            float c[4] = {0.f, 0.f, 0.f, 0.f};
+            const __half* rows = tile + (warp * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * LDK + 8 * (lane >> 4);
 #pragma unroll
-            for (int k0 = 0; k0 < D; k0 += 16) {
-                wmma::fragment<wmma::matrix_a, 32, 8, 16, __half, wmma::row_major> a;
-                wmma::fragment<wmma::matrix_b, 32, 8, 16, __half, wmma::col_major> b;
-                wmma::load_matrix_sync(a, tile + warp * 32 * LDK + k0, LDK);
-                wmma::load_matrix_sync(b, Qs + k0, LDQ);
-                wmma::mma_sync(c, a, b, c);
+            for (int k = 0; k < D / 16; k++) {
+                unsigned a[4];
+                ldsm4(a, rows + k * 16);
+                mma16816(c, a, qb[k][0], qb[k][1]);
             }
-            wmma::store_matrix_sync(S + (t0 - start) + warp * 32, c, SMAX, wmma::mem_col_major);
+            const int p0 = (t0 - start) + warp * 16 + g;
+            S[(2 * t4) * LDS + p0] = c[0];
+            S[(2 * t4 + 1) * LDS + p0] = c[1];
+            S[(2 * t4) * LDS + p0 + 8] = c[2];
+            S[(2 * t4 + 1) * LDS + p0 + 8] = c[3];
         }
         __syncthreads();
     }
     // Softmax per head: warp j owns head j. Columns past cnt (to the tile edge) get P = 0.
     if (warp < G) {
-        const float* sr = S + warp * SMAX;
+        const float* sr = S + warp * LDS;
         float m = -INFINITY;
         for (int i = lane; i < cnt; i += 32) m = fmaxf(m, sr[i]);
 #pragma unroll
@@ -505,10 +548,12 @@ __global__ void __launch_bounds__(256) attn_tc(
     } else {
         for (int i = lane; i < padded; i += 32) P[warp * LDP + i] = __float2half(0.f);
     }
-    // Pass 2: O = P V (the syncs in the loop order the softmax before the first products).
-    const int nt = warp % NT, kg = warp / NT;
-    wmma::fragment<wmma::accumulator, 8, 32, 16, float> o;
-    wmma::fill_fragment(o, 0.f);
+    // Pass 2: O^T = V^T P^T. Warp w owns m-tiles (16 dims) w + 8 i, or with KG > 1 m-tile
+    // w % MT and the k-steps (16 positions) k = w / MT mod KG of each tile.
+    const int mt0 = warp % (8 / KG), kg = warp / (8 / KG);
+    float o[MPW][4];
+#pragma unroll
+    for (int i = 0; i < MPW; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
     tc_load<D, Q8, PER>(r, pool, table, 1, start, end, layer, L, BS, KVH, h);
     for (int t0 = start; t0 < end; t0 += TP) {
         __syncthreads();  // the previous tile's products (or the softmax) are done
@@ -516,22 +561,34 @@ __global__ void __launch_bounds__(256) attn_tc(
         __syncthreads();
         if (t0 + TP < end) tc_load<D, Q8, PER>(r, pool, table, 1, t0 + TP, end, layer, L, BS, KVH, h);
 #pragma unroll
-        for (int k0 = kg * 16; k0 < TP; k0 += KG * 16) {
-            wmma::fragment<wmma::matrix_a, 8, 32, 16, __half, wmma::row_major> a;
-            wmma::fragment<wmma::matrix_b, 8, 32, 16, __half, wmma::row_major> b;
-            wmma::load_matrix_sync(a, P + (t0 - start) + k0, LDP);
-            wmma::load_matrix_sync(b, tile + k0 * LDK + nt * 32, LDK);
-            wmma::mma_sync(o, a, b, o);
+        for (int k = kg; k < TP / 16; k += KG) {
+            unsigned b[2];
+            ldsm2(b, P + (lane & 7) * LDP + (t0 - start) + 16 * k + 8 * ((lane >> 3) & 1));
+#pragma unroll
+            for (int i = 0; i < MPW; i++) {
+                unsigned a[4];
+                ldsm4t(a, tile + (16 * k + (lane & 7) + 8 * (lane >> 4)) * LDK + (mt0 + 8 * i) * 16 +
+                              8 * ((lane >> 3) & 1));
+                mma16816(o[i], a, b[0], b[1]);
+            }
         }
     }
-    __syncthreads();  // S is free: it takes the k-groups' partial O
-    wmma::store_matrix_sync(S + kg * 8 * D + nt * 32, o, D, wmma::mem_row_major);
+    __syncthreads();  // S is free: it takes the k-groups' partial O, [KG][8 heads][D]
+    float* ob = S + kg * 8 * D;
+#pragma unroll
+    for (int i = 0; i < MPW; i++) {
+        const int d0 = (mt0 + 8 * i) * 16 + g;
+        ob[(2 * t4) * D + d0] = o[i][0];
+        ob[(2 * t4 + 1) * D + d0] = o[i][1];
+        ob[(2 * t4) * D + d0 + 8] = o[i][2];
+        ob[(2 * t4 + 1) * D + d0 + 8] = o[i][3];
+    }
     __syncthreads();
     for (int i = threadIdx.x; i < G * D; i += 256) {
         const int j = i / D, d = i % D;
         float sum = 0.f;
 #pragma unroll
-        for (int g = 0; g < KG; g++) sum += S[(g * 8 + j) * D + d];
+        for (int kk = 0; kk < KG; kk++) sum += S[(kk * 8 + j) * D + d];
         part_o[((long long)(h * G + j) * nsplit + split) * D + d] = sum;
     }
     if (threadIdx.x < G) {
