@@ -117,14 +117,14 @@ def weight_bytes_per_token(model: Any) -> int:
 def fill_kv(cp: Any, kv: Any, n: int) -> None:
     """Random K/V for positions [0, n): decode speed does not depend on the values. A q8_0
     pool gets random int8 and one finite scale per block."""
-    if getattr(kv, "q8", False):
-        kv.pool[...] = cp.random.randint(0, 256, kv.pool.shape, dtype=cp.int32).astype(cp.uint8)
-        blocks = kv.pool.reshape(-1, 34)
-        blocks[:, :2] = cp.asarray(np.full(1, 0.004, np.float16).view(np.uint8))
-    else:
-        kv.pool[...] = (cp.random.standard_normal(kv.pool.shape, dtype=cp.float32) * 0.5).astype(
-            cp.float16
-        )
+    for b in range(kv.pool.shape[0]):  # a paged block at a time: no pool-sized temporaries
+        blk = kv.pool[b]
+        if getattr(kv, "q8", False):
+            blk.view(cp.float16)[...] = cp.random.standard_normal(blk.size // 2, dtype=cp.float32).reshape(
+                blk.view(cp.float16).shape).astype(cp.float16)  # fmt: skip
+            blk.reshape(-1, 34)[:, :2] = cp.asarray(np.full(1, 0.004, np.float16).view(np.uint8))
+        else:
+            blk[...] = (cp.random.standard_normal(blk.shape, dtype=cp.float32) * 0.5).astype(cp.float16)
     kv.length = n
 
 
@@ -170,14 +170,14 @@ def public_turn(eng: LocalEngine, ctx: int, steps: int, session: str) -> tuple[A
     return req, anyio.run(complete, eng, req)
 
 
-def llama_bench(binary: str | None, path: Path, depths: list[int],
-                kv_dtype: str = "float16") -> dict[tuple[str, int], float]:  # fmt: skip
+def llama_bench(binary: str | None, path: Path, depths: list[int], kv_dtype: str = "float16",
+                prefill: bool = True) -> dict[tuple[str, int], float]:  # fmt: skip
     """{("decode", depth) | ("prefill", n): tok/s} from llama-bench's JSON lines (its K and V
     cache types matching ``kv_dtype``: f16 or q8_0)."""
     if not binary:
         return {}
     cache = "q8_0" if kv_dtype == "q8_0" else "f16"
-    cmd = [binary, "-m", str(path), "-ngl", "99", "-fa", "1", "-p", "512,8192", "-n", "128",
+    cmd = [binary, "-m", str(path), "-ngl", "99", "-fa", "1", "-p", "512,8192" if prefill else "0", "-n", "128",
            "-ctk", cache, "-ctv", cache,
            "-d", ",".join(map(str, depths)), "-r", "2", "-o", "jsonl"]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
@@ -405,7 +405,8 @@ def bench_model(run: Run, cp: Any, name: str, path: Path, quant: str, bw: float,
     cp.get_default_memory_pool().free_all_blocks()
     # The peer runs last in the same run (on the same file and GPU), so a llama-bench still
     # being built when the run starts is ready by then.
-    peer = llama_bench(_wait_for(peer_bin), path, [0 if c <= 64 else c for c in contexts], kv_dtype)
+    peer = llama_bench(_wait_for(peer_bin), path, [0 if c <= 64 else c for c in contexts], kv_dtype,
+                       prefill=only != "decode")
     for key, label, fig in figs:
         p = peer.get(key)
         if p:
