@@ -261,6 +261,16 @@ def test_attention_matches_numpy_on_q8_0_kv(hd, heads, kvh, pos0, t, tc):
     assert rel(out, ref) < (2e-4 if t == 1 and not tc else 5e-3)
 
 
+def test_attn_tc_shared_memory_sizes_match_the_kernel_shapes():
+    import cupy as cp
+
+    from agentcore.engine.backends.cuda import _kernel, attn_tc_smem
+
+    out = cp.zeros(6, cp.int32)
+    _kernel("attn_tc_smem")((1,), (1,), (out,))
+    assert out.get().tolist() == [attn_tc_smem(d, q8) for d in (64, 128, 256) for q8 in (False, True)]
+
+
 def test_q8_0_kv_rejects_head_dims_attention_cannot_read():
     from agentcore.engine.backends.cuda import CudaKV
 

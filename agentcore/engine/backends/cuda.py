@@ -684,7 +684,7 @@ class CudaOps(MLAOps):
                 _F32(1.0 / math.sqrt(d)), po, pml, _I32(nsplit))  # fmt: skip
         if gm == 0:
             k = _kernel(f"attn_tc<{d},{int(kv.q8)}>")
-            smem = ATTN_TP * (d + 8) * 2 + 8 * (ATTN_TC_SPLIT + 4) * 4 + 8 * (ATTN_TC_SPLIT + 8) * 2 + 8 * (d + 8) * 2
+            smem = attn_tc_smem(d, kv.q8)
             if smem > 48 * 1024 and k.max_dynamic_shared_size_bytes < smem:
                 k.max_dynamic_shared_size_bytes = smem
             k((s.n_kv_heads, nsplit), (256,), args, shared_mem=smem)
@@ -706,6 +706,17 @@ class CudaOps(MLAOps):
 
     def logits(self, x: Any, head: CudaLinear) -> np.ndarray:
         return self.cp.asnumpy(self.matmul(x, head))
+
+
+def attn_tc_smem(d: int, q8: bool) -> int:
+    """Dynamic shared memory of ``attn_tc<d, q8>``: kernels/ops.cu's TcShape::BYTES (stages of
+    raw rows, the q8_0 fp16 tile, scores, probabilities, Q)."""
+    nst = 4 if d <= 128 else 3
+    rw = d // 32 * 34 if q8 else d * 2
+    pitch = rw if q8 else (d + 8) * 2
+    tile = ATTN_TP * (d + 8) * 2 if q8 else 0
+    return (nst * ATTN_TP * pitch + tile + 8 * (ATTN_TC_SPLIT + 4) * 4 + 8 * (ATTN_TC_SPLIT + 8) * 2
+            + 8 * (d + 8) * 2)  # fmt: skip
 
 
 class _Offset:

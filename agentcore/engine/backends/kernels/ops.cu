@@ -439,45 +439,77 @@ __device__ __forceinline__ uint4 kv_half8(uint4 r, int sub) {
     }
 }
 
-template <int D, int Q8, int PER>
-__device__ __forceinline__ void tc_load(uint4 (&r)[PER], const void* pool, const int* table, int kv,
-                                        int base, int end, int layer, int L, int BS, int KVH, int h) {
-    constexpr int CH = D / 8, RW = Q8 ? D / 32 * Q8B : D;
-#pragma unroll
-    for (int i = 0; i < PER; i++) {
-        const int c = threadIdx.x + 256 * i, p = base + c / CH;
-        r[i] = p < end ? kv_load<Q8>(pool, kv_index(table, p, layer, kv, h, L, BS, KVH, RW), c % CH)
-                       : make_uint4(0, 0, 0, 0);
+// cp.async: global -> shared without registers; src_size 0 writes zeros (positions past the
+// end). A group per tile; wait_group<N> leaves at most N groups in flight.
+template <int BYTES>
+__device__ __forceinline__ void cp_async(void* dst, const void* src, bool pred) {
+    const unsigned d = smem_u32(dst);
+    const int n = pred ? BYTES : 0;
+    if constexpr (BYTES == 16)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(n) : "memory");
+    else
+        asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(d), "l"(src), "n"(BYTES), "r"(n) : "memory");
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+// The shapes of attn_tc<D, Q8>: a stage holds TP positions' rows as the pool stores them
+// (fp16 rows padded to D + 8 halves, so ldmatrix reads them in place; q8_0 rows of RW
+// bytes, 17 chunks of D / 16 bytes each, converted to an fp16 tile before the products).
+template <int D, int Q8>
+struct TcShape {
+    static constexpr int TP = ATTN_TP, NST = D <= 128 ? 4 : 3;
+    static constexpr int RW = Q8 ? D / 32 * Q8B : D * 2;              // row bytes in the pool
+    static constexpr int PITCH = Q8 ? RW : (D + 8) * 2;               // row bytes in a stage
+    static constexpr int CB = Q8 ? D / 16 : 16, CPR = RW / CB;       // chunk bytes, per row
+    static constexpr int STAGE = TP * PITCH, LDK = D + 8, SMAX = ATTN_TC_SPLIT;
+    static constexpr int LDS = SMAX + 4, LDP = SMAX + 8, LDQ = D + 8;
+    static constexpr int TILE = Q8 ? TP * LDK * 2 : 0;                // q8_0: the fp16 tile
+    static constexpr int BYTES = NST * STAGE + TILE + 8 * LDS * 4 + 8 * LDP * 2 + 8 * LDQ * 2;
+};
+
+// Queue the copies of positions [base, base + TP) of plane kv (K 0, V 1) into a stage.
+template <int D, int Q8>
+__device__ __forceinline__ void tc_issue(unsigned char* stage, const unsigned char* pool, const int* table,
+                                         int kv, int base, int end, int layer, int L, int BS, int KVH, int h) {
+    using T = TcShape<D, Q8>;
+    for (int c = threadIdx.x; c < T::TP * T::CPR; c += 256) {
+        const int p = c / T::CPR, k = c % T::CPR, pos = base + p;
+        const bool ok = pos < end;
+        const unsigned char* src = ok ? pool + kv_index(table, pos, layer, kv, h, L, BS, KVH, T::RW) + k * T::CB : pool;
+        cp_async<T::CB>(stage + p * T::PITCH + k * T::CB, src, ok);
     }
 }
 
-template <int D, int Q8, int PER>
-__device__ __forceinline__ void tc_store(const uint4 (&r)[PER], __half* tile) {
-    constexpr int CH = D / 8, LDK = D + 8;
-#pragma unroll
-    for (int i = 0; i < PER; i++) {
-        const int c = threadIdx.x + 256 * i;
-        *(uint4*)(tile + (c / CH) * LDK + (c % CH) * 8) = kv_half8<Q8>(r[i], c % CH);
+// q8_0 stage -> fp16 tile (the row offsets keep the pool's alignment: kv_load's reads hold).
+template <int D>
+__device__ __forceinline__ void tc_convert(const unsigned char* stage, __half* tile) {
+    using T = TcShape<D, 1>;
+    for (int c = threadIdx.x; c < T::TP * (D / 8); c += 256) {
+        const int p = c / (D / 8), sub = c % (D / 8);
+        *(uint4*)(tile + p * T::LDK + sub * 8) = kv_half8<true>(kv_load<true>(stage, (long long)p * T::RW, sub), sub);
     }
 }
 
 template <int D, int Q8>
-__global__ void __launch_bounds__(256, D <= 128 ? 3 : 1) attn_tc(
-    const float* __restrict__ q, const void* __restrict__ pool, const int* __restrict__ table,
+__global__ void __launch_bounds__(256) attn_tc(
+    const float* __restrict__ q, const void* __restrict__ pool_, const int* __restrict__ table,
     int layer, int L, int BS, int KVH, int G, int n_host, const int* pos_dev, float scale,
     float* __restrict__ part_o, float* __restrict__ part_ml, int nsplit) {
-    constexpr int TP = ATTN_TP, SMAX = ATTN_TC_SPLIT, LDK = D + 8, LDS = SMAX + 4, LDP = SMAX + 8;
-    constexpr int LDQ = D + 8;
-    constexpr int PER = TP * (D / 8) / 256;  // 16-byte chunks a thread loads per tile
+    using T = TcShape<D, Q8>;
+    constexpr int TP = T::TP, NST = T::NST, LDK = T::LDK, LDS = T::LDS, LDP = T::LDP, LDQ = T::LDQ;
     constexpr int MT = D / 16;                // pass 2: 16-row tiles of O^T
     constexpr int KG = MT >= 8 ? 1 : 8 / MT;  // k-groups (warps splitting a tile's positions)
     constexpr int MPW = MT >= 8 ? MT / 8 : 1; // m-tiles a warp owns
     static_assert(KG * 8 * D <= 8 * LDS, "O partials reuse the score buffer");
+    const unsigned char* pool = (const unsigned char*)pool_;
     extern __shared__ __align__(128) unsigned char smem[];
-    __half* tile = (__half*)smem;                                  // [TP][LDK]
-    float* S = (float*)(smem + TP * LDK * 2);                      // [8][LDS]; then O partials
-    __half* P = (__half*)(smem + TP * LDK * 2 + 8 * LDS * 4);      // [8][LDP]
-    __half* Qs = P + 8 * LDP;                                      // [8][LDQ]
+    unsigned char* stages = smem;                                   // NST x [TP][PITCH]
+    __half* ctile = (__half*)(smem + NST * T::STAGE);               // q8_0: [TP][LDK]
+    float* S = (float*)(smem + NST * T::STAGE + T::TILE);           // [8][LDS]; then O partials
+    __half* P = (__half*)((unsigned char*)S + 8 * LDS * 4);         // [8][LDP]
+    __half* Qs = P + 8 * LDP;                                       // [8][LDQ]
     __shared__ float stat[2][8];
     const int h = blockIdx.x, split = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, t4 = lane & 3;
@@ -491,9 +523,22 @@ __global__ void __launch_bounds__(256, D <= 128 ? 3 : 1) attn_tc(
         }
         return;
     }
-    const int cnt = end - start, padded = (cnt + TP - 1) / TP * TP;
-    uint4 r[PER];
-    tc_load<D, Q8, PER>(r, pool, table, 0, start, end, layer, L, BS, KVH, h);
+    const int cnt = end - start, padded = (cnt + TP - 1) / TP * TP, ntiles = padded / TP;
+    // The fp16 rows a tile's products read: the stage itself, or the converted q8_0 tile.
+    auto rows_of = [&](int i) -> const __half* {
+        if constexpr (Q8) {
+            tc_convert<D>(stages + (i % NST) * T::STAGE, ctile);
+            __syncthreads();
+            return ctile;
+        } else {
+            return (const __half*)(stages + (i % NST) * T::STAGE);
+        }
+    };
+#pragma unroll
+    for (int i = 0; i < NST - 1; i++) {
+        if (i < ntiles) tc_issue<D, Q8>(stages + i * T::STAGE, pool, table, 0, start + i * TP, end, layer, L, BS, KVH, h);
+        cp_commit();
+    }
     for (int i = threadIdx.x; i < 8 * D; i += 256) {
         const int j = i / D, d = i % D;
         Qs[j * LDQ + d] = __float2half(j < G ? q[(long long)(h * G + j) * D + d] * scale : 0.f);
@@ -508,10 +553,14 @@ __global__ void __launch_bounds__(256, D <= 128 ? 3 : 1) attn_tc(
         qb[k0 / 16 + 1][0] = x[2]; qb[k0 / 16 + 1][1] = x[3];
     }
     // Pass 1: scores. Warp w < TP / 16 takes positions [16 w, 16 w + 16) of each tile.
-    for (int t0 = start; t0 < end; t0 += TP) {
-        tc_store<D, Q8, PER>(r, tile);
-        __syncthreads();
-        if (t0 + TP < end) tc_load<D, Q8, PER>(r, pool, table, 0, t0 + TP, end, layer, L, BS, KVH, h);
+    for (int i = 0; i < ntiles; i++) {
+        cp_wait<NST - 2>();
+        __syncthreads();  // tile i has landed for every thread; tile i - 1's stage is free
+        if (i + NST - 1 < ntiles)
+            tc_issue<D, Q8>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 0, start + (i + NST - 1) * TP,
+                            end, layer, L, BS, KVH, h);
+        cp_commit();
+        const __half* tile = rows_of(i);
         if (warp < TP / 16) {
             float c[4] = {0.f, 0.f, 0.f, 0.f};
             const __half* rows = tile + (warp * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * LDK + 8 * (lane >> 4);
@@ -521,13 +570,19 @@ __global__ void __launch_bounds__(256, D <= 128 ? 3 : 1) attn_tc(
                 ldsm4(a, rows + k * 16);
                 mma16816(c, a, qb[k][0], qb[k][1]);
             }
-            const int p0 = (t0 - start) + warp * 16 + g;
+            const int p0 = i * TP + warp * 16 + g;
             S[(2 * t4) * LDS + p0] = c[0];
             S[(2 * t4 + 1) * LDS + p0] = c[1];
             S[(2 * t4) * LDS + p0 + 8] = c[2];
             S[(2 * t4 + 1) * LDS + p0 + 8] = c[3];
         }
-        __syncthreads();
+    }
+    cp_wait<0>();
+    __syncthreads();  // every score is written; the stages are free for V
+#pragma unroll
+    for (int i = 0; i < NST - 1; i++) {  // V's first tiles load during the softmax
+        if (i < ntiles) tc_issue<D, Q8>(stages + i * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS, KVH, h);
+        cp_commit();
     }
     // Softmax per head: warp j owns head j. Columns past cnt (to the tile edge) get P = 0.
     if (warp < G) {
@@ -554,22 +609,24 @@ __global__ void __launch_bounds__(256, D <= 128 ? 3 : 1) attn_tc(
     float o[MPW][4];
 #pragma unroll
     for (int i = 0; i < MPW; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-    tc_load<D, Q8, PER>(r, pool, table, 1, start, end, layer, L, BS, KVH, h);
-    for (int t0 = start; t0 < end; t0 += TP) {
-        __syncthreads();  // the previous tile's products (or the softmax) are done
-        tc_store<D, Q8, PER>(r, tile);
-        __syncthreads();
-        if (t0 + TP < end) tc_load<D, Q8, PER>(r, pool, table, 1, t0 + TP, end, layer, L, BS, KVH, h);
+    for (int i = 0; i < ntiles; i++) {
+        cp_wait<NST - 2>();
+        __syncthreads();  // tile i landed; tile i - 1's products (or the softmax) are done
+        if (i + NST - 1 < ntiles)
+            tc_issue<D, Q8>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 1, start + (i + NST - 1) * TP,
+                            end, layer, L, BS, KVH, h);
+        cp_commit();
+        const __half* tile = rows_of(i);
 #pragma unroll
         for (int k = kg; k < TP / 16; k += KG) {
             unsigned b[2];
-            ldsm2(b, P + (lane & 7) * LDP + (t0 - start) + 16 * k + 8 * ((lane >> 3) & 1));
+            ldsm2(b, P + (lane & 7) * LDP + i * TP + 16 * k + 8 * ((lane >> 3) & 1));
 #pragma unroll
-            for (int i = 0; i < MPW; i++) {
+            for (int mi = 0; mi < MPW; mi++) {
                 unsigned a[4];
-                ldsm4t(a, tile + (16 * k + (lane & 7) + 8 * (lane >> 4)) * LDK + (mt0 + 8 * i) * 16 +
+                ldsm4t(a, tile + (16 * k + (lane & 7) + 8 * (lane >> 4)) * LDK + (mt0 + 8 * mi) * 16 +
                               8 * ((lane >> 3) & 1));
-                mma16816(o[i], a, b[0], b[1]);
+                mma16816(o[mi], a, b[0], b[1]);
             }
         }
     }
@@ -596,6 +653,13 @@ __global__ void __launch_bounds__(256, D <= 128 ? 3 : 1) attn_tc(
         part_ml[pi * 2] = stat[0][threadIdx.x];
         part_ml[pi * 2 + 1] = stat[1][threadIdx.x];
     }
+}
+
+// Dynamic shared memory of attn_tc<D, Q8> (the host reads it to launch).
+extern "C" __global__ void attn_tc_smem(int* out) {
+    out[0] = TcShape<64, 0>::BYTES; out[1] = TcShape<64, 1>::BYTES;
+    out[2] = TcShape<128, 0>::BYTES; out[3] = TcShape<128, 1>::BYTES;
+    out[4] = TcShape<256, 0>::BYTES; out[5] = TcShape<256, 1>::BYTES;
 }
 
 // Flash-decoding, phase 2: merge the splits of each query head. Grid H, 256 threads; the
