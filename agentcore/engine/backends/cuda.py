@@ -11,16 +11,22 @@ API for the engine:
 - ``Transformer(model, CudaOps(), chunk=2048)`` runs as on the CPU (prefill, all logits).
 - ``cuda_graph.CudaDecoder(transformer, kv)``: the decode step as one CUDA graph with
   on-device sampling (the engine's Decoder on CUDA).
-- ``CudaKV`` (from ``ops.new_kv``): paged fp16 pool ``(n_blocks, n_layers, 2, block_size,
-  n_kv_heads, head_dim)`` with a block table; a block is one contiguous copy, in
-  ``kv.KVLayout``'s block form. ``read_span(start, n)`` / ``write_span(start, block)`` move
-  positions ``(n_layers, 2, n, n_kv_heads, head_dim)`` float16 through pinned host memory
+- ``CudaKV`` (from ``ops.new_kv``): paged pool ``(n_blocks, n_layers, 2, block_size,
+  n_kv_heads, row)`` with a block table, fp16 rows of head_dim or (``kv_dtype="q8_0"``)
+  GGUF Q8_0 rows of head_dim / 32 * 34 bytes, the CPU's and the checkpoints' bytes; a block
+  is one contiguous copy, in ``kv.KVLayout``'s block form. ``read_span(start, n)`` /
+  ``write_span(start, block)`` move positions ``(n_layers, 2, n, n_kv_heads, row)`` through
+  pinned host memory
   (what ``kv.read_span``/``write_span`` call); ``export_blocks(ids)`` / ``import_blocks(ids,
   host)`` move whole logical blocks ``(len(ids), n_layers, 2, block_size, kvh, hd)``;
   ``export(n)`` / ``import_(layers)`` match ``DenseKV`` (float32 per layer).
 
 Invariants:
-- Activations are float32 (T, features); KV is float16; accumulation is float32.
+- Activations are float32 (T, features); KV is float16 or q8_0 (written by kv_store_q8 and
+  rope_kv_decode_q8, read dequantized); accumulation is float32.
+- Decode attention is flash-decoding over context slices merged by attn_combine: attn_tc
+  (tensor cores, mma.sync via inline PTX, K and V streamed by cp.async) for fp16 KV of head
+  dim 64/128/256, attn_split (CUDA cores) for q8_0 and other head dims.
 - Weights stay GGUF blocks on the device (Q4_0, Q4_1, Q8_0, Q2_K, Q4_K, Q5_K, Q6_K, F16, BF16,
   F32). Other types the loader accepts (Q5_0, Q5_1, Q3_K) are uploaded as F16.
 - T <= 8 tokens: quantized GEMV. For Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K matrices of at
@@ -418,14 +424,15 @@ class CudaOps(MLAOps):
     dtype = np.float32
 
     def __init__(self, *, int8_activations: bool = True, int8_min_bytes: int = 4 << 20,
-                 tc_attention: bool = True) -> None:  # fmt: skip
+                 tc_attention: bool | None = None) -> None:  # fmt: skip
         """``int8_activations``: run the decode GEMVs of Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K weights
         of at least ``int8_min_bytes`` on int8 activations (dp4a; the default, as llama.cpp
         does); False keeps them fp32. Below the size the extra ``quant_x`` launch costs more
         than the integer kernel saves (SmolLM2's 0.3-1 MB matrices: 2.6-3.6 us fp32 against
         3.3-4.4 us int8 on an H200; Llama-3-8B's 9-300 MB ones: 1.3-1.8x faster int8).
         ``tc_attention``: decode attention on tensor cores (``attn_tc``) for head_dim 64, 128
-        and 256; False (or other head dims) uses the CUDA-core ``attn_split``."""
+        and 256; False (and other head dims) the CUDA-core ``attn_split``; None (default)
+        attn_tc on fp16 KV, attn_split on q8_0 (see ``uses_tc_attention``)."""
         if not cuda_available():
             select_ops("cuda")  # raises DeviceUnavailable with the install hint
         cp = _cupy()
@@ -649,24 +656,34 @@ class CudaOps(MLAOps):
                             (o, out, _I32(t), _I32(kvh), _I32(g), _I32(d)))
         return out
 
-    def _attn_shape(self, spec: ModelSpec) -> tuple[int, int]:
-        """(GM, tile): the attn_split instance for ``spec``'s query heads per KV head (0 when
-        attn_tc runs it), and how many positions a block reads per iteration (kernels/ops.cu)."""
+    @staticmethod
+    def _attn_shape(spec: ModelSpec) -> tuple[int, int]:
+        """(GM, tile): the attn_split instance for ``spec``'s query heads per KV head, and
+        how many positions a block reads per iteration (kernels/ops.cu)."""
         d, g = spec.head_dim, spec.n_heads // spec.n_kv_heads
         if d not in HEAD_DIMS or g > ATTN_GROUPS[-1]:
             raise ValueError(f"CUDA decode attention supports head_dim {HEAD_DIMS} and at most "
                              f"{ATTN_GROUPS[-1]} query heads per KV head, not {d} and {g}")  # fmt: skip
-        if d in TC_HEAD_DIMS and self.tc_attention:
-            return 0, ATTN_TP
         gm = next(x for x in ATTN_GROUPS if x >= g)
         return gm, 256 // (d // 8) * (4 if gm <= 4 else 2)
 
+    def uses_tc_attention(self, spec: ModelSpec, q8: bool) -> bool:
+        """Whether decode attention over a KV of ``spec`` runs on tensor cores (attn_tc):
+        head_dim 64/128/256 and ``tc_attention`` True, or None (auto) with fp16 KV. Auto keeps
+        q8_0 on attn_split: on the H200 at 32K (8B shape, all layers) attn_tc's dequantization
+        in shared memory made it 2.98 ms a token, attn_split 2.66 ms in the decode graph; on
+        fp16 attn_tc takes 2.17 ms, attn_split 2.28 (bench ``--only attention``)."""
+        if spec.head_dim not in TC_HEAD_DIMS:
+            return False
+        return not q8 if self.tc_attention is None else self.tc_attention
+
     def decode_splits(self, spec: ModelSpec, n: int) -> int:
         """How many context slices flash-decoding uses for ``n`` positions (fixed in graphs:
-        n is then the KV's capacity). attn_tc's slices hold at most ATTN_TC_SPLIT positions."""
-        gm, per_iter = self._attn_shape(spec)
+        n is then the KV's capacity). Either kernel accepts the count; attn_tc's slices hold
+        at most ATTN_TC_SPLIT positions."""
+        per_iter = self._attn_shape(spec)[1]
         nsplit = max(1, min(_cdiv(n, per_iter), 4 * self.n_sm // spec.n_kv_heads, 1024))
-        if gm == 0:
+        if spec.head_dim in TC_HEAD_DIMS:
             nsplit = max(nsplit, _cdiv(n, ATTN_TC_SPLIT))
             if nsplit > 1024:  # attn_combine merges at most 1024
                 raise ValueError(f"CUDA decode attention holds at most {1024 * ATTN_TC_SPLIT} positions, not {n}")
@@ -682,7 +699,7 @@ class CudaOps(MLAOps):
         args = (q, kv.pool, kv.table, _I32(layer), _I32(s.n_layers), _I32(kv.block_size),
                 _I32(s.n_kv_heads), _I32(g), _I32(n_host), _as_ptr(pos_dev),
                 _F32(1.0 / math.sqrt(d)), po, pml, _I32(nsplit))  # fmt: skip
-        if gm == 0:
+        if self.uses_tc_attention(s, kv.q8):
             k = _kernel(f"attn_tc<{d},{int(kv.q8)}>")
             smem = attn_tc_smem(d, kv.q8)
             if smem > 48 * 1024 and k.max_dynamic_shared_size_bytes < smem:
