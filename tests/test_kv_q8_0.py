@@ -37,17 +37,21 @@ def test_quantization_is_byte_exact_with_gguf():
 @pytest.mark.real_model
 def test_q8_0_kv_logits_bound_on_smollm2(smollm2_path):  # noqa: F811
     # Measured on this 400-token prompt: top-1 agreement 98.75%, max |diff| 0.69 and its 99th
-    # percentile over positions 0.50, of a 67-wide logit range; fp16 KV: 100%, 0.02.
+    # percentile over positions 0.50, of a 67-wide logit range; fp16 KV: 100%, 0.02. Against
+    # fp16 KV (the GPU default) q8_0 measures the same: 98.75%, 0.69, 0.50.
     f32 = LocalEngine.from_gguf(smollm2_path)
+    f16 = LocalEngine.from_gguf(smollm2_path, kv_dtype="float16")
     q8 = LocalEngine.from_gguf(smollm2_path, kv_dtype="q8_0")
     text = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")[:3000]
     ids = f32.tokenize(text)[:400]
-    a, b = f32.logits(ids), q8.logits(ids)
-    diff = np.abs(a - b).max(axis=-1)
-    assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.975
-    assert np.quantile(diff, 0.99) <= 1.0
-    assert diff.max() <= 1.5
+    b = q8.logits(ids)
+    for ref in (f32.logits(ids), f16.logits(ids)):
+        diff = np.abs(ref - b).max(axis=-1)
+        assert (ref.argmax(-1) == b.argmax(-1)).mean() >= 0.975
+        assert np.quantile(diff, 0.99) <= 1.0
+        assert diff.max() <= 1.5
     assert q8.layout.bytes_per_token() * 3.7 < f32.layout.bytes_per_token()  # 12,240 vs 46,080
+    assert q8.layout.bytes_per_token() * 1.8 < f16.layout.bytes_per_token()  # vs 23,040
 
 
 @pytest.fixture(scope="module")
