@@ -524,10 +524,6 @@ __global__ void __launch_bounds__(256) attn_tc(
         return;
     }
     const int cnt = end - start, padded = (cnt + TP - 1) / TP * TP, ntiles = padded / TP;
-    // Tile i of the loops is tile (i + rot) % ntiles of the split: blocks start at different
-    // tiles, so the blocks running together do not all read addresses a power of two apart.
-    const int rot = (split * 3 + h) % ntiles;
-    auto at = [&](int i) { return (i + rot) % ntiles * TP; };  // the tile's first position - start
     // The fp16 rows a tile's products read: the stage itself, or the converted q8_0 tile.
     auto rows_of = [&](int i) -> const __half* {
         if constexpr (Q8) {
@@ -540,7 +536,7 @@ __global__ void __launch_bounds__(256) attn_tc(
     };
 #pragma unroll
     for (int i = 0; i < NST - 1; i++) {
-        if (i < ntiles) tc_issue<D, Q8>(stages + i * T::STAGE, pool, table, 0, start + at(i), end, layer, L, BS, KVH, h);
+        if (i < ntiles) tc_issue<D, Q8>(stages + i * T::STAGE, pool, table, 0, start + i * TP, end, layer, L, BS, KVH, h);
         cp_commit();
     }
     for (int i = threadIdx.x; i < 8 * D; i += 256) {
@@ -561,7 +557,7 @@ __global__ void __launch_bounds__(256) attn_tc(
         cp_wait<NST - 2>();
         __syncthreads();  // tile i has landed for every thread; tile i - 1's stage is free
         if (i + NST - 1 < ntiles)
-            tc_issue<D, Q8>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 0, start + at(i + NST - 1),
+            tc_issue<D, Q8>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 0, start + (i + NST - 1) * TP,
                             end, layer, L, BS, KVH, h);
         cp_commit();
         const __half* tile = rows_of(i);
@@ -574,7 +570,7 @@ __global__ void __launch_bounds__(256) attn_tc(
                 ldsm4(a, rows + k * 16);
                 mma16816(c, a, qb[k][0], qb[k][1]);
             }
-            const int p0 = at(i) + warp * 16 + g;
+            const int p0 = i * TP + warp * 16 + g;
             S[(2 * t4) * LDS + p0] = c[0];
             S[(2 * t4 + 1) * LDS + p0] = c[1];
             S[(2 * t4) * LDS + p0 + 8] = c[2];
@@ -585,7 +581,7 @@ __global__ void __launch_bounds__(256) attn_tc(
     __syncthreads();  // every score is written; the stages are free for V
 #pragma unroll
     for (int i = 0; i < NST - 1; i++) {  // V's first tiles load during the softmax
-        if (i < ntiles) tc_issue<D, Q8>(stages + i * T::STAGE, pool, table, 1, start + at(i), end, layer, L, BS, KVH, h);
+        if (i < ntiles) tc_issue<D, Q8>(stages + i * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS, KVH, h);
         cp_commit();
     }
     // Softmax per head: warp j owns head j. Columns past cnt (to the tile edge) get P = 0.
@@ -617,14 +613,14 @@ __global__ void __launch_bounds__(256) attn_tc(
         cp_wait<NST - 2>();
         __syncthreads();  // tile i landed; tile i - 1's products (or the softmax) are done
         if (i + NST - 1 < ntiles)
-            tc_issue<D, Q8>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 1, start + at(i + NST - 1),
+            tc_issue<D, Q8>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 1, start + (i + NST - 1) * TP,
                             end, layer, L, BS, KVH, h);
         cp_commit();
         const __half* tile = rows_of(i);
 #pragma unroll
         for (int k = kg; k < TP / 16; k += KG) {
             unsigned b[2];
-            ldsm2(b, P + (lane & 7) * LDP + at(i) + 16 * k + 8 * ((lane >> 3) & 1));
+            ldsm2(b, P + (lane & 7) * LDP + i * TP + 16 * k + 8 * ((lane >> 3) & 1));
 #pragma unroll
             for (int mi = 0; mi < MPW; mi++) {
                 unsigned a[4];
