@@ -396,7 +396,9 @@ def test_q8_0_kv_end_to_end_against_numpy_and_fp16_kv(tmp_path, preset):
     # the rounding of K and V before quantization): the int8-activation bounds of the test
     # above. And the q8_0 KV's cost, the same GPU graph on fp16 KV: on these random-weight
     # files (flat logits, many near-ties) top-1 agreement and the worst logit gap over the
-    # logit range are the bound.
+    # logit range are the bound. Measured on the H200 (f57efea), q8_0 against fp16 KV over
+    # 79 graph steps: 8B layer shape top-1 94.9%, rel 2.4e-2, worst gap 1.8% of the range;
+    # SmolLM2 shape 94.9%, 1.6e-2, 1.1%.
     path = write_synthetic_gguf(tmp_path / "m.gguf", **preset)
     model = load_gguf(path)
     cpu_ops = NumpyOps()
