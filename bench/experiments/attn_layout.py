@@ -1,5 +1,4 @@
 """Experiment: attn_tc GB/s with heads interleaved (8B layout) vs one KV head (rows contiguous)."""
-import sys
 from types import SimpleNamespace
 
 import cupy as cp
