@@ -25,6 +25,7 @@ weight bytes read per token over the device-to-device copy bandwidth of the same
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -218,6 +219,24 @@ GEMV_SHAPES_SMALL = [("qkv", 960, 576, 0), ("out", 576, 576, 1), ("gate_up", 307
                      ("down", 576, 1536, 1), ("head", 49152, 576, 0)]  # fmt: skip
 
 
+def _graph_ms(cp: Any, step: Any, reps: int) -> float:
+    """ms per call of ``step`` (kernel launches) replayed ``reps`` times in one CUDA graph."""
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        step()  # compiles, sets attributes: outside the capture
+        stream.begin_capture()
+        for _ in range(reps):
+            step()
+        graph = stream.end_capture()
+        graph.launch(stream)
+        s, e = cp.cuda.Event(), cp.cuda.Event()
+        s.record(stream)
+        graph.launch(stream)
+        e.record(stream)
+        e.synchronize()
+    return cp.cuda.get_elapsed_time(s, e) / reps
+
+
 def bench_gemv(run: Run, cp: Any, types: list[str], reps: int = 100,
                shapes: list[tuple[str, int, int, int]] = GEMV_SHAPES, model: str = "llama3-8b shape") -> None:  # fmt: skip
     """GB/s of weight bytes for each decode GEMV alone (CUDA events around one CUDA graph of
@@ -244,43 +263,12 @@ def bench_gemv(run: Run, cp: Any, types: list[str], reps: int = 100,
                 part = ops.prepare_linear([w]).parts[0]
                 x = cp.asarray(rng.standard_normal(cols).astype(np.float32))
                 y = cp.zeros(rows // 2 if mode == 2 else rows, cp.float32)
-                stream = cp.cuda.Stream(non_blocking=True)
-                with stream:  # as the decoder runs them: captured in a graph, no host launches
-                    for _ in range(3):
-                        ops.gemv(part, x, y, mode=mode)
-                    stream.begin_capture()
-                    for _ in range(reps):
-                        ops.gemv(part, x, y, mode=mode)
-                    graph = stream.end_capture()
-                    graph.launch(stream)
-                    s, e = cp.cuda.Event(), cp.cuda.Event()
-                    s.record(stream)
-                    graph.launch(stream)
-                    e.record(stream)
-                    e.synchronize()
-                us = cp.cuda.get_elapsed_time(s, e) * 1e3 / reps
+                # As the decoder runs them: captured in a graph, no host launches.
+                us = _graph_ms(cp, functools.partial(ops.gemv, part, x, y, mode=mode), reps) * 1e3
                 fig[vname] = {"us": round(us, 2), "GB/s": round(raw.nbytes / us / 1e3, 1),
                               "int8": ops.int8_ready(part)}  # fmt: skip
-                del part, graph
+                del part
             run.emit(**fig, value=fig["int8_act"]["GB/s"], unit="GB/s of weights (int8 activations)")
-
-
-def _graph_ms(cp: Any, step: Any, reps: int) -> float:
-    """ms per call of ``step`` (kernel launches) replayed ``reps`` times in one CUDA graph."""
-    stream = cp.cuda.Stream(non_blocking=True)
-    with stream:
-        step()  # compiles, sets attributes: outside the capture
-        stream.begin_capture()
-        for _ in range(reps):
-            step()
-        graph = stream.end_capture()
-        graph.launch(stream)
-        s, e = cp.cuda.Event(), cp.cuda.Event()
-        s.record(stream)
-        graph.launch(stream)
-        e.record(stream)
-        e.synchronize()
-    return cp.cuda.get_elapsed_time(s, e) / reps
 
 
 def _attention_step(ops: Any, kv: Any, bufs: tuple, nsplit: int) -> Any:
