@@ -314,6 +314,12 @@ def test_kv_spans_and_blocks_round_trip(ops, dtype):
         fourth = ops.new_kv(spec, 8)
         fourth.import_(dense)
         assert fourth.length == 300 and np.array_equal(fourth.read_span(0, 300), kv.read_span(0, 300))
+    # Rows of the other dtype are a clear error, never a silent cast into the pool.
+    other_dtype = CudaKV(spec, 64, dtype="float16" if dtype == "q8_0" else "q8_0")
+    with pytest.raises(ValueError, match="do not fit"):
+        other_dtype.write_span(0, span)
+    with pytest.raises(ValueError, match="do not fit"):
+        other_dtype.import_blocks([1, 2], blocks)
 
 
 def test_kv_store_q8_0_matches_cpu_quantizer_bit_for_bit():

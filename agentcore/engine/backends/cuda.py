@@ -346,6 +346,7 @@ class CudaKV:
     def write_span(self, start: int, block: np.ndarray) -> None:
         """Write ``read_span``'s output back at positions [start, start+len)."""
         cp = _cupy()
+        self._check_rows(block)
         n = block.shape[2]
         self.grow(start + n)
         bs = self.block_size
@@ -378,6 +379,7 @@ class CudaKV:
         when the blocks are contiguous in the pool; ``host`` should be pinned for full speed).
         The caller sets ``length``. Completes before return unless a ``stream`` is given."""
         cp = _cupy()
+        self._check_rows(host)
         ids = [int(b) for b in block_ids]
         self.grow((max(ids) + 1) * self.block_size)
         phys = cp.asnumpy(self.table)[ids]
@@ -409,6 +411,15 @@ class CudaKV:
         """Replace the contents with ``export``'s output; ``length`` becomes its token count."""
         self.write_span(0, np.stack(layers))
         self.length = layers[0].shape[1]
+
+    def _check_rows(self, a: Any) -> None:
+        """KV rows handed in must be this pool's: a q8_0 pool takes its uint8 bytes only (a
+        cast of float rows would be garbage), an fp16 one any float rows of head_dim."""
+        dt = np.dtype(a.dtype)
+        ok = dt == np.uint8 if self.q8 else dt.kind == "f"
+        if not ok or a.shape[-1] != self.row_width:
+            raise ValueError(f"KV rows of dtype {dt} and width {a.shape[-1]} do not fit a {self.dtype} "
+                             f"pool of {self.row_width}-wide {self.np_dtype} rows")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- ops
