@@ -19,7 +19,8 @@ API for the engine:
   pinned host memory
   (what ``kv.read_span``/``write_span`` call); ``export_blocks(ids)`` / ``import_blocks(ids,
   host)`` move whole logical blocks ``(len(ids), n_layers, 2, block_size, kvh, hd)``;
-  ``export(n)`` / ``import_(layers)`` match ``DenseKV`` (float32 per layer).
+  ``export(n)`` / ``import_(layers)`` match ``DenseKV`` (float32 per layer; a q8_0 pool its
+  Q8_0 bytes, as the CPU's ``Q8KV``).
 
 Invariants:
 - Activations are float32 (T, features); KV is float16 or q8_0 (written by kv_store_q8 and
