@@ -92,3 +92,21 @@ def test_q8_0_checkpoints_restore_their_own_bytes(tiny, tmp_path):
 def test_unknown_kv_dtype_is_a_clear_error(tiny):
     with pytest.raises(ValueError, match="kv_dtype='int4' is not supported on cpu"):
         LocalEngine.from_gguf(tiny, kv_dtype="int4")
+
+
+def test_cuda_kv_refuses_rows_of_another_dtype_or_width():
+    # The guard of CudaKV.write_span/import_blocks, on stand-ins for its pools (no GPU needed):
+    # a q8_0 pool takes its own uint8 rows only; an fp16 pool float rows of head_dim.
+    from types import SimpleNamespace
+
+    from agentcore.engine.backends.cuda import CudaKV
+
+    f16 = SimpleNamespace(q8=False, row_width=128, dtype="float16", np_dtype=np.dtype(np.float16))
+    q8 = SimpleNamespace(q8=True, row_width=136, dtype="q8_0", np_dtype=np.dtype(np.uint8))
+    CudaKV._check_rows(f16, np.zeros((2, 2, 5, 8, 128), np.float16))
+    CudaKV._check_rows(f16, np.zeros((2, 2, 5, 8, 128), np.float32))  # export()'s float32
+    CudaKV._check_rows(q8, np.zeros((3, 2, 2, 64, 8, 136), np.uint8))
+    for kv, rows in [(f16, np.zeros((2, 2, 5, 8, 136), np.uint8)), (q8, np.zeros((2, 2, 5, 8, 128), np.float16)),
+                     (q8, np.zeros((2, 2, 5, 8, 128), np.uint8)), (f16, np.zeros((2, 2, 5, 8, 64), np.float16))]:  # fmt: skip
+        with pytest.raises(ValueError, match="do not fit"):
+            CudaKV._check_rows(kv, rows)
