@@ -683,8 +683,8 @@ class CudaOps(MLAOps):
         """Whether decode attention over a KV of ``spec`` runs on tensor cores (attn_tc):
         head_dim 64/128/256 and ``tc_attention`` True, or None (auto) with fp16 KV. Auto keeps
         q8_0 on attn_split: on the H200 at 32K (8B shape, all layers) attn_tc's dequantization
-        in shared memory made it 2.98 ms a token, attn_split 2.66 ms in the decode graph; on
-        fp16 attn_tc takes 2.17 ms, attn_split 2.28 (bench ``--only attention``)."""
+        in shared memory made it 2.98 ms a token against attn_split's 2.49; on fp16 attn_tc
+        takes 2.17 ms, attn_split 2.28 (bench ``--only attention``)."""
         if spec.head_dim not in TC_HEAD_DIMS:
             return False
         return not q8 if self.tc_attention is None else self.tc_attention
