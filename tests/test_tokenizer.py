@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import regex
-from hypothesis import example, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from agentcore.engine.model.gguf import load_gguf
@@ -195,6 +195,9 @@ def test_folded_regex_splits_like_llama_cpps_sequence(pre, text):
 @settings(max_examples=300, deadline=None)
 @given(text=MIXED)
 def test_tiktoken_applies_the_folded_regex_as_python_regex_does(deepseek, text):
+    # User-defined tokens ("<think>", "｜DSML｜") are matched whole before the regex runs, as
+    # llama.cpp does (hypothesis once drew "｜DSML｜" itself): the property is about the rest.
+    assume(not any(t in text for t in ("<think>", "</think>", "｜DSML｜")))
     pieces = regex.findall(PRE_TOKENIZERS["deepseek-v3"], text, flags=regex.V1)
     assert deepseek.encode(text) == [i for p in pieces for i in deepseek.encode(p)]
 
