@@ -110,3 +110,16 @@ def test_cuda_kv_refuses_rows_of_another_dtype_or_width():
                      (q8, np.zeros((2, 2, 5, 8, 128), np.uint8)), (f16, np.zeros((2, 2, 5, 8, 64), np.float16))]:  # fmt: skip
         with pytest.raises(ValueError, match="do not fit"):
             CudaKV._check_rows(kv, rows)
+
+
+def test_cuda_kv_dtype_check_names_what_the_gpu_holds():
+    from types import SimpleNamespace
+
+    from agentcore.engine.backends.cuda import check_kv_dtype
+
+    check_kv_dtype(SimpleNamespace(head_dim=128), "q8_0")
+    check_kv_dtype(SimpleNamespace(head_dim=32), "float16")
+    with pytest.raises(ValueError, match="needs head_dim in"):
+        check_kv_dtype(SimpleNamespace(head_dim=32), "q8_0")
+    with pytest.raises(ValueError, match="must be one of"):
+        check_kv_dtype(SimpleNamespace(head_dim=128), "int4")

@@ -134,12 +134,10 @@ class LocalEngine:
         if kv_dtype == "q8_0" and mla is not None:
             raise ValueError("kv_dtype='q8_0' is for llama-style models; deepseek2's latent cache is "
                              f"{'float16' if self.device == 'cuda' else 'float32 or float16'}")  # fmt: skip
-        if kv_dtype == "q8_0" and self.device == "cuda":
-            from agentcore.engine.backends.cuda import Q8_HEAD_DIMS
+        if self.device == "cuda" and mla is None:
+            from agentcore.engine.backends.cuda import check_kv_dtype
 
-            if self.spec.head_dim not in Q8_HEAD_DIMS:
-                raise ValueError(f"kv_dtype='q8_0' on CUDA needs head_dim in {Q8_HEAD_DIMS}, "
-                                 f"not {self.spec.head_dim}")  # fmt: skip
+            check_kv_dtype(self.spec, kv_dtype)
         self.ops.kv_dtype = kv_dtype
         self.tokenizer = Tokenizer.from_gguf(model)
         self.chat: ChatFormat = detect_chat_format(model, self.tokenizer, thinking=thinking)

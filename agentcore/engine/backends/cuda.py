@@ -245,6 +245,16 @@ def pinned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     return np.frombuffer(mem, dtype, count).reshape(shape)
 
 
+def check_kv_dtype(spec: ModelSpec, dtype: str) -> None:
+    """ValueError unless a CUDA KV of ``spec`` can hold ``dtype`` (LocalEngine checks at
+    construction, before any KV exists)."""
+    if dtype not in KV_DTYPES:
+        raise ValueError(f"CUDA KV dtype must be one of {KV_DTYPES}, not {dtype!r}")
+    if dtype == "q8_0" and spec.head_dim not in Q8_HEAD_DIMS:
+        raise ValueError(f"kv_dtype='q8_0' on CUDA needs head_dim in {Q8_HEAD_DIMS}, "
+                         f"not {spec.head_dim}")  # fmt: skip
+
+
 class CudaKV:
     """Paged KV of one sequence: pool (n_blocks, L, 2, BS, KVH, row) and a block table.
 
@@ -258,11 +268,7 @@ class CudaKV:
     def __init__(self, spec: ModelSpec, capacity: int, block_size: int = 64,
                  dtype: str = "float16") -> None:  # fmt: skip
         cp = _cupy()
-        if dtype not in KV_DTYPES:
-            raise ValueError(f"CUDA KV dtype must be one of {KV_DTYPES}, not {dtype!r}")
-        if dtype == "q8_0" and spec.head_dim not in Q8_HEAD_DIMS:
-            raise ValueError(f"kv_dtype='q8_0' on CUDA needs head_dim in {Q8_HEAD_DIMS}, "
-                             f"not {spec.head_dim}")  # fmt: skip
+        check_kv_dtype(spec, dtype)
         self.spec = spec
         self.dtype = dtype
         self.block_size = block_size

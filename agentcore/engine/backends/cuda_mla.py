@@ -156,11 +156,12 @@ class MLAOps:
 
     cp: Any
     n_sm: int
+    kv_dtype: str
 
     def new_kv(self, spec: ModelSpec, capacity: int) -> Any:
         if getattr(spec, "mla", None) is not None:
             return CudaLatentKV(spec, capacity)
-        return _cu.CudaKV(spec, capacity, dtype=getattr(self, "kv_dtype", "float16"))
+        return _cu.CudaKV(spec, capacity, dtype=self.kv_dtype)
 
     def prepare_heads(self, w: np.ndarray) -> Any:
         """Per-head matrices (H, out, in) for ``head_matmul``, fp32 on the device."""
