@@ -662,37 +662,50 @@ extern "C" __global__ void attn_tc_smem(int* out) {
     out[4] = TcShape<256, 0>::BYTES; out[5] = TcShape<256, 1>::BYTES;
 }
 
-// Flash-decoding, phase 2: merge the splits of each query head. Grid H, 256 threads; the
-// split statistics go through shared memory so only splits that saw positions cost a load.
+// Flash-decoding, phase 2: merge the splits of each query head. Grid H, 256 threads; D up
+// to 512 (MLA's latent rank). The split statistics go through shared memory; warp w sums
+// splits w, w + 8, ... of each column (coalesced 128-byte rows, loads independent of each
+// other), and the 8 warps' sums meet in shared memory. An empty split's weight is 0 and its
+// partial output is never written: it is read but selected away (0 * NaN would poison).
 extern "C" __global__ void attn_combine(const float* __restrict__ part_o,
                                         const float* __restrict__ part_ml, float* __restrict__ out,
                                         int D, int nsplit) {
     __shared__ float c[1024];
     __shared__ float red[32];
-    int hq = blockIdx.x;
+    __shared__ float redm[32];
+    __shared__ float acc[8][512];
+    const int hq = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const float* ml = part_ml + (long long)hq * nsplit * 2;
     float mx = -INFINITY;
     for (int s = threadIdx.x; s < nsplit; s += blockDim.x) mx = fmaxf(mx, ml[2 * s]);
     for (int o = 16; o; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    __shared__ float redm[32];
     if (lane == 0) redm[warp] = mx;
     __syncthreads();
     float M = -INFINITY;
-    for (int i = 0; i < nw; i++) M = fmaxf(M, redm[i]);
+    for (int i = 0; i < (int)(blockDim.x >> 5); i++) M = fmaxf(M, redm[i]);
     float part = 0.f;
     for (int s = threadIdx.x; s < nsplit; s += blockDim.x) {
-        float mm = ml[2 * s];
-        // An empty split's sum is never read: 0 * (uninitialised NaN) would poison the head.
-        float w = mm == -INFINITY ? 0.f : __expf(mm - M);
+        const float mm = ml[2 * s];
+        const float w = mm == -INFINITY ? 0.f : __expf(mm - M);
         c[s] = w;
         if (w != 0.f) part += w * ml[2 * s + 1];
     }
-    float inv = 1.f / block_sum(part, red);  // block_sum syncs, so c[] is complete after it
+    const float inv = 1.f / block_sum(part, red);  // block_sum syncs, so c[] is complete after it
+    const float* po = part_o + (long long)hq * nsplit * D;
+    for (int d = lane; d < D; d += 32) {
+        float o = 0.f;
+#pragma unroll 4
+        for (int s = warp; s < nsplit; s += 8) {
+            const float v = po[(long long)s * D + d], w = c[s];
+            o += w != 0.f ? v * w : 0.f;
+        }
+        acc[warp][d] = o;
+    }
+    __syncthreads();
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
         float o = 0.f;
-        for (int s = 0; s < nsplit; s++)
-            if (c[s] != 0.f) o += part_o[((long long)hq * nsplit + s) * D + d] * c[s];
+#pragma unroll
+        for (int w = 0; w < 8; w++) o += acc[w][d];
         out[(long long)hq * D + d] = o * inv;
     }
 }
