@@ -76,6 +76,7 @@ ATTN_GROUPS = (1, 2, 4, 8)  # attn_split is compiled for up to this many query h
 # attn_tc (tensor-core flash-decoding, kernels/ops.cu) covers these head dims, up to 8 query
 # heads per KV head, splits of at most ATTN_TC_SPLIT positions read ATTN_TP at a time.
 TC_HEAD_DIMS = (64, 128, 256)
+PREFILL_TC_HEAD_DIMS = (64, 128)  # attn_prefill_tc: flash attention for chunks of T > 1
 ATTN_TC_SPLIT, ATTN_TP = 512, 64
 _U64 = np.uint64
 _I32 = np.int32
@@ -128,6 +129,7 @@ def _module() -> Any:
     names += [f"attn_split<{d},{g},0>" for d in HEAD_DIMS for g in ATTN_GROUPS]
     names += [f"attn_split<{d},{g},1>" for d in Q8_HEAD_DIMS for g in ATTN_GROUPS]
     names += [f"attn_tc<{d},{q8}>" for d in TC_HEAD_DIMS for q8 in (0, 1)]
+    names += [f"attn_prefill_tc<{d},{q8}>" for d in PREFILL_TC_HEAD_DIMS for q8 in (0, 1)]
     names += [f"mla_attn_split<{r},{p}>" for r, p in MLA_SHAPES]
     return cp.RawModule(code=code, options=("-std=c++17",), name_expressions=names)
 
@@ -651,6 +653,16 @@ class CudaOps(MLAOps):
             return out
         kvh = s.n_kv_heads
         scale = 1.0 / math.sqrt(d)
+        if d in PREFILL_TC_HEAD_DIMS and self.tc_attention is not False:
+            out = cp.empty((t, h * d), cp.float32)
+            k = _kernel(f"attn_prefill_tc<{d},{int(kv.q8)}>")
+            smem = (128 + 2 * 64) * (d + 8) * 2  # Q rows, a K tile and a V tile, fp16
+            if smem > 48 * 1024 and k.max_dynamic_shared_size_bytes < smem:
+                k.max_dynamic_shared_size_bytes = smem
+            k((_cdiv(t * g, 128), kvh), (256,),
+              (q, kv.pool, kv.table, _I32(layer), _I32(s.n_layers), _I32(kv.block_size), _I32(kvh),
+               _I32(g), _I32(t), _I32(pos0), _F32(scale), out), shared_mem=smem)  # fmt: skip
+            return out
         q16 = cp.empty((kvh, t * g, d), cp.float16)
         _kernel("q_pack")((_cdiv(q.size, 256),), (256,),
                           (q, q16, _I32(t), _I32(kvh), _I32(g), _I32(d), _F32(scale)))

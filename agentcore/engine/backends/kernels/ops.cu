@@ -655,6 +655,170 @@ __global__ void __launch_bounds__(256) attn_tc(
     }
 }
 
+// Prefill attention on tensor cores (flash attention 2, causal, GQA; head_dim 64 or 128; fp16
+// or q8_0 pools). Grid (ceil(T G / 128), KVH), 256 threads. A block owns 128 query rows of one
+// KV head, row r = (token t, head j) with t = r / G; warp w owns rows [16 w, 16 w + 16). Keys
+// stream in tiles of 64 (registers -> shared memory as fp16, the next tile's loads in flight
+// during the products) up to the block's last causal position; per tile S = Q K^T
+// (m16n8k16), an online softmax in registers (a thread holds rows g and g + 8), P packed to
+// fp16 as the A operand of O += P V. Row t sees keys [0, pos0 + t]. out (T, H * D) fp32.
+constexpr int PF_ROWS = 128, PF_TP = 64;
+
+template <int D, int Q8, int PER>
+__device__ __forceinline__ void pf_load(uint4 (&r)[PER], const void* pool, const int* table, int kv,
+                                        int base, int end, int layer, int L, int BS, int KVH, int h) {
+    constexpr int CH = D / 8, RW = Q8 ? D / 32 * Q8B : D;
+#pragma unroll
+    for (int i = 0; i < PER; i++) {
+        const int c = threadIdx.x + 256 * i, p = base + c / CH;
+        r[i] = p < end ? kv_load<Q8>(pool, kv_index(table, p, layer, kv, h, L, BS, KVH, RW), c % CH)
+                       : make_uint4(0, 0, 0, 0);
+    }
+}
+
+template <int D, int Q8, int PER>
+__device__ __forceinline__ void pf_store(const uint4 (&r)[PER], __half* tile) {
+    constexpr int CH = D / 8, LDK = D + 8;
+#pragma unroll
+    for (int i = 0; i < PER; i++) {
+        const int c = threadIdx.x + 256 * i;
+        *(uint4*)(tile + (c / CH) * LDK + (c % CH) * 8) = kv_half8<Q8>(r[i], c % CH);
+    }
+}
+
+__device__ __forceinline__ unsigned pack_half2(float a, float b) {
+    __half2 v = __floats2half2_rn(a, b);
+    return *(unsigned*)&v;
+}
+
+template <int D, int Q8>
+__global__ void __launch_bounds__(256) attn_prefill_tc(
+    const float* __restrict__ q, const void* __restrict__ pool, const int* __restrict__ table,
+    int layer, int L, int BS, int KVH, int G, int T, int pos0, float scale, float* __restrict__ out) {
+    constexpr int TP = PF_TP, LDK = D + 8, NT = D / 8, PER = TP * (D / 8) / 256;
+    extern __shared__ __align__(128) unsigned char smem[];
+    __half* Qs = (__half*)smem;                 // [PF_ROWS][LDK]
+    __half* Ks = Qs + PF_ROWS * LDK;            // [TP][LDK]
+    __half* Vs = Ks + TP * LDK;                 // [TP][LDK]
+    const int h = blockIdx.y, r0 = blockIdx.x * PF_ROWS, H = KVH * G;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+    const int rows = T * G, end = pos0 + T;
+    const int last_row = min(rows, r0 + PF_ROWS) - 1;
+    const int kend = pos0 + last_row / G + 1;  // keys this block needs
+    uint4 kr[PER], vr[PER];
+    pf_load<D, Q8, PER>(kr, pool, table, 0, 0, kend, layer, L, BS, KVH, h);
+    pf_load<D, Q8, PER>(vr, pool, table, 1, 0, kend, layer, L, BS, KVH, h);
+    for (int i = threadIdx.x; i < PF_ROWS * D; i += 256) {
+        const int r = i / D, d = i % D, row = r0 + r;
+        float v = 0.f;
+        if (row < rows) v = q[((long long)(row / G) * H + h * G + row % G) * D + d] * scale;
+        Qs[r * LDK + d] = __float2half(v);
+    }
+    // This thread's two rows (g and g + 8 of its warp's 16) and their last visible keys.
+    const int ra = r0 + warp * 16 + g, rb = ra + 8;
+    const int lim_a = ra < rows ? pos0 + ra / G : -1, lim_b = rb < rows ? pos0 + rb / G : -1;
+    float o[NT][4];
+#pragma unroll
+    for (int i = 0; i < NT; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float ma = -INFINITY, mb = -INFINITY, la = 0.f, lb = 0.f;
+    for (int base = 0; base < kend; base += TP) {
+        __syncthreads();  // the previous tile's products are done
+        pf_store<D, Q8, PER>(kr, Ks);
+        pf_store<D, Q8, PER>(vr, Vs);
+        __syncthreads();
+        if (base + TP < kend) {
+            pf_load<D, Q8, PER>(kr, pool, table, 0, base + TP, kend, layer, L, BS, KVH, h);
+            pf_load<D, Q8, PER>(vr, pool, table, 1, base + TP, kend, layer, L, BS, KVH, h);
+        }
+        // S = Q K^T: 16 rows x 64 keys a warp, 8 n-tiles of 8 keys.
+        float sc[8][4];
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+#pragma unroll
+        for (int k = 0; k < D / 16; k++) {
+            unsigned a[4];
+            ldsm4(a, Qs + (warp * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * LDK + k * 16 + 8 * (lane >> 4));
+#pragma unroll
+            for (int nt = 0; nt < 8; nt += 2) {
+                // B = K^T for keys [8 nt, 8 nt + 16): x4 = (keys nt, d k..k+7), (keys nt, d +8),
+                // (keys nt + 1, d k..), (keys nt + 1, d +8).
+                unsigned b[4];
+                ldsm4(b, Ks + (nt * 8 + (lane & 7) + 8 * (lane >> 4)) * LDK + k * 16 + 8 * ((lane >> 3) & 1));
+                mma16816(sc[nt], a, b[0], b[1]);
+                mma16816(sc[nt + 1], a, b[2], b[3]);
+            }
+        }
+        // Causal mask and the online softmax of rows a (g) and b (g + 8).
+        float ta = -INFINITY, tb = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+            const int kp = base + nt * 8 + 2 * t4;
+            if (kp > lim_a) sc[nt][0] = -INFINITY;
+            if (kp + 1 > lim_a) sc[nt][1] = -INFINITY;
+            if (kp > lim_b) sc[nt][2] = -INFINITY;
+            if (kp + 1 > lim_b) sc[nt][3] = -INFINITY;
+            ta = fmaxf(ta, fmaxf(sc[nt][0], sc[nt][1]));
+            tb = fmaxf(tb, fmaxf(sc[nt][2], sc[nt][3]));
+        }
+#pragma unroll
+        for (int x = 1; x <= 2; x <<= 1) {
+            ta = fmaxf(ta, __shfl_xor_sync(0xffffffff, ta, x));
+            tb = fmaxf(tb, __shfl_xor_sync(0xffffffff, tb, x));
+        }
+        const float na = fmaxf(ma, ta), nb = fmaxf(mb, tb);
+        const float ca = na == -INFINITY ? 1.f : __expf(ma - na), cb = nb == -INFINITY ? 1.f : __expf(mb - nb);
+        float sa = 0.f, sb = 0.f;
+        unsigned pa[4][4];  // P as the A operand, one k-step (16 keys) per entry
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+            const float p0 = na == -INFINITY ? 0.f : __expf(sc[nt][0] - na);
+            const float p1 = na == -INFINITY ? 0.f : __expf(sc[nt][1] - na);
+            const float p2 = nb == -INFINITY ? 0.f : __expf(sc[nt][2] - nb);
+            const float p3 = nb == -INFINITY ? 0.f : __expf(sc[nt][3] - nb);
+            sa += p0 + p1;
+            sb += p2 + p3;
+            // k-step nt / 2: a0a1 (row g, keys 2t..) and a2a3 (row g + 8) from the even n-tile,
+            // a4a5 and a6a7 from the odd one.
+            pa[nt / 2][(nt & 1) * 2] = pack_half2(p0, p1);
+            pa[nt / 2][(nt & 1) * 2 + 1] = pack_half2(p2, p3);
+        }
+#pragma unroll
+        for (int x = 1; x <= 2; x <<= 1) {
+            sa += __shfl_xor_sync(0xffffffff, sa, x);
+            sb += __shfl_xor_sync(0xffffffff, sb, x);
+        }
+        la = la * ca + sa;
+        lb = lb * cb + sb;
+        ma = na;
+        mb = nb;
+#pragma unroll
+        for (int i = 0; i < NT; i++) {
+            o[i][0] *= ca; o[i][1] *= ca; o[i][2] *= cb; o[i][3] *= cb;
+        }
+        // O += P V: n-tiles of 8 dims, two per ldmatrix.x4.trans.
+#pragma unroll
+        for (int ks = 0; ks < 4; ks++) {
+#pragma unroll
+            for (int nt = 0; nt < NT; nt += 2) {
+                unsigned b[4];
+                ldsm4t(b, Vs + (ks * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * LDK + nt * 8 + 8 * (lane >> 4));
+                mma16816(o[nt], pa[ks], b[0], b[1]);
+                mma16816(o[nt + 1], pa[ks], b[2], b[3]);
+            }
+        }
+    }
+    // out[t, h * G + j] = O / l.
+    const float ia = la > 0.f ? 1.f / la : 0.f, ib = lb > 0.f ? 1.f / lb : 0.f;
+#pragma unroll
+    for (int i = 0; i < NT; i++) {
+        const int d = i * 8 + 2 * t4;
+        if (ra < rows)
+            *(float2*)(out + ((long long)(ra / G) * H + h * G + ra % G) * D + d) = make_float2(o[i][0] * ia, o[i][1] * ia);
+        if (rb < rows)
+            *(float2*)(out + ((long long)(rb / G) * H + h * G + rb % G) * D + d) = make_float2(o[i][2] * ib, o[i][3] * ib);
+    }
+}
+
 // Dynamic shared memory of attn_tc<D, Q8> (the host reads it to launch).
 extern "C" __global__ void attn_tc_smem(int* out) {
     out[0] = TcShape<64, 0>::BYTES; out[1] = TcShape<64, 1>::BYTES;
