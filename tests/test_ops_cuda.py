@@ -212,7 +212,7 @@ class _Spec:
 
 
 @pytest.mark.parametrize(("hd", "heads", "kvh"), [(64, 9, 3), (128, 32, 8), (64, 4, 4), (128, 16, 2), (128, 14, 7)])
-@pytest.mark.parametrize(("pos0", "t"), [(0, 1), (37, 1), (3000, 1), (0, 70), (100, 33)])
+@pytest.mark.parametrize(("pos0", "t"), [(0, 1), (37, 1), (3000, 1), (0, 70), (100, 33), (2000, 150)])
 @pytest.mark.parametrize("tc", [True, False], ids=["attn_tc", "attn_split"])
 def test_attention_matches_numpy_on_fp16_kv(hd, heads, kvh, pos0, t, tc):
     import cupy as cp
@@ -234,7 +234,7 @@ def test_attention_matches_numpy_on_fp16_kv(hd, heads, kvh, pos0, t, tc):
 
 
 @pytest.mark.parametrize(("hd", "heads", "kvh"), [(64, 9, 3), (128, 32, 8), (128, 16, 2), (256, 8, 1), (64, 8, 1)])
-@pytest.mark.parametrize(("pos0", "t"), [(0, 1), (37, 1), (3000, 1), (0, 70), (100, 33), (20000, 1)])
+@pytest.mark.parametrize(("pos0", "t"), [(0, 1), (37, 1), (3000, 1), (0, 70), (100, 33), (20000, 1), (2000, 150)])
 @pytest.mark.parametrize("tc", [True, False], ids=["attn_tc", "attn_split"])
 def test_attention_matches_numpy_on_q8_0_kv(hd, heads, kvh, pos0, t, tc):
     import cupy as cp
