@@ -63,6 +63,7 @@ class CudaDecoder:
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.graph = None
         self._captured_for: tuple[int, int] | None = None
+        self._covers = 0  # positions the captured graph's attention slices cover
         self._marks: list[tuple[str, Any]] | None = None
         hd, h, kvh = s.head_dim, s.n_heads, s.n_kv_heads
         with self.stream:
@@ -214,7 +215,7 @@ class CudaDecoder:
         """Launch the step that feeds ``token`` (just drawn, unmasked, so the device state is
         ``[kv.length, token, gen_start, 0]``) and queue the copy of the token it draws."""
         kv = self.kv
-        if kv.length + 2 > kv.capacity or self.graph is None or self._captured_for != (
+        if kv.length + 2 > self._covers or self.graph is None or self._captured_for != (
             kv.pool.data.ptr, self.model.rope.cos.data.ptr, self.history.data.ptr
         ):
             return  # a step that needs a new capture is taken when asked for
@@ -322,15 +323,16 @@ class CudaDecoder:
         if kv.length + steps > kv.capacity:
             kv.grow(kv.length + steps)
         self._ensure_history(kv.capacity + 1)
-        if self.graph is None or self._captured_for != (kv.pool.data.ptr, rope.cos.data.ptr,
-                                                        self.history.data.ptr):
-            self._capture()
+        if self.graph is None or kv.length + steps > self._covers or self._captured_for != (
+            kv.pool.data.ptr, rope.cos.data.ptr, self.history.data.ptr
+        ):
+            self._capture(kv.length + steps)
 
-    def _capture(self) -> None:
+    def _capture(self, need: int = 0) -> None:
         kv = self.kv
         self.model.rope.ensure(kv.capacity + 1)
         self._ensure_history(kv.capacity + 1)
-        self._split_buffers()
+        self._split_buffers(max(need, kv.length + 1))
         # Warm-up (compiles and checks every kernel outside capture) at the next position to
         # be written, so the KV and history it writes are overwritten by the first real step.
         # It overwrites the held logits too: a capture may follow a prefill, so keep them.
@@ -347,9 +349,16 @@ class CudaDecoder:
         self.stream.synchronize()
         self._captured_for = (kv.pool.data.ptr, self.model.rope.cos.data.ptr, self.history.data.ptr)
 
-    def _split_buffers(self) -> None:
-        """Flash-decoding's partial results for the context slices of this KV's capacity."""
-        self.nsplit = self.ops.decode_splits(self.model.spec, self.kv.capacity)
+    def _split_buffers(self, need: int) -> None:
+        """Flash-decoding's partial results for the context slices of the graph about to be
+        captured: sized for the next power of two >= ``need`` positions (from 1024, at most
+        the KV's capacity), not the capacity, so a short context launches few blocks that
+        find nothing to read; crossing it recaptures (``_ready``), about log2 times a run."""
+        cover = 1024
+        while cover < need:
+            cover *= 2
+        self._covers = min(cover, self.kv.capacity)
+        self.nsplit = self.ops.decode_splits(self.model.spec, self._covers)
         h, hd = self.model.spec.n_heads, self.model.spec.head_dim
         with self.stream:
             self.po = self.cp.empty((h, self.nsplit, hd), self.cp.float32)
@@ -454,8 +463,9 @@ class CudaMLADecoder(CudaDecoder):
                          for b in model.layers]  # fmt: skip
         self.stream.synchronize()
 
-    def _split_buffers(self) -> None:
+    def _split_buffers(self, need: int) -> None:
         s = self.model.spec
+        self._covers = self.kv.capacity
         self.nsplit = self.ops.mla_splits(self.kv.capacity)
         with self.stream:
             self.po = self.cp.empty((s.n_heads, self.nsplit, s.mla.kv_lora_rank), self.cp.float32)
