@@ -453,3 +453,41 @@ def test_graph_generate_matches_step_by_step(tmp_path):
         tok = dec.step(tok)
         slow.append(tok)
     assert fast == slow
+
+
+@pytest.mark.parametrize(
+    ("preset", "dtype"),
+    [(TINY["qwen3"], "float16"), ({**SMOLLM2_135M, "n_layers": 4}, "float16"),
+     ({**SMOLLM2_135M, "n_layers": 4}, "q8_0"), ({**LLAMA3_8B, "n_layers": 2}, "float16"),
+     ({**LLAMA3_8B, "n_layers": 2}, "q8_0")],
+    ids=["tiny-qwen3", "smollm2-4layer", "smollm2-4layer-q8_0", "llama3-8b-2layer", "llama3-8b-2layer-q8_0"],
+)  # fmt: skip
+def test_programmatic_launch_changes_no_result(tmp_path, preset, dtype):
+    # The decode graph with programmatic dependent launch (each kernel may start while the
+    # one before it finishes, and waits in griddepcontrol.wait before touching its inputs)
+    # against the same graph launched plainly: the same kernels in the same order, so every
+    # step's logits must be bit-identical; a kernel reading or writing before its wait would
+    # race and show here. 60 teacher-forced steps, then 64 back-to-back replays.
+    from agentcore.engine.backends.launch import pdl_supported
+
+    path = write_synthetic_gguf(tmp_path / "m.gguf", **preset)
+    model = load_gguf(path)
+    ids = np.random.default_rng(21).integers(0, model.spec.vocab_size, 101).tolist()
+    runs = []
+    for pdl in (False, True):
+        ops = CudaOps(pdl=pdl)
+        ops.kv_dtype = dtype
+        gpu = Transformer(model, ops, chunk=64)
+        kv = ops.new_kv(gpu.spec, 200)
+        gpu.forward(ids[:40], 0, kv)
+        dec = CudaDecoder(gpu, kv)
+        steps = []
+        for i in range(40, 100):
+            dec.step(ids[i])
+            steps.append(dec.logits())
+        runs.append((ops.pdl, np.stack(steps), dec.generate(ids[100], 64)))
+    cc = int(CudaOps().cp.cuda.Device().compute_capability)
+    assert runs[0][0] is False
+    assert runs[1][0] is (cc >= 90) is pdl_supported(CudaOps().cp)  # the H200 runs it for real
+    assert np.array_equal(runs[0][1], runs[1][1])
+    assert runs[0][2] == runs[1][2]

@@ -355,6 +355,11 @@ def bench_model(run: Run, cp: Any, name: str, path: Path, quant: str, bw: float,
         eng.ops.int8_activations = False  # the same graph with every GEMV on fp32 activations
         fig["raw_fp32_activations"] = round(raw_decode(cp, eng, ctx, steps)[0], 1)
         eng.ops.int8_activations = True
+        if eng.ops.pdl:  # the same graph with plain launches (no programmatic dependent launch)
+            eng.ops.pdl = False
+            fig["raw_plain_launch"] = round(raw_decode(cp, eng, ctx, steps)[0], 1)
+            eng.ops.pdl = True
+        fig["pdl"] = eng.ops.pdl
         figs.append((("decode", 0 if ctx <= 64 else ctx), "llama.cpp llama-bench tg128", fig))
         eng.forget(f"decode-{ctx}")
     for n in (512, 8192) if only != "decode" else ():

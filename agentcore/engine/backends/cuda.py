@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from agentcore.engine.backends.cuda_mla import MLA_SHAPES, MLAOps
+from agentcore.engine.backends.launch import Kernel, pdl_supported
 from agentcore.engine.model.gguf import ModelSpec, WeightTensor
 from agentcore.errors import DeviceUnavailable
 
@@ -135,8 +136,8 @@ def _module() -> Any:
 
 
 @cache
-def _kernel(name: str) -> Any:
-    return _module().get_function(name)
+def _kernel(name: str) -> Kernel:
+    return Kernel(_module().get_function(name), name, _cupy())
 
 
 def _ptr(a: Any) -> np.uint64:
@@ -444,7 +445,7 @@ class CudaOps(MLAOps):
     dtype = np.float32
 
     def __init__(self, *, int8_activations: bool = True, int8_min_bytes: int = 4 << 20,
-                 tc_attention: bool | None = None) -> None:  # fmt: skip
+                 tc_attention: bool | None = None, pdl: bool | None = None) -> None:  # fmt: skip
         """``int8_activations``: run the decode GEMVs of Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K weights
         of at least ``int8_min_bytes`` on int8 activations (dp4a; the default, as llama.cpp
         does); False keeps them fp32. Below the size the extra ``quant_x`` launch costs more
@@ -452,7 +453,10 @@ class CudaOps(MLAOps):
         3.3-4.4 us int8 on an H200; Llama-3-8B's 9-300 MB ones: 1.3-1.8x faster int8).
         ``tc_attention``: decode attention on tensor cores (``attn_tc``) for head_dim 64, 128
         and 256; False (and other head dims) the CUDA-core ``attn_split``; None (default)
-        attn_tc on fp16 KV, attn_split on q8_0 (see ``uses_tc_attention``)."""
+        attn_tc on fp16 KV, attn_split on q8_0 (see ``uses_tc_attention``).
+        ``pdl``: the decode graph's kernels launch programmatically (each may start while
+        the one before it finishes; ``launch.py``); None (default) where the GPU (sm_90+) and
+        driver can, False never, True where they can."""
         if not cuda_available():
             select_ops("cuda")  # raises DeviceUnavailable with the install hint
         cp = _cupy()
@@ -463,6 +467,7 @@ class CudaOps(MLAOps):
         self.int8_activations = int8_activations
         self.int8_min_bytes = int8_min_bytes
         self.tc_attention = tc_attention
+        self.pdl = pdl is not False and pdl_supported(cp)
         self._xq: ActQ8 | None = None
 
     # ---- preparation ----

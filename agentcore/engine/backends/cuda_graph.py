@@ -40,6 +40,7 @@ from agentcore.engine.backends.cuda import (
     pinned_empty,
 )
 from agentcore.engine.backends.cuda_mla import MLA_SHAPES
+from agentcore.engine.backends.launch import pdl_launches
 from agentcore.engine.base import Sampling
 from agentcore.engine.decode.sampler import REPEAT_WINDOW
 
@@ -197,7 +198,7 @@ class CudaDecoder:
         self._ready()
         self._set_state(token, None)
         self._marks = []
-        with self.stream:
+        with self.stream, pdl_launches(self.ops.pdl):
             _kernel("spin")((1,), (1,), (np.int64(200_000_000),))  # ~0.1 s: launches queue up
             self._mark("start")
             self._launch_step()
@@ -339,12 +340,13 @@ class CudaDecoder:
         with self.stream:
             held = self.logits_dev.copy()
         self._set_state(0, None)
-        with self.stream:
+        with self.stream, pdl_launches(self.ops.pdl):
             self._launch_step()
             self.stream.synchronize()
             self.stream.begin_capture()
             self._launch_step()
             self.graph = self.stream.end_capture()
+        with self.stream:
             self.logits_dev[...] = held
         self.stream.synchronize()
         self._captured_for = (kv.pool.data.ptr, self.model.rope.cos.data.ptr, self.history.data.ptr)

@@ -225,6 +225,7 @@ extern "C" __global__ void __launch_bounds__(512) quant_x(
     const float* __restrict__ x, long long x_stride, int cols, const float* __restrict__ norm_w,
     float eps, int8_t* __restrict__ xq, float2* __restrict__ xs) {
     __shared__ float red[16];
+    PDL_WAIT();
     const int t = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const float4* xv = (const float4*)(x + (long long)t * x_stride);
     xq += (long long)t * cols;
@@ -278,22 +279,34 @@ __global__ void __launch_bounds__(256) gemv_q8(
     y += (long long)t * y_stride;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int r0 = (blockIdx.x * 8 + warp) * (MODE == 2 ? 1 : 2);
-    if (r0 >= rows) return;
     const int r1 = MODE == 2 ? r0 + rows : (r0 + 1 < rows ? r0 + 1 : r0);
     const uint8_t* w0 = W + (long long)r0 * row_bytes;
     const uint8_t* w1 = W + (long long)r1 * row_bytes;
     const int nu = cols / U8<QT>::W;
     float a0 = 0.f, a1 = 0.f;
     int u = lane;
-    for (; u + 32 < nu; u += 64) {
-        U8<QT> p0, p1, q0, q1;
+    // The first step's weights are loaded before PDL_WAIT: no earlier kernel writes them, so
+    // under programmatic launch their DRAM latency overlaps the previous kernel's tail.
+    U8<QT> p0, p1, q0, q1;
+    const bool live = r0 < rows;
+    if (live && u + 32 < nu) {
         p0.load(w0, u); q0.load(w1, u); p1.load(w0, u + 32); q1.load(w1, u + 32);
+    } else if (live && u < nu) {
+        p0.load(w0, u); q0.load(w1, u);
+    }
+    PDL_WAIT();
+    if (!live) return;
+    while (u + 32 < nu) {
         a0 += p0.dot(u, x) + p1.dot(u + 32, x);
         a1 += q0.dot(u, x) + q1.dot(u + 32, x);
+        u += 64;
+        if (u + 32 < nu) {
+            p0.load(w0, u); q0.load(w1, u); p1.load(w0, u + 32); q1.load(w1, u + 32);
+        } else if (u < nu) {
+            p0.load(w0, u); q0.load(w1, u);
+        }
     }
     if (u < nu) {
-        U8<QT> p0, q0;
-        p0.load(w0, u); q0.load(w1, u);
         a0 += p0.dot(u, x);
         a1 += q0.dot(u, x);
     }

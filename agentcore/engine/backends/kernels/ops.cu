@@ -117,6 +117,7 @@ __device__ __forceinline__ void rope_kv_body(const float* __restrict__ qkv, floa
                                              const float* q_norm, const float* k_norm, float eps) {
     __shared__ float buf[2][512];
     __shared__ float red[32];
+    PDL_WAIT();
     int hb = blockIdx.x, pos = *pos_dev;
     const float* src = qkv + (long long)hb * D;
     const float* nw = hb < H ? q_norm : (hb < H + KVH ? k_norm : nullptr);
@@ -228,6 +229,7 @@ __global__ void __launch_bounds__(256, GM <= 4 ? 2 : 1) attn_split(
     constexpr int RW = Q8 ? D / 32 * Q8B : D;  // row width in pool elements
     __shared__ float sm_m[GROUPS][GM], sm_l[GROUPS][GM];
     __shared__ float sm_buf[GROUPS * D];
+    PDL_WAIT();
     const int h = blockIdx.x, split = blockIdx.y;
     const int n = pos_dev ? *pos_dev + 1 : n_host;
     const int per = ((n + nsplit - 1) / nsplit + TILE - 1) / TILE * TILE;
@@ -511,6 +513,7 @@ __global__ void __launch_bounds__(256) attn_tc(
     __half* P = (__half*)((unsigned char*)S + 8 * LDS * 4);         // [8][LDP]
     __half* Qs = P + 8 * LDP;                                       // [8][LDQ]
     __shared__ float stat[2][8];
+    PDL_WAIT();
     const int h = blockIdx.x, split = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, t4 = lane & 3;
     const int n = pos_dev ? *pos_dev + 1 : n_host;
@@ -838,6 +841,7 @@ extern "C" __global__ void attn_combine(const float* __restrict__ part_o,
     __shared__ float red[32];
     __shared__ float redm[32];
     __shared__ float acc[8][512];
+    PDL_WAIT();
     const int hq = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const float* ml = part_ml + (long long)hq * nsplit * 2;
     float mx = -INFINITY;

@@ -19,6 +19,8 @@
 #define __global__
 #define __forceinline__ inline
 #define __restrict__
+#define PDL_WAIT()
+#define PDL_PREFETCH_L2(p, n)
 static inline float h2f(uint16_t h) {
     uint32_t s = (h >> 15) & 1, e = (h >> 10) & 31, m = h & 1023, f;
     if (e == 0) {
@@ -41,6 +43,28 @@ __device__ __forceinline__ float h2f(uint16_t h) { return __half2float(__ushort_
 __device__ __forceinline__ float bf2f(uint16_t h) { return __uint_as_float(((uint32_t)h) << 16); }
 __device__ __forceinline__ uint16_t ld16(const uint8_t* p) { return *(const uint16_t*)p; }
 __device__ __forceinline__ uint32_t ld32(const uint8_t* p) { return *(const uint32_t*)p; }
+// Programmatic dependent launch (sm_90+; agentcore/engine/backends/launch.py). A kernel of the
+// decode graph may be launched while the one before it is finishing: it does what depends on
+// no earlier kernel (a GEMV loads its weights), then PDL_WAIT() blocks until every kernel
+// before it has completed and its writes are visible, then lets the next kernel launch. Every
+// such kernel calls PDL_WAIT() before its first read or write of activations, KV or state.
+// Launched without the attribute (eager ops, prefill, older GPUs), both are no-ops.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void PDL_WAIT() {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+}
+// Bytes [p, p + n) toward L2 (the 16-byte-aligned span inside them), one bulk request.
+__device__ __forceinline__ void PDL_PREFETCH_L2(const void* p, long long n) {
+    const unsigned long long a = ((unsigned long long)p + 15ull) & ~15ull;
+    const unsigned long long e = ((unsigned long long)p + (unsigned long long)n) & ~15ull;
+    if (e > a)
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(a), "r"((unsigned)(e - a)) : "memory");
+}
+#else
+__device__ __forceinline__ void PDL_WAIT() {}
+__device__ __forceinline__ void PDL_PREFETCH_L2(const void*, long long) {}
+#endif
 #endif
 
 enum { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q8_0 = 8, Q2_K = 10, Q4_K = 12, Q5_K = 13,
@@ -201,10 +225,17 @@ __global__ void __launch_bounds__(256) gemv(
     long long e_stride) {
     extern __shared__ float xs[];
     const int t = blockIdx.y;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    if (!eids && t == 0 && tid < 2) {  // this block's rows (MODE 2: gate and up), toward L2
+        const int per = MODE == 2 ? 8 : 16, r = blockIdx.x * per;
+        const int nr = r < rows ? min(per, rows - r) : 0;
+        PDL_PREFETCH_L2(W + (long long)(r + (tid ? rows : 0)) * row_bytes,
+                        (MODE == 2 || tid == 0 ? nr : 0) * row_bytes);
+    }
+    PDL_WAIT();
     x += (long long)t * x_stride;
     y += (long long)t * y_stride;
     if (eids) W += (long long)eids[t] * e_stride;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     float scale = 1.f;
     if (norm_w) {
         __shared__ float red[8];
@@ -281,6 +312,7 @@ __global__ void dequant_f16(const uint8_t* __restrict__ W, long long row_bytes, 
 template <int QT>
 __global__ void embed(const uint8_t* __restrict__ W, long long row_bytes, int cols,
                       const int* __restrict__ ids, float* __restrict__ out) {
+    PDL_WAIT();
     const uint8_t* row = W + (long long)ids[blockIdx.x] * row_bytes;
     float* o = out + (long long)blockIdx.x * cols;
     for (int g = threadIdx.x; g < (cols >> 5); g += blockDim.x) {

@@ -115,6 +115,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_token(
     __shared__ int pick;
     __shared__ float above_s;
 
+    PDL_WAIT();
     const int last = advance ? state[0] : state[0] - 1;
     const int gen0 = state[2];
     const bool use_mask = state[3] != 0;
