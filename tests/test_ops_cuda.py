@@ -233,6 +233,32 @@ def test_attention_matches_numpy_on_fp16_kv(hd, heads, kvh, pos0, t, tc):
     assert rel(out, ref) < 5e-3
 
 
+@pytest.mark.parametrize("tc", [True, False], ids=["attn_tc", "attn_split"])
+@pytest.mark.parametrize("n", [1, 700, 5000])
+def test_decode_attention_merges_in_kernel_and_leaves_its_counters_at_zero(n, tc):
+    # The last block of each KV head to finish merges the splits (attn_merge_last), counting
+    # in ops' counters: after every launch they are back at 0, so launch after launch on one
+    # stream (a decode step's layers, step after step) gives the same bits.
+    import cupy as cp
+
+    spec = _Spec(2, 8, 32, 128)
+    rng = np.random.default_rng(16)
+    k = rng.standard_normal((n, 8, 128)).astype(np.float16).astype(np.float32)
+    v = rng.standard_normal((n, 8, 128)).astype(np.float16).astype(np.float32)
+    q = (2 * rng.standard_normal((1, 32, 128))).astype(np.float32)
+    ref_kv = DenseKV(spec, n)
+    ref_kv.store(0, 0, k, v)
+    ref = NumpyOps().attention(q, ref_kv, 0, n - 1)
+    ops = CudaOps(tc_attention=tc)
+    kv = ops.new_kv(spec, n)
+    kv.store(0, 0, cp.asarray(k), cp.asarray(v))
+    outs = [ops.attention(cp.asarray(q), kv, 0, n - 1).get() for _ in range(3)]
+    assert (ops.decode_splits(spec, n) > 1) == (n > 1)  # one block, or many merged by the last
+    assert not ops._sem.get().any()
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+    assert rel(outs[0], ref) < 5e-3
+
+
 @pytest.mark.parametrize(("hd", "heads", "kvh"), [(64, 9, 3), (128, 32, 8), (128, 16, 2), (256, 8, 1), (64, 8, 1)])
 @pytest.mark.parametrize(("pos0", "t"), [(0, 1), (37, 1), (3000, 1), (0, 70), (100, 33), (20000, 1), (2000, 150)])
 @pytest.mark.parametrize("tc", [True, False], ids=["attn_tc", "attn_split"])

@@ -25,7 +25,8 @@ API for the engine:
 Invariants:
 - Activations are float32 (T, features); KV is float16 or q8_0 (written by kv_store_q8 and
   rope_kv_decode_q8, read dequantized); accumulation is float32.
-- Decode attention is flash-decoding over context slices merged by attn_combine: attn_tc
+- Decode attention is flash-decoding over context slices, merged in the same kernel by the
+  last block of each KV head to finish (attn_merge_last; MLA keeps attn_combine): attn_tc
   (tensor cores, mma.sync via inline PTX, K and V streamed by cp.async) for fp16 KV of head
   dim 64/128/256, attn_split (CUDA cores) for q8_0 and other head dims.
 - Weights stay GGUF blocks on the device (Q4_0, Q4_1, Q8_0, Q2_K, Q4_K, Q5_K, Q6_K, F16, BF16,
@@ -468,6 +469,7 @@ class CudaOps(MLAOps):
         self.int8_min_bytes = int8_min_bytes
         self.tc_attention = tc_attention
         self.pdl = pdl is not False and pdl_supported(cp)
+        self._sem: Any = None  # attend_decode's split counters when the caller has none
         self._xq: ActQ8 | None = None
 
     # ---- preparation ----
@@ -720,20 +722,28 @@ class CudaOps(MLAOps):
         nsplit = max(1, min(_cdiv(n, per_iter), 4 * self.n_sm // spec.n_kv_heads, 1024))
         if spec.head_dim in TC_HEAD_DIMS:
             nsplit = max(nsplit, _cdiv(n, ATTN_TC_SPLIT))
-            if nsplit > 1024:  # attn_combine merges at most 1024
+            if nsplit > 1024:  # the split buffers are sized for at most 1024
                 raise ValueError(f"CUDA decode attention holds at most {1024 * ATTN_TC_SPLIT} positions, not {n}")
         return nsplit
 
     def attend_decode(self, q: Any, kv: CudaKV, layer: int, po: Any, pml: Any, out: Any,
-                      nsplit: int, *, n_host: int = 0, pos_dev: Any = None) -> None:  # fmt: skip
+                      nsplit: int, *, n_host: int = 0, pos_dev: Any = None,
+                      sem: Any = None) -> None:  # fmt: skip
         """Flash-decoding of one query (H, D) over the first n positions (n_host, or
-        ``*pos_dev + 1`` read on the device) into out (H * D)."""
+        ``*pos_dev + 1`` read on the device) into out (H * D), in one kernel: the last
+        block of each KV head to finish merges the splits (``attn_merge_last``), counting in
+        ``sem`` (n_kv_heads int32, zero between launches; the kernel leaves it so). A
+        decoder passes its own; the default is this ops' (one stream at a time)."""
         s = kv.spec
         d, g = s.head_dim, s.n_heads // s.n_kv_heads
         gm = self._attn_shape(s)[0]
+        if sem is None:
+            if self._sem is None or self._sem.size < s.n_kv_heads:
+                self._sem = self.cp.zeros(max(64, s.n_kv_heads), self.cp.int32)
+            sem = self._sem
         args = (q, kv.pool, kv.table, _I32(layer), _I32(s.n_layers), _I32(kv.block_size),
                 _I32(s.n_kv_heads), _I32(g), _I32(n_host), _as_ptr(pos_dev),
-                _F32(1.0 / math.sqrt(d)), po, pml, _I32(nsplit))  # fmt: skip
+                _F32(1.0 / math.sqrt(d)), po, pml, _I32(nsplit), out, sem)  # fmt: skip
         if self.uses_tc_attention(s, kv.q8):
             k = _kernel(f"attn_tc<{d},{int(kv.q8)}>")
             smem = attn_tc_smem(d, kv.q8)
@@ -742,7 +752,6 @@ class CudaOps(MLAOps):
             k((s.n_kv_heads, nsplit), (256,), args, shared_mem=smem)
         else:
             _kernel(f"attn_split<{d},{gm},{int(kv.q8)}>")((s.n_kv_heads, nsplit), (256,), args)
-        _kernel("attn_combine")((s.n_heads,), (256,), (po, pml, out, _I32(d), _I32(nsplit)))
 
     def swiglu(self, gate_up: Any) -> Any:
         cp = self.cp

@@ -80,6 +80,7 @@ class CudaDecoder:
             self.work = cp.empty(s.vocab_size, cp.float32)
             self.mask_bits = cp.zeros(_cdiv(s.vocab_size, 32), cp.uint32)
             self.state = cp.zeros(4, cp.int32)
+            self.sem = cp.zeros(max(1, kvh), cp.int32)  # attention's split counters (attend_decode)
             self.xq = ActQ8(cp, self._widest_input())  # int8 activations, reused by each GEMV
             self.fparams = cp.asarray(np.array([0.0, 1.0, 0.0, 1.0], np.float32))
             self.iparams = cp.zeros(3, cp.int32)
@@ -406,7 +407,7 @@ class CudaDecoder:
             )  # fmt: skip
             self._mark("attention")
             ops.attend_decode(self.q, kv, layer, self.po, self.pml, self.attn, self.nsplit,
-                              pos_dev=pos)  # fmt: skip
+                              pos_dev=pos, sem=self.sem)  # fmt: skip
             self._mark("gemv_out")
             ops.gemv(b.out.parts[0], self.attn, self.x, mode=1, scratch=self.xq)
             self._mark("gemv_gate_up")

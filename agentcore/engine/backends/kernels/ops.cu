@@ -210,6 +210,81 @@ __device__ __forceinline__ float kv_unpack(uint4 r, int sub, float f[8]) {
     }
 }
 
+// Flash-decoding's merge, done by the last block of a KV head to finish (a split-K fixup, so
+// the merge needs no kernel of its own): every block of KV head h writes its split's
+// (m, l, o) for the G query heads, then counts itself in sem[h]; the block that brings the
+// count to nsplit resets it (the next launch on the stream starts from 0) and merges every
+// split into out (G heads x D). Other blocks wrote the partials, so they are read through L2
+// (__ldcg), never a stale L1 line. Warp w sums splits w, w + 8, ... of each head over
+// coalesced rows (D / 32 values a lane), the 8 warps' sums meet in buf (>= 8 D floats of the
+// kernel's shared memory, free by now). An empty split's weight is 0 and its o is never read.
+template <int D>
+__device__ __forceinline__ void attn_merge_last(int h, int G, int nsplit, const float* part_o,
+                                                const float* part_ml, float* __restrict__ out,
+                                                int* sem, float* buf) {
+    __shared__ int is_last;
+    __shared__ float red[2][8];
+    __syncthreads();  // every partial of this block is written
+    if (threadIdx.x == 0) {
+        int last = 1;
+        if (nsplit > 1) {
+            __threadfence();  // release: this block's partials before its count
+            last = atomicAdd(sem + h, 1) == nsplit - 1;
+            if (last) {
+                sem[h] = 0;
+                __threadfence();  // acquire: the other blocks' partials after their counts
+            }
+        }
+        is_last = last;
+    }
+    __syncthreads();
+    if (!is_last) return;
+    constexpr int PL = (D + 31) / 32;  // values a lane sums
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int j = 0; j < G; j++) {
+        const long long hq = (long long)h * G + j;
+        const float* ml = part_ml + hq * nsplit * 2;
+        float mx = -INFINITY;
+        for (int s = threadIdx.x; s < nsplit; s += blockDim.x) mx = fmaxf(mx, __ldcg(ml + 2 * s));
+        for (int o = 16; o; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
+        if (lane == 0) red[0][warp] = mx;
+        __syncthreads();
+        float M = red[0][0];
+#pragma unroll
+        for (int w = 1; w < 8; w++) M = fmaxf(M, red[0][w]);
+        const float* po = part_o + hq * nsplit * D;
+        float acc[PL], lsum = 0.f;
+#pragma unroll
+        for (int i = 0; i < PL; i++) acc[i] = 0.f;
+#pragma unroll 2
+        for (int s = warp; s < nsplit; s += 8) {
+            const float ms = __ldcg(ml + 2 * s);
+            if (ms == -INFINITY) continue;  // empty split (warp-uniform)
+            const float w = __expf(ms - M);
+            lsum += w * __ldcg(ml + 2 * s + 1);
+#pragma unroll
+            for (int i = 0; i < PL; i++)
+                if (lane + 32 * i < D) acc[i] += w * __ldcg(po + (long long)s * D + lane + 32 * i);
+        }
+#pragma unroll
+        for (int i = 0; i < PL; i++)
+            if (lane + 32 * i < D) buf[warp * D + lane + 32 * i] = acc[i];
+        if (lane == 0) red[1][warp] = lsum;
+        __syncthreads();
+        float L = 0.f;
+#pragma unroll
+        for (int w = 0; w < 8; w++) L += red[1][w];
+        const float inv = 1.f / L;
+        for (int d = threadIdx.x; d < D; d += blockDim.x) {
+            float o = 0.f;
+#pragma unroll
+            for (int w = 0; w < 8; w++) o += buf[w * D + d];
+            out[hq * D + d] = o * inv;
+        }
+        __syncthreads();  // buf and red are free for the next head
+    }
+}
+
 // Flash-decoding, phase 1. Grid (KVH, NSPLIT), 256 threads. The context [0, n) is cut into
 // NSPLIT slices (multiples of the tile). TPP = D/8 threads share one position (each loads 8
 // halves of K and of V as one 16-byte access); a tile is U positions per group of TPP
@@ -224,7 +299,8 @@ template <int D, int GM, int Q8>
 __global__ void __launch_bounds__(256, GM <= 4 ? 2 : 1) attn_split(
     const float* __restrict__ q, const void* __restrict__ pool, const int* __restrict__ table,
     int layer, int L, int BS, int KVH, int G, int n_host, const int* pos_dev, float scale,
-    float* __restrict__ part_o, float* __restrict__ part_ml, int nsplit) {
+    float* __restrict__ part_o, float* __restrict__ part_ml, int nsplit, float* __restrict__ out,
+    int* sem) {
     constexpr int TPP = D / 8, GROUPS = 256 / TPP, U = GM <= 4 ? 4 : 2, TILE = GROUPS * U;
     constexpr int RW = Q8 ? D / 32 * Q8B : D;  // row width in pool elements
     __shared__ float sm_m[GROUPS][GM], sm_l[GROUPS][GM];
@@ -240,6 +316,7 @@ __global__ void __launch_bounds__(256, GM <= 4 ? 2 : 1) attn_split(
             part_ml[((long long)(h * G + j) * nsplit + split) * 2] = -INFINITY;
             part_ml[((long long)(h * G + j) * nsplit + split) * 2 + 1] = 0.f;
         }
+        attn_merge_last<D>(h, G, nsplit, part_o, part_ml, out, sem, sm_buf);
         return;
     }
     float qr[GM][8];
@@ -371,6 +448,7 @@ __global__ void __launch_bounds__(256, GM <= 4 ? 2 : 1) attn_split(
         }
         __syncthreads();
     }
+    attn_merge_last<D>(h, G, nsplit, part_o, part_ml, out, sem, sm_buf);
 }
 
 // Flash-decoding on tensor cores, phase 1 (head_dim 64, 128 or 256; fp16 or q8_0 pools).
@@ -498,7 +576,8 @@ template <int D, int Q8>
 __global__ void __launch_bounds__(256) attn_tc(
     const float* __restrict__ q, const void* __restrict__ pool_, const int* __restrict__ table,
     int layer, int L, int BS, int KVH, int G, int n_host, const int* pos_dev, float scale,
-    float* __restrict__ part_o, float* __restrict__ part_ml, int nsplit) {
+    float* __restrict__ part_o, float* __restrict__ part_ml, int nsplit, float* __restrict__ out,
+    int* sem) {
     using T = TcShape<D, Q8>;
     constexpr int TP = T::TP, NST = T::NST, LDK = T::LDK, LDS = T::LDS, LDP = T::LDP, LDQ = T::LDQ;
     constexpr int MT = D / 16;                // pass 2: 16-row tiles of O^T
@@ -524,6 +603,7 @@ __global__ void __launch_bounds__(256) attn_tc(
             part_ml[((long long)(h * G + j) * nsplit + split) * 2] = -INFINITY;
             part_ml[((long long)(h * G + j) * nsplit + split) * 2 + 1] = 0.f;
         }
+        attn_merge_last<D>(h, G, nsplit, part_o, part_ml, out, sem, S);
         return;
     }
     const int cnt = end - start, padded = (cnt + TP - 1) / TP * TP, ntiles = padded / TP;
@@ -656,6 +736,7 @@ __global__ void __launch_bounds__(256) attn_tc(
         part_ml[pi * 2] = stat[0][threadIdx.x];
         part_ml[pi * 2 + 1] = stat[1][threadIdx.x];
     }
+    attn_merge_last<D>(h, G, nsplit, part_o, part_ml, out, sem, S);
 }
 
 // Prefill attention on tensor cores (flash attention 2, causal, GQA; head_dim 64 or 128; fp16
