@@ -257,6 +257,17 @@ def test_decode_attention_merges_in_kernel_and_leaves_its_counters_at_zero(n, tc
     assert not ops._sem.get().any()
     assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
     assert rel(outs[0], ref) < 5e-3
+    # As a decode graph launches it: slices sized for a longer context than n, so only the
+    # first few hold positions (the rest exit at once and are not counted).
+    nsplit = ops.decode_splits(spec, 16384)
+    po = cp.empty((32, nsplit, 128), cp.float32)
+    pml = cp.empty((32, nsplit, 2), cp.float32)
+    sem = cp.zeros(8, cp.int32)
+    for _ in range(2):
+        out = cp.empty(32 * 128, cp.float32)
+        ops.attend_decode(cp.asarray(q[0]), kv, 0, po, pml, out, nsplit, n_host=n, sem=sem)
+        assert rel(out.get().reshape(1, -1), ref) < 5e-3
+        assert not sem.get().any()
 
 
 @pytest.mark.parametrize(("hd", "heads", "kvh"), [(64, 9, 3), (128, 32, 8), (128, 16, 2), (256, 8, 1), (64, 8, 1)])
