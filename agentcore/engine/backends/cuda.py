@@ -594,9 +594,15 @@ class CudaOps(MLAOps):
         return out
 
     def matmul(self, x: Any, lin: CudaLinear) -> Any:
+        """y (t, rows) fp32 = x @ lin^T. x is fp32, or fp16 when t > GEMV_MAX_T (``swiglu``'s
+        output then: the GEMM's operand as it is)."""
         cp = self.cp
-        x = cp.ascontiguousarray(x, dtype=cp.float32)
         t = x.shape[0]
+        if t > GEMV_MAX_T and x.dtype == cp.float16:
+            x16 = cp.ascontiguousarray(x)
+        else:
+            x = cp.ascontiguousarray(x, dtype=cp.float32)
+            x16 = None
         y = cp.empty((t, lin.rows), cp.float32)
         if t <= GEMV_MAX_T:
             off = 0
@@ -606,7 +612,8 @@ class CudaOps(MLAOps):
                 off += p.rows
         else:
             w16 = self._dequant_linear(lin)
-            x16 = x.astype(cp.float16)
+            if x16 is None:
+                x16 = x.astype(cp.float16)
             _gemm(w16, x16, y, m=lin.rows, n=t, k=lin.cols)
         if lin.bias is not None:
             y += lin.bias
@@ -757,6 +764,10 @@ class CudaOps(MLAOps):
         cp = self.cp
         gate_up = cp.ascontiguousarray(gate_up, dtype=cp.float32)
         t, f2 = gate_up.shape
+        if t > GEMV_MAX_T:  # the operand of a prefill GEMM, which takes fp16 (matmul)
+            out = cp.empty((t, f2 // 2), cp.float16)
+            _kernel("swiglu_f16")((_cdiv(out.size, 256),), (256,), (gate_up, out, _I32(t), _I32(f2 // 2)))
+            return out
         out = cp.empty((t, f2 // 2), cp.float32)
         _kernel("swiglu")((_cdiv(out.size, 256),), (256,), (gate_up, out, _I32(t), _I32(f2 // 2)))
         return out

@@ -1043,6 +1043,17 @@ extern "C" __global__ void swiglu(const float* __restrict__ gu, float* __restric
     out[i] = g / (1.f + __expf(-g)) * u;
 }
 
+// The same, written as fp16: the prefill down-projection GEMM's operand, which would otherwise
+// be written as fp32 and then cast (two passes over the widest activation of the layer).
+extern "C" __global__ void swiglu_f16(const float* __restrict__ gu, __half* __restrict__ out, int T,
+                                      int F) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)T * F) return;
+    long long t = i / F, f = i % F;
+    float g = gu[t * 2 * F + f], u = gu[t * 2 * F + F + f];
+    out[i] = __float2half(g / (1.f + __expf(-g)) * u);
+}
+
 __device__ __forceinline__ unsigned hash3(unsigned a, unsigned b, unsigned c) {
     unsigned h = a * 0x9E3779B1u ^ (b + 0x7F4A7C15u) * 0x85EBCA77u ^ (c + 0x165667B1u) * 0xC2B2AE3Du;
     h ^= h >> 15; h *= 0x2C1B3C6Du; h ^= h >> 12; h *= 0x297A2D39u; h ^= h >> 15;
