@@ -360,10 +360,6 @@ def bench_model(run: Run, cp: Any, name: str, path: Path, quant: str, bw: float,
             fig["raw_plain_launch"] = round(raw_decode(cp, eng, ctx, steps)[0], 1)
             eng.ops.pdl = True
         fig["pdl"] = eng.ops.pdl
-        if ctx <= 64:  # the same graph with a quant_x launch before each int8 GEMV
-            eng.ops.fuse_quant = False
-            fig["raw_unfused_quant"] = round(raw_decode(cp, eng, ctx, steps)[0], 1)
-            eng.ops.fuse_quant = True
         figs.append((("decode", 0 if ctx <= 64 else ctx), "llama.cpp llama-bench tg128", fig))
         eng.forget(f"decode-{ctx}")
     for n in (512, 8192) if only != "decode" else ():

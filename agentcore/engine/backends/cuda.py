@@ -446,8 +446,7 @@ class CudaOps(MLAOps):
     dtype = np.float32
 
     def __init__(self, *, int8_activations: bool = True, int8_min_bytes: int = 4 << 20,
-                 tc_attention: bool | None = None, pdl: bool | None = None,
-                 fuse_quant: bool = True) -> None:  # fmt: skip
+                 tc_attention: bool | None = None, pdl: bool | None = None) -> None:  # fmt: skip
         """``int8_activations``: run the decode GEMVs of Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K weights
         of at least ``int8_min_bytes`` on int8 activations (dp4a; the default, as llama.cpp
         does); False keeps them fp32. Below the size the extra ``quant_x`` launch costs more
@@ -458,9 +457,7 @@ class CudaOps(MLAOps):
         attn_tc on fp16 KV, attn_split on q8_0 (see ``uses_tc_attention``).
         ``pdl``: the decode graph's kernels launch programmatically (each may start while
         the one before it finishes; ``launch.py``); None (default) where the GPU (sm_90+) and
-        driver can, False never, True where they can.
-        ``fuse_quant``: a one-row int8 GEMV quantizes its input in each block (in place of a
-        ``quant_x`` launch before it; the same bits); False launches quant_x."""
+        driver can, False never, True where they can."""
         if not cuda_available():
             select_ops("cuda")  # raises DeviceUnavailable with the install hint
         cp = _cupy()
@@ -473,7 +470,6 @@ class CudaOps(MLAOps):
         self.tc_attention = tc_attention
         self.pdl = pdl is not False and pdl_supported(cp)
         self._sem: Any = None  # attend_decode's split counters when the caller has none
-        self.fuse_quant = fuse_quant
         self._xq: ActQ8 | None = None
 
     # ---- preparation ----
@@ -528,7 +524,7 @@ class CudaOps(MLAOps):
         if out.capacity < t * cols:
             raise ValueError(f"int8 activation buffer holds {out.capacity} values, not {t * cols}")
         _kernel("quant_x")(
-            (t,), (256,),
+            (t,), (512,),
             (_as_ptr(x), np.int64(cols if x_stride is None else x_stride), _I32(cols),
              _as_ptr(norm), _F32(eps), out.q, out.s),
         )  # fmt: skip
@@ -540,8 +536,6 @@ class CudaOps(MLAOps):
         stride = kw.get("x_stride")
         if not any(self.int8_ready(p) for p in parts) or not _float4_rows(x, stride or parts[0].cols):
             return None
-        if self.fuse_quant and kw.get("t", 1) == 1:
-            return None  # gemv_q8 quantizes x in each block (gemv)
         return self.quantize(x, parts[0].cols, **kw)
 
     def gemv(self, part: QMatrix, x: Any, y: Any, *, t: int = 1, y_stride: int = 0,
@@ -561,22 +555,12 @@ class CudaOps(MLAOps):
         if eids is None and (stride or t == 1) and usable and self.int8_ready(part):
             k = _kernel(f"gemv_q8<{part.qtype},{mode}>")
             grid = (_cdiv(rows, 8 if mode == 2 else 16), t)
-            if xq is None and t == 1 and self.fuse_quant and _as_ptr(x) != _as_ptr(y):
-                # each block quantizes x itself (x must not be the y other blocks write)
-                smem = part.cols + part.cols // 4
-                if smem > 48 * 1024 and k.max_dynamic_shared_size_bytes < smem:
-                    k.max_dynamic_shared_size_bytes = smem
-                k(grid, (256,),
-                  (part.data, np.int64(part.row_bytes), _U64(0), _U64(0), _I32(part.cols), _as_ptr(y),
-                   _I32(rows), np.int64(y_stride), _as_ptr(bias), _as_ptr(x), np.int64(stride),
-                   _as_ptr(norm), _F32(eps)), shared_mem=smem)  # fmt: skip
-                return
             if xq is None:
                 xq = self.quantize(x, part.cols, t=t, norm=norm, eps=eps, x_stride=x_stride,
                                    out=scratch)  # fmt: skip
             k(grid, (256,),
               (part.data, np.int64(part.row_bytes), xq.q, xq.s, _I32(part.cols), _as_ptr(y),
-               _I32(rows), np.int64(y_stride), _as_ptr(bias), _U64(0), np.int64(0), _U64(0), _F32(0.0)))  # fmt: skip
+               _I32(rows), np.int64(y_stride), _as_ptr(bias)))  # fmt: skip
             return
         k = _kernel(f"gemv<{part.qtype},{mode}>")
         smem = (part.cols + part.cols // 32 * 4) * 4

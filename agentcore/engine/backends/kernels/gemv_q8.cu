@@ -219,9 +219,11 @@ template <> struct U8<Q4_1> {  // one 20-byte block (4-byte aligned): d, m, 16 b
 
 // One activation row x (cols floats, float4-aligned) -> q (cols int8) and s ((d, sum) per 32),
 // RMS-normalised and scaled by norm_w first when norm_w is set. Called by every thread of a
-// block of 256 (red: 16 floats of shared memory); 8 lanes quantize one group (a float4 each),
-// so the trip count is uniform and the width-8 shuffles always run with the whole warp. Both
-// quant_x and gemv_q8's fused mode use it, with the same block size: the same bits.
+// block (blockDim.x a multiple of 32, <= 512; red: 16 floats of shared memory); 8 lanes
+// quantize one group (a float4 each), so the trip count is uniform and the width-8 shuffles
+// always run with the whole warp. (Called by every block of a GEMV instead of a quant_x
+// launch, it made the 8B decode 16% slower on the H200, 3e41da4: each block's read of the
+// whole row came before its products.)
 __device__ __forceinline__ void quant_row(const float* __restrict__ x, int cols,
                                           const float* __restrict__ norm_w, float eps,
                                           int8_t* __restrict__ xq, float2* __restrict__ xs,
@@ -266,8 +268,8 @@ __device__ __forceinline__ void quant_row(const float* __restrict__ x, int cols,
 }
 
 // x (t rows, x_stride floats apart) -> xq (t rows of cols int8) and xs ((d, sum) per 32).
-// With norm_w, x is RMS-normalised and scaled by norm_w first. One block of 256 per row.
-extern "C" __global__ void __launch_bounds__(256) quant_x(
+// With norm_w, x is RMS-normalised and scaled by norm_w first. One block of 512 per row.
+extern "C" __global__ void __launch_bounds__(512) quant_x(
     const float* __restrict__ x, long long x_stride, int cols, const float* __restrict__ norm_w,
     float eps, int8_t* __restrict__ xq, float2* __restrict__ xs) {
     __shared__ float red[16];
@@ -279,18 +281,13 @@ extern "C" __global__ void __launch_bounds__(256) quant_x(
 
 // y = W x for t rows of quantized x (blockIdx.y), one warp per 2 rows, 8 warps per block.
 // MODE 0: y = Wx (+ bias); 1: y += Wx (residual); 2: y[r] = silu(W[r]x) * W[r + rows]x.
-// xq null (fused mode, the decode graph's): every block quantizes fp32 row xf itself
-// (quant_row, with RMSNorm by norm_w when set) into cols + cols / 4 bytes of dynamic shared
-// memory, in place of a quant_x launch before it: 4 kernels a layer fewer.
 template <int QT, int MODE>
 __global__ void __launch_bounds__(256) gemv_q8(
     const uint8_t* __restrict__ W, long long row_bytes, const int8_t* __restrict__ xq,
     const float2* __restrict__ xs, int cols, float* __restrict__ y, int rows,
-    long long y_stride, const float* __restrict__ bias, const float* __restrict__ xf,
-    long long x_stride, const float* __restrict__ norm_w, float eps) {
-    extern __shared__ __align__(16) unsigned char xsm[];
-    __shared__ float red[16];
+    long long y_stride, const float* __restrict__ bias) {
     const int t = blockIdx.y;
+    const QX x = {xq + (long long)t * cols, xs + (long long)t * (cols >> 5)};
     y += (long long)t * y_stride;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int r0 = (blockIdx.x * 8 + warp) * (MODE == 2 ? 1 : 2);
@@ -310,12 +307,6 @@ __global__ void __launch_bounds__(256) gemv_q8(
         p0.load(w0, u); q0.load(w1, u);
     }
     PDL_WAIT();
-    QX x = {xq + (long long)t * cols, xs + (long long)t * (cols >> 5)};
-    if (!xq) {
-        x = {(const int8_t*)xsm, (const float2*)(xsm + cols)};
-        quant_row(xf + (long long)t * x_stride, cols, norm_w, eps, (int8_t*)xsm, (float2*)(xsm + cols), red);
-        __syncthreads();
-    }
     if (!live) return;
     while (u + 32 < nu) {
         a0 += p0.dot(u, x) + p1.dot(u + 32, x);

@@ -213,75 +213,78 @@ __device__ __forceinline__ float kv_unpack(uint4 r, int sub, float f[8]) {
 // Flash-decoding's merge, done by the last block of a KV head to finish (a split-K fixup, so
 // the merge needs no kernel of its own). Of a launch's nsplit slices only the first `used`
 // hold positions (the others exit at once, writing and counting nothing); with used == 1 the
-// one block writes out itself. Otherwise each used block writes its split's (m, l, o) for the
-// G query heads and counts itself in sem[h]; the block that brings the count to `used` resets
-// it (the next launch on the stream starts from 0) and merges: 8 / G warps per head (G <= 8)
-// each fold a share of the splits with an online softmax over coalesced rows (D / 32 values a
-// lane), then the warps of a head meet in buf (>= 8 D floats of the kernel's shared memory,
-// free by now). Other blocks wrote the partials: they are read through L2 (__ldcg). Not
-// inlined: the attention loops keep their registers (attn_split spilled with it inlined).
+// one block writes out itself. Otherwise each used block writes its split's (m, l, o) for
+// the G query heads, then counts itself in sem[h]; the block that brings the count to `used`
+// resets it (the next launch on the stream starts from 0) and merges every split into out
+// (G heads x D), one head after another. (Folding the splits with an online softmax, 8 / G
+// warps a head at once, was in a build 20% slower at 32K on the H200, 3e41da4.) Other blocks
+// wrote the partials, so they are read through L2 (__ldcg), never a stale L1 line. Warp w sums splits w, w + 8, ... of each head over
+// coalesced rows (D / 32 values a lane), the 8 warps' sums meet in buf (>= 8 D floats of the
+// kernel's shared memory, free by now). An empty split's weight is 0 and its o is never read.
 template <int D>
-__device__ __noinline__ void attn_merge_last(int h, int G, int nsplit, int used, const float* part_o,
+__device__ __forceinline__ void attn_merge_last(int h, int G, int nsplit, int used, const float* part_o,
                                                 const float* part_ml, float* __restrict__ out,
                                                 int* sem, float* buf) {
     __shared__ int is_last;
-    __shared__ float wm[8], wl[8];
+    __shared__ float red[2][8];
     __syncthreads();  // every partial of this block is written
     if (threadIdx.x == 0) {
-        __threadfence();  // release: this block's partials before its count
-        const int last = atomicAdd(sem + h, 1) == used - 1;
-        if (last) {
-            sem[h] = 0;
-            __threadfence();  // acquire: the other blocks' partials after their counts
+        int last = 1;
+        if (used > 1) {
+            __threadfence();  // release: this block's partials before its count
+            last = atomicAdd(sem + h, 1) == used - 1;
+            if (last) {
+                sem[h] = 0;
+                __threadfence();  // acquire: the other blocks' partials after their counts
+            }
         }
         is_last = last;
     }
     __syncthreads();
     if (!is_last) return;
-    constexpr int PL = (D + 31) / 32;  // values a lane folds
+    constexpr int PL = (D + 31) / 32;  // values a lane sums
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int wph = G > 4 ? 1 : (G > 2 ? 2 : (G > 1 ? 4 : 8));  // warps per head
-    const int j = warp / wph, k = warp % wph;
-    float m = -INFINITY, l = 0.f, acc[PL];
-#pragma unroll
-    for (int i = 0; i < PL; i++) acc[i] = 0.f;
-    if (j < G) {
+    for (int j = 0; j < G; j++) {
         const long long hq = (long long)h * G + j;
         const float* ml = part_ml + hq * nsplit * 2;
+        float mx = -INFINITY;
+        for (int s = threadIdx.x; s < used; s += blockDim.x) mx = fmaxf(mx, __ldcg(ml + 2 * s));
+        for (int o = 16; o; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
+        if (lane == 0) red[0][warp] = mx;
+        __syncthreads();
+        float M = red[0][0];
+#pragma unroll
+        for (int w = 1; w < 8; w++) M = fmaxf(M, red[0][w]);
         const float* po = part_o + hq * nsplit * D;
+        float acc[PL], lsum = 0.f;
+#pragma unroll
+        for (int i = 0; i < PL; i++) acc[i] = 0.f;
 #pragma unroll 2
-        for (int s = k; s < used; s += wph) {
-            const float ms = __ldcg(ml + 2 * s), ls = __ldcg(ml + 2 * s + 1);
-            float o[PL];
+        for (int s = warp; s < used; s += 8) {
+            const float ms = __ldcg(ml + 2 * s);
+            if (ms == -INFINITY) continue;  // empty split (warp-uniform)
+            const float w = __expf(ms - M);
+            lsum += w * __ldcg(ml + 2 * s + 1);
 #pragma unroll
             for (int i = 0; i < PL; i++)
-                o[i] = lane + 32 * i < D ? __ldcg(po + (long long)s * D + lane + 32 * i) : 0.f;
-            if (ms == -INFINITY) continue;  // nothing seen (warp-uniform)
-            const float mn = fmaxf(m, ms), c = __expf(m - mn), w = __expf(ms - mn);
-            l = l * c + w * ls;
-#pragma unroll
-            for (int i = 0; i < PL; i++) acc[i] = acc[i] * c + w * o[i];
-            m = mn;
+                if (lane + 32 * i < D) acc[i] += w * __ldcg(po + (long long)s * D + lane + 32 * i);
         }
 #pragma unroll
         for (int i = 0; i < PL; i++)
             if (lane + 32 * i < D) buf[warp * D + lane + 32 * i] = acc[i];
-        if (lane == 0) { wm[warp] = m; wl[warp] = l; }
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
-        const int jj = i / D, d = i % D;
-        float M = -INFINITY;
-        for (int kk = 0; kk < wph; kk++) M = fmaxf(M, wm[jj * wph + kk]);
-        float o = 0.f, L = 0.f;
-        for (int kk = 0; kk < wph; kk++) {
-            const int w = jj * wph + kk;
-            if (wm[w] == -INFINITY) continue;  // a warp with no split
-            const float c = __expf(wm[w] - M);
-            o += c * buf[w * D + d];
-            L += c * wl[w];
+        if (lane == 0) red[1][warp] = lsum;
+        __syncthreads();
+        float L = 0.f;
+#pragma unroll
+        for (int w = 0; w < 8; w++) L += red[1][w];
+        const float inv = 1.f / L;
+        for (int d = threadIdx.x; d < D; d += blockDim.x) {
+            float o = 0.f;
+#pragma unroll
+            for (int w = 0; w < 8; w++) o += buf[w * D + d];
+            out[hq * D + d] = o * inv;
         }
-        out[((long long)h * G + jj) * D + d] = o / L;
+        __syncthreads();  // buf and red are free for the next head
     }
 }
 
