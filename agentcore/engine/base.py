@@ -62,6 +62,8 @@ class Usage(BaseModel):
     ttft_s: float = 0.0
     decode_tokens_per_s: float = 0.0
     cache_source: Literal["live", "ram", "disk", "none"] = "none"
+    draft_tokens: int = 0  # prompt-lookup draft tokens checked (LocalEngine draft_tokens > 0)
+    accepted_draft_tokens: int = 0  # of them, kept
 
     @property
     def reuse(self) -> float:

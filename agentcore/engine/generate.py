@@ -34,6 +34,7 @@ import numpy as np
 
 from agentcore.engine.base import Sampling
 from agentcore.engine.decode.constrain import Allowed, Forced, ToolCallConstraint
+from agentcore.engine.decode.lookup import PromptLookup
 from agentcore.engine.decode.sampler import REPEAT_WINDOW, sample
 from agentcore.engine.decode.stop import StopChecker
 from agentcore.engine.session import Session
@@ -63,6 +64,7 @@ class EagerDecoder:
         self._rng = np.random.default_rng()
         self._gen_start = 0
         self._generated: list[int] = []  # tokens at positions gen_start, gen_start + 1, ...
+        self._rows: tuple[int, np.ndarray] = (0, np.zeros((0, 0), np.float32))  # verify's logits
 
     def prefill(self, ids: Sequence[int]) -> None:
         self._logits = self.model.forward(list(ids), self.kv.length, self.kv)
@@ -93,6 +95,35 @@ class EagerDecoder:
         self.prefill([token])
         return self.sample(mask)
 
+    def verify(self, ids: Sequence[int]) -> list[int]:
+        """Feed ``ids`` (the last sampled token, then a draft) as one batch and draw the token
+        after each of them, unmasked, as ``sample`` would after feeding them one at a time
+        (the repetition window of each draw ends at its own position). The KV then holds all
+        of ``ids``; ``rewind`` keeps the accepted prefix."""
+        ids = [int(t) for t in ids]
+        base = self.kv.length
+        self._record(base, ids)
+        rows = self.model.forward(ids, base, self.kv, all_logits=True)
+        self._rows = (base, rows)
+        out = []
+        for i in range(len(ids)):
+            last = base + i - self._gen_start
+            recent = self._generated[max(0, last - REPEAT_WINDOW + 1) : last + 1] if last >= 0 else []
+            out.append(sample(rows[i], self._sampling, self._rng, recent))
+        self._logits = rows[-1]
+        return out
+
+    def rewind(self, n: int, pending: int) -> None:
+        """Keep the first ``n`` positions of the KV (at least the first of the last
+        ``verify``); the held logits become those after position n - 1, and ``pending`` (the
+        accepted token drawn there, not yet fed) is recorded at position n."""
+        base, rows = self._rows
+        if not base < n <= self.kv.length:
+            raise ValueError(f"rewind to {n} outside the last verify's positions ({base}, {self.kv.length}]")
+        self.kv.truncate(n)
+        self._logits = rows[n - 1 - base]
+        self._record(n, [pending])
+
     def logits(self) -> np.ndarray:
         if self._logits is None:
             raise RuntimeError("logits() before any prefill")
@@ -117,6 +148,9 @@ class GenerationResult:
     ttft_s: float = 0.0
     decode_s: float = 0.0
     unfed: list[int] = field(default_factory=list)  # sampled ids not yet in the KV
+    drafted: int = 0  # prompt-lookup draft tokens verified
+    accepted: int = 0  # of them, kept (the model drew the same token there)
+    verify_steps: int = 0  # batched steps that checked a draft
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -135,12 +169,19 @@ def generate(
     emit: Callable[[str], None],
     cancelled: threading.Event,
     started: float,
+    draft_tokens: int = 0,
 ) -> GenerationResult:
     """Decode from the session's held logits (the prompt is already prefilled).
 
     ``started`` is the request's ``perf_counter`` start, so ``ttft_s`` covers the prefill.
     ``blocks``: a ``dsml.StreamParser`` fed the generated text; generation ends when it reports
     a tool-call block complete (any dialect), as it ends when the constraint's block is done.
+    ``draft_tokens`` > 0 (and a decoder with ``verify``): prompt-lookup speculative decoding
+    on unconstrained steps (``decode/lookup.py``): up to that many tokens that followed the
+    latest earlier occurrence of the newest n-gram are checked in one batched step, and the
+    prefix the model itself draws is kept. A speculative batch ends at a stop, a complete
+    tool-call block, or a token holding ``<`` when a constraint is watching (it reads the text
+    from there, as it would have token by token), so the output is sequential decoding's.
     """
     res = GenerationResult()
     out, parts = res.token_ids, []
@@ -148,29 +189,47 @@ def generate(
     raw = ""  # everything generated, held-back stop-string prefixes included
     unfed: list[int] = []
     t_first = 0.0
+    lookup = None
+    if draft_tokens > 0 and getattr(session, "can_verify", False):
+        lookup = PromptLookup()
+        lookup.extend(session.ids)
     while len(out) < max_tokens:
         if cancelled.is_set():
             res.finish_reason = "cancelled"
             break
         step = constraint.next(raw) if constraint is not None else None
+        spec = -1  # the KV position of the token before a draft, when this step checks one
         if isinstance(step, Forced):
             new = list(step.ids)[: max_tokens - len(out)]
         else:
             mask = step.mask if isinstance(step, Allowed) else None
-            if len(unfed) == 1:
-                token = session.step(unfed[0], mask)
+            draft: list[int] = []
+            if lookup is not None and mask is None and len(unfed) == 1:
+                draft = lookup.propose(min(draft_tokens, max_tokens - len(out) - 1))
+            if draft:
+                spec = len(session.ids)
+                drawn = session.verify([unfed[0], *draft])
+                j = 0
+                while j < len(draft) and drawn[j] == draft[j]:
+                    j += 1
+                new = [*draft[:j], drawn[j]]
+                res.drafted += len(draft)
+                res.verify_steps += 1
+            elif len(unfed) == 1:
+                new = [session.step(unfed[0], mask)]
             else:
                 if unfed:
                     session.feed(unfed)
-                token = session.sample(mask)
+                new = [session.sample(mask)]
             unfed = []
-            new = [token]
         if not out:
             t_first = time.perf_counter()
             res.ttft_s = t_first - started
+        kept = 0
         for token in new:
             out.append(token)
             unfed.append(token)
+            kept += 1
             piece = utf8.decode(token_bytes(token))
             raw += piece
             if blocks is not None:
@@ -181,6 +240,17 @@ def generate(
                 emit(visible)
             if stops.stopped:
                 break
+            if spec >= 0 and ((constraint is not None and "<" in piece)
+                              or (blocks is not None and blocks.block_complete)):  # fmt: skip
+                break
+        if spec >= 0:
+            # The KV keeps the token before the draft and the kept tokens but the last, which
+            # stays unfed (the next step feeds it), exactly as after kept sequential steps.
+            res.accepted += min(kept, len(new) - 1)
+            session.rewind(spec + kept, new[kept - 1])
+            unfed = [new[kept - 1]]
+        if lookup is not None:
+            lookup.extend(new[:kept])
         if stops.stopped:
             res.finish_reason = "stop"
             break

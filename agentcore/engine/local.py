@@ -102,6 +102,16 @@ class LocalEngine:
     ``"float16"`` (the GPU default, and on the CPU), or ``"q8_0"`` (llama-style models, CPU
     and GPU: GGUF Q8_0 rows, 3.8x fewer bytes than float32 and 1.9x fewer than float16 to
     hold, write and restore; attention reads it dequantized; on CUDA head_dim 64, 128 or 256).
+    ``draft_tokens``: prompt-lookup speculative decoding (default 8; 0 turns it off): on
+    free-text steps, up to that many tokens copied from the session's own history (the tokens
+    after the latest earlier occurrence of the newest 2- or 3-gram: tool output, files, code
+    the reply repeats) are checked in one batched forward pass and the prefix the model
+    itself draws is kept, so greedy output is token for token sequential decoding's (sampled
+    output has its distribution); ``Usage.draft_tokens`` and ``accepted_draft_tokens`` count
+    them. On SmolLM2 on 2 CPU cores, agent replies that edit, quote or explain a file a tool
+    returned decoded 1.5-3.2x faster (``python -m agentcore.bench lookup``). The CPU decoder
+    checks drafts; the CUDA decoder does not yet (one graph replay a token), so there the
+    option has no effect.
     Use it as a context manager (or call ``close()``) so saved checkpoints reach the disk.
     """
 
@@ -118,8 +128,12 @@ class LocalEngine:
         max_live_sessions: int = 4,
         thinking: bool = False,
         kv_dtype: str | None = None,
+        draft_tokens: int = 8,
     ) -> None:
         self.model = model
+        if draft_tokens < 0:
+            raise ValueError("draft_tokens must be 0 (off) or positive")
+        self.draft_tokens = int(draft_tokens)
         self.spec = model.spec
         self.context_length = int(context_length or model.spec.context_length)
         if self.context_length < 1:
@@ -388,7 +402,7 @@ class LocalEngine:
                     blocks=StreamParser(thinking=self.thinking, tools=request.tools)
                     if request.tools and request.tool_choice != "none" else None,
                     emit=emit, cancelled=cancelled,
-                    started=started,
+                    started=started, draft_tokens=self.draft_tokens,
                 )  # fmt: skip
                 flush()
                 if result.finish_reason != "cancelled":
@@ -426,6 +440,8 @@ class LocalEngine:
                 ttft_s=result.ttft_s,
                 decode_tokens_per_s=result.decode_tokens_per_s,
                 cache_source=record.source if record.common else "none",
+                draft_tokens=result.drafted,
+                accepted_draft_tokens=result.accepted,
             ),
         )
 

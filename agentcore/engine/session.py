@@ -75,6 +75,24 @@ class Session:
         self.ids.append(token)
         return nxt
 
+    @property
+    def can_verify(self) -> bool:
+        """Whether the decoder checks drafts in one batched step (``verify``/``rewind``)."""
+        return hasattr(self.decoder, "verify") and hasattr(self.decoder, "rewind")
+
+    def verify(self, ids: Sequence[int]) -> list[int]:
+        """Append ``ids`` (the last sampled token, then a draft) in one batch; the token the
+        model draws after each of them."""
+        out = self.decoder.verify(ids)
+        self.ids.extend(ids)
+        return out
+
+    def rewind(self, n: int, pending: int) -> None:
+        """Keep the first ``n`` ids of the last ``verify``'s; ``pending`` is the accepted
+        token drawn after them (fed by the next step)."""
+        self.decoder.rewind(n, pending)
+        del self.ids[n:]
+
     def settle(self) -> None:
         """Wait for decoder work in flight (a CUDA step run ahead) before the KV is touched
         by anyone else (a restore, a checkpoint read)."""
