@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import anyio
 
 from agentcore.bench._public import complete
+from agentcore.bench.cpu import git_sha
 from agentcore.engine import GenerationRequest, LocalEngine, Sampling
 from agentcore.messages import (
     AssistantMessage,
@@ -90,14 +90,6 @@ def transcripts() -> list[tuple[str, list[Any]]]:
     ]  # fmt: skip
 
 
-def _git_sha() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def run_one(path: Path, messages: list[Any], draft_tokens: int, max_tokens: int) -> Any:
     eng = LocalEngine.from_gguf(path, draft_tokens=draft_tokens)
     req = GenerationRequest(session_id="bench", messages=messages, tools=[READ_FILE],
@@ -139,7 +131,7 @@ def main(argv: list[str]) -> int:
             "tokens_per_step": round(u1.completion_tokens / steps, 3) if steps else None,
             "same_tokens": spec.token_ids == base.token_ids, "finish_reason": spec.finish_reason,
             "seconds": round(time.perf_counter() - t0, 1),
-            "device": f"cpu ({os.cpu_count()} cores, {platform.machine()})", "git_sha": _git_sha(),
+            "device": f"cpu ({os.cpu_count()} cores, {platform.machine()})", "git_sha": git_sha(),
             "command": command,
         }  # fmt: skip
         line = json.dumps(fig)
