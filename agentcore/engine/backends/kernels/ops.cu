@@ -1037,24 +1037,22 @@ extern "C" __global__ void o_unpack(const float* __restrict__ o, float* __restri
 }
 
 // silu(gate) * up for gate_up (T, 2F) -> (T, F).
-extern "C" __global__ void swiglu(const float* __restrict__ gu, float* __restrict__ out, int T,
-                                  int F) {
+// out[t, f] = silu(gu[t, f]) * gu[t, F + f]; swiglu_f16 writes fp16: the prefill down-projection
+// GEMM's operand, which would otherwise be written as fp32 and then cast (two passes over the
+// widest activation of the layer).
+template <typename T>
+__device__ __forceinline__ void swiglu_body(const float* __restrict__ gu, T* __restrict__ out, int T_, int F) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long long)T * F) return;
+    if (i >= (long long)T_ * F) return;
     long long t = i / F, f = i % F;
     float g = gu[t * 2 * F + f], u = gu[t * 2 * F + F + f];
-    out[i] = g / (1.f + __expf(-g)) * u;
+    out[i] = (T)(g / (1.f + __expf(-g)) * u);
 }
-
-// The same, written as fp16: the prefill down-projection GEMM's operand, which would otherwise
-// be written as fp32 and then cast (two passes over the widest activation of the layer).
-extern "C" __global__ void swiglu_f16(const float* __restrict__ gu, __half* __restrict__ out, int T,
-                                      int F) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long long)T * F) return;
-    long long t = i / F, f = i % F;
-    float g = gu[t * 2 * F + f], u = gu[t * 2 * F + F + f];
-    out[i] = __float2half(g / (1.f + __expf(-g)) * u);
+extern "C" __global__ void swiglu(const float* __restrict__ gu, float* __restrict__ out, int T, int F) {
+    swiglu_body<float>(gu, out, T, F);
+}
+extern "C" __global__ void swiglu_f16(const float* __restrict__ gu, __half* __restrict__ out, int T, int F) {
+    swiglu_body<__half>(gu, out, T, F);
 }
 
 __device__ __forceinline__ unsigned hash3(unsigned a, unsigned b, unsigned c) {
