@@ -270,6 +270,68 @@ def test_decode_attention_merges_in_kernel_and_leaves_its_counters_at_zero(n, tc
         assert not sem.get().any()
 
 
+@pytest.mark.parametrize("tc", [True, False], ids=["attn_tc", "attn_split"])
+@pytest.mark.parametrize("q8", [False, True], ids=["fp16", "q8_0"])
+@pytest.mark.parametrize("min_per", [0, 64, 256, 512])
+@pytest.mark.parametrize("n", [65, 300, 3000])
+def test_decode_attention_slices_hold_at_least_min_per_positions(n, min_per, q8, tc):
+    # attn_min_per sets the fewest positions a slice takes: a context up to it is one block a
+    # KV head writing its output itself; longer ones split and merge. Every setting gives the
+    # NumPy result, from a graph-sized launch (more slices than positions need).
+    import cupy as cp
+
+    from agentcore.engine.backends.cuda import CudaKV
+
+    spec = _Spec(1, 8, 32, 128)
+    rng = np.random.default_rng(17)
+    k = rng.standard_normal((n, 8, 128)).astype(np.float16).astype(np.float32)
+    v = rng.standard_normal((n, 8, 128)).astype(np.float16).astype(np.float32)
+    q = (2 * rng.standard_normal((1, 32, 128))).astype(np.float32)
+    ref_kv = (Q8KV if q8 else DenseKV)(spec, n)
+    ref_kv.store(0, 0, k, v)
+    ref = NumpyOps().attention(q, ref_kv, 0, n - 1)
+    ops = CudaOps(tc_attention=tc, attn_min_per=min_per)
+    kv = CudaKV(spec, n, dtype="q8_0" if q8 else "float16")
+    kv.store(0, 0, cp.asarray(k), cp.asarray(v))
+    nsplit = ops.decode_splits(spec, 16384)
+    po = cp.empty((32, nsplit, 128), cp.float32)
+    pml = cp.empty((32, nsplit, 2), cp.float32)
+    sem = cp.zeros(8, cp.int32)
+    out = cp.empty(32 * 128, cp.float32)
+    ops.attend_decode(cp.asarray(q[0]), kv, 0, po, pml, out, nsplit, n_host=n, sem=sem)
+    assert rel(out.get().reshape(1, -1), ref) < 5e-3
+    assert not sem.get().any()
+
+
+@pytest.mark.parametrize("tc", [True, False], ids=["attn_tc", "attn_split"])
+@pytest.mark.parametrize("q8", [False, True], ids=["fp16", "q8_0"])
+@pytest.mark.parametrize("block_size", [16, 48, 64, 128])
+@pytest.mark.parametrize(("pos0", "t"), [(0, 1), (1000, 1), (0, 90), (300, 40)])
+def test_attention_on_any_paged_block_size(block_size, q8, tc, pos0, t):
+    # Tiles of 64 positions lie in one paged block when the block size is a multiple of 64
+    # (one table lookup a tile); other sizes take the lookup-per-row path. Both, decode and
+    # prefill, give the NumPy result over a block table that is not in order.
+    import cupy as cp
+
+    from agentcore.engine.backends.cuda import CudaKV
+
+    spec = _Spec(2, 2, 8, 128)
+    n = pos0 + t
+    rng = np.random.default_rng(18)
+    k = rng.standard_normal((n, 2, 128)).astype(np.float16).astype(np.float32)
+    v = rng.standard_normal((n, 2, 128)).astype(np.float16).astype(np.float32)
+    q = (2 * rng.standard_normal((t, 8, 128))).astype(np.float32)
+    ref_kv = (Q8KV if q8 else DenseKV)(spec, n)
+    ref_kv.store(1, 0, k, v)
+    ref = NumpyOps().attention(q, ref_kv, 1, pos0)
+    kv = CudaKV(spec, n, block_size=block_size, dtype="q8_0" if q8 else "float16")
+    kv.table[...] = kv.table[::-1].copy()  # blocks out of order in the pool
+    kv.store(1, 0, cp.asarray(k), cp.asarray(v))
+    kv.length = n
+    out = CudaOps(tc_attention=tc).attention(cp.asarray(q), kv, 1, pos0).get()
+    assert rel(out, ref) < (2e-4 if t == 1 and not tc and not q8 else 5e-3)
+
+
 @pytest.mark.parametrize(("hd", "heads", "kvh"), [(64, 9, 3), (128, 32, 8), (128, 16, 2), (256, 8, 1), (64, 8, 1)])
 @pytest.mark.parametrize(("pos0", "t"), [(0, 1), (37, 1), (3000, 1), (0, 70), (100, 33), (20000, 1), (2000, 150)])
 @pytest.mark.parametrize("tc", [True, False], ids=["attn_tc", "attn_split"])
@@ -528,3 +590,36 @@ def test_programmatic_launch_changes_no_result(tmp_path, preset, dtype):
     assert runs[1][0] is (cc >= 90) is pdl_supported(CudaOps().cp)  # the H200 runs it for real
     assert np.array_equal(runs[0][1], runs[1][1])
     assert runs[0][2] == runs[1][2]
+
+
+def test_a_recapture_is_recorded_during_the_prefill_and_decodes_the_same(tmp_path):
+    # prefill(ids, reserve=n) on a warmed decoder whose graph does not cover the context: the
+    # new graph is captured before the prefill is waited for (no eager warm-up step), so
+    # start() finds it ready. Greedy tokens equal those of a decoder that captures in start().
+    path = write_synthetic_gguf(tmp_path / "m.gguf", **TINY["llama"])
+    _, gpu = _engines(path)
+    ids = np.random.default_rng(19).integers(0, gpu.spec.vocab_size, 1500).tolist()
+
+    def run(reserve_in_prefill):
+        kv = gpu.ops.new_kv(gpu.spec, 2048)
+        dec = CudaDecoder(gpu, kv)
+        dec.prefill(ids[:40])
+        dec.start(None, reserve=8)
+        first = [dec.step(t) for t in ids[40:44]]
+        assert dec._warmed and dec._covers == 1024
+        dec.prefill(ids[44:], reserve=16 if reserve_in_prefill else None)  # 1500 > 1024 covered
+        graph = dec.graph
+        dec.start(None, reserve=16)
+        assert (dec.graph is graph) == reserve_in_prefill  # captured already, or only now
+        assert dec._covers == 2048
+        tok = dec.sample()
+        out = [tok]
+        for _ in range(12):
+            tok = dec.step(tok)
+            out.append(tok)
+        dec.settle()
+        return first, out, dec.logits()
+
+    a, b = run(True), run(False)
+    assert a[0] == b[0] and a[1] == b[1]
+    assert np.array_equal(a[2], b[2])

@@ -44,7 +44,7 @@ __all__ = ["Decoder", "EagerDecoder", "GenerationResult", "generate"]
 
 
 class Decoder(Protocol):
-    def prefill(self, ids: Sequence[int]) -> None: ...
+    def prefill(self, ids: Sequence[int], *, reserve: int | None = None) -> None: ...
     def start(self, sampling: Sampling | None, seed: int | None = None, *,
               reserve: int = 0) -> None: ...  # fmt: skip
     def feed(self, ids: Sequence[int]) -> None: ...
@@ -66,7 +66,8 @@ class EagerDecoder:
         self._generated: list[int] = []  # tokens at positions gen_start, gen_start + 1, ...
         self._rows: tuple[int, np.ndarray] = (0, np.zeros((0, 0), np.float32))  # verify's logits
 
-    def prefill(self, ids: Sequence[int]) -> None:
+    def prefill(self, ids: Sequence[int], *, reserve: int | None = None) -> None:
+        """Append ``ids``; hold the last one's logits (``reserve``: see ``CudaDecoder``)."""
         self._logits = self.model.forward(list(ids), self.kv.length, self.kv)
 
     def start(self, sampling: Sampling | None, seed: int | None = None, *, reserve: int = 0) -> None:

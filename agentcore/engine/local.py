@@ -318,7 +318,7 @@ class LocalEngine:
             reusable = max(reusable, keep)
         t0 = time.perf_counter()
         if keep < len(ids):
-            session.prefill(ids[keep:])
+            session.prefill(ids[keep:], reserve=reserve if generation else None)
         prefill_ms = (time.perf_counter() - t0) * 1000
         record = TurnRecord(session_id, kind, len(ids), keep, reusable, source,
                             load_ms=load_ms, prefill_ms=prefill_ms)  # fmt: skip

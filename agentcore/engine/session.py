@@ -51,9 +51,14 @@ class Session:
         self.kv.length = len(ids)
         self.ids = list(ids)
 
-    def prefill(self, ids: Sequence[int]) -> None:
-        """Append prompt ids; the decoder holds the logits of the last one."""
-        self.decoder.prefill(ids)
+    def prefill(self, ids: Sequence[int], *, reserve: int | None = None) -> None:
+        """Append prompt ids; the decoder holds the logits of the last one. ``reserve``: the
+        tokens a generation starting right after will reserve (``start``), so a decoder can
+        prepare for it while the prefill runs (the CUDA decoder captures its graph)."""
+        if reserve is None:
+            self.decoder.prefill(ids)
+        else:
+            self.decoder.prefill(ids, reserve=reserve)
         self.ids.extend(ids)
 
     def start(self, sampling: Sampling | None, seed: int | None = None, *, reserve: int = 0) -> None:

@@ -54,20 +54,35 @@ for n in (512, 8192):
 
 # public path: what TTFT holds besides the forward
 times = {}
-def timed(cls, name):
+def timed(cls, name, sync=True):  # sync=False: host time only (keeps a capture overlapping the prefill)
     f = getattr(cls, name)
     def g(self, *a, **k):
-        cp.cuda.runtime.deviceSynchronize(); t0 = time.perf_counter()
+        if sync: cp.cuda.runtime.deviceSynchronize()
+        t0 = time.perf_counter()
         r = f(self, *a, **k)
-        cp.cuda.runtime.deviceSynchronize()
+        if sync: cp.cuda.runtime.deviceSynchronize()
         times.setdefault(name, []).append(round((time.perf_counter() - t0) * 1000, 2)); return r
     setattr(cls, name, g)
-timed(CudaDecoder, "_capture"); timed(CudaDecoder, "prefill"); timed(CudaDecoder, "__init__")
+timed(CudaDecoder, "_capture", sync=False); timed(CudaDecoder, "prefill", sync=False)
+timed(CudaDecoder, "start", sync=False); timed(CudaDecoder, "__init__")
 timed(cu.CudaOps, "new_kv"); timed(cu.CudaKV, "grow")
-for n, sess in ((64, "w"), (512, "a"), (512, "b"), (8192, "c")):
+import cProfile, pstats
+PROFILE = [False]
+_gen = LocalEngine._generate_in_thread
+def _profiled(self, *a, **k):  # the turn runs on the engine's worker thread
+    if not PROFILE[0]:
+        return _gen(self, *a, **k)
+    pr = cProfile.Profile(); pr.enable()
+    try:
+        return _gen(self, *a, **k)
+    finally:
+        pr.disable(); pstats.Stats(pr).sort_stats("tottime").print_stats(15)
+LocalEngine._generate_in_thread = _profiled
+for n, sess in ((64, "w"), (512, "a"), (512, "b"), (8192, "c"), (8192, "d")):
     times.clear(); events.clear()
     req = prompt_request(eng, n, sess, 1)
     t0 = time.perf_counter()
+    PROFILE[0] = sess == "d"
     done = anyio.run(complete, eng, req)
     print(f"public {n} ({sess}): ttft {done.usage.ttft_s*1000:.1f} ms, total {(time.perf_counter()-t0)*1000:.1f} ms, parts {times}", flush=True)
     events.clear()

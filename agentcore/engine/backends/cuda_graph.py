@@ -64,6 +64,7 @@ class CudaDecoder:
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.graph = None
         self._captured_for: tuple[int, int] | None = None
+        self._warmed = False  # a step ran eagerly (every kernel compiled and checked) once
         self._covers = 0  # positions the captured graph's attention slices cover
         self._marks: list[tuple[str, Any]] | None = None
         hd, h, kvh = s.head_dim, s.n_heads, s.n_kv_heads
@@ -95,10 +96,16 @@ class CudaDecoder:
 
     # ------------------------------------------------------------------ Decoder protocol
 
-    def prefill(self, ids: Sequence[int]) -> None:
-        """Append ``ids`` (a prompt tail) at ``kv.length``; hold the last position's logits."""
+    def prefill(self, ids: Sequence[int], *, reserve: int | None = None) -> None:
+        """Append ``ids`` (a prompt tail) at ``kv.length``; hold the last position's logits.
+        ``reserve``: a generation of that many tokens starts next (``start``); when it needs a
+        new graph (a longer context than the captured one covers, a reallocated KV), the
+        capture is recorded while the GPU still runs the prefill, off the first token's path."""
         self._drop_ahead()
-        self._forward(ids, record=False)
+        self._forward(ids, record=False, sync=False)
+        if reserve is not None and self.kv.length + reserve + 1 <= self.kv.capacity and self._warmed:
+            self._ready(reserve + 1)  # nothing here waits for the prefill: a capture is recorded
+        self.stream.synchronize()
 
     def start(self, sampling: Sampling | None, seed: int | None = None, *, reserve: int = 0) -> None:
         """Begin a generation of up to ``reserve`` tokens; its first goes at ``kv.length``.
@@ -246,7 +253,7 @@ class CudaDecoder:
             self.stream.synchronize()  # its writes must land before anyone else's
             self._ahead = None
 
-    def _forward(self, ids: Sequence[int], *, record: bool) -> None:
+    def _forward(self, ids: Sequence[int], *, record: bool, sync: bool = True) -> None:
         if not len(ids):
             raise ValueError("feed needs at least one token")
         pos0 = self.kv.length
@@ -266,7 +273,8 @@ class CudaDecoder:
             self._ensure_history(self.kv.length + 1)
             host = np.asarray(ids, dtype=np.int32)
             self.history[pos0 : pos0 + len(host)].set(host, stream=self.stream)
-        self.stream.synchronize()
+        if sync:
+            self.stream.synchronize()
 
     def _ensure_history(self, n: int) -> None:
         if self.history is None or self.history.size < n + 1:
@@ -335,15 +343,18 @@ class CudaDecoder:
         self.model.rope.ensure(kv.capacity + 1)
         self._ensure_history(kv.capacity + 1)
         self._split_buffers(max(need, kv.length + 1))
-        # Warm-up (compiles and checks every kernel outside capture) at the next position to
-        # be written, so the KV and history it writes are overwritten by the first real step.
-        # It overwrites the held logits too: a capture may follow a prefill, so keep them.
+        # Warm-up, the first time (compiles and checks every kernel outside capture), at the
+        # next position to be written, so the KV and history it writes are overwritten by the
+        # first real step. It overwrites the held logits too: a capture may follow a prefill,
+        # so keep them. A recapture (the same kernels, other slices or buffers) only records:
+        # nothing waits for the GPU, so one during a prefill overlaps it.
         with self.stream:
             held = self.logits_dev.copy()
         self._set_state(0, None)
         with self.stream, pdl_launches(self.ops.pdl):
-            self._launch_step()
-            self.stream.synchronize()
+            if not self._warmed:
+                self._launch_step()
+                self.stream.synchronize()
             self.stream.begin_capture()
             self._launch_step()
             self.graph = self.stream.end_capture()
@@ -351,6 +362,7 @@ class CudaDecoder:
             self.logits_dev[...] = held
         self.stream.synchronize()
         self._captured_for = (kv.pool.data.ptr, self.model.rope.cos.data.ptr, self.history.data.ptr)
+        self._warmed = True
 
     def _split_buffers(self, need: int) -> None:
         """Flash-decoding's partial results for the context slices of the graph about to be

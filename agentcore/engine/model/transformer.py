@@ -123,7 +123,8 @@ class ChunkedForward:
         """ops, spec, chunk, and the embedding, final norm and head (tied or not)."""
         spec, t = model.spec, model.tensor
         self.spec, self.ops = spec, ops
-        self.chunk = chunk or getattr(ops, "prefill_chunk", 512)
+        sized = getattr(ops, "prefill_chunk_for", None)
+        self.chunk = chunk or (sized(spec) if sized else getattr(ops, "prefill_chunk", 512))
         self.embedding = ops.prepare_embedding(t("token_embd.weight"))
         self.output_norm = ops.prepare_vector(t("output_norm.weight"))
         self.head = (

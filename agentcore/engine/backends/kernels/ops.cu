@@ -289,7 +289,8 @@ __device__ __forceinline__ void attn_merge_last(int h, int G, int nsplit, int us
 }
 
 // Flash-decoding, phase 1. Grid (KVH, NSPLIT), 256 threads. The context [0, n) is cut into
-// NSPLIT slices (multiples of the tile). TPP = D/8 threads share one position (each loads 8
+// NSPLIT slices (multiples of the tile, at least min_per positions: a short context then
+// runs in one block a KV head, which writes out itself, with no partials to merge). TPP = D/8 threads share one position (each loads 8
 // halves of K and of V as one 16-byte access); a tile is U positions per group of TPP
 // threads, GROUPS * U positions a block, all loaded before any is used, so each thread keeps
 // 2U 16-byte loads in flight. Each of the G (<= GM) query heads of this KV head keeps an
@@ -303,7 +304,7 @@ __global__ void __launch_bounds__(256, GM <= 4 ? 2 : 1) attn_split(
     const float* __restrict__ q, const void* __restrict__ pool, const int* __restrict__ table,
     int layer, int L, int BS, int KVH, int G, int n_host, const int* pos_dev, float scale,
     float* __restrict__ part_o, float* __restrict__ part_ml, int nsplit, float* __restrict__ out,
-    int* sem) {
+    int* sem, int min_per) {
     constexpr int TPP = D / 8, GROUPS = 256 / TPP, U = GM <= 4 ? 4 : 2, TILE = GROUPS * U;
     constexpr int RW = Q8 ? D / 32 * Q8B : D;  // row width in pool elements
     __shared__ float sm_m[GROUPS][GM], sm_l[GROUPS][GM];
@@ -311,7 +312,7 @@ __global__ void __launch_bounds__(256, GM <= 4 ? 2 : 1) attn_split(
     PDL_WAIT();
     const int h = blockIdx.x, split = blockIdx.y;
     const int n = pos_dev ? *pos_dev + 1 : n_host;
-    const int per = ((n + nsplit - 1) / nsplit + TILE - 1) / TILE * TILE;
+    const int per = max(((n + nsplit - 1) / nsplit + TILE - 1) / TILE, (min_per + TILE - 1) / TILE) * TILE;
     const int used = (n + per - 1) / per;  // slices holding positions (attn_merge_last)
     const int start = split * per, end = min(n, start + per);
     const int grp = threadIdx.x / TPP, sub = threadIdx.x % TPP;
@@ -450,7 +451,8 @@ __global__ void __launch_bounds__(256, GM <= 4 ? 2 : 1) attn_split(
 }
 
 // Flash-decoding on tensor cores, phase 1 (head_dim 64, 128 or 256; fp16 or q8_0 pools).
-// Grid (KVH, NSPLIT), 256 threads; a split is at most ATTN_TC_SPLIT positions. The G <= 8
+// Grid (KVH, NSPLIT), 256 threads; a split is at most ATTN_TC_SPLIT positions (and at least
+// min_per, as attn_split's). The G <= 8
 // query heads of a KV head are padded to 8, the N of mma.m16n8k16 (fp16 in, fp32 out; PTX,
 // no headers). Pass 1 streams the split's K tile by tile (TP positions) into shared memory
 // as fp16 (q8_0 dequantized on the way) and takes scores S^T (positions x 8) = K Q^T; then a
@@ -547,12 +549,31 @@ struct TcShape {
     static constexpr int BYTES = NST * STAGE + TILE + 8 * LDS * 4 + 8 * LDP * 2 + 8 * LDQ * 2;
 };
 
-// Queue the copies of positions [base, base + TP) of plane kv (K 0, V 1) into a stage.
+// Queue the copies of positions [base, base + TP) of plane kv (K 0, V 1) into a stage. A tile
+// starts at a multiple of TP; when the paged block size is one too (the default 64), the
+// tile lies in one block, its rows KVH * RW bytes apart: one table lookup a tile and a
+// multiply-add a chunk (a lookup and a run-time division by BS a chunk made the kernel
+// issue-bound: ncu at 32K, 89a9471).
 template <int D, int Q8>
 __device__ __forceinline__ void tc_issue(unsigned char* stage, const unsigned char* pool, const int* table,
                                          int kv, int base, int end, int layer, int L, int BS, int KVH, int h) {
     using T = TcShape<D, Q8>;
-    for (int c = threadIdx.x; c < T::TP * T::CPR; c += 256) {
+    constexpr int N = T::TP * T::CPR;
+    if (BS % T::TP == 0) {
+        const unsigned char* row0 = pool + kv_index(table, base, layer, kv, h, L, BS, KVH, T::RW);
+        const long long pitch = (long long)KVH * T::RW;
+#pragma unroll
+        for (int i = 0; i < (N + 255) / 256; i++) {
+            const int c = threadIdx.x + 256 * i;
+            if (N % 256 == 0 || c < N) {
+                const int p = c / T::CPR, k = c % T::CPR;
+                const bool ok = base + p < end;
+                cp_async<T::CB>(stage + p * T::PITCH + k * T::CB, ok ? row0 + p * pitch + k * T::CB : pool, ok);
+            }
+        }
+        return;
+    }
+    for (int c = threadIdx.x; c < N; c += 256) {
         const int p = c / T::CPR, k = c % T::CPR, pos = base + p;
         const bool ok = pos < end;
         const unsigned char* src = ok ? pool + kv_index(table, pos, layer, kv, h, L, BS, KVH, T::RW) + k * T::CB : pool;
@@ -575,7 +596,7 @@ __global__ void __launch_bounds__(256) attn_tc(
     const float* __restrict__ q, const void* __restrict__ pool_, const int* __restrict__ table,
     int layer, int L, int BS, int KVH, int G, int n_host, const int* pos_dev, float scale,
     float* __restrict__ part_o, float* __restrict__ part_ml, int nsplit, float* __restrict__ out,
-    int* sem) {
+    int* sem, int min_per) {
     using T = TcShape<D, Q8>;
     constexpr int TP = T::TP, NST = T::NST, LDK = T::LDK, LDS = T::LDS, LDP = T::LDP, LDQ = T::LDQ;
     constexpr int MT = D / 16;                // pass 2: 16-row tiles of O^T
@@ -594,7 +615,7 @@ __global__ void __launch_bounds__(256) attn_tc(
     const int h = blockIdx.x, split = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, t4 = lane & 3;
     const int n = pos_dev ? *pos_dev + 1 : n_host;
-    const int per = ((n + nsplit - 1) / nsplit + TP - 1) / TP * TP;
+    const int per = max(((n + nsplit - 1) / nsplit + TP - 1) / TP, (min_per + TP - 1) / TP) * TP;
     const int used = (n + per - 1) / per;  // slices holding positions (attn_merge_last)
     const int start = split * per, end = min(n, start + per);
     if (split >= used) return;
@@ -746,6 +767,16 @@ template <int D, int Q8, int PER>
 __device__ __forceinline__ void pf_load(uint4 (&r)[PER], const void* pool, const int* table, int kv,
                                         int base, int end, int layer, int L, int BS, int KVH, int h) {
     constexpr int CH = D / 8, RW = Q8 ? D / 32 * Q8B : D;
+    if (BS % PF_TP == 0) {  // the tile lies in one paged block (tc_issue): one lookup a tile
+        const long long row0 = kv_index(table, base, layer, kv, h, L, BS, KVH, RW);
+#pragma unroll
+        for (int i = 0; i < PER; i++) {
+            const int c = threadIdx.x + 256 * i, p = c / CH;
+            r[i] = base + p < end ? kv_load<Q8>(pool, row0 + (long long)p * KVH * RW, c % CH)
+                                  : make_uint4(0, 0, 0, 0);
+        }
+        return;
+    }
 #pragma unroll
     for (int i = 0; i < PER; i++) {
         const int c = threadIdx.x + 256 * i, p = base + c / CH;
@@ -780,7 +811,7 @@ __global__ void __launch_bounds__(256) attn_prefill_tc(
     __half* Vs = Ks + TP * LDK;                 // [TP][LDK]
     const int h = blockIdx.y, r0 = blockIdx.x * PF_ROWS, H = KVH * G;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
-    const int rows = T * G, end = pos0 + T;
+    const int rows = T * G;
     const int last_row = min(rows, r0 + PF_ROWS) - 1;
     const int kend = pos0 + last_row / G + 1;  // keys this block needs
     uint4 kr[PER], vr[PER];
