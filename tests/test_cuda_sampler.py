@@ -32,7 +32,9 @@ def decoder(tmp_path_factory):
 
 def _set_logits(dec, x):
     dec._drop_ahead()  # a draw runs the next step ahead; the test replaces the logits
-    dec.logits_dev[...] = dec.cp.asarray(x.astype(np.float32))
+    with dec.stream:  # on the decoder's stream (non-blocking: the null stream would race it)
+        dec.logits_dev[...] = dec.cp.asarray(x.astype(np.float32))
+    dec.stream.synchronize()
 
 
 def _survivors(x, s: Sampling):

@@ -448,7 +448,7 @@ class CudaOps(MLAOps):
 
     def __init__(self, *, int8_activations: bool = True, int8_min_bytes: int = 4 << 20,
                  tc_attention: bool | None = None, pdl: bool | None = None,
-                 attn_min_per: int = 256) -> None:  # fmt: skip
+                 attn_min_per: int = ATTN_TP) -> None:  # fmt: skip
         """``int8_activations``: run the decode GEMVs of Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K weights
         of at least ``int8_min_bytes`` on int8 activations (dp4a; the default, as llama.cpp
         does); False keeps them fp32. Below the size the extra ``quant_x`` launch costs more
@@ -462,7 +462,9 @@ class CudaOps(MLAOps):
         driver can, False never, True where they can.
         ``attn_min_per``: the fewest positions a decode-attention slice takes (rounded up to
         the kernel's tile; at most ATTN_TC_SPLIT): a context up to it is one block a KV head,
-        which writes its output itself, with no partial results to merge."""
+        which writes its output itself, with no partial results to merge. The default, one
+        tile, splits as finely as the graph's slices allow: on the H200 (8B shape, all layers,
+        f3b6ce1) at 1024 positions 64 took 0.40 ms a token, 256 0.49, 512 0.67; at 64 all alike."""
         if not cuda_available():
             select_ops("cuda")  # raises DeviceUnavailable with the install hint
         cp = _cupy()
