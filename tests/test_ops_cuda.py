@@ -595,7 +595,8 @@ def test_programmatic_launch_changes_no_result(tmp_path, preset, dtype):
 def test_a_recapture_is_recorded_during_the_prefill_and_decodes_the_same(tmp_path):
     # prefill(ids, reserve=n) on a warmed decoder whose graph does not cover the context: the
     # new graph is captured before the prefill is waited for (no eager warm-up step), so
-    # start() finds it ready. Greedy tokens equal those of a decoder that captures in start().
+    # start() finds it ready. Greedy tokens equal those of a decoder that captures in start();
+    # a new decoder on a model whose step ran once records its first graph without warm-up.
     path = write_synthetic_gguf(tmp_path / "m.gguf", **TINY["llama"])
     _, gpu = _engines(path)
     ids = np.random.default_rng(19).integers(0, gpu.spec.vocab_size, 1500).tolist()
@@ -603,6 +604,8 @@ def test_a_recapture_is_recorded_during_the_prefill_and_decodes_the_same(tmp_pat
     def run(reserve_in_prefill):
         kv = gpu.ops.new_kv(gpu.spec, 2048)
         dec = CudaDecoder(gpu, kv)
+        # The model's step ran eagerly in the first run: a second decoder on it skips that.
+        assert dec._warmed == (not reserve_in_prefill)
         dec.prefill(ids[:40])
         dec.start(None, reserve=8)
         first = [dec.step(t) for t in ids[40:44]]

@@ -22,6 +22,7 @@ Invariants:
 from __future__ import annotations
 
 import itertools
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -44,6 +45,11 @@ from agentcore.engine.backends.launch import pdl_launches
 from agentcore.engine.base import Sampling
 from agentcore.engine.decode.sampler import REPEAT_WINDOW
 
+# Per model: the kernel configurations (see ``CudaDecoder._warm_key``) whose decode step has
+# run eagerly once in this process (compiled, attributes set, checked), so a new session's
+# decoder on the same model records its graph with no warm-up step.
+_WARM: weakref.WeakKeyDictionary[Any, set[tuple]] = weakref.WeakKeyDictionary()
+
 __all__ = ["CudaDecoder", "CudaMLADecoder"]
 
 _I32 = np.int32
@@ -64,7 +70,6 @@ class CudaDecoder:
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.graph = None
         self._captured_for: tuple[int, int] | None = None
-        self._warmed = False  # a step ran eagerly (every kernel compiled and checked) once
         self._covers = 0  # positions the captured graph's attention slices cover
         self._marks: list[tuple[str, Any]] | None = None
         hd, h, kvh = s.head_dim, s.n_heads, s.n_kv_heads
@@ -362,7 +367,16 @@ class CudaDecoder:
             self.logits_dev[...] = held
         self.stream.synchronize()
         self._captured_for = (kv.pool.data.ptr, self.model.rope.cos.data.ptr, self.history.data.ptr)
-        self._warmed = True
+        _WARM.setdefault(self.model, set()).add(self._warm_key())
+
+    @property
+    def _warmed(self) -> bool:
+        """Whether this model's decode step, with these ops settings, ran eagerly once."""
+        return self._warm_key() in _WARM.get(self.model, ())
+
+    def _warm_key(self) -> tuple:
+        o = self.ops
+        return (type(self).__name__, self.kv.dtype, o.pdl, o.int8_activations, o.int8_min_bytes, o.tc_attention)
 
     def _split_buffers(self, need: int) -> None:
         """Flash-decoding's partial results for the context slices of the graph about to be
