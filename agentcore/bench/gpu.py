@@ -147,6 +147,9 @@ def raw_decode(cp: Any, eng: LocalEngine, ctx: int, steps: int) -> tuple[float, 
     for _ in range(steps):
         tok = dec.step(tok)
     synced = steps / (time.perf_counter() - t0)
+    # The last step ran the next one ahead: it must finish before this KV's memory (freed on
+    # return) is reused, or it writes into whatever takes it (as generate() settles a turn).
+    dec.settle()
     return fast, synced, dec
 
 
@@ -222,6 +225,8 @@ GEMV_SHAPES_SMALL = [("qkv", 960, 576, 0), ("out", 576, 576, 1), ("gate_up", 307
 def _graph_ms(cp: Any, step: Any, reps: int) -> float:
     """ms per call of ``step`` (kernel launches) replayed ``reps`` times in one CUDA graph."""
     stream = cp.cuda.Stream(non_blocking=True)
+    # The inputs were filled on the null stream, which a non-blocking one does not wait for.
+    cp.cuda.runtime.deviceSynchronize()
     with stream:
         step()  # compiles, sets attributes: outside the capture
         stream.begin_capture()
