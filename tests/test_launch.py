@@ -95,3 +95,22 @@ def test_every_pdl_kernel_waits_before_touching_its_inputs():
             b = re.search(rf"\b{fwd.group(1)}\s*\((?:[^;{{]*)\)\s*\{{", code)
             body = code[b.end() : b.end() + 4000]
         assert "PDL_WAIT()" in body.split("\n}\n")[0], name
+
+
+@pytest.mark.parametrize(
+    ("head_dim", "q8", "setting", "want"),
+    [(128, False, None, True), (128, True, None, True), (64, True, None, False), (64, False, None, True),
+     (256, True, None, True), (96, False, None, False), (128, True, False, False), (64, True, True, True),
+     (96, False, True, False)],
+)
+def test_decode_attention_kernel_choice(head_dim, q8, setting, want):
+    # Auto: tensor cores for fp16 KV and for q8_0 from head_dim 128 (faster there on the H200,
+    # 66aca0f), CUDA cores for q8_0 at head_dim 64; an explicit setting wins where attn_tc
+    # has an instance; other head dims always take attn_split.
+    from types import SimpleNamespace
+
+    from agentcore.engine.backends.cuda import CudaOps
+
+    ops = SimpleNamespace(tc_attention=setting)
+    spec = SimpleNamespace(head_dim=head_dim)
+    assert CudaOps.uses_tc_attention(ops, spec, q8) is want

@@ -456,7 +456,8 @@ class CudaOps(MLAOps):
         3.3-4.4 us int8 on an H200; Llama-3-8B's 9-300 MB ones: 1.3-1.8x faster int8).
         ``tc_attention``: decode attention on tensor cores (``attn_tc``) for head_dim 64, 128
         and 256; False (and other head dims) the CUDA-core ``attn_split``; None (default)
-        attn_tc on fp16 KV, attn_split on q8_0 (see ``uses_tc_attention``).
+        attn_tc on fp16 KV and on q8_0 with head_dim >= 128, attn_split on q8_0 with head_dim
+        64 (see ``uses_tc_attention``).
         ``pdl``: the decode graph's kernels launch programmatically (each may start while
         the one before it finishes; ``launch.py``); None (default) where the GPU (sm_90+) and
         driver can, False never, True where they can.
@@ -730,13 +731,17 @@ class CudaOps(MLAOps):
 
     def uses_tc_attention(self, spec: ModelSpec, q8: bool) -> bool:
         """Whether decode attention over a KV of ``spec`` runs on tensor cores (attn_tc):
-        head_dim 64/128/256 and ``tc_attention`` True, or None (auto) with fp16 KV. Auto keeps
-        q8_0 on attn_split: on the H200 at 32K (8B shape, all layers) attn_tc's dequantization
-        in shared memory made it 2.98 ms a token against attn_split's 2.49; on fp16 attn_tc
-        takes 2.17 ms, attn_split 2.28 (bench ``--only attention``)."""
+        head_dim 64/128/256 and ``tc_attention`` True, or None (auto): fp16 KV, or q8_0 KV with
+        head_dim >= 128. On the H200 (bench ``--only attention``, all layers, 66aca0f, with one
+        table lookup a tile) the 8B shape (head_dim 128) at 32K takes 1.83 ms a token on
+        attn_tc against 2.56 on attn_split with fp16 KV, 2.60 against 2.75 with q8_0 (0.44
+        against 0.47 at 1K); SmolLM2's (head_dim 64) q8_0 is faster on attn_split (1.08 against
+        1.15 ms at 32K, 0.37 against 0.40 at 1K)."""
         if spec.head_dim not in TC_HEAD_DIMS:
             return False
-        return not q8 if self.tc_attention is None else self.tc_attention
+        if self.tc_attention is None:
+            return not q8 or spec.head_dim >= 128
+        return self.tc_attention
 
     def decode_splits(self, spec: ModelSpec, n: int) -> int:
         """How many context slices flash-decoding uses for ``n`` positions (fixed in graphs:
