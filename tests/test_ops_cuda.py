@@ -259,15 +259,29 @@ def test_decode_attention_merges_in_kernel_and_leaves_its_counters_at_zero(n, tc
     assert rel(outs[0], ref) < 5e-3
     # As a decode graph launches it: slices sized for a longer context than n, so only the
     # first few hold positions (the rest exit at once and are not counted).
+    launch = _graph_sized_decode(ops, spec, kv, q[0], n)
+    for _ in range(2):
+        assert rel(launch().reshape(1, -1), ref) < 5e-3
+
+
+def _graph_sized_decode(ops, spec, kv, q, n):
+    """A launcher of one decode attention (32 heads of 128, 8 KV heads) over n positions
+    with slices sized for a 16K-position graph; each call returns the output and checks
+    that the kernel left its split counters at zero."""
+    import cupy as cp
+
     nsplit = ops.decode_splits(spec, 16384)
     po = cp.empty((32, nsplit, 128), cp.float32)
     pml = cp.empty((32, nsplit, 2), cp.float32)
     sem = cp.zeros(8, cp.int32)
-    for _ in range(2):
+
+    def launch():
         out = cp.empty(32 * 128, cp.float32)
-        ops.attend_decode(cp.asarray(q[0]), kv, 0, po, pml, out, nsplit, n_host=n, sem=sem)
-        assert rel(out.get().reshape(1, -1), ref) < 5e-3
+        ops.attend_decode(cp.asarray(q), kv, 0, po, pml, out, nsplit, n_host=n, sem=sem)
         assert not sem.get().any()
+        return out.get()
+
+    return launch
 
 
 @pytest.mark.parametrize("tc", [True, False], ids=["attn_tc", "attn_split"])
@@ -293,14 +307,7 @@ def test_decode_attention_slices_hold_at_least_min_per_positions(n, min_per, q8,
     ops = CudaOps(tc_attention=tc, attn_min_per=min_per)
     kv = CudaKV(spec, n, dtype="q8_0" if q8 else "float16")
     kv.store(0, 0, cp.asarray(k), cp.asarray(v))
-    nsplit = ops.decode_splits(spec, 16384)
-    po = cp.empty((32, nsplit, 128), cp.float32)
-    pml = cp.empty((32, nsplit, 2), cp.float32)
-    sem = cp.zeros(8, cp.int32)
-    out = cp.empty(32 * 128, cp.float32)
-    ops.attend_decode(cp.asarray(q[0]), kv, 0, po, pml, out, nsplit, n_host=n, sem=sem)
-    assert rel(out.get().reshape(1, -1), ref) < 5e-3
-    assert not sem.get().any()
+    assert rel(_graph_sized_decode(ops, spec, kv, q[0], n)().reshape(1, -1), ref) < 5e-3
 
 
 @pytest.mark.parametrize("tc", [True, False], ids=["attn_tc", "attn_split"])
