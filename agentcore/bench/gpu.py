@@ -294,9 +294,8 @@ ATTN_SHAPES = [("llama3-8b shape", 32, 8, 32, 128), ("smollm2-135m shape", 30, 3
 def bench_attention(run: Run, cp: Any, contexts: list[int], reps: int = 20) -> None:
     """Decode attention alone (every layer once, slices sized as the decode graph sizes
     them): ms per token and GB/s of K/V bytes read, for the tensor-core (``attn_tc``) and
-    CUDA-core (``attn_split``) kernels on fp16 and q8_0 pools, and attn_tc at other
-    ``attn_min_per`` than the default. CUDA events around one graph of ``reps`` tokens'
-    launches."""
+    CUDA-core (``attn_split``) kernels on fp16 and q8_0 pools. CUDA events around one graph
+    of ``reps`` tokens' launches."""
     from types import SimpleNamespace
 
     from agentcore.engine.backends.cuda import CudaKV, CudaOps
@@ -309,10 +308,8 @@ def bench_attention(run: Run, cp: Any, contexts: list[int], reps: int = 20) -> N
                 fill_kv(cp, kv, ctx)
                 row: dict[str, Any] = {}
                 covers = max(1024, 1 << (ctx - 1).bit_length())  # as the decode graph sizes its slices
-                variants = [("attn_tc", True, None), ("attn_split", False, None)]
-                variants += [(f"attn_tc_min_per_{m}", True, m) for m in (64, 128, 512)]
-                for kname, tc, min_per in variants:
-                    ops = CudaOps(tc_attention=tc) if min_per is None else CudaOps(tc_attention=tc, attn_min_per=min_per)
+                for kname, tc in (("attn_tc", True), ("attn_split", False)):
+                    ops = CudaOps(tc_attention=tc)
                     nsplit = ops.decode_splits(spec, min(covers, kv.capacity))
                     q = cp.asarray(np.random.default_rng(0).standard_normal((heads, hd)), dtype=cp.float32)
                     po = cp.empty((heads, nsplit, hd), cp.float32)

@@ -447,8 +447,7 @@ class CudaOps(MLAOps):
     dtype = np.float32
 
     def __init__(self, *, int8_activations: bool = True, int8_min_bytes: int = 4 << 20,
-                 tc_attention: bool | None = None, pdl: bool | None = None,
-                 attn_min_per: int = ATTN_TP) -> None:  # fmt: skip
+                 tc_attention: bool | None = None, pdl: bool | None = None) -> None:  # fmt: skip
         """``int8_activations``: run the decode GEMVs of Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K weights
         of at least ``int8_min_bytes`` on int8 activations (dp4a; the default, as llama.cpp
         does); False keeps them fp32. Below the size the extra ``quant_x`` launch costs more
@@ -460,12 +459,7 @@ class CudaOps(MLAOps):
         64 (see ``uses_tc_attention``).
         ``pdl``: the decode graph's kernels launch programmatically (each may start while
         the one before it finishes; ``launch.py``); None (default) where the GPU (sm_90+) and
-        driver can, False never, True where they can.
-        ``attn_min_per``: the fewest positions a decode-attention slice takes (rounded up to
-        the kernel's tile; at most ATTN_TC_SPLIT): a context up to it is one block a KV head,
-        which writes its output itself, with no partial results to merge. The default, one
-        tile, splits as finely as the graph's slices allow: on the H200 (8B shape, all layers,
-        f3b6ce1) at 1024 positions 64 took 0.40 ms a token, 256 0.49, 512 0.67; at 64 all alike."""
+        driver can, False never, True where they can."""
         if not cuda_available():
             select_ops("cuda")  # raises DeviceUnavailable with the install hint
         cp = _cupy()
@@ -476,7 +470,6 @@ class CudaOps(MLAOps):
         self.int8_activations = int8_activations
         self.int8_min_bytes = int8_min_bytes
         self.tc_attention = tc_attention
-        self.attn_min_per = attn_min_per
         self.pdl = pdl is not False and pdl_supported(cp)
         self._sem: Any = None  # attend_decode's split counters when the caller has none
         self._xq: ActQ8 | None = None
@@ -488,7 +481,7 @@ class CudaOps(MLAOps):
         ``flash_prefill_chunk`` tokens (an 8K prompt in one pass; its largest activation,
         Llama-3-8B's fp32 gate/up output, is then 0.94 GB); the GEMM attention and MLA keep ``prefill_chunk``."""
         flash = spec.head_dim in PREFILL_TC_HEAD_DIMS and self.tc_attention is not False
-        return self.flash_prefill_chunk if flash and getattr(spec, "mla", None) is None else self.prefill_chunk
+        return self.flash_prefill_chunk if flash and spec.mla is None else self.prefill_chunk
 
     # ---- preparation ----
 
@@ -772,8 +765,7 @@ class CudaOps(MLAOps):
             sem = self._sem
         args = (q, kv.pool, kv.table, _I32(layer), _I32(s.n_layers), _I32(kv.block_size),
                 _I32(s.n_kv_heads), _I32(g), _I32(n_host), _as_ptr(pos_dev),
-                _F32(1.0 / math.sqrt(d)), po, pml, _I32(nsplit), out, sem,
-                _I32(min(self.attn_min_per, ATTN_TC_SPLIT)))  # fmt: skip
+                _F32(1.0 / math.sqrt(d)), po, pml, _I32(nsplit), out, sem)  # fmt: skip
         if self.uses_tc_attention(s, kv.q8):
             k = _kernel(f"attn_tc<{d},{int(kv.q8)}>")
             smem = attn_tc_smem(d, kv.q8)

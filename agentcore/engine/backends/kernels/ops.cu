@@ -289,8 +289,7 @@ __device__ __forceinline__ void attn_merge_last(int h, int G, int nsplit, int us
 }
 
 // Flash-decoding, phase 1. Grid (KVH, NSPLIT), 256 threads. The context [0, n) is cut into
-// NSPLIT slices (multiples of the tile, at least min_per positions: a short context then
-// runs in one block a KV head, which writes out itself, with no partials to merge). TPP = D/8 threads share one position (each loads 8
+// NSPLIT slices (multiples of the tile). TPP = D/8 threads share one position (each loads 8
 // halves of K and of V as one 16-byte access); a tile is U positions per group of TPP
 // threads, GROUPS * U positions a block, all loaded before any is used, so each thread keeps
 // 2U 16-byte loads in flight. Each of the G (<= GM) query heads of this KV head keeps an
@@ -304,7 +303,7 @@ __global__ void __launch_bounds__(256, GM <= 4 ? 2 : 1) attn_split(
     const float* __restrict__ q, const void* __restrict__ pool, const int* __restrict__ table,
     int layer, int L, int BS, int KVH, int G, int n_host, const int* pos_dev, float scale,
     float* __restrict__ part_o, float* __restrict__ part_ml, int nsplit, float* __restrict__ out,
-    int* sem, int min_per) {
+    int* sem) {
     constexpr int TPP = D / 8, GROUPS = 256 / TPP, U = GM <= 4 ? 4 : 2, TILE = GROUPS * U;
     constexpr int RW = Q8 ? D / 32 * Q8B : D;  // row width in pool elements
     __shared__ float sm_m[GROUPS][GM], sm_l[GROUPS][GM];
@@ -312,7 +311,7 @@ __global__ void __launch_bounds__(256, GM <= 4 ? 2 : 1) attn_split(
     PDL_WAIT();
     const int h = blockIdx.x, split = blockIdx.y;
     const int n = pos_dev ? *pos_dev + 1 : n_host;
-    const int per = max(((n + nsplit - 1) / nsplit + TILE - 1) / TILE, (min_per + TILE - 1) / TILE) * TILE;
+    const int per = ((n + nsplit - 1) / nsplit + TILE - 1) / TILE * TILE;
     const int used = (n + per - 1) / per;  // slices holding positions (attn_merge_last)
     const int start = split * per, end = min(n, start + per);
     const int grp = threadIdx.x / TPP, sub = threadIdx.x % TPP;
@@ -451,8 +450,7 @@ __global__ void __launch_bounds__(256, GM <= 4 ? 2 : 1) attn_split(
 }
 
 // Flash-decoding on tensor cores, phase 1 (head_dim 64, 128 or 256; fp16 or q8_0 pools).
-// Grid (KVH, NSPLIT), 256 threads; a split is at most ATTN_TC_SPLIT positions (and at least
-// min_per, as attn_split's). The G <= 8
+// Grid (KVH, NSPLIT), 256 threads; a split is at most ATTN_TC_SPLIT positions. The G <= 8
 // query heads of a KV head are padded to 8, the N of mma.m16n8k16 (fp16 in, fp32 out; PTX,
 // no headers). Pass 1 streams the split's K tile by tile (TP positions) into shared memory
 // as fp16 (q8_0 dequantized on the way) and takes scores S^T (positions x 8) = K Q^T; then a
@@ -596,7 +594,7 @@ __global__ void __launch_bounds__(256) attn_tc(
     const float* __restrict__ q, const void* __restrict__ pool_, const int* __restrict__ table,
     int layer, int L, int BS, int KVH, int G, int n_host, const int* pos_dev, float scale,
     float* __restrict__ part_o, float* __restrict__ part_ml, int nsplit, float* __restrict__ out,
-    int* sem, int min_per) {
+    int* sem) {
     using T = TcShape<D, Q8>;
     constexpr int TP = T::TP, NST = T::NST, LDK = T::LDK, LDS = T::LDS, LDP = T::LDP, LDQ = T::LDQ;
     constexpr int MT = D / 16;                // pass 2: 16-row tiles of O^T
@@ -615,7 +613,7 @@ __global__ void __launch_bounds__(256) attn_tc(
     const int h = blockIdx.x, split = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, t4 = lane & 3;
     const int n = pos_dev ? *pos_dev + 1 : n_host;
-    const int per = max(((n + nsplit - 1) / nsplit + TP - 1) / TP, (min_per + TP - 1) / TP) * TP;
+    const int per = ((n + nsplit - 1) / nsplit + TP - 1) / TP * TP;
     const int used = (n + per - 1) / per;  // slices holding positions (attn_merge_last)
     const int start = split * per, end = min(n, start + per);
     if (split >= used) return;
