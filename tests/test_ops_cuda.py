@@ -139,20 +139,30 @@ def test_int8_gemv_with_fused_norm_and_bias_within_rounding(ops, name):
     assert rel(y.get(), want) < 1e-2
 
 
-def test_quant_x_matches_numpy(ops):
+@pytest.mark.parametrize("cols", [1024, 576, 2560, 14336])
+@pytest.mark.parametrize("normed", [False, True])
+def test_quant_x_matches_numpy(ops, cols, normed):
+    # A row spreads over cols / 1024 blocks (the last one partial at 576 and 2560); with a
+    # norm each block sums the whole row's squares itself.
     import cupy as cp
 
-    x = (3 * np.random.default_rng(10).standard_normal((2, 1024))).astype(np.float32)
+    rng = np.random.default_rng(10 + cols)
+    x = (3 * rng.standard_normal((2, cols))).astype(np.float32)
     x[1, 64:96] = 0.0  # an all-zero group: d = 0, q = 0
-    xq = ops.quantize(cp.asarray(x), 1024, t=2)
-    q = xq.q[: 2 * 1024].get().reshape(2, 32, 32).astype(np.int32)
-    s = xq.s[: 2 * 64].get().reshape(2, 32, 2)
-    g = x.reshape(2, 32, 32)
+    w = (1 + rng.random(cols)).astype(np.float32)
+    ref = x.astype(np.float64)
+    if normed:
+        ref = ref / np.sqrt((ref**2).mean(-1, keepdims=True) + 1e-5) * w
+    xq = ops.quantize(cp.asarray(x), cols, t=2, norm=cp.asarray(w) if normed else None, eps=1e-5)
+    ng = cols // 32
+    q = xq.q[: 2 * cols].get().reshape(2, ng, 32).astype(np.int32)
+    s = xq.s[: 4 * ng].get().reshape(2, ng, 2)
+    g = ref.reshape(2, ng, 32)
     amax = np.abs(g).max(-1)
-    assert np.allclose(s[..., 0], amax / 127, rtol=1e-6)
+    assert np.allclose(s[..., 0], amax / 127, rtol=1e-5)
     want = np.rint(g * np.where(amax > 0, 127 / np.maximum(amax, 1e-30), 0)[..., None])
     assert np.abs(q - want).max() <= 1 and np.mean(q == want) > 0.999
-    assert np.allclose(s[..., 1], s[..., 0] * q.sum(-1), rtol=1e-6)  # d * sum of the int8 values
+    assert np.allclose(s[..., 1], s[..., 0] * q.sum(-1), rtol=1e-5)  # d * sum of the int8 values
     assert (q[1, 2] == 0).all() and s[1, 2, 0] == 0
 
 

@@ -80,6 +80,7 @@ ATTN_GROUPS = (1, 2, 4, 8)  # attn_split is compiled for up to this many query h
 TC_HEAD_DIMS = (64, 128, 256)
 PREFILL_TC_HEAD_DIMS = (64, 128)  # attn_prefill_tc: flash attention for chunks of T > 1
 ATTN_TC_SPLIT, ATTN_TP = 512, 64
+QUANT_X_THREADS = 256  # kernels/gemv_q8.cu: a quant_x block quantizes 4 x this many columns
 _U64 = np.uint64
 _I32 = np.int32
 _F32 = np.float32
@@ -535,7 +536,7 @@ class CudaOps(MLAOps):
         if out.capacity < t * cols:
             raise ValueError(f"int8 activation buffer holds {out.capacity} values, not {t * cols}")
         _kernel("quant_x")(
-            (t,), (512,),
+            (t, _cdiv(cols, 4 * QUANT_X_THREADS)), (QUANT_X_THREADS,),
             (_as_ptr(x), np.int64(cols if x_stride is None else x_stride), _I32(cols),
              _as_ptr(norm), _F32(eps), out.q, out.s),
         )  # fmt: skip

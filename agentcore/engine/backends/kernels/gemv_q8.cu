@@ -217,66 +217,79 @@ template <> struct U8<Q4_1> {  // one 20-byte block (4-byte aligned): d, m, 16 b
     }
 };
 
-// One activation row x (cols floats, float4-aligned) -> q (cols int8) and s ((d, sum) per 32),
-// RMS-normalised and scaled by norm_w first when norm_w is set. Called by every thread of a
-// block (blockDim.x a multiple of 32, <= 512; red: 16 floats of shared memory); 8 lanes
-// quantize one group (a float4 each), so the trip count is uniform and the width-8 shuffles
-// always run with the whole warp. (Called by every block of a GEMV instead of a quant_x
-// launch, it made the 8B decode 16% slower on the H200, 3e41da4: each block's read of the
-// whole row came before its products.)
-__device__ __forceinline__ void quant_row(const float* __restrict__ x, int cols,
-                                          const float* __restrict__ norm_w, float eps,
-                                          int8_t* __restrict__ xq, float2* __restrict__ xs,
-                                          float* red) {
+// Float4s [c0, c0 + blockDim.x) of one activation row x (cols floats, float4-aligned) -> q
+// (int8) and s ((d, sum) per 32), RMS-normalised over the whole row and scaled by norm_w first
+// when norm_w is set (every block of the row sums the row's squares itself: 16-56 KB from L2,
+// no second launch). Called by every thread of a block (blockDim.x a multiple of 32, <= 512;
+// red: 16 floats of shared memory); 8 lanes quantize one group (a float4 each), so the
+// width-8 shuffles always run with the whole warp. One float4 a thread: the row is spread
+// over cols / (4 blockDim.x) blocks, so no thread walks it (one 512-thread block a row took
+// 3 us for the 8B's 14336 columns, a dependent load per step; 0.39 ms of its 2.64 ms token
+// went to the four quant_x a layer, bench/experiments/decode_ablation.py, 90446bd). (Called
+// by every block of a GEMV instead of a quant_x launch, it made the 8B decode 16% slower on
+// the H200, 3e41da4: each block's read of the whole row came before its products.)
+__device__ __forceinline__ void quant_slice(const float* __restrict__ x, int cols,
+                                            const float* __restrict__ norm_w, float eps,
+                                            int8_t* __restrict__ xq, float2* __restrict__ xs,
+                                            float* red, int c0) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const float4* xv = (const float4*)x;
     const int n4 = cols >> 2;
     float scale = 1.f;
     if (norm_w) {
-        float ss = 0.f;
-        for (int i = tid; i < n4; i += blockDim.x) {
-            float4 v = xv[i];
-            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        float ss[4] = {0.f, 0.f, 0.f, 0.f};
+        int i = tid;
+        for (; i + 3 * (int)blockDim.x < n4; i += 4 * blockDim.x) {  // four loads in flight
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const float4 v = xv[i + k * blockDim.x];
+                ss[k] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+            }
         }
-        for (int o = 16; o; o >>= 1) ss += __shfl_xor_sync(0xffffffff, ss, o);
-        if (lane == 0) red[warp] = ss;
+        for (; i < n4; i += blockDim.x) {
+            const float4 v = xv[i];
+            ss[0] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        }
+        float t = (ss[0] + ss[1]) + (ss[2] + ss[3]);
+        for (int o = 16; o; o >>= 1) t += __shfl_xor_sync(0xffffffff, t, o);
+        if (lane == 0) red[warp] = t;
         __syncthreads();
-        ss = 0.f;
-        for (int i = 0; i < (int)(blockDim.x >> 5); i++) ss += red[i];
-        scale = rsqrtf(ss / cols + eps);
+        t = 0.f;
+        for (int w = 0; w < (int)(blockDim.x >> 5); w++) t += red[w];
+        scale = rsqrtf(t / cols + eps);
     }
-    for (int c0 = 0; c0 < n4; c0 += blockDim.x) {
-        const int c = c0 + tid;
-        const bool ok = c < n4;
-        float4 v = ok ? xv[c] : make_float4(0.f, 0.f, 0.f, 0.f);
-        if (norm_w && ok) {
-            const float4 w = ((const float4*)norm_w)[c];
-            v.x *= scale * w.x; v.y *= scale * w.y; v.z *= scale * w.z; v.w *= scale * w.w;
-        }
-        float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
-        for (int o = 4; o; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, o, 8));
-        const float d = amax / 127.f, id = amax > 0.f ? 127.f / amax : 0.f;
-        const int q0 = __float2int_rn(v.x * id), q1 = __float2int_rn(v.y * id);
-        const int q2 = __float2int_rn(v.z * id), q3 = __float2int_rn(v.w * id);
-        int qs = q0 + q1 + q2 + q3;
-        for (int o = 4; o; o >>= 1) qs += __shfl_xor_sync(0xffffffff, qs, o, 8);
-        if (ok) {
-            ((char4*)xq)[c] = make_char4((signed char)q0, (signed char)q1, (signed char)q2, (signed char)q3);
-            if ((tid & 7) == 0) xs[c >> 3] = make_float2(d, d * (float)qs);
-        }
+    const int c = c0 + tid;
+    const bool ok = c < n4;
+    float4 v = ok ? xv[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+    if (norm_w && ok) {
+        const float4 w = ((const float4*)norm_w)[c];
+        v.x *= scale * w.x; v.y *= scale * w.y; v.z *= scale * w.z; v.w *= scale * w.w;
+    }
+    float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+    for (int o = 4; o; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, o, 8));
+    const float d = amax / 127.f, id = amax > 0.f ? 127.f / amax : 0.f;
+    const int q0 = __float2int_rn(v.x * id), q1 = __float2int_rn(v.y * id);
+    const int q2 = __float2int_rn(v.z * id), q3 = __float2int_rn(v.w * id);
+    int qs = q0 + q1 + q2 + q3;
+    for (int o = 4; o; o >>= 1) qs += __shfl_xor_sync(0xffffffff, qs, o, 8);
+    if (ok) {
+        ((char4*)xq)[c] = make_char4((signed char)q0, (signed char)q1, (signed char)q2, (signed char)q3);
+        if ((tid & 7) == 0) xs[c >> 3] = make_float2(d, d * (float)qs);
     }
 }
 
 // x (t rows, x_stride floats apart) -> xq (t rows of cols int8) and xs ((d, sum) per 32).
-// With norm_w, x is RMS-normalised and scaled by norm_w first. One block of 512 per row.
-extern "C" __global__ void __launch_bounds__(512) quant_x(
+// With norm_w, x is RMS-normalised and scaled by norm_w first. Grid (t, cols / 1024 rounded
+// up), QUANT_X_THREADS threads: block (r, b) quantizes columns [1024 b, 1024 b + 1024) of row r.
+#define QUANT_X_THREADS 256
+extern "C" __global__ void __launch_bounds__(QUANT_X_THREADS) quant_x(
     const float* __restrict__ x, long long x_stride, int cols, const float* __restrict__ norm_w,
     float eps, int8_t* __restrict__ xq, float2* __restrict__ xs) {
     __shared__ float red[16];
     PDL_WAIT();
     const int t = blockIdx.x;
-    quant_row(x + (long long)t * x_stride, cols, norm_w, eps, xq + (long long)t * cols,
-              xs + (long long)t * (cols >> 5), red);
+    quant_slice(x + (long long)t * x_stride, cols, norm_w, eps, xq + (long long)t * cols,
+                xs + (long long)t * (cols >> 5), red, blockIdx.y * QUANT_X_THREADS);
 }
 
 // y = W x for t rows of quantized x (blockIdx.y), one warp per 2 rows, 8 warps per block.

@@ -216,17 +216,17 @@ __device__ __forceinline__ float kv_unpack(uint4 r, int sub, float f[8]) {
 // one block writes out itself. Otherwise each used block writes its split's (m, l, o) for
 // the G query heads, then counts itself in sem[h]; the block that brings the count to `used`
 // resets it (the next launch on the stream starts from 0) and merges every split into out
-// (G heads x D), one head after another. (Folding the splits with an online softmax, 8 / G
-// warps a head at once, was in a build 20% slower at 32K on the H200, 3e41da4.) Other blocks
-// wrote the partials, so they are read through L2 (__ldcg), never a stale L1 line. Warp w sums splits w, w + 8, ... of each head over
-// coalesced rows (D / 32 values a lane), the 8 warps' sums meet in buf (>= 8 D floats of the
-// kernel's shared memory, free by now). An empty split's weight is 0 and its o is never read.
+// (G heads x D). Warp j merges query head j (G <= 8 warps): the splits' maxima a lane each,
+// then every split's o over coalesced rows (D / 32 values a lane, the split's weight
+// broadcast by shuffle), so the merge is two dependent reads from L2 and no block barrier.
+// (It was 8 warps a head, one head after another, three barriers and two reads a head: at
+// short context attention took 0.47 ms of the 8B's 2.64 ms token, decode_ablation.py at
+// 90446bd.) Other blocks wrote the partials, so they are read through L2 (__ldcg), never a
+// stale L1 line. An empty split's weight is 0 and its o is never read.
 template <int D>
 __device__ __forceinline__ void attn_merge_last(int h, int G, int nsplit, int used, const float* part_o,
-                                                const float* part_ml, float* __restrict__ out,
-                                                int* sem, float* buf) {
+                                                const float* part_ml, float* __restrict__ out, int* sem) {
     __shared__ int is_last;
-    __shared__ float red[2][8];
     __syncthreads();  // every partial of this block is written
     if (threadIdx.x == 0) {
         int last = 1;
@@ -241,51 +241,44 @@ __device__ __forceinline__ void attn_merge_last(int h, int G, int nsplit, int us
         is_last = last;
     }
     __syncthreads();
-    if (!is_last) return;
-    constexpr int PL = (D + 31) / 32;  // values a lane sums
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    for (int j = 0; j < G; j++) {
-        const long long hq = (long long)h * G + j;
-        const float* ml = part_ml + hq * nsplit * 2;
-        float mx = -INFINITY;
-        for (int s = threadIdx.x; s < used; s += blockDim.x) mx = fmaxf(mx, __ldcg(ml + 2 * s));
-        for (int o = 16; o; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
-        if (lane == 0) red[0][warp] = mx;
-        __syncthreads();
-        float M = red[0][0];
+    if (!is_last || warp >= G) return;
+    constexpr int PL = (D + 31) / 32;  // values a lane sums
+    const long long hq = (long long)h * G + warp;
+    const float* ml = part_ml + hq * nsplit * 2;
+    const float* po = part_o + hq * nsplit * D;
+    float mx = -INFINITY;
+    for (int s = lane; s < used; s += 32) mx = fmaxf(mx, __ldcg(ml + 2 * s));
+    for (int o = 16; o; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
+    float acc[PL], lsum = 0.f;
 #pragma unroll
-        for (int w = 1; w < 8; w++) M = fmaxf(M, red[0][w]);
-        const float* po = part_o + hq * nsplit * D;
-        float acc[PL], lsum = 0.f;
-#pragma unroll
-        for (int i = 0; i < PL; i++) acc[i] = 0.f;
-#pragma unroll 2
-        for (int s = warp; s < used; s += 8) {
+    for (int i = 0; i < PL; i++) acc[i] = 0.f;
+    for (int s0 = 0; s0 < used; s0 += 32) {
+        const int s = s0 + lane;
+        float w = 0.f;
+        if (s < used) {
             const float ms = __ldcg(ml + 2 * s);
-            if (ms == -INFINITY) continue;  // empty split (warp-uniform)
-            const float w = __expf(ms - M);
-            lsum += w * __ldcg(ml + 2 * s + 1);
+            if (ms != -INFINITY) {
+                w = __expf(ms - mx);
+                lsum += w * __ldcg(ml + 2 * s + 1);
+            }
+        }
+        const int cnt = min(32, used - s0);
+#pragma unroll 4
+        for (int k = 0; k < cnt; k++) {
+            const float wk = __shfl_sync(0xffffffff, w, k);
+            if (wk == 0.f) continue;  // an empty split (warp-uniform)
+            const float* row = po + (long long)(s0 + k) * D;
 #pragma unroll
             for (int i = 0; i < PL; i++)
-                if (lane + 32 * i < D) acc[i] += w * __ldcg(po + (long long)s * D + lane + 32 * i);
+                if (lane + 32 * i < D) acc[i] += wk * __ldcg(row + lane + 32 * i);
         }
-#pragma unroll
-        for (int i = 0; i < PL; i++)
-            if (lane + 32 * i < D) buf[warp * D + lane + 32 * i] = acc[i];
-        if (lane == 0) red[1][warp] = lsum;
-        __syncthreads();
-        float L = 0.f;
-#pragma unroll
-        for (int w = 0; w < 8; w++) L += red[1][w];
-        const float inv = 1.f / L;
-        for (int d = threadIdx.x; d < D; d += blockDim.x) {
-            float o = 0.f;
-#pragma unroll
-            for (int w = 0; w < 8; w++) o += buf[w * D + d];
-            out[hq * D + d] = o * inv;
-        }
-        __syncthreads();  // buf and red are free for the next head
     }
+    for (int o = 16; o; o >>= 1) lsum += __shfl_xor_sync(0xffffffff, lsum, o);
+    const float inv = 1.f / lsum;
+#pragma unroll
+    for (int i = 0; i < PL; i++)
+        if (lane + 32 * i < D) out[hq * D + lane + 32 * i] = acc[i] * inv;
 }
 
 // Flash-decoding, phase 1. Grid (KVH, NSPLIT), 256 threads. The context [0, n) is cut into
@@ -446,7 +439,7 @@ __global__ void __launch_bounds__(256, GM <= 4 ? 2 : 1) attn_split(
         }
         __syncthreads();
     }
-    if (used > 1) attn_merge_last<D>(h, G, nsplit, used, part_o, part_ml, out, sem, sm_buf);
+    if (used > 1) attn_merge_last<D>(h, G, nsplit, used, part_o, part_ml, out, sem);
 }
 
 // Flash-decoding on tensor cores, phase 1 (head_dim 64, 128 or 256; fp16 or q8_0 pools).
@@ -618,19 +611,28 @@ __global__ void __launch_bounds__(256) attn_tc(
     const int start = split * per, end = min(n, start + per);
     if (split >= used) return;
     const int cnt = end - start, padded = (cnt + TP - 1) / TP * TP, ntiles = padded / TP;
-    // The fp16 rows a tile's products read: the stage itself, or the converted q8_0 tile.
-    auto rows_of = [&](int i) -> const __half* {
+    // The fp16 rows a tile's products read: stage st itself, or the converted q8_0 tile.
+    auto rows_of = [&](int st) -> const __half* {
         if constexpr (Q8) {
-            tc_convert<D>(stages + (i % NST) * T::STAGE, ctile);
+            tc_convert<D>(stages + st * T::STAGE, ctile);
             __syncthreads();
             return ctile;
         } else {
-            return (const __half*)(stages + (i % NST) * T::STAGE);
+            return (const __half*)(stages + st * T::STAGE);
         }
     };
+    // A split of at most NST / 2 tiles (short contexts) loads its V tiles with its K tiles,
+    // into the stages after them: one DRAM round trip before the products, not two. Longer
+    // splits stream V into the stages K used, once the scores are done.
+    const bool v_early = 2 * ntiles <= NST;
 #pragma unroll
     for (int i = 0; i < NST - 1; i++) {
-        if (i < ntiles) tc_issue<D, Q8>(stages + i * T::STAGE, pool, table, 0, start + i * TP, end, layer, L, BS, KVH, h);
+        if (i < ntiles) {
+            tc_issue<D, Q8>(stages + i * T::STAGE, pool, table, 0, start + i * TP, end, layer, L, BS, KVH, h);
+            if (v_early)
+                tc_issue<D, Q8>(stages + (ntiles + i) * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS,
+                                KVH, h);
+        }
         cp_commit();
     }
     for (int i = threadIdx.x; i < 8 * D; i += 256) {
@@ -654,7 +656,7 @@ __global__ void __launch_bounds__(256) attn_tc(
             tc_issue<D, Q8>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 0, start + (i + NST - 1) * TP,
                             end, layer, L, BS, KVH, h);
         cp_commit();
-        const __half* tile = rows_of(i);
+        const __half* tile = rows_of(i % NST);
         if (warp < TP / 16) {
             float c[4] = {0.f, 0.f, 0.f, 0.f};
             const __half* rows = tile + (warp * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * LDK + 8 * (lane >> 4);
@@ -675,7 +677,8 @@ __global__ void __launch_bounds__(256) attn_tc(
     __syncthreads();  // every score is written; the stages are free for V
 #pragma unroll
     for (int i = 0; i < NST - 1; i++) {  // V's first tiles load during the softmax
-        if (i < ntiles) tc_issue<D, Q8>(stages + i * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS, KVH, h);
+        if (i < ntiles && !v_early)
+            tc_issue<D, Q8>(stages + i * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS, KVH, h);
         cp_commit();
     }
     // Softmax per head: warp j owns head j. Columns past cnt (to the tile edge) get P = 0.
@@ -710,7 +713,7 @@ __global__ void __launch_bounds__(256) attn_tc(
             tc_issue<D, Q8>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 1, start + (i + NST - 1) * TP,
                             end, layer, L, BS, KVH, h);
         cp_commit();
-        const __half* tile = rows_of(i);
+        const __half* tile = rows_of(v_early ? ntiles + i : i % NST);
 #pragma unroll
         for (int k = kg; k < TP / 16; k += KG) {
             unsigned b[2];
@@ -749,7 +752,7 @@ __global__ void __launch_bounds__(256) attn_tc(
         part_ml[pi * 2] = stat[0][threadIdx.x];
         part_ml[pi * 2 + 1] = stat[1][threadIdx.x];
     }
-    attn_merge_last<D>(h, G, nsplit, used, part_o, part_ml, out, sem, S);
+    attn_merge_last<D>(h, G, nsplit, used, part_o, part_ml, out, sem);
 }
 
 // Prefill attention on tensor cores (flash attention 2, causal, GQA; head_dim 64 or 128; fp16
