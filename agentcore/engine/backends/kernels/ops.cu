@@ -216,13 +216,14 @@ __device__ __forceinline__ float kv_unpack(uint4 r, int sub, float f[8]) {
 // one block writes out itself. Otherwise each used block writes its split's (m, l, o) for
 // the G query heads, then counts itself in sem[h]; the block that brings the count to `used`
 // resets it (the next launch on the stream starts from 0) and merges every split into out
-// (G heads x D). Warp j merges query head j (G <= 8 warps): the splits' maxima a lane each,
-// then every split's o over coalesced rows (D / 32 values a lane, the split's weight
-// broadcast by shuffle), so the merge is two dependent reads from L2 and no block barrier.
-// (It was 8 warps a head, one head after another, three barriers and two reads a head: at
-// short context attention took 0.47 ms of the 8B's 2.64 ms token, decode_ablation.py at
-// 90446bd.) Other blocks wrote the partials, so they are read through L2 (__ldcg), never a
-// stale L1 line. An empty split's weight is 0 and its o is never read.
+// (G heads x D). 8 / G warps merge a query head (G <= 8), each over every (8 / G)-th run of
+// 32 splits: the runs' maxima a lane each, then each split's o over coalesced rows (D / 32
+// values a lane, the split's weight broadcast by shuffle, eight splits' reads in flight);
+// one barrier joins a head's warps. (It was 8 warps a head, one head after another, three
+// barriers and two reads a head: at short context attention took 0.47 ms of the 8B's
+// 2.64 ms token, decode_ablation.py at 90446bd.) Other blocks wrote the partials, so they
+// are read through L2 (__ldcg), never a stale L1 line. An empty split's weight is 0 and its
+// o is never read.
 template <int D>
 __device__ __forceinline__ void attn_merge_last(int h, int G, int nsplit, int used, const float* part_o,
                                                 const float* part_ml, float* __restrict__ out, int* sem) {
@@ -241,44 +242,59 @@ __device__ __forceinline__ void attn_merge_last(int h, int G, int nsplit, int us
         is_last = last;
     }
     __syncthreads();
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    if (!is_last || warp >= G) return;
+    if (!is_last) return;  // block-uniform
+    // K = 8 / G warps a head (G <= 8), warp c of a head summing the splits s = c mod K; their
+    // partial sums meet in shared memory. One warp a head read its head's splits one after
+    // another: at 32K SmolLM2's 176 splits were 44 dependent L2 reads, the tail of every layer.
     constexpr int PL = (D + 31) / 32;  // values a lane sums
-    const long long hq = (long long)h * G + warp;
-    const float* ml = part_ml + hq * nsplit * 2;
-    const float* po = part_o + hq * nsplit * D;
-    float mx = -INFINITY;
-    for (int s = lane; s < used; s += 32) mx = fmaxf(mx, __ldcg(ml + 2 * s));
-    for (int o = 16; o; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
-    float acc[PL], lsum = 0.f;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int K = 8 / G, j = warp / K, c = warp % K;
+    __shared__ float macc[8][PL * 32], msum[8];
+    if (j < G) {
+        const long long hq = (long long)h * G + j;
+        const float* ml = part_ml + hq * nsplit * 2;
+        const float* po = part_o + hq * nsplit * D;
+        float mx = -INFINITY;
+        for (int s = lane; s < used; s += 32) mx = fmaxf(mx, __ldcg(ml + 2 * s));
+        for (int o = 16; o; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
+        float acc[PL], lsum = 0.f;
 #pragma unroll
-    for (int i = 0; i < PL; i++) acc[i] = 0.f;
-    for (int s0 = 0; s0 < used; s0 += 32) {
-        const int s = s0 + lane;
-        float w = 0.f;
-        if (s < used) {
-            const float ms = __ldcg(ml + 2 * s);
-            if (ms != -INFINITY) {
-                w = __expf(ms - mx);
-                lsum += w * __ldcg(ml + 2 * s + 1);
+        for (int i = 0; i < PL; i++) acc[i] = 0.f;
+        for (int s0 = c * 32; s0 < used; s0 += K * 32) {  // lane l weighs split s0 + l
+            const int s = s0 + lane;
+            float w = 0.f;
+            if (s < used) {
+                const float ms = __ldcg(ml + 2 * s);
+                if (ms != -INFINITY) {
+                    w = __expf(ms - mx);
+                    lsum += w * __ldcg(ml + 2 * s + 1);
+                }
+            }
+            const int cnt = min(32, used - s0);
+#pragma unroll 8
+            for (int k = 0; k < cnt; k++) {
+                const float wk = __shfl_sync(0xffffffff, w, k);
+                const float* row = po + (long long)(s0 + k) * D;
+#pragma unroll
+                for (int i = 0; i < PL; i++)  // an empty split weighs 0 and is not read
+                    if (lane + 32 * i < D && wk != 0.f) acc[i] += wk * __ldcg(row + lane + 32 * i);
             }
         }
-        const int cnt = min(32, used - s0);
-#pragma unroll 4
-        for (int k = 0; k < cnt; k++) {
-            const float wk = __shfl_sync(0xffffffff, w, k);
-            if (wk == 0.f) continue;  // an empty split (warp-uniform)
-            const float* row = po + (long long)(s0 + k) * D;
+        for (int o = 16; o; o >>= 1) lsum += __shfl_xor_sync(0xffffffff, lsum, o);
 #pragma unroll
-            for (int i = 0; i < PL; i++)
-                if (lane + 32 * i < D) acc[i] += wk * __ldcg(row + lane + 32 * i);
-        }
+        for (int i = 0; i < PL; i++) macc[warp][lane + 32 * i] = acc[i];
+        if (lane == 0) msum[warp] = lsum;
     }
-    for (int o = 16; o; o >>= 1) lsum += __shfl_xor_sync(0xffffffff, lsum, o);
-    const float inv = 1.f / lsum;
-#pragma unroll
-    for (int i = 0; i < PL; i++)
-        if (lane + 32 * i < D) out[hq * D + lane + 32 * i] = acc[i] * inv;
+    __syncthreads();
+    for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
+        const int jj = i / D, d = i % D;
+        float a = 0.f, l = 0.f;
+        for (int cc = 0; cc < K; cc++) {
+            a += macc[jj * K + cc][d];
+            l += msum[jj * K + cc];
+        }
+        out[((long long)h * G + jj) * D + d] = a / l;
+    }
 }
 
 // Flash-decoding, phase 1. Grid (KVH, NSPLIT), 256 threads. The context [0, n) is cut into
@@ -545,8 +561,26 @@ struct TcShape {
 // tile lies in one block, its rows KVH * RW bytes apart: one table lookup a tile and a
 // multiply-add a chunk (a lookup and a run-time division by BS a chunk made the kernel
 // issue-bound: ncu at 32K, 89a9471).
+// tc_issue for any block size: a table lookup (and a division by BS) a chunk. Out of line:
+// it is the rare case, and inlined at every call site it was most of the kernel's code
+// (attn_tc<128, 0> was 174 KB of SASS, fetched from DRAM each launch once the weights have
+// streamed through L2).
 template <int D, int Q8>
-__device__ __forceinline__ void tc_issue(unsigned char* stage, const unsigned char* pool, const int* table,
+__device__ __forceinline__ void tc_issue_any(unsigned char* stage, const unsigned char* pool, const int* table,
+                                          int kv, int base, int end, int layer, int L, int BS, int KVH, int h) {
+    using T = TcShape<D, Q8>;
+    constexpr int N = T::TP * T::CPR;
+#pragma unroll 1
+    for (int c = threadIdx.x; c < N; c += 256) {
+        const int p = c / T::CPR, k = c % T::CPR, pos = base + p;
+        const bool ok = pos < end;
+        const unsigned char* src = ok ? pool + kv_index(table, pos, layer, kv, h, L, BS, KVH, T::RW) + k * T::CB : pool;
+        cp_async<T::CB>(stage + p * T::PITCH + k * T::CB, src, ok);
+    }
+}
+
+template <int D, int Q8>
+__device__ __noinline__ void tc_issue(unsigned char* stage, const unsigned char* pool, const int* table,
                                          int kv, int base, int end, int layer, int L, int BS, int KVH, int h) {
     using T = TcShape<D, Q8>;
     constexpr int N = T::TP * T::CPR;
@@ -564,12 +598,7 @@ __device__ __forceinline__ void tc_issue(unsigned char* stage, const unsigned ch
         }
         return;
     }
-    for (int c = threadIdx.x; c < N; c += 256) {
-        const int p = c / T::CPR, k = c % T::CPR, pos = base + p;
-        const bool ok = pos < end;
-        const unsigned char* src = ok ? pool + kv_index(table, pos, layer, kv, h, L, BS, KVH, T::RW) + k * T::CB : pool;
-        cp_async<T::CB>(stage + p * T::PITCH + k * T::CB, src, ok);
-    }
+    tc_issue_any<D, Q8>(stage, pool, table, kv, base, end, layer, L, BS, KVH, h);
 }
 
 // q8_0 stage -> fp16 tile (the row offsets keep the pool's alignment: kv_load's reads hold).
@@ -649,6 +678,7 @@ __global__ void __launch_bounds__(256) attn_tc(
         qb[k0 / 16 + 1][0] = x[2]; qb[k0 / 16 + 1][1] = x[3];
     }
     // Pass 1: scores. Warp w < TP / 16 takes positions [16 w, 16 w + 16) of each tile.
+#pragma unroll 1
     for (int i = 0; i < ntiles; i++) {
         cp_wait<NST - 2>();
         __syncthreads();  // tile i has landed for every thread; tile i - 1's stage is free
@@ -685,10 +715,12 @@ __global__ void __launch_bounds__(256) attn_tc(
     if (warp < G) {
         const float* sr = S + warp * LDS;
         float m = -INFINITY;
+#pragma unroll 1
         for (int i = lane; i < cnt; i += 32) m = fmaxf(m, sr[i]);
 #pragma unroll
         for (int o = 16; o; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, o));
         float l = 0.f;
+#pragma unroll 1
         for (int i = lane; i < padded; i += 32) {
             const __half p = __float2half(i < cnt ? __expf(sr[i] - m) : 0.f);
             P[warp * LDP + i] = p;
@@ -698,6 +730,7 @@ __global__ void __launch_bounds__(256) attn_tc(
         for (int o = 16; o; o >>= 1) l += __shfl_xor_sync(0xffffffff, l, o);
         if (lane == 0) { stat[0][warp] = m; stat[1][warp] = l; }
     } else {
+#pragma unroll 1
         for (int i = lane; i < padded; i += 32) P[warp * LDP + i] = __float2half(0.f);
     }
     // Pass 2: O^T = V^T P^T. Warp w owns m-tiles (16 dims) w + 8 i, or with KG > 1 m-tile
@@ -706,6 +739,7 @@ __global__ void __launch_bounds__(256) attn_tc(
     float o[MPW][4];
 #pragma unroll
     for (int i = 0; i < MPW; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+#pragma unroll 1
     for (int i = 0; i < ntiles; i++) {
         cp_wait<NST - 2>();
         __syncthreads();  // tile i landed; tile i - 1's products (or the softmax) are done
@@ -738,6 +772,7 @@ __global__ void __launch_bounds__(256) attn_tc(
         ob[(2 * t4 + 1) * D + d0 + 8] = o[i][3];
     }
     __syncthreads();
+#pragma unroll 1
     for (int i = threadIdx.x; i < G * D; i += 256) {
         const int j = i / D, d = i % D;
         float sum = 0.f;
