@@ -132,4 +132,7 @@ def test_q8_0_matches_llama_cpp_once_its_activation_rounding_is_simulated(models
     for prompt in FILES["v3_q8_0"]["prompts"]:
         if len(prompt["ids"]) <= 33:
             top1, delta = _compare(model, prompt)
-            assert top1.all() and delta.max() < 1e-3
+            # A float32 sum in another order (the BLAS kernel differs by CPU) can still flip
+            # one element's 8-bit rounding: on an AVX-512 Xeon one of the 33 positions is off
+            # by 0.0038, every other by < 1e-4 (unsimulated: median 0.06, top-1 misses).
+            assert top1.all() and np.median(delta) < 1e-4 and delta.max() < 1e-2
