@@ -461,13 +461,14 @@ __global__ void __launch_bounds__(256, GM <= 4 ? 2 : 1) attn_split(
 // Flash-decoding on tensor cores, phase 1 (head_dim 64, 128 or 256; fp16 or q8_0 pools).
 // Grid (KVH, NSPLIT), 256 threads; a split is at most ATTN_TC_SPLIT positions. The G <= 8
 // query heads of a KV head are padded to 8, the N of mma.m16n8k16 (fp16 in, fp32 out; PTX,
-// no headers). Pass 1 streams the split's K tile by tile (TP positions) into shared memory
-// as fp16 (q8_0 dequantized on the way) and takes scores S^T (positions x 8) = K Q^T; then a
-// softmax per head (max, P = exp(S - max) in fp16, and its sum); pass 2 streams V the same
-// way and takes O^T (D x 8) = V^T P^T, accumulated over the split in registers. Each tile's
-// global loads are issued before the previous tile's products, so they are in flight
-// during them. K and V are each read once; no online rescaling (a split's scores all sit in
-// shared memory).
+// no headers). The split's tiles (TP positions) stream through one ring of NST shared-memory
+// stages in one sequence, its K tiles then its V tiles, NST - 1 in flight: pass 1 takes
+// scores S^T (positions x 8) = K Q^T tile by tile (q8_0 dequantized to an fp16 tile first);
+// then a softmax per head (max, P = exp(S - max) in fp16, and its sum) while the first V
+// tiles land; pass 2 takes O^T (D x 8) = V^T P^T, accumulated over the split in registers.
+// The ring never drains between K and V (it did, one DRAM round trip a block, before V's
+// first loads). K and V are each read once; no online rescaling (a split's scores all sit
+// in shared memory).
 #define ATTN_TC_SPLIT 512
 constexpr int ATTN_TP = 64;
 
@@ -544,9 +545,11 @@ __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0
 // The shapes of attn_tc<D, Q8>: a stage holds TP positions' rows as the pool stores them
 // (fp16 rows padded to D + 8 halves, so ldmatrix reads them in place; q8_0 rows of RW
 // bytes, 17 chunks of D / 16 bytes each, converted to an fp16 tile before the products).
+// A q8_0 stage is half an fp16 one, so q8_0 rings are deeper for about the same bytes in
+// flight (head_dim <= 128: two blocks an SM either way, three for head_dim 64).
 template <int D, int Q8>
 struct TcShape {
-    static constexpr int TP = ATTN_TP, NST = D <= 128 ? 4 : 3;
+    static constexpr int TP = ATTN_TP, NST = Q8 ? (D <= 128 ? 7 : 3) : (D <= 128 ? 4 : 3);
     static constexpr int RW = Q8 ? D / 32 * Q8B : D * 2;              // row bytes in the pool
     static constexpr int PITCH = Q8 ? RW : (D + 8) * 2;               // row bytes in a stage
     static constexpr int CB = Q8 ? D / 16 : 16, CPR = RW / CB;       // chunk bytes, per row
@@ -641,20 +644,19 @@ __global__ void __launch_bounds__(256) attn_tc(
             return (const __half*)(stages + st * T::STAGE);
         }
     };
-    // A split of at most NST / 2 tiles (short contexts) loads its V tiles with its K tiles,
-    // into the stages after them: one DRAM round trip before the products, not two. Longer
-    // splits stream V into the stages K used, once the scores are done.
-    const bool v_early = 2 * ntiles <= NST;
-#pragma unroll
-    for (int i = 0; i < NST - 1; i++) {
-        if (i < ntiles) {
-            tc_issue<D, Q8>(stages + i * T::STAGE, pool, table, 0, start + i * TP, end, layer, L, BS, KVH, h);
-            if (v_early)
-                tc_issue<D, Q8>(stages + (ntiles + i) * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS,
-                                KVH, h);
+    // Tile j of the split's sequence: K tile j for j < ntiles, then V tile j - ntiles, into
+    // stage j % NST. A split of at most (NST - 1) / 2 tiles (short contexts) has its V tiles
+    // in flight with its K tiles from the start: one DRAM round trip before the products.
+    auto issue = [&](int j) {
+        if (j < 2 * ntiles) {
+            const int kv = j >= ntiles;
+            tc_issue<D, Q8>(stages + (j % NST) * T::STAGE, pool, table, kv, start + (j - kv * ntiles) * TP, end,
+                            layer, L, BS, KVH, h);
         }
         cp_commit();
-    }
+    };
+#pragma unroll 1
+    for (int j = 0; j < NST - 1; j++) issue(j);
     for (int i = threadIdx.x; i < 8 * D; i += 256) {
         const int j = i / D, d = i % D;
         Qs[j * LDQ + d] = __float2half(j < G ? q[(long long)(h * G + j) * D + d] * scale : 0.f);
@@ -673,10 +675,7 @@ __global__ void __launch_bounds__(256) attn_tc(
     for (int i = 0; i < ntiles; i++) {
         cp_wait<NST - 2>();
         __syncthreads();  // tile i has landed for every thread; tile i - 1's stage is free
-        if (i + NST - 1 < ntiles)
-            tc_issue<D, Q8>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 0, start + (i + NST - 1) * TP,
-                            end, layer, L, BS, KVH, h);
-        cp_commit();
+        issue(i + NST - 1);
         const __half* tile = rows_of(i % NST);
         if (warp < TP / 16) {
             float c[4] = {0.f, 0.f, 0.f, 0.f};
@@ -694,14 +693,7 @@ __global__ void __launch_bounds__(256) attn_tc(
             S[(2 * t4 + 1) * LDS + p0 + 8] = c[3];
         }
     }
-    cp_wait<0>();
-    __syncthreads();  // every score is written; the stages are free for V
-#pragma unroll
-    for (int i = 0; i < NST - 1; i++) {  // V's first tiles load during the softmax
-        if (i < ntiles && !v_early)
-            tc_issue<D, Q8>(stages + i * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS, KVH, h);
-        cp_commit();
-    }
+    __syncthreads();  // every score is written (V's first tiles are in flight)
     // Softmax per head: warp j owns head j. Columns past cnt (to the tile edge) get P = 0.
     if (warp < G) {
         const float* sr = S + warp * LDS;
@@ -733,12 +725,9 @@ __global__ void __launch_bounds__(256) attn_tc(
 #pragma unroll 1
     for (int i = 0; i < ntiles; i++) {
         cp_wait<NST - 2>();
-        __syncthreads();  // tile i landed; tile i - 1's products (or the softmax) are done
-        if (i + NST - 1 < ntiles)
-            tc_issue<D, Q8>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 1, start + (i + NST - 1) * TP,
-                            end, layer, L, BS, KVH, h);
-        cp_commit();
-        const __half* tile = rows_of(v_early ? ntiles + i : i % NST);
+        __syncthreads();  // V tile i landed; the tile before's products (or the softmax) are done
+        issue(ntiles + i + NST - 1);
+        const __half* tile = rows_of((ntiles + i) % NST);
 #pragma unroll
         for (int k = kg; k < TP / 16; k += KG) {
             unsigned b[2];
