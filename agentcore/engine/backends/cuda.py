@@ -799,7 +799,7 @@ class CudaOps(MLAOps):
 def attn_tc_smem(d: int, q8: bool) -> int:
     """Dynamic shared memory of ``attn_tc<d, q8>``: kernels/ops.cu's TcShape::BYTES (stages of
     raw rows, the q8_0 fp16 tile, scores, probabilities, Q)."""
-    nst = (7 if q8 else 4) if d <= 128 else 3
+    nst = 4 if d <= 128 else 3
     rw = d // 32 * 34 if q8 else d * 2
     pitch = rw if q8 else (d + 8) * 2
     tile = ATTN_TP * (d + 8) * 2 if q8 else 0

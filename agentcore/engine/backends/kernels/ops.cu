@@ -461,14 +461,13 @@ __global__ void __launch_bounds__(256, GM <= 4 ? 2 : 1) attn_split(
 // Flash-decoding on tensor cores, phase 1 (head_dim 64, 128 or 256; fp16 or q8_0 pools).
 // Grid (KVH, NSPLIT), 256 threads; a split is at most ATTN_TC_SPLIT positions. The G <= 8
 // query heads of a KV head are padded to 8, the N of mma.m16n8k16 (fp16 in, fp32 out; PTX,
-// no headers). The split's tiles (TP positions) stream through one ring of NST shared-memory
-// stages in one sequence, its K tiles then its V tiles, NST - 1 in flight: pass 1 takes
-// scores S^T (positions x 8) = K Q^T tile by tile (q8_0 dequantized to an fp16 tile first);
-// then a softmax per head (max, P = exp(S - max) in fp16, and its sum) while the first V
-// tiles land; pass 2 takes O^T (D x 8) = V^T P^T, accumulated over the split in registers.
-// The ring never drains between K and V (it did, one DRAM round trip a block, before V's
-// first loads). K and V are each read once; no online rescaling (a split's scores all sit
-// in shared memory).
+// no headers). Pass 1 streams the split's K tile by tile (TP positions) into shared memory
+// as fp16 (q8_0 dequantized on the way) and takes scores S^T (positions x 8) = K Q^T; then a
+// softmax per head (max, P = exp(S - max) in fp16, and its sum); pass 2 streams V the same
+// way and takes O^T (D x 8) = V^T P^T, accumulated over the split in registers. Each tile's
+// global loads are issued before the previous tile's products, so they are in flight
+// during them. K and V are each read once; no online rescaling (a split's scores all sit in
+// shared memory).
 #define ATTN_TC_SPLIT 512
 constexpr int ATTN_TP = 64;
 
@@ -545,11 +544,9 @@ __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0
 // The shapes of attn_tc<D, Q8>: a stage holds TP positions' rows as the pool stores them
 // (fp16 rows padded to D + 8 halves, so ldmatrix reads them in place; q8_0 rows of RW
 // bytes, 17 chunks of D / 16 bytes each, converted to an fp16 tile before the products).
-// A q8_0 stage is half an fp16 one, so q8_0 rings are deeper for about the same bytes in
-// flight (head_dim <= 128: two blocks an SM either way, three for head_dim 64).
 template <int D, int Q8>
 struct TcShape {
-    static constexpr int TP = ATTN_TP, NST = Q8 ? (D <= 128 ? 7 : 3) : (D <= 128 ? 4 : 3);
+    static constexpr int TP = ATTN_TP, NST = D <= 128 ? 4 : 3;
     static constexpr int RW = Q8 ? D / 32 * Q8B : D * 2;              // row bytes in the pool
     static constexpr int PITCH = Q8 ? RW : (D + 8) * 2;               // row bytes in a stage
     static constexpr int CB = Q8 ? D / 16 : 16, CPR = RW / CB;       // chunk bytes, per row
@@ -595,20 +592,14 @@ __device__ __noinline__ void tc_issue(unsigned char* stage, const unsigned char*
     }
 }
 
-// q8_0: rows [r0, r0 + R) (R a multiple of 8) and subs (8-value groups) [s0, s0 + NS) of a
-// stage into the same places of the fp16 tile, by one warp: exactly what that warp's products
-// read next, so only the warp waits (__syncwarp), not the block. Consecutive lanes take
-// consecutive rows of one sub: their 16-byte stores (tile rows (D + 8) * 2 bytes apart) hit
-// distinct banks. The row offsets keep the pool's alignment: kv_load's reads hold.
-template <int D, int R, int NS>
-__device__ __forceinline__ void tc_convert_warp(const unsigned char* stage, __half* tile, int r0, int s0, int lane) {
+// q8_0 stage -> fp16 tile (the row offsets keep the pool's alignment: kv_load's reads hold).
+template <int D>
+__device__ __forceinline__ void tc_convert(const unsigned char* stage, __half* tile) {
     using T = TcShape<D, 1>;
-#pragma unroll
-    for (int c = lane; c < R * NS; c += 32) {
-        const int p = r0 + c % R, sub = s0 + c / R;
+    for (int c = threadIdx.x; c < T::TP * (D / 8); c += 256) {
+        const int p = c / (D / 8), sub = c % (D / 8);
         *(uint4*)(tile + p * T::LDK + sub * 8) = kv_half8<true>(kv_load<true>(stage, (long long)p * T::RW, sub), sub);
     }
-    __syncwarp();
 }
 
 template <int D, int Q8>
@@ -640,66 +631,77 @@ __global__ void __launch_bounds__(256) attn_tc(
     const int start = split * per, end = min(n, start + per);
     if (split >= used) return;
     const int cnt = end - start, padded = (cnt + TP - 1) / TP * TP, ntiles = padded / TP;
-    // Tile j of the split's sequence: K tile j for j < ntiles, then V tile j - ntiles, into
-    // stage j % NST. A split of at most (NST - 1) / 2 tiles (short contexts) has its V tiles
-    // in flight with its K tiles from the start: one DRAM round trip before the products.
-    auto issue = [&](int j) {
-        if (j < 2 * ntiles) {
-            const int kv = j >= ntiles;
-            tc_issue<D, Q8>(stages + (j % NST) * T::STAGE, pool, table, kv, start + (j - kv * ntiles) * TP, end,
-                            layer, L, BS, KVH, h);
+    // The fp16 rows a tile's products read: stage st itself, or the converted q8_0 tile.
+    auto rows_of = [&](int st) -> const __half* {
+        if constexpr (Q8) {
+            tc_convert<D>(stages + st * T::STAGE, ctile);
+            __syncthreads();
+            return ctile;
+        } else {
+            return (const __half*)(stages + st * T::STAGE);
+        }
+    };
+    // A split of at most NST / 2 tiles (short contexts) loads its V tiles with its K tiles,
+    // into the stages after them: one DRAM round trip before the products, not two. Longer
+    // splits stream V into the stages K used, once the scores are done.
+    const bool v_early = 2 * ntiles <= NST;
+#pragma unroll
+    for (int i = 0; i < NST - 1; i++) {
+        if (i < ntiles) {
+            tc_issue<D, Q8>(stages + i * T::STAGE, pool, table, 0, start + i * TP, end, layer, L, BS, KVH, h);
+            if (v_early)
+                tc_issue<D, Q8>(stages + (ntiles + i) * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS,
+                                KVH, h);
         }
         cp_commit();
-    };
-#pragma unroll 1
-    for (int j = 0; j < NST - 1; j++) issue(j);
+    }
     for (int i = threadIdx.x; i < 8 * D; i += 256) {
         const int j = i / D, d = i % D;
         Qs[j * LDQ + d] = __float2half(j < G ? q[(long long)(h * G + j) * D + d] * scale : 0.f);
     }
-    for (int i = threadIdx.x; i < 8 * padded; i += 256) S[(i / padded) * LDS + i % padded] = 0.f;
     __syncthreads();
-    // Pass 1: scores. Warp w takes positions [16 (w % 4), +16) of each tile over half the
-    // dims, [D / 2 (w / 4), +D / 2): four dependent products a tile at head_dim 128, not
-    // eight, and every warp converts (q8_0) and multiplies. The two halves meet in S (zeroed
-    // above) by shared-memory atomic adds.
-    static_assert(TP == 64, "pass 1 maps 8 warps onto 4 row tiles of 16 positions");
-    const int pg = warp & 3, kh = warp >> 2;
-    unsigned qb[D / 32][2];  // this warp's half of Q^T, pass 1's B operand, a k-step each
+    unsigned qb[D / 16][2];  // Q^T, pass 1's B operand, for every k-step
 #pragma unroll
-    for (int k0 = 0; k0 < D / 2; k0 += 32) {
+    for (int k0 = 0; k0 < D; k0 += 32) {
         unsigned x[4];
-        ldsm4(x, Qs + (lane & 7) * LDQ + kh * (D / 2) + k0 + 8 * (lane >> 3));
+        ldsm4(x, Qs + (lane & 7) * LDQ + k0 + 8 * (lane >> 3));
         qb[k0 / 16][0] = x[0]; qb[k0 / 16][1] = x[1];
         qb[k0 / 16 + 1][0] = x[2]; qb[k0 / 16 + 1][1] = x[3];
     }
+    // Pass 1: scores. Warp w < TP / 16 takes positions [16 w, 16 w + 16) of each tile.
 #pragma unroll 1
     for (int i = 0; i < ntiles; i++) {
         cp_wait<NST - 2>();
         __syncthreads();  // tile i has landed for every thread; tile i - 1's stage is free
-        issue(i + NST - 1);
-        const unsigned char* st = stages + (i % NST) * T::STAGE;
-        const __half* tile = (const __half*)st;
-        if constexpr (Q8) {
-            tc_convert_warp<D, 16, D / 16>(st, ctile, 16 * pg, kh * (D / 16), lane);
-            tile = ctile;
-        }
-        float c[4] = {0.f, 0.f, 0.f, 0.f};
-        const __half* rows =
-            tile + (pg * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * LDK + kh * (D / 2) + 8 * (lane >> 4);
+        if (i + NST - 1 < ntiles)
+            tc_issue<D, Q8>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 0, start + (i + NST - 1) * TP,
+                            end, layer, L, BS, KVH, h);
+        cp_commit();
+        const __half* tile = rows_of(i % NST);
+        if (warp < TP / 16) {
+            float c[4] = {0.f, 0.f, 0.f, 0.f};
+            const __half* rows = tile + (warp * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * LDK + 8 * (lane >> 4);
 #pragma unroll
-        for (int k = 0; k < D / 32; k++) {
-            unsigned a[4];
-            ldsm4(a, rows + k * 16);
-            mma16816(c, a, qb[k][0], qb[k][1]);
+            for (int k = 0; k < D / 16; k++) {
+                unsigned a[4];
+                ldsm4(a, rows + k * 16);
+                mma16816(c, a, qb[k][0], qb[k][1]);
+            }
+            const int p0 = i * TP + warp * 16 + g;
+            S[(2 * t4) * LDS + p0] = c[0];
+            S[(2 * t4 + 1) * LDS + p0] = c[1];
+            S[(2 * t4) * LDS + p0 + 8] = c[2];
+            S[(2 * t4 + 1) * LDS + p0 + 8] = c[3];
         }
-        const int p0 = i * TP + pg * 16 + g;
-        atomicAdd(S + (2 * t4) * LDS + p0, c[0]);
-        atomicAdd(S + (2 * t4 + 1) * LDS + p0, c[1]);
-        atomicAdd(S + (2 * t4) * LDS + p0 + 8, c[2]);
-        atomicAdd(S + (2 * t4 + 1) * LDS + p0 + 8, c[3]);
     }
-    __syncthreads();  // every score is written (V's first tiles are in flight)
+    cp_wait<0>();
+    __syncthreads();  // every score is written; the stages are free for V
+#pragma unroll
+    for (int i = 0; i < NST - 1; i++) {  // V's first tiles load during the softmax
+        if (i < ntiles && !v_early)
+            tc_issue<D, Q8>(stages + i * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS, KVH, h);
+        cp_commit();
+    }
     // Softmax per head: warp j owns head j. Columns past cnt (to the tile edge) get P = 0.
     if (warp < G) {
         const float* sr = S + warp * LDS;
@@ -731,18 +733,12 @@ __global__ void __launch_bounds__(256) attn_tc(
 #pragma unroll 1
     for (int i = 0; i < ntiles; i++) {
         cp_wait<NST - 2>();
-        __syncthreads();  // V tile i landed; the tile before's products (or the softmax) are done
-        issue(ntiles + i + NST - 1);
-        const unsigned char* st = stages + ((ntiles + i) % NST) * T::STAGE;
-        const __half* tile = (const __half*)st;
-        if constexpr (Q8) {  // this warp's k-steps' rows, its m-tiles' dims
-#pragma unroll
-            for (int r = 0; r < TP / 16 / KG; r++)
-#pragma unroll
-                for (int mi = 0; mi < MPW; mi++)
-                    tc_convert_warp<D, 16, 2>(st, ctile, 16 * (kg + KG * r), 2 * (mt0 + 8 * mi), lane);
-            tile = ctile;
-        }
+        __syncthreads();  // tile i landed; tile i - 1's products (or the softmax) are done
+        if (i + NST - 1 < ntiles)
+            tc_issue<D, Q8>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 1, start + (i + NST - 1) * TP,
+                            end, layer, L, BS, KVH, h);
+        cp_commit();
+        const __half* tile = rows_of(v_early ? ntiles + i : i % NST);
 #pragma unroll
         for (int k = kg; k < TP / 16; k += KG) {
             unsigned b[2];
