@@ -61,7 +61,7 @@ def main(argv: list[str]) -> int:
             sess = eng.sessions[sid]
             dec = sess.decoder
             info = {"kv_dtype": kv_dtype, "ctx": u.prompt_tokens, "public_tok_s": round(u.decode_tokens_per_s, 1),
-                    "decode_s": round(steps / u.decode_tokens_per_s, 4) if u.decode_tokens_per_s else None,
+                    "decode_s": round((u.completion_tokens - 1) / u.decode_tokens_per_s, 4) if u.decode_tokens_per_s else None,
                     "steps_timed": len(st), "step_sum_s": round(sum(st), 4),
                     "step_ms_median": round(statistics.median(st) * 1e3, 3) if st else None,
                     "step_ms_p10_p90_max": [round(st[len(st) // 10] * 1e3, 3), round(st[9 * len(st) // 10] * 1e3, 3),
