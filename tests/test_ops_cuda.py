@@ -20,6 +20,8 @@ Error bounds (relative Frobenius error against float64/NumPy references):
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
@@ -642,3 +644,78 @@ def test_a_recapture_is_recorded_during_the_prefill_and_decodes_the_same(tmp_pat
     a, b = run(True), run(False)
     assert a[0] == b[0] and a[1] == b[1]
     assert np.array_equal(a[2], b[2])
+
+
+def _greedy(dec, ids, n):
+    dec.prefill(ids)
+    dec.start(None, reserve=n + 2)
+    tok = dec.sample()
+    out = [tok]
+    for _ in range(n):
+        tok = dec.step(tok)
+        out.append(tok)
+    dec.settle()
+    return out
+
+
+def test_a_capture_spoiled_from_outside_is_recorded_again(tmp_path, monkeypatch):
+    # Something outside the decoder invalidates the first recording (here: a synchronize of
+    # the capturing stream, which CUDA refuses and answers by invalidating the capture; the
+    # launches after it then fail with CUresult 901). The decoder ends that capture, records
+    # again and decodes exactly what an undisturbed decoder decodes; the garbage collector is
+    # off while it records.
+    from agentcore.engine.backends import cuda_graph
+
+    path = write_synthetic_gguf(tmp_path / "m.gguf", **TINY["llama"])
+    _, gpu = _engines(path)
+    ids = np.random.default_rng(23).integers(0, gpu.spec.vocab_size, 50).tolist()
+    want = _greedy(CudaDecoder(gpu, gpu.ops.new_kv(gpu.spec, 256)), ids, 12)
+
+    dec = CudaDecoder(gpu, gpu.ops.new_kv(gpu.spec, 256))
+    real = dec._launch_step
+    seen = {"calls": 0, "spoiled": 0, "gc_during_capture": []}
+
+    def launch_step():
+        seen["calls"] += 1
+        if dec.stream.is_capturing():
+            seen["gc_during_capture"].append(gc.isenabled())
+            if seen["spoiled"] == 0:
+                seen["spoiled"] += 1
+                with pytest.raises(Exception):  # noqa: B017 - CuPy's error type varies by version
+                    dec.stream.synchronize()
+        real()
+
+    monkeypatch.setattr(dec, "_launch_step", launch_step)
+    got = _greedy(dec, ids, 12)
+    assert seen["spoiled"] == 1 and len(seen["gc_during_capture"]) >= 2  # recorded twice
+    assert seen["gc_during_capture"] == [False] * len(seen["gc_during_capture"])
+    assert gc.isenabled()
+    assert got == want
+    assert cuda_graph.capture_invalidated(RuntimeError("cuLaunchKernelEx failed for k: CUresult 901"))
+    assert not cuda_graph.capture_invalidated(RuntimeError("CUresult 700"))
+
+
+def test_an_error_while_recording_ends_the_capture(tmp_path, monkeypatch):
+    # Any other error raised mid-recording propagates, but the capture is ended first: the
+    # stream is usable and a later start() records a working graph.
+    path = write_synthetic_gguf(tmp_path / "m.gguf", **TINY["llama"])
+    _, gpu = _engines(path)
+    ids = np.random.default_rng(29).integers(0, gpu.spec.vocab_size, 50).tolist()
+    want = _greedy(CudaDecoder(gpu, gpu.ops.new_kv(gpu.spec, 256)), ids, 8)
+    dec = CudaDecoder(gpu, gpu.ops.new_kv(gpu.spec, 256))
+    real = dec._launch_step
+
+    def failing():
+        if dec.stream.is_capturing():
+            raise ValueError("boom")
+        real()
+
+    monkeypatch.setattr(dec, "_launch_step", failing)
+    dec.prefill(ids)
+    with pytest.raises(ValueError, match="boom"):
+        dec.start(None, reserve=10)
+    assert not dec.stream.is_capturing()
+    assert dec.graph is None
+    monkeypatch.setattr(dec, "_launch_step", real)
+    dec.kv.length = 0
+    assert _greedy(dec, ids, 8) == want

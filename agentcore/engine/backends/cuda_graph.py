@@ -21,7 +21,10 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
+import logging
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -55,6 +58,21 @@ __all__ = ["CudaDecoder", "CudaMLADecoder"]
 _I32 = np.int32
 _F32 = np.float32
 _MASKS_KEPT = 512
+_CAPTURE_TRIES = 3
+# CUDA's stream-capture errors that leave nothing wrong but the recording: invalidated (901),
+# an implicit dependency on another stream's work (906). By code and by name: our launcher
+# reports CUresult codes, CuPy its runtime and driver errors by name.
+_CAPTURE_SPOILED = ("CUresult 901", "CUresult 906", "cudaErrorStreamCaptureInvalidated",
+                    "cudaErrorStreamCaptureImplicit", "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED",
+                    "CUDA_ERROR_STREAM_CAPTURE_IMPLICIT")  # fmt: skip
+
+log = logging.getLogger("agentcore.engine.cuda")
+
+
+def capture_invalidated(e: BaseException) -> bool:
+    """Whether ``e`` says a stream capture was spoiled from outside (worth recording again)."""
+    text = f"{type(e).__name__}: {e}"
+    return any(s in text for s in _CAPTURE_SPOILED)
 
 
 class CudaDecoder:
@@ -360,14 +378,45 @@ class CudaDecoder:
             if not self._warmed:
                 self._launch_step()
                 self.stream.synchronize()
-            self.stream.begin_capture()
-            self._launch_step()
-            self.graph = self.stream.end_capture()
+            self.graph = self._record()
         with self.stream:
             self.logits_dev[...] = held
         self.stream.synchronize()
         self._captured_for = (kv.pool.data.ptr, self.model.rope.cos.data.ptr, self.history.data.ptr)
         _WARM.setdefault(self.model, set()).add(self._warm_key())
+
+    def _record(self) -> Any:
+        """One decode step recorded as a graph (on ``self.stream``, already current).
+
+        A capture is a window in which the rest of the process can spoil the recording: the
+        cyclic garbage collector, run by whichever thread allocates, may destroy another
+        engine's CUDA objects (streams, graphs) mid-capture, and the driver then invalidates
+        it (CUresult 901, seen when a second engine captured after a first was dropped). So
+        automatic collection is off while recording, and an invalidated capture is ended and
+        recorded again (up to ``_CAPTURE_TRIES`` times), after a collection outside the
+        window. Any other error ends the capture before it propagates, so the stream is never
+        left capturing (every later launch on it would fail)."""
+        for attempt in range(_CAPTURE_TRIES):
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                self.stream.begin_capture()
+                try:
+                    self._launch_step()
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        self.stream.end_capture()
+                    raise
+                return self.stream.end_capture()
+            except Exception as e:
+                if attempt + 1 == _CAPTURE_TRIES or not capture_invalidated(e):
+                    raise
+                log.warning("decode graph capture invalidated (%s); recording it again", e)
+            finally:
+                if collecting:
+                    gc.enable()
+            gc.collect()
+        raise AssertionError("unreachable")
 
     @property
     def _warmed(self) -> bool:
