@@ -218,6 +218,15 @@ def test_rope_matches_numpy(ops, neox):
     assert rel(out, ref) < 1e-5
 
 
+# Decode attention kernels: tensor cores (q8_0 read in place: attn_tq8), tensor cores with
+# q8_0 tiles converted to fp16 first (attn_tc<D, 1>; on fp16 KV the same attn_tc), CUDA cores.
+ATTN_KINDS = {
+    "attn_tc": {"tc_attention": True},
+    "attn_tc_convert": {"tc_attention": True, "q8_in_place": False},
+    "attn_split": {"tc_attention": False},
+}
+
+
 class _Spec:
     def __init__(self, layers=2, kvh=2, heads=8, hd=64):
         self.n_layers, self.n_kv_heads, self.n_heads, self.head_dim = layers, kvh, heads, hd
@@ -245,9 +254,10 @@ def test_attention_matches_numpy_on_fp16_kv(hd, heads, kvh, pos0, t, tc):
     assert rel(out, ref) < 5e-3
 
 
-@pytest.mark.parametrize("tc", [True, False], ids=["attn_tc", "attn_split"])
+@pytest.mark.parametrize("kind", list(ATTN_KINDS))
 @pytest.mark.parametrize("n", [1, 700, 5000])
-def test_decode_attention_merges_in_kernel_and_leaves_its_counters_at_zero(n, tc):
+@pytest.mark.parametrize("q8", [False, True], ids=["fp16", "q8_0"])
+def test_decode_attention_merges_in_kernel_and_leaves_its_counters_at_zero(n, q8, kind):
     # The last block of each KV head to finish merges the splits (attn_merge_last), counting
     # in ops' counters: after every launch they are back at 0, so launch after launch on one
     # stream (a decode step's layers, step after step) gives the same bits.
@@ -258,11 +268,13 @@ def test_decode_attention_merges_in_kernel_and_leaves_its_counters_at_zero(n, tc
     k = rng.standard_normal((n, 8, 128)).astype(np.float16).astype(np.float32)
     v = rng.standard_normal((n, 8, 128)).astype(np.float16).astype(np.float32)
     q = (2 * rng.standard_normal((1, 32, 128))).astype(np.float32)
-    ref_kv = DenseKV(spec, n)
+    ref_kv = (Q8KV if q8 else DenseKV)(spec, n)
     ref_kv.store(0, 0, k, v)
     ref = NumpyOps().attention(q, ref_kv, 0, n - 1)
-    ops = CudaOps(tc_attention=tc)
-    kv = ops.new_kv(spec, n)
+    from agentcore.engine.backends.cuda import CudaKV
+
+    ops = CudaOps(**ATTN_KINDS[kind])
+    kv = CudaKV(spec, n, dtype="q8_0" if q8 else "float16")
     kv.store(0, 0, cp.asarray(k), cp.asarray(v))
     outs = [ops.attention(cp.asarray(q), kv, 0, n - 1).get() for _ in range(3)]
     assert (ops.decode_splits(spec, n) > 1) == (n > 1)  # one block, or many merged by the last
@@ -296,11 +308,11 @@ def _graph_sized_decode(ops, spec, kv, q, n, covers=16384):
     return launch
 
 
-@pytest.mark.parametrize("tc", [True, False], ids=["attn_tc", "attn_split"])
+@pytest.mark.parametrize("kind", list(ATTN_KINDS))
 @pytest.mark.parametrize("q8", [False, True], ids=["fp16", "q8_0"])
 @pytest.mark.parametrize("covers", [1024, 4096, 16384])
 @pytest.mark.parametrize("n", [65, 300, 1000])
-def test_decode_attention_over_graph_sized_slices(n, covers, q8, tc):
+def test_decode_attention_over_graph_sized_slices(n, covers, q8, kind):
     # A decode graph sizes its slices for `covers` positions (one block a KV head, or many
     # merged by the last); any such count gives the NumPy result over fewer positions.
     import cupy as cp
@@ -315,17 +327,17 @@ def test_decode_attention_over_graph_sized_slices(n, covers, q8, tc):
     ref_kv = (Q8KV if q8 else DenseKV)(spec, n)
     ref_kv.store(0, 0, k, v)
     ref = NumpyOps().attention(q, ref_kv, 0, n - 1)
-    ops = CudaOps(tc_attention=tc)
+    ops = CudaOps(**ATTN_KINDS[kind])
     kv = CudaKV(spec, n, dtype="q8_0" if q8 else "float16")
     kv.store(0, 0, cp.asarray(k), cp.asarray(v))
     assert rel(_graph_sized_decode(ops, spec, kv, q[0], n, covers)().reshape(1, -1), ref) < 5e-3
 
 
-@pytest.mark.parametrize("tc", [True, False], ids=["attn_tc", "attn_split"])
+@pytest.mark.parametrize("kind", list(ATTN_KINDS))
 @pytest.mark.parametrize("q8", [False, True], ids=["fp16", "q8_0"])
 @pytest.mark.parametrize("block_size", [16, 48, 64, 128])
 @pytest.mark.parametrize(("pos0", "t"), [(0, 1), (1000, 1), (0, 90), (300, 40)])
-def test_attention_on_any_paged_block_size(block_size, q8, tc, pos0, t):
+def test_attention_on_any_paged_block_size(block_size, q8, kind, pos0, t):
     # Tiles of 64 positions lie in one paged block when the block size is a multiple of 64
     # (one table lookup a tile); other sizes take the lookup-per-row path. Both, decode and
     # prefill, give the NumPy result over a block table that is not in order.
@@ -346,14 +358,14 @@ def test_attention_on_any_paged_block_size(block_size, q8, tc, pos0, t):
     kv.table[...] = kv.table[::-1].copy()  # blocks out of order in the pool
     kv.store(1, 0, cp.asarray(k), cp.asarray(v))
     kv.length = n
-    out = CudaOps(tc_attention=tc).attention(cp.asarray(q), kv, 1, pos0).get()
-    assert rel(out, ref) < (2e-4 if t == 1 and not tc and not q8 else 5e-3)
+    out = CudaOps(**ATTN_KINDS[kind]).attention(cp.asarray(q), kv, 1, pos0).get()
+    assert rel(out, ref) < (2e-4 if t == 1 and kind == "attn_split" and not q8 else 5e-3)
 
 
 @pytest.mark.parametrize(("hd", "heads", "kvh"), [(64, 9, 3), (128, 32, 8), (128, 16, 2), (256, 8, 1), (64, 8, 1)])
 @pytest.mark.parametrize(("pos0", "t"), [(0, 1), (37, 1), (3000, 1), (0, 70), (100, 33), (20000, 1), (2000, 150)])
-@pytest.mark.parametrize("tc", [True, False], ids=["attn_tc", "attn_split"])
-def test_attention_matches_numpy_on_q8_0_kv(hd, heads, kvh, pos0, t, tc):
+@pytest.mark.parametrize("kind", list(ATTN_KINDS))
+def test_attention_matches_numpy_on_q8_0_kv(hd, heads, kvh, pos0, t, kind):
     import cupy as cp
 
     from agentcore.engine.backends.cuda import CudaKV
@@ -373,19 +385,23 @@ def test_attention_matches_numpy_on_q8_0_kv(hd, heads, kvh, pos0, t, tc):
     kv.length = n
     # The pool holds the CPU quantizer's bytes: what a checkpoint of either device stores.
     assert np.array_equal(kv.read_span(0, n)[1], ref_kv.data[1, :, :n])
-    out = CudaOps(tc_attention=tc).attention(cp.asarray(q), kv, 1, pos0).get()
-    # attn_split: fp32 products of the dequantized values; attn_tc and prefill: fp16 operands.
-    assert rel(out, ref) < (2e-4 if t == 1 and not tc else 5e-3)
+    out = CudaOps(**ATTN_KINDS[kind]).attention(cp.asarray(q), kv, 1, pos0).get()
+    # attn_split: fp32 products of the dequantized values; tensor cores and prefill: fp16
+    # operands (attn_tq8: exact int8 values against fp16 Q in pass 1, V's values rounded to
+    # fp16 with their scales in pass 2, as attn_tc<D, 1> rounds both).
+    assert rel(out, ref) < (2e-4 if t == 1 and kind == "attn_split" else 5e-3)
 
 
 def test_attn_tc_shared_memory_sizes_match_the_kernel_shapes():
     import cupy as cp
 
-    from agentcore.engine.backends.cuda import _kernel, attn_tc_smem
+    from agentcore.engine.backends.cuda import _kernel, attn_tc_smem, attn_tq8_smem
 
-    out = cp.zeros(6, cp.int32)
+    out = cp.zeros(9, cp.int32)
     _kernel("attn_tc_smem")((1,), (1,), (out,))
-    assert out.get().tolist() == [attn_tc_smem(d, q8) for d in (64, 128, 256) for q8 in (False, True)]
+    assert out.get().tolist() == [attn_tc_smem(d, q8) for d in (64, 128, 256) for q8 in (False, True)] + [
+        attn_tq8_smem(d) for d in (64, 128, 256)
+    ]
 
 
 def test_q8_0_kv_rejects_head_dims_attention_cannot_read():

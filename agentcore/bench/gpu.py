@@ -293,7 +293,8 @@ ATTN_SHAPES = [("llama3-8b shape", 32, 8, 32, 128), ("smollm2-135m shape", 30, 3
 
 def bench_attention(run: Run, cp: Any, contexts: list[int], reps: int = 20) -> None:
     """Decode attention alone (every layer once, slices sized as the decode graph sizes
-    them): ms per token and GB/s of K/V bytes read, for the tensor-core (``attn_tc``) and
+    them): ms per token and GB/s of K/V bytes read, for the tensor-core (``attn_tc``; on q8_0
+    ``attn_tq8``, and ``attn_tc_convert`` the kernel that converts tiles to fp16 first) and
     CUDA-core (``attn_split``) kernels on fp16 and q8_0 pools. CUDA events around one graph
     of ``reps`` tokens' launches."""
     from types import SimpleNamespace
@@ -308,8 +309,11 @@ def bench_attention(run: Run, cp: Any, contexts: list[int], reps: int = 20) -> N
                 fill_kv(cp, kv, ctx)
                 row: dict[str, Any] = {}
                 covers = max(1024, 1 << (ctx - 1).bit_length())  # as the decode graph sizes its slices
-                for kname, tc in (("attn_tc", True), ("attn_split", False)):
-                    ops = CudaOps(tc_attention=tc)
+                kernels = [("attn_tc", {"tc_attention": True}), ("attn_split", {"tc_attention": False})]
+                if dtype == "q8_0":  # attn_tc is attn_tq8 (rows read in place); the fp16-tile kernel
+                    kernels.insert(1, ("attn_tc_convert", {"tc_attention": True, "q8_in_place": False}))
+                for kname, kw in kernels:
+                    ops = CudaOps(**kw)
                     nsplit = ops.decode_splits(spec, min(covers, kv.capacity))
                     q = cp.asarray(np.random.default_rng(0).standard_normal((heads, hd)), dtype=cp.float32)
                     po = cp.empty((heads, nsplit, hd), cp.float32)

@@ -43,6 +43,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -132,6 +133,7 @@ def _module() -> Any:
     names += [f"attn_split<{d},{g},0>" for d in HEAD_DIMS for g in ATTN_GROUPS]
     names += [f"attn_split<{d},{g},1>" for d in Q8_HEAD_DIMS for g in ATTN_GROUPS]
     names += [f"attn_tc<{d},{q8}>" for d in TC_HEAD_DIMS for q8 in (0, 1)]
+    names += [f"attn_tq8<{d}>" for d in TC_HEAD_DIMS]
     names += [f"attn_prefill_tc<{d},{q8}>" for d in PREFILL_TC_HEAD_DIMS for q8 in (0, 1)]
     names += [f"mla_attn_split<{r},{p}>" for r, p in MLA_SHAPES]
     return cp.RawModule(code=code, options=("-std=c++17",), name_expressions=names)
@@ -448,16 +450,20 @@ class CudaOps(MLAOps):
     dtype = np.float32
 
     def __init__(self, *, int8_activations: bool = True, int8_min_bytes: int = 4 << 20,
-                 tc_attention: bool | None = None, pdl: bool | None = None) -> None:  # fmt: skip
+                 tc_attention: bool | None = None, q8_in_place: bool = True,
+                 pdl: bool | None = None) -> None:  # fmt: skip
         """``int8_activations``: run the decode GEMVs of Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K weights
         of at least ``int8_min_bytes`` on int8 activations (dp4a; the default, as llama.cpp
         does); False keeps them fp32. Below the size the extra ``quant_x`` launch costs more
         than the integer kernel saves (SmolLM2's 0.3-1 MB matrices: 2.6-3.6 us fp32 against
         3.3-4.4 us int8 on an H200; Llama-3-8B's 9-300 MB ones: 1.3-1.8x faster int8).
-        ``tc_attention``: decode attention on tensor cores (``attn_tc``) for head_dim 64, 128
-        and 256; False (and other head dims) the CUDA-core ``attn_split``; None (default)
-        attn_tc on fp16 KV and on q8_0 with head_dim >= 128, attn_split on q8_0 with head_dim
-        64 (see ``uses_tc_attention``).
+        ``tc_attention``: decode attention on tensor cores for head_dim 64, 128 and 256; False
+        (and other head dims) the CUDA-core ``attn_split``; None (default) tensor cores, but
+        attn_split on q8_0 with head_dim 64 when ``q8_in_place`` is False (see
+        ``uses_tc_attention``).
+        ``q8_in_place``: tensor-core decode attention over a q8_0 KV turns the int8 rows into
+        mma fragments where they land (``attn_tq8``, the default); False converts each tile to
+        fp16 in shared memory first (``attn_tc<D, 1>``).
         ``pdl``: the decode graph's kernels launch programmatically (each may start while
         the one before it finishes; ``launch.py``); None (default) where the GPU (sm_90+) and
         driver can, False never, True where they can."""
@@ -471,6 +477,7 @@ class CudaOps(MLAOps):
         self.int8_activations = int8_activations
         self.int8_min_bytes = int8_min_bytes
         self.tc_attention = tc_attention
+        self.q8_in_place = q8_in_place
         self.pdl = pdl is not False and pdl_supported(cp)
         self._sem: Any = None  # attend_decode's split counters when the caller has none
         self._xq: ActQ8 | None = None
@@ -734,7 +741,7 @@ class CudaOps(MLAOps):
         if spec.head_dim not in TC_HEAD_DIMS:
             return False
         if self.tc_attention is None:
-            return not q8 or spec.head_dim >= 128
+            return not q8 or self.q8_in_place or spec.head_dim >= 128
         return self.tc_attention
 
     def decode_splits(self, spec: ModelSpec, n: int) -> int:
@@ -768,10 +775,16 @@ class CudaOps(MLAOps):
                 _I32(s.n_kv_heads), _I32(g), _I32(n_host), _as_ptr(pos_dev),
                 _F32(1.0 / math.sqrt(d)), po, pml, _I32(nsplit), out, sem)  # fmt: skip
         if self.uses_tc_attention(s, kv.q8):
-            k = _kernel(f"attn_tc<{d},{int(kv.q8)}>")
-            smem = attn_tc_smem(d, kv.q8)
+            if kv.q8 and self.q8_in_place:
+                k, smem = _kernel(f"attn_tq8<{d}>"), attn_tq8_smem(d)
+            else:
+                k, smem = _kernel(f"attn_tc<{d},{int(kv.q8)}>"), attn_tc_smem(d, kv.q8)
             if smem > 48 * 1024 and k.max_dynamic_shared_size_bytes < smem:
                 k.max_dynamic_shared_size_bytes = smem
+                # A hint: all of the SM's shared memory for it (3-4 blocks an SM), whatever
+                # the driver would pick for L1 (an older CuPy's Function lacks the setter).
+                with contextlib.suppress(AttributeError):
+                    k.preferred_shared_memory_carveout = 100
             k((s.n_kv_heads, nsplit), (256,), args, shared_mem=smem)
         else:
             _kernel(f"attn_split<{d},{gm},{int(kv.q8)}>")((s.n_kv_heads, nsplit), (256,), args)
@@ -798,13 +811,19 @@ class CudaOps(MLAOps):
 
 def attn_tc_smem(d: int, q8: bool) -> int:
     """Dynamic shared memory of ``attn_tc<d, q8>``: kernels/ops.cu's TcShape::BYTES (stages of
-    raw rows, the q8_0 fp16 tile, scores, probabilities, Q)."""
+    raw rows, the q8_0 fp16 tile, scores (the probabilities overwrite them), Q)."""
     nst = 4 if d <= 128 else 3
     rw = d // 32 * 34 if q8 else d * 2
     pitch = rw if q8 else (d + 8) * 2
     tile = ATTN_TP * (d + 8) * 2 if q8 else 0
-    return (nst * ATTN_TP * pitch + tile + 8 * (ATTN_TC_SPLIT + 4) * 4 + 8 * (ATTN_TC_SPLIT + 8) * 2
-            + 8 * (d + 8) * 2)  # fmt: skip
+    return nst * ATTN_TP * pitch + tile + 8 * (ATTN_TC_SPLIT + 4) * 4 + 8 * (d + 8) * 2
+
+
+def attn_tq8_smem(d: int) -> int:
+    """Dynamic shared memory of ``attn_tq8<d>``: kernels/ops.cu's Tq8Shape::BYTES (stages of
+    raw q8_0 rows, scores (the probabilities overwrite them), Q)."""
+    nst = 4 if d <= 128 else 3
+    return nst * ATTN_TP * (d // 32 * 34) + 8 * (ATTN_TC_SPLIT + 4) * 4 + 8 * (d + 8) * 2
 
 
 class _Offset:

@@ -425,7 +425,8 @@ class CudaDecoder:
 
     def _warm_key(self) -> tuple:
         o = self.ops
-        return (type(self).__name__, self.kv.dtype, o.pdl, o.int8_activations, o.int8_min_bytes, o.tc_attention)
+        return (type(self).__name__, self.kv.dtype, o.pdl, o.int8_activations, o.int8_min_bytes, o.tc_attention,
+                o.q8_in_place)
 
     def _split_buffers(self, need: int) -> None:
         """Flash-decoding's partial results for the context slices of the graph about to be

@@ -32,7 +32,7 @@ import numpy as np
 # before any template arguments).
 PDL_KERNELS = frozenset({
     "gemv", "gemv_q8", "quant_x", "embed", "rope_kv_decode", "rope_kv_decode_q8",
-    "attn_tc", "attn_split", "attn_combine", "sample_token",
+    "attn_tc", "attn_tq8", "attn_split", "attn_combine", "sample_token",
 })  # fmt: skip
 _ATTR_PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CUlaunchAttributeID, cuda.h
 

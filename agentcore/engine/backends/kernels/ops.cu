@@ -224,9 +224,12 @@ __device__ __forceinline__ float kv_unpack(uint4 r, int sub, float f[8]) {
 // 2.64 ms token, decode_ablation.py at 90446bd.) Other blocks wrote the partials, so they
 // are read through L2 (__ldcg), never a stale L1 line. An empty split's weight is 0 and its
 // o is never read.
+// macc_buf: 8 * 32 ceil(D / 32) floats of shared memory the block no longer uses (attn_tc:
+// its scores'; attn_split declares them).
 template <int D>
 __device__ __forceinline__ void attn_merge_last(int h, int G, int nsplit, int used, const float* part_o,
-                                                const float* part_ml, float* __restrict__ out, int* sem) {
+                                                const float* part_ml, float* __restrict__ out, int* sem,
+                                                float* macc_buf) {
     __shared__ int is_last;
     __syncthreads();  // every partial of this block is written
     if (threadIdx.x == 0) {
@@ -249,7 +252,8 @@ __device__ __forceinline__ void attn_merge_last(int h, int G, int nsplit, int us
     constexpr int PL = (D + 31) / 32;  // values a lane sums
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int K = 8 / G, j = warp / K, c = warp % K;
-    __shared__ float macc[8][PL * 32], msum[8];
+    __shared__ float msum[8];
+    float (*macc)[PL * 32] = (float (*)[PL * 32])macc_buf;
     if (j < G) {
         const long long hq = (long long)h * G + j;
         const float* ml = part_ml + hq * nsplit * 2;
@@ -455,7 +459,10 @@ __global__ void __launch_bounds__(256, GM <= 4 ? 2 : 1) attn_split(
         }
         __syncthreads();
     }
-    if (used > 1) attn_merge_last<D>(h, G, nsplit, used, part_o, part_ml, out, sem);
+    if (used > 1) {
+        __shared__ float macc[8 * ((D + 31) / 32) * 32];
+        attn_merge_last<D>(h, G, nsplit, used, part_o, part_ml, out, sem, macc);
+    }
 }
 
 // Flash-decoding on tensor cores, phase 1 (head_dim 64, 128 or 256; fp16 or q8_0 pools).
@@ -551,9 +558,10 @@ struct TcShape {
     static constexpr int PITCH = Q8 ? RW : (D + 8) * 2;               // row bytes in a stage
     static constexpr int CB = Q8 ? D / 16 : 16, CPR = RW / CB;       // chunk bytes, per row
     static constexpr int STAGE = TP * PITCH, LDK = D + 8, SMAX = ATTN_TC_SPLIT;
-    static constexpr int LDS = SMAX + 4, LDP = SMAX + 8, LDQ = D + 8;
+    // P (fp16) overwrites S (fp32) in place, row j at S's row j: its pitch is 2 LDS halves.
+    static constexpr int LDS = SMAX + 4, LDP = 2 * LDS, LDQ = D + 8;
     static constexpr int TILE = Q8 ? TP * LDK * 2 : 0;                // q8_0: the fp16 tile
-    static constexpr int BYTES = NST * STAGE + TILE + 8 * LDS * 4 + 8 * LDP * 2 + 8 * LDQ * 2;
+    static constexpr int BYTES = NST * STAGE + TILE + 8 * LDS * 4 + 8 * LDQ * 2;
 };
 
 // Queue the copies of positions [base, base + TP) of plane kv (K 0, V 1) into a stage. A tile
@@ -602,6 +610,64 @@ __device__ __forceinline__ void tc_convert(const unsigned char* stage, __half* t
     }
 }
 
+// attn_tc's softmax per head: warp j owns head j (rows past G get P = 0). Columns past cnt (to
+// the tile edge) get P = 0. P[j][i] (bytes 2i of row j) overwrites S[j][i / 2]: a pass over 32
+// columns writes floats [16 k, 16 k + 16) of the row, read by this pass or an earlier one,
+// once the warp's reads are done (__syncwarp); later passes read from float 32 (k + 1) on.
+template <int LDS, int LDP>
+__device__ __forceinline__ void tc_softmax(const float* S, __half* P, float (*stat)[8], int G, int cnt, int padded) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (warp < G) {
+        const float* sr = S + warp * LDS;
+        float m = -INFINITY;
+#pragma unroll 1
+        for (int i = lane; i < cnt; i += 32) m = fmaxf(m, sr[i]);
+#pragma unroll
+        for (int o = 16; o; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, o));
+        float l = 0.f;
+#pragma unroll 1
+        for (int i = lane; i < padded; i += 32) {
+            const float sv = i < cnt ? sr[i] : 0.f;
+            __syncwarp();
+            const __half p = __float2half(i < cnt ? __expf(sv - m) : 0.f);
+            P[warp * LDP + i] = p;
+            l += __half2float(p);  // the sum of the values the products use
+        }
+#pragma unroll
+        for (int o = 16; o; o >>= 1) l += __shfl_xor_sync(0xffffffff, l, o);
+        if (lane == 0) { stat[0][warp] = m; stat[1][warp] = l; }
+    } else {
+#pragma unroll 1
+        for (int i = lane; i < padded; i += 32) P[warp * LDP + i] = __float2half(0.f);
+    }
+}
+
+// attn_tc's end, once the KG k-groups' partial O sit in S as [KG][8 heads][D]: their sum is the
+// split's O (divided by its l when the split is the only one), then the last split's block
+// merges (attn_merge_last, over S's memory).
+template <int D, int KG>
+__device__ __forceinline__ void tc_finish(float* S, const float (*stat)[8], int h, int G, int split, int nsplit,
+                                          int used, float* part_o, float* part_ml, float* out, int* sem) {
+    __syncthreads();
+#pragma unroll 1
+    for (int i = threadIdx.x; i < G * D; i += 256) {
+        const int j = i / D, d = i % D;
+        float sum = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KG; kk++) sum += S[(kk * 8 + j) * D + d];
+        if (used == 1) out[(long long)(h * G + j) * D + d] = sum / stat[1][j];
+        else part_o[((long long)(h * G + j) * nsplit + split) * D + d] = sum;
+    }
+    if (used == 1) return;
+    if (threadIdx.x < G) {
+        const long long pi = (long long)(h * G + threadIdx.x) * nsplit + split;
+        part_ml[pi * 2] = stat[0][threadIdx.x];
+        part_ml[pi * 2 + 1] = stat[1][threadIdx.x];
+    }
+    static_assert(8 * 32 * ((D + 31) / 32) <= 8 * (ATTN_TC_SPLIT + 4), "the merge's sums fit in S");
+    attn_merge_last<D>(h, G, nsplit, used, part_o, part_ml, out, sem, S);
+}
+
 template <int D, int Q8>
 __global__ void __launch_bounds__(256) attn_tc(
     const float* __restrict__ q, const void* __restrict__ pool_, const int* __restrict__ table,
@@ -619,8 +685,8 @@ __global__ void __launch_bounds__(256) attn_tc(
     unsigned char* stages = smem;                                   // NST x [TP][PITCH]
     __half* ctile = (__half*)(smem + NST * T::STAGE);               // q8_0: [TP][LDK]
     float* S = (float*)(smem + NST * T::STAGE + T::TILE);           // [8][LDS]; then O partials
-    __half* P = (__half*)((unsigned char*)S + 8 * LDS * 4);         // [8][LDP]
-    __half* Qs = P + 8 * LDP;                                       // [8][LDQ]
+    __half* P = (__half*)S;                                         // [8][LDP], over S
+    __half* Qs = (__half*)(S + 8 * LDS);                            // [8][LDQ]
     __shared__ float stat[2][8];
     PDL_WAIT();
     const int h = blockIdx.x, split = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -702,28 +768,7 @@ __global__ void __launch_bounds__(256) attn_tc(
             tc_issue<D, Q8>(stages + i * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS, KVH, h);
         cp_commit();
     }
-    // Softmax per head: warp j owns head j. Columns past cnt (to the tile edge) get P = 0.
-    if (warp < G) {
-        const float* sr = S + warp * LDS;
-        float m = -INFINITY;
-#pragma unroll 1
-        for (int i = lane; i < cnt; i += 32) m = fmaxf(m, sr[i]);
-#pragma unroll
-        for (int o = 16; o; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, o));
-        float l = 0.f;
-#pragma unroll 1
-        for (int i = lane; i < padded; i += 32) {
-            const __half p = __float2half(i < cnt ? __expf(sr[i] - m) : 0.f);
-            P[warp * LDP + i] = p;
-            l += __half2float(p);  // the sum of the values the products use
-        }
-#pragma unroll
-        for (int o = 16; o; o >>= 1) l += __shfl_xor_sync(0xffffffff, l, o);
-        if (lane == 0) { stat[0][warp] = m; stat[1][warp] = l; }
-    } else {
-#pragma unroll 1
-        for (int i = lane; i < padded; i += 32) P[warp * LDP + i] = __float2half(0.f);
-    }
+    tc_softmax<LDS, LDP>(S, P, stat, G, cnt, padded);
     // Pass 2: O^T = V^T P^T. Warp w owns m-tiles (16 dims) w + 8 i, or with KG > 1 m-tile
     // w % MT and the k-steps (16 positions) k = w / MT mod KG of each tile.
     const int mt0 = warp % (8 / KG), kg = warp / (8 / KG);
@@ -762,23 +807,221 @@ __global__ void __launch_bounds__(256) attn_tc(
         ob[(2 * t4) * D + d0 + 8] = o[i][2];
         ob[(2 * t4 + 1) * D + d0 + 8] = o[i][3];
     }
-    __syncthreads();
-#pragma unroll 1
-    for (int i = threadIdx.x; i < G * D; i += 256) {
-        const int j = i / D, d = i % D;
-        float sum = 0.f;
+    tc_finish<D, KG>(S, stat, h, G, split, nsplit, used, part_o, part_ml, out, sem);
+}
+
+// Decode attention over a q8_0 pool on tensor cores, the rows read where they land (attn_tq8):
+// attn_tc<D, 1> converted each staged tile to an fp16 tile first (all threads, a barrier a
+// tile, 17 KB of shared memory more); here each warp turns the int8 values it needs straight
+// into mma fragments (0x6400 | (q ^ 0x80) is the fp16 1152 + q, exact), so a block holds only
+// its stages (4 blocks an SM for head_dim 128 instead of 2). Same grid, splits, softmax and
+// merge as attn_tc.
+//
+// A q8_0 row is D / 32 blocks of 34 bytes (fp16 scale, 32 int8); block b starts at 34 b, so
+// the int8 values of even blocks are 2 bytes off a 4-byte boundary. A block's 32 values are
+// read as 8 aligned "logical words" L_j of 4 values: odd blocks L_j = values 4j..4j+3; even
+// blocks L_j = values (4j - 2 .. 4j + 1) mod 32, L_0 put together from the words holding
+// values 30, 31 and 0, 1. Value e of L_j is dimension tq8_dim(b, j, e).
+// Pass 1, S^T = K Q^T: dot products do not care in which order the dimensions come, so
+// thread (g, t) feeds L_{2t + s} of rows g and g + 8 as k-step s of the block (two
+// m16n8k16 a block, exact int8 values, a fresh fp32 accumulator), and Q's fragments are
+// gathered in the same order once; the block's sums are scaled by the rows' fp32 scales.
+// Pass 2, O^T = V^T P^T: warp w takes block w mod D/32 (two 16-row m-tiles of O^T, rows
+// ordered by tq8_dim) and every (8 / (D / 32))-th k-step; thread (g, t) reads L_g of the
+// positions 2t, 2t + 1, 2t + 8, 2t + 9 of the k-step (byte_perm pairs them into fragments)
+// and scales them by the positions' scales in fp16 (V's values as attn_tc<D, 1> rounds them).
+__device__ __forceinline__ int tq8_dim(int b, int j, int e) {
+    return 32 * b + ((b & 1) ? 4 * j + e : (4 * j + 30 + e) & 31);
+}
+__device__ __forceinline__ unsigned lds32(const unsigned char* p) { return *(const unsigned*)p; }
+// Logical word j of the q8_0 block b of the row at r (pair offset c = 68 (b / 2)); sel0 is
+// 0x7610 when j = 0 (values 30, 31 from word 8 of the pair, 0, 1 from its word 0), else 0x3210.
+__device__ __forceinline__ unsigned tq8_word(const unsigned char* r, int b, int j, unsigned sel0) {
+    const unsigned char* c = r + 68 * (b >> 1);
+    if (b & 1) return lds32(c + 36 + 4 * j);
+    return __byte_perm(lds32(c + (j ? 4 * j : 32)), lds32(c + 4 * j), sel0);
+}
+// The 4 int8 values of a word (already ^ 0x80) as two fp16 pairs: (e0, e1) and (e2, e3).
+__device__ __forceinline__ void tq8_halves(unsigned u, unsigned& lo, unsigned& hi) {
+    const __half2 off = __float2half2_rn(1152.f);
+    const unsigned a = __byte_perm(u, 0x64646464u, 0x4140), c = __byte_perm(u, 0x64646464u, 0x4342);
+    __half2 x = __hsub2(*(const __half2*)&a, off), y = __hsub2(*(const __half2*)&c, off);
+    lo = *(unsigned*)&x;
+    hi = *(unsigned*)&y;
+}
+
+template <int D>
+struct Tq8Shape {
+    static constexpr int TP = ATTN_TP, NST = D <= 128 ? 4 : 3, NB = D / 32;
+    static constexpr int RW = NB * Q8B, STAGE = TP * RW, SMAX = ATTN_TC_SPLIT;
+    static constexpr int LDS = SMAX + 4, LDP = 2 * LDS, LDQ = D + 8;
+    static constexpr int KG = 8 / NB;  // pass 2: warps sharing a block's dims (k-groups)
+    static constexpr int BYTES = NST * STAGE + 8 * LDS * 4 + 8 * LDQ * 2;
+};
+
+template <int D>
+__global__ void __launch_bounds__(256) attn_tq8(
+    const float* __restrict__ q, const void* __restrict__ pool_, const int* __restrict__ table,
+    int layer, int L, int BS, int KVH, int G, int n_host, const int* pos_dev, float scale,
+    float* __restrict__ part_o, float* __restrict__ part_ml, int nsplit, float* __restrict__ out,
+    int* sem) {
+    using T = Tq8Shape<D>;
+    using TI = TcShape<D, 1>;  // tc_issue's staging: TP rows of RW bytes, as the pool holds them
+    static_assert(TI::STAGE == T::STAGE, "stages as tc_issue fills them");
+    constexpr int TP = T::TP, NST = T::NST, NB = T::NB, RW = T::RW, LDS = T::LDS, LDP = T::LDP, LDQ = T::LDQ;
+    constexpr int KG = T::KG;
+    static_assert(KG * 8 * D <= 8 * LDS, "O partials reuse the score buffer");
+    const unsigned char* pool = (const unsigned char*)pool_;
+    extern __shared__ __align__(128) unsigned char smem[];
+    unsigned char* stages = smem;                         // NST x [TP][RW]
+    float* S = (float*)(smem + NST * T::STAGE);           // [8][LDS]; then O partials
+    __half* P = (__half*)S;                               // [8][LDP], over S
+    __half* Qs = (__half*)(S + 8 * LDS);                  // [8][LDQ]
+    __shared__ float stat[2][8];
+    PDL_WAIT();
+    const int h = blockIdx.x, split = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, t4 = lane & 3;
+    const int n = pos_dev ? *pos_dev + 1 : n_host;
+    const int per = ((n + nsplit - 1) / nsplit + TP - 1) / TP * TP;
+    const int used = (n + per - 1) / per;
+    const int start = split * per, end = min(n, start + per);
+    if (split >= used) return;
+    const int cnt = end - start, padded = (cnt + TP - 1) / TP * TP, ntiles = padded / TP;
+    const bool v_early = 2 * ntiles <= NST;
 #pragma unroll
-        for (int kk = 0; kk < KG; kk++) sum += S[(kk * 8 + j) * D + d];
-        if (used == 1) out[(long long)(h * G + j) * D + d] = sum / stat[1][j];
-        else part_o[((long long)(h * G + j) * nsplit + split) * D + d] = sum;
+    for (int i = 0; i < NST - 1; i++) {
+        if (i < ntiles) {
+            tc_issue<D, 1>(stages + i * T::STAGE, pool, table, 0, start + i * TP, end, layer, L, BS, KVH, h);
+            if (v_early)
+                tc_issue<D, 1>(stages + (ntiles + i) * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS,
+                               KVH, h);
+        }
+        cp_commit();
     }
-    if (used == 1) return;
-    if (threadIdx.x < G) {
-        const long long pi = (long long)(h * G + threadIdx.x) * nsplit + split;
-        part_ml[pi * 2] = stat[0][threadIdx.x];
-        part_ml[pi * 2 + 1] = stat[1][threadIdx.x];
+    for (int i = threadIdx.x; i < 8 * D; i += 256) {
+        const int j = i / D, d = i % D;
+        Qs[j * LDQ + d] = __float2half(j < G ? q[(long long)(h * G + j) * D + d] * scale : 0.f);
     }
-    attn_merge_last<D>(h, G, nsplit, used, part_o, part_ml, out, sem);
+    __syncthreads();
+    // Q's B fragments in the logical-word order: block b, k-step s: (k 2t, 2t+1) are values
+    // e 0, 1 of L_{2t+s}, (k 2t+8, 2t+9) values 2, 3; column g is head g.
+    unsigned qb[NB][2][2];
+#pragma unroll
+    for (int b = 0; b < NB; b++)
+#pragma unroll
+        for (int st = 0; st < 2; st++)
+#pragma unroll
+            for (int half = 0; half < 2; half++) {
+                const __half* qr = Qs + g * LDQ;
+                __half2 v = __halves2half2(qr[tq8_dim(b, 2 * t4 + st, 2 * half)], qr[tq8_dim(b, 2 * t4 + st, 2 * half + 1)]);
+                qb[b][st][half] = *(unsigned*)&v;
+            }
+    const unsigned sel_t = t4 ? 0x3210u : 0x7610u, sel_g = g ? 0x3210u : 0x7610u;
+    // Pass 1: scores. Warp w < TP / 16 takes positions [16 w, 16 w + 16) of each tile.
+#pragma unroll 1
+    for (int i = 0; i < ntiles; i++) {
+        cp_wait<NST - 2>();
+        __syncthreads();  // tile i has landed for every thread; tile i - 1's stage is free
+        if (i + NST - 1 < ntiles)
+            tc_issue<D, 1>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 0, start + (i + NST - 1) * TP,
+                           end, layer, L, BS, KVH, h);
+        cp_commit();
+        if (warp < TP / 16) {
+            const unsigned char* r0 = stages + (i % NST) * T::STAGE + (warp * 16 + g) * RW;
+            const unsigned char* r1 = r0 + 8 * RW;
+            float sc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+            for (int b = 0; b < NB; b++) {
+                float cb[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+                for (int st = 0; st < 2; st++) {
+                    const int j = 2 * t4 + st;
+                    unsigned a[4];
+                    tq8_halves(tq8_word(r0, b, j, sel_t) ^ 0x80808080u, a[0], a[2]);
+                    tq8_halves(tq8_word(r1, b, j, sel_t) ^ 0x80808080u, a[1], a[3]);
+                    mma16816(cb, a, qb[b][st][0], qb[b][st][1]);
+                }
+                const float d0 = __half2float(*(const __half*)(r0 + b * Q8B));
+                const float d1 = __half2float(*(const __half*)(r1 + b * Q8B));
+                sc[0] += d0 * cb[0];
+                sc[1] += d0 * cb[1];
+                sc[2] += d1 * cb[2];
+                sc[3] += d1 * cb[3];
+            }
+            const int p0 = i * TP + warp * 16 + g;
+            S[(2 * t4) * LDS + p0] = sc[0];
+            S[(2 * t4 + 1) * LDS + p0] = sc[1];
+            S[(2 * t4) * LDS + p0 + 8] = sc[2];
+            S[(2 * t4 + 1) * LDS + p0 + 8] = sc[3];
+        }
+    }
+    cp_wait<0>();
+    __syncthreads();  // every score is written; the stages are free for V
+#pragma unroll
+    for (int i = 0; i < NST - 1; i++) {
+        if (i < ntiles && !v_early)
+            tc_issue<D, 1>(stages + i * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS, KVH, h);
+        cp_commit();
+    }
+    tc_softmax<LDS, LDP>(S, P, stat, G, cnt, padded);
+    // Pass 2. o[m][*]: m-tile m of block b: row g is dimension tq8_dim(b, g, 2m), row g + 8
+    // tq8_dim(b, g, 2m + 1); columns 2t, 2t + 1 are heads.
+    const int b = warp % NB, kg = warp / NB;
+    float o[2][4];
+#pragma unroll
+    for (int m = 0; m < 2; m++) o[m][0] = o[m][1] = o[m][2] = o[m][3] = 0.f;
+#pragma unroll 1
+    for (int i = 0; i < ntiles; i++) {
+        cp_wait<NST - 2>();
+        __syncthreads();  // tile i landed; tile i - 1's products (or the softmax) are done
+        if (i + NST - 1 < ntiles)
+            tc_issue<D, 1>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 1, start + (i + NST - 1) * TP,
+                           end, layer, L, BS, KVH, h);
+        cp_commit();
+        const unsigned char* tile = stages + (v_early ? ntiles + i : i % NST) * T::STAGE;
+#pragma unroll
+        for (int k = kg; k < TP / 16; k += KG) {
+            const unsigned char* r = tile + (16 * k + 2 * t4) * RW;  // positions 2t, 2t+1, 2t+8, 2t+9
+            unsigned w[4];
+            __half dv[4];
+#pragma unroll
+            for (int x = 0; x < 4; x++) {
+                const unsigned char* rx = r + ((x & 1) + 8 * (x >> 1)) * RW;
+                w[x] = tq8_word(rx, b, g, sel_g) ^ 0x80808080u;
+                dv[x] = *(const __half*)(rx + b * Q8B);
+            }
+            const __half2 d01 = __halves2half2(dv[0], dv[1]), d23 = __halves2half2(dv[2], dv[3]);
+            unsigned pb[2];
+            pb[0] = *(const unsigned*)(P + g * LDP + i * TP + 16 * k + 2 * t4);
+            pb[1] = *(const unsigned*)(P + g * LDP + i * TP + 16 * k + 2 * t4 + 8);
+#pragma unroll
+            for (int m = 0; m < 2; m++) {
+                // values 2m, 2m + 1 of each word: positions paired (2t with 2t+1, 2t+8 with 2t+9)
+                const unsigned sel = m ? 0x7362u : 0x5140u;
+                const unsigned u01 = __byte_perm(w[0], w[1], sel), u23 = __byte_perm(w[2], w[3], sel);
+                unsigned a[4];
+                tq8_halves(u01, a[0], a[1]);
+                tq8_halves(u23, a[2], a[3]);
+                __half2* ah = (__half2*)a;
+                ah[0] = __hmul2(ah[0], d01);
+                ah[1] = __hmul2(ah[1], d01);
+                ah[2] = __hmul2(ah[2], d23);
+                ah[3] = __hmul2(ah[3], d23);
+                mma16816(o[m], a, pb[0], pb[1]);
+            }
+        }
+    }
+    __syncthreads();  // S is free: it takes the k-groups' partial O, [KG][8 heads][D]
+    float* ob = S + kg * 8 * D;
+#pragma unroll
+    for (int m = 0; m < 2; m++) {
+        const int d0 = tq8_dim(b, g, 2 * m), d1 = tq8_dim(b, g, 2 * m + 1);
+        ob[(2 * t4) * D + d0] = o[m][0];
+        ob[(2 * t4 + 1) * D + d0] = o[m][1];
+        ob[(2 * t4) * D + d1] = o[m][2];
+        ob[(2 * t4 + 1) * D + d1] = o[m][3];
+    }
+    tc_finish<D, KG>(S, stat, h, G, split, nsplit, used, part_o, part_ml, out, sem);
 }
 
 // Prefill attention on tensor cores (flash attention 2, causal, GQA; head_dim 64 or 128; fp16
@@ -960,6 +1203,7 @@ extern "C" __global__ void attn_tc_smem(int* out) {
     out[0] = TcShape<64, 0>::BYTES; out[1] = TcShape<64, 1>::BYTES;
     out[2] = TcShape<128, 0>::BYTES; out[3] = TcShape<128, 1>::BYTES;
     out[4] = TcShape<256, 0>::BYTES; out[5] = TcShape<256, 1>::BYTES;
+    out[6] = Tq8Shape<64>::BYTES; out[7] = Tq8Shape<128>::BYTES; out[8] = Tq8Shape<256>::BYTES;
 }
 
 // Flash-decoding, phase 2: merge the splits of each query head. Grid H, 256 threads; D up
