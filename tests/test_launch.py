@@ -98,19 +98,21 @@ def test_every_pdl_kernel_waits_before_touching_its_inputs():
 
 
 @pytest.mark.parametrize(
-    ("head_dim", "q8", "setting", "want"),
-    [(128, False, None, True), (128, True, None, True), (64, True, None, False), (64, False, None, True),
-     (256, True, None, True), (96, False, None, False), (128, True, False, False), (64, True, True, True),
-     (96, False, True, False)],
-)
-def test_decode_attention_kernel_choice(head_dim, q8, setting, want):
-    # Auto: tensor cores for fp16 KV and for q8_0 from head_dim 128 (faster there on the H200,
-    # 66aca0f), CUDA cores for q8_0 at head_dim 64; an explicit setting wins where attn_tc
-    # has an instance; other head dims always take attn_split.
+    ("head_dim", "q8", "setting", "in_place", "want"),
+    [(128, False, None, True, True), (128, True, None, True, True), (64, True, None, True, True),
+     (64, True, None, False, False), (64, False, None, True, True), (256, True, None, True, True),
+     (96, False, None, True, False), (128, True, False, True, False), (64, True, True, False, True),
+     (96, False, True, True, False)],
+)  # fmt: skip
+def test_decode_attention_kernel_choice(head_dim, q8, setting, in_place, want):
+    # Auto: tensor cores for fp16 KV and for q8_0 read in place (attn_tq8); with q8_0 tiles
+    # converted to fp16 first (q8_in_place=False) tensor cores from head_dim 128 (faster there
+    # on the H200, 66aca0f), CUDA cores at head_dim 64. An explicit setting wins where a
+    # tensor-core kernel has an instance; other head dims always take attn_split.
     from types import SimpleNamespace
 
     from agentcore.engine.backends.cuda import CudaOps
 
-    ops = SimpleNamespace(tc_attention=setting)
+    ops = SimpleNamespace(tc_attention=setting, q8_in_place=in_place)
     spec = SimpleNamespace(head_dim=head_dim)
     assert CudaOps.uses_tc_attention(ops, spec, q8) is want
