@@ -572,7 +572,7 @@ struct TcShape {
 // Out of line: inlined at each of its call sites (with the any-block-size path) it was most
 // of the kernel's code (attn_tc<128, 0> was 174 KB of SASS, executed from cold instruction
 // caches at every launch: ncu had one 64-position tile at 16.8 us, 5d78630).
-template <int D, int Q8>
+template <int D, int Q8, int PITCH = TcShape<D, Q8>::PITCH>
 __device__ __noinline__ void tc_issue(unsigned char* stage, const unsigned char* pool, const int* table,
                                          int kv, int base, int end, int layer, int L, int BS, int KVH, int h) {
     using T = TcShape<D, Q8>;
@@ -586,7 +586,7 @@ __device__ __noinline__ void tc_issue(unsigned char* stage, const unsigned char*
             if (N % 256 == 0 || c < N) {
                 const int p = c / T::CPR, k = c % T::CPR;
                 const bool ok = base + p < end;
-                cp_async<T::CB>(stage + p * T::PITCH + k * T::CB, ok ? row0 + p * pitch + k * T::CB : pool, ok);
+                cp_async<T::CB>(stage + p * PITCH + k * T::CB, ok ? row0 + p * pitch + k * T::CB : pool, ok);
             }
         }
         return;
@@ -596,7 +596,7 @@ __device__ __noinline__ void tc_issue(unsigned char* stage, const unsigned char*
         const int p = c / T::CPR, k = c % T::CPR, pos = base + p;
         const bool ok = pos < end;
         const unsigned char* src = ok ? pool + kv_index(table, pos, layer, kv, h, L, BS, KVH, T::RW) + k * T::CB : pool;
-        cp_async<T::CB>(stage + p * T::PITCH + k * T::CB, src, ok);
+        cp_async<T::CB>(stage + p * PITCH + k * T::CB, src, ok);
     }
 }
 
@@ -823,9 +823,12 @@ __global__ void __launch_bounds__(256) attn_tc(
 // blocks L_j = values (4j - 2 .. 4j + 1) mod 32, L_0 put together from the words holding
 // values 30, 31 and 0, 1. Value e of L_j is dimension tq8_dim(b, j, e).
 // Pass 1, S^T = K Q^T: dot products do not care in which order the dimensions come, so
-// thread (g, t) feeds L_{2t + s} of rows g and g + 8 as k-step s of the block (two
+// thread (g, t) feeds L_{t + 4s} of rows g and g + 8 as k-step s of the block (two
 // m16n8k16 a block, exact int8 values, a fresh fp32 accumulator), and Q's fragments are
 // gathered in the same order once; the block's sums are scaled by the rows' fp32 scales.
+// A stage row is PITCH bytes, 4 times an odd number of words: the 32 lanes' words (row g,
+// word t + const) then fall in 32 different banks, in pass 1 and in pass 2 (row 2t + const,
+// word g + const); at the pool's 136 bytes (34 words) a pass-1 load took 4 wavefronts.
 // Pass 2, O^T = V^T P^T: warp w takes block w mod D/32 (two 16-row m-tiles of O^T, rows
 // ordered by tq8_dim) and every (8 / (D / 32))-th k-step; thread (g, t) reads L_g of the
 // positions 2t, 2t + 1, 2t + 8, 2t + 9 of the k-step (byte_perm pairs them into fragments)
@@ -834,12 +837,14 @@ __device__ __forceinline__ int tq8_dim(int b, int j, int e) {
     return 32 * b + ((b & 1) ? 4 * j + e : (4 * j + 30 + e) & 31);
 }
 __device__ __forceinline__ unsigned lds32(const unsigned char* p) { return *(const unsigned*)p; }
-// Logical word j of the q8_0 block b of the row at r (pair offset c = 68 (b / 2)); sel0 is
-// 0x7610 when j = 0 (values 30, 31 from word 8 of the pair, 0, 1 from its word 0), else 0x3210.
-__device__ __forceinline__ unsigned tq8_word(const unsigned char* r, int b, int j, unsigned sel0) {
+// Logical word j of the q8_0 block b of the row at r (pair offset c = 68 (b / 2)). Even b,
+// j = 0: values 30, 31 from word 8 of the pair, 0, 1 from its word 0; other j read one word
+// (twice: the byte_perm of a word with itself is the word).
+__device__ __forceinline__ unsigned tq8_word(const unsigned char* r, int b, int j) {
     const unsigned char* c = r + 68 * (b >> 1);
     if (b & 1) return lds32(c + 36 + 4 * j);
-    return __byte_perm(lds32(c + (j ? 4 * j : 32)), lds32(c + 4 * j), sel0);
+    if (j >= 4) return lds32(c + 4 * j);  // known at compile time in pass 1's second k-step
+    return __byte_perm(lds32(c + (j ? 4 * j : 32)), lds32(c + 4 * j), 0x7610u);
 }
 // The 4 int8 values of a word (already ^ 0x80) as two fp16 pairs: (e0, e1) and (e2, e3).
 __device__ __forceinline__ void tq8_halves(unsigned u, unsigned& lo, unsigned& hi) {
@@ -853,7 +858,9 @@ __device__ __forceinline__ void tq8_halves(unsigned u, unsigned& lo, unsigned& h
 template <int D>
 struct Tq8Shape {
     static constexpr int TP = ATTN_TP, NST = D <= 128 ? 4 : 3, NB = D / 32;
-    static constexpr int RW = NB * Q8B, STAGE = TP * RW, SMAX = ATTN_TC_SPLIT;
+    static constexpr int RW = NB * Q8B, SMAX = ATTN_TC_SPLIT;
+    static constexpr int PW = (RW / 4 + 3) / 4 * 4, PITCH = 4 * (PW % 8 ? PW : PW + 4);  // 80, 144, 272
+    static constexpr int STAGE = TP * PITCH;
     static constexpr int LDS = SMAX + 4, LDP = 2 * LDS, LDQ = D + 8;
     static constexpr int KG = 8 / NB;  // pass 2: warps sharing a block's dims (k-groups)
     static constexpr int BYTES = NST * STAGE + 8 * LDS * 4 + 8 * LDQ * 2;
@@ -866,14 +873,13 @@ __global__ void __launch_bounds__(256) attn_tq8(
     float* __restrict__ part_o, float* __restrict__ part_ml, int nsplit, float* __restrict__ out,
     int* sem) {
     using T = Tq8Shape<D>;
-    using TI = TcShape<D, 1>;  // tc_issue's staging: TP rows of RW bytes, as the pool holds them
-    static_assert(TI::STAGE == T::STAGE, "stages as tc_issue fills them");
-    constexpr int TP = T::TP, NST = T::NST, NB = T::NB, RW = T::RW, LDS = T::LDS, LDP = T::LDP, LDQ = T::LDQ;
+    constexpr int TP = T::TP, NST = T::NST, NB = T::NB, PITCH = T::PITCH, LDS = T::LDS, LDP = T::LDP, LDQ = T::LDQ;
+    static_assert(T::PITCH % 8 == 0 && (T::PITCH / 16) % 2 == 1 && T::PITCH >= T::RW, "rows in distinct banks");
     constexpr int KG = T::KG;
     static_assert(KG * 8 * D <= 8 * LDS, "O partials reuse the score buffer");
     const unsigned char* pool = (const unsigned char*)pool_;
     extern __shared__ __align__(128) unsigned char smem[];
-    unsigned char* stages = smem;                         // NST x [TP][RW]
+    unsigned char* stages = smem;                         // NST x [TP][PITCH]
     float* S = (float*)(smem + NST * T::STAGE);           // [8][LDS]; then O partials
     __half* P = (__half*)S;                               // [8][LDP], over S
     __half* Qs = (__half*)(S + 8 * LDS);                  // [8][LDQ]
@@ -891,9 +897,9 @@ __global__ void __launch_bounds__(256) attn_tq8(
 #pragma unroll
     for (int i = 0; i < NST - 1; i++) {
         if (i < ntiles) {
-            tc_issue<D, 1>(stages + i * T::STAGE, pool, table, 0, start + i * TP, end, layer, L, BS, KVH, h);
+            tc_issue<D, 1, T::PITCH>(stages + i * T::STAGE, pool, table, 0, start + i * TP, end, layer, L, BS, KVH, h);
             if (v_early)
-                tc_issue<D, 1>(stages + (ntiles + i) * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS,
+                tc_issue<D, 1, T::PITCH>(stages + (ntiles + i) * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS,
                                KVH, h);
         }
         cp_commit();
@@ -904,7 +910,7 @@ __global__ void __launch_bounds__(256) attn_tq8(
     }
     __syncthreads();
     // Q's B fragments in the logical-word order: block b, k-step s: (k 2t, 2t+1) are values
-    // e 0, 1 of L_{2t+s}, (k 2t+8, 2t+9) values 2, 3; column g is head g.
+    // e 0, 1 of L_{t+4s}, (k 2t+8, 2t+9) values 2, 3; column g is head g.
     unsigned qb[NB][2][2];
 #pragma unroll
     for (int b = 0; b < NB; b++)
@@ -913,32 +919,32 @@ __global__ void __launch_bounds__(256) attn_tq8(
 #pragma unroll
             for (int half = 0; half < 2; half++) {
                 const __half* qr = Qs + g * LDQ;
-                __half2 v = __halves2half2(qr[tq8_dim(b, 2 * t4 + st, 2 * half)], qr[tq8_dim(b, 2 * t4 + st, 2 * half + 1)]);
+                __half2 v = __halves2half2(qr[tq8_dim(b, t4 + 4 * st, 2 * half)], qr[tq8_dim(b, t4 + 4 * st, 2 * half + 1)]);
                 qb[b][st][half] = *(unsigned*)&v;
             }
-    const unsigned sel_t = t4 ? 0x3210u : 0x7610u, sel_g = g ? 0x3210u : 0x7610u;
+
     // Pass 1: scores. Warp w < TP / 16 takes positions [16 w, 16 w + 16) of each tile.
 #pragma unroll 1
     for (int i = 0; i < ntiles; i++) {
         cp_wait<NST - 2>();
         __syncthreads();  // tile i has landed for every thread; tile i - 1's stage is free
         if (i + NST - 1 < ntiles)
-            tc_issue<D, 1>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 0, start + (i + NST - 1) * TP,
+            tc_issue<D, 1, T::PITCH>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 0, start + (i + NST - 1) * TP,
                            end, layer, L, BS, KVH, h);
         cp_commit();
         if (warp < TP / 16) {
-            const unsigned char* r0 = stages + (i % NST) * T::STAGE + (warp * 16 + g) * RW;
-            const unsigned char* r1 = r0 + 8 * RW;
+            const unsigned char* r0 = stages + (i % NST) * T::STAGE + (warp * 16 + g) * PITCH;
+            const unsigned char* r1 = r0 + 8 * PITCH;
             float sc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
             for (int b = 0; b < NB; b++) {
                 float cb[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
                 for (int st = 0; st < 2; st++) {
-                    const int j = 2 * t4 + st;
+                    const int j = t4 + 4 * st;
                     unsigned a[4];
-                    tq8_halves(tq8_word(r0, b, j, sel_t) ^ 0x80808080u, a[0], a[2]);
-                    tq8_halves(tq8_word(r1, b, j, sel_t) ^ 0x80808080u, a[1], a[3]);
+                    tq8_halves(tq8_word(r0, b, j) ^ 0x80808080u, a[0], a[2]);
+                    tq8_halves(tq8_word(r1, b, j) ^ 0x80808080u, a[1], a[3]);
                     mma16816(cb, a, qb[b][st][0], qb[b][st][1]);
                 }
                 const float d0 = __half2float(*(const __half*)(r0 + b * Q8B));
@@ -960,7 +966,7 @@ __global__ void __launch_bounds__(256) attn_tq8(
 #pragma unroll
     for (int i = 0; i < NST - 1; i++) {
         if (i < ntiles && !v_early)
-            tc_issue<D, 1>(stages + i * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS, KVH, h);
+            tc_issue<D, 1, T::PITCH>(stages + i * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS, KVH, h);
         cp_commit();
     }
     tc_softmax<LDS, LDP>(S, P, stat, G, cnt, padded);
@@ -975,19 +981,19 @@ __global__ void __launch_bounds__(256) attn_tq8(
         cp_wait<NST - 2>();
         __syncthreads();  // tile i landed; tile i - 1's products (or the softmax) are done
         if (i + NST - 1 < ntiles)
-            tc_issue<D, 1>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 1, start + (i + NST - 1) * TP,
+            tc_issue<D, 1, T::PITCH>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 1, start + (i + NST - 1) * TP,
                            end, layer, L, BS, KVH, h);
         cp_commit();
         const unsigned char* tile = stages + (v_early ? ntiles + i : i % NST) * T::STAGE;
 #pragma unroll
         for (int k = kg; k < TP / 16; k += KG) {
-            const unsigned char* r = tile + (16 * k + 2 * t4) * RW;  // positions 2t, 2t+1, 2t+8, 2t+9
+            const unsigned char* r = tile + (16 * k + 2 * t4) * PITCH;  // positions 2t, 2t+1, 2t+8, 2t+9
             unsigned w[4];
             __half dv[4];
 #pragma unroll
             for (int x = 0; x < 4; x++) {
-                const unsigned char* rx = r + ((x & 1) + 8 * (x >> 1)) * RW;
-                w[x] = tq8_word(rx, b, g, sel_g) ^ 0x80808080u;
+                const unsigned char* rx = r + ((x & 1) + 8 * (x >> 1)) * PITCH;
+                w[x] = tq8_word(rx, b, g) ^ 0x80808080u;
                 dv[x] = *(const __half*)(rx + b * Q8B);
             }
             const __half2 d01 = __halves2half2(dv[0], dv[1]), d23 = __halves2half2(dv[2], dv[3]);
