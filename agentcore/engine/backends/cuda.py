@@ -822,7 +822,7 @@ def attn_tc_smem(d: int, q8: bool) -> int:
 def attn_tq8_smem(d: int) -> int:
     """Dynamic shared memory of ``attn_tq8<d>``: kernels/ops.cu's Tq8Shape::BYTES (stages of
     raw q8_0 rows at a padded pitch, scores (the probabilities overwrite them), Q)."""
-    nst = 4 if d <= 128 else 3
+    nst = 6 if d <= 64 else 4 if d <= 128 else 3
     pw = -(-(d // 32 * 34) // 16) * 4  # row words, a multiple of 4 ...
     pitch = 4 * (pw if pw % 8 else pw + 4)  # ... and odd times 4: rows in distinct banks
     return nst * ATTN_TP * pitch + 8 * (ATTN_TC_SPLIT + 4) * 4 + 8 * (d + 8) * 2
