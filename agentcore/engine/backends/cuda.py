@@ -731,13 +731,13 @@ class CudaOps(MLAOps):
         return gm, 256 // (d // 8) * (4 if gm <= 4 else 2)
 
     def uses_tc_attention(self, spec: ModelSpec, q8: bool) -> bool:
-        """Whether decode attention over a KV of ``spec`` runs on tensor cores (attn_tc):
-        head_dim 64/128/256 and ``tc_attention`` True, or None (auto): fp16 KV, or q8_0 KV with
-        head_dim >= 128. On the H200 (bench ``--only attention``, all layers, 66aca0f, with one
-        table lookup a tile) the 8B shape (head_dim 128) at 32K takes 1.83 ms a token on
-        attn_tc against 2.56 on attn_split with fp16 KV, 2.60 against 2.75 with q8_0 (0.44
-        against 0.47 at 1K); SmolLM2's (head_dim 64) q8_0 is faster on attn_split (1.08 against
-        1.15 ms at 32K, 0.37 against 0.40 at 1K)."""
+        """Whether decode attention over a KV of ``spec`` runs on tensor cores (attn_tc, or
+        attn_tq8 on q8_0): head_dim 64/128/256 and ``tc_attention`` True, or None (auto): yes,
+        except q8_0 at head_dim 64 with ``q8_in_place`` False. All layers at 32K on an H100
+        (c92b69c): the 8B shape's q8_0 takes 1.75 ms a token on attn_tq8 against 2.40 on the
+        fp16-tile attn_tc<128, 1>; SmolLM2's (head_dim 64) 0.90 against 0.91. On the H200
+        (66aca0f) attn_tc beat attn_split with fp16 KV (1.83 against 2.56 ms at 32K, 8B
+        shape), and attn_split beat attn_tc<64, 1> on q8_0 (1.08 against 1.15 ms)."""
         if spec.head_dim not in TC_HEAD_DIMS:
             return False
         if self.tc_attention is None:
