@@ -116,3 +116,16 @@ def test_decode_attention_kernel_choice(head_dim, q8, setting, in_place, want):
     ops = SimpleNamespace(tc_attention=setting, q8_in_place=in_place)
     spec = SimpleNamespace(head_dim=head_dim)
     assert CudaOps.uses_tc_attention(ops, spec, q8) is want
+
+
+def test_capture_errors_worth_recording_again():
+    # Invalidated (901) and implicit-dependency (906) captures, by our launcher's CUresult code
+    # or by CuPy's error names, are recorded again; any other CUDA error is not.
+    from agentcore.engine.backends.cuda_graph import capture_invalidated
+
+    assert capture_invalidated(RuntimeError("cuLaunchKernelEx failed for k: CUresult 901"))
+    assert capture_invalidated(RuntimeError("cuLaunchKernelEx failed for k: CUresult 906"))
+    assert capture_invalidated(RuntimeError("cudaErrorStreamCaptureInvalidated: operation failed"))
+    assert capture_invalidated(RuntimeError("CUDA_ERROR_STREAM_CAPTURE_INVALIDATED: invalidated"))
+    assert not capture_invalidated(RuntimeError("cuLaunchKernelEx failed for k: CUresult 700"))
+    assert not capture_invalidated(ValueError("boom"))

@@ -674,25 +674,27 @@ def _greedy(dec, ids, n):
     return out
 
 
+def _decoder_and_reference(tmp_path, seed, n):
+    """A decoder on a tiny model, the prompt, and the greedy tokens an undisturbed decoder
+    on the same model gives for it."""
+    path = write_synthetic_gguf(tmp_path / "m.gguf", **TINY["llama"])
+    _, gpu = _engines(path)
+    ids = np.random.default_rng(seed).integers(0, gpu.spec.vocab_size, 50).tolist()
+    want = _greedy(CudaDecoder(gpu, gpu.ops.new_kv(gpu.spec, 256)), ids, n)
+    return CudaDecoder(gpu, gpu.ops.new_kv(gpu.spec, 256)), ids, want
+
+
 def test_a_capture_spoiled_from_outside_is_recorded_again(tmp_path, monkeypatch):
     # Something outside the decoder invalidates the first recording (here: a synchronize of
     # the capturing stream, which CUDA refuses and answers by invalidating the capture; the
     # launches after it then fail with CUresult 901). The decoder ends that capture, records
     # again and decodes exactly what an undisturbed decoder decodes; the garbage collector is
     # off while it records.
-    from agentcore.engine.backends import cuda_graph
-
-    path = write_synthetic_gguf(tmp_path / "m.gguf", **TINY["llama"])
-    _, gpu = _engines(path)
-    ids = np.random.default_rng(23).integers(0, gpu.spec.vocab_size, 50).tolist()
-    want = _greedy(CudaDecoder(gpu, gpu.ops.new_kv(gpu.spec, 256)), ids, 12)
-
-    dec = CudaDecoder(gpu, gpu.ops.new_kv(gpu.spec, 256))
+    dec, ids, want = _decoder_and_reference(tmp_path, 23, 12)
     real = dec._launch_step
-    seen = {"calls": 0, "spoiled": 0, "gc_during_capture": []}
+    seen = {"spoiled": 0, "gc_during_capture": []}
 
     def launch_step():
-        seen["calls"] += 1
         if dec.stream.is_capturing():
             seen["gc_during_capture"].append(gc.isenabled())
             if seen["spoiled"] == 0:
@@ -707,18 +709,12 @@ def test_a_capture_spoiled_from_outside_is_recorded_again(tmp_path, monkeypatch)
     assert seen["gc_during_capture"] == [False] * len(seen["gc_during_capture"])
     assert gc.isenabled()
     assert got == want
-    assert cuda_graph.capture_invalidated(RuntimeError("cuLaunchKernelEx failed for k: CUresult 901"))
-    assert not cuda_graph.capture_invalidated(RuntimeError("CUresult 700"))
 
 
 def test_an_error_while_recording_ends_the_capture(tmp_path, monkeypatch):
     # Any other error raised mid-recording propagates, but the capture is ended first: the
     # stream is usable and a later start() records a working graph.
-    path = write_synthetic_gguf(tmp_path / "m.gguf", **TINY["llama"])
-    _, gpu = _engines(path)
-    ids = np.random.default_rng(29).integers(0, gpu.spec.vocab_size, 50).tolist()
-    want = _greedy(CudaDecoder(gpu, gpu.ops.new_kv(gpu.spec, 256)), ids, 8)
-    dec = CudaDecoder(gpu, gpu.ops.new_kv(gpu.spec, 256))
+    dec, ids, want = _decoder_and_reference(tmp_path, 29, 8)
     real = dec._launch_step
 
     def failing():
