@@ -129,3 +129,59 @@ def test_capture_errors_worth_recording_again():
     assert capture_invalidated(RuntimeError("CUDA_ERROR_STREAM_CAPTURE_INVALIDATED: invalidated"))
     assert not capture_invalidated(RuntimeError("cuLaunchKernelEx failed for k: CUresult 700"))
     assert not capture_invalidated(ValueError("boom"))
+
+
+def _matrix(addr, rows, row_bytes):
+    from types import SimpleNamespace
+
+    from agentcore.engine.backends.cuda import QMatrix
+
+    data = SimpleNamespace(data=SimpleNamespace(ptr=addr), shape=(rows, row_bytes))
+    return QMatrix(qtype=12, rows=rows, cols=row_bytes, data=data)
+
+
+def _block(base, fused_gate_up=True):
+    from types import SimpleNamespace
+
+    from agentcore.engine.backends.cuda import CudaLinear
+
+    gate_up = ([_matrix(base + 0x10000, 200, 100)] if fused_gate_up
+               else [_matrix(base + 0x10000, 100, 100), _matrix(base + 0x20000, 100, 100)])  # fmt: skip
+    return SimpleNamespace(qkv=CudaLinear([_matrix(base, 30, 100), _matrix(base + 0x4000, 10, 100)]),
+                           out=CudaLinear([_matrix(base + 0x8000, 20, 100)]), gate_up=CudaLinear(gate_up),
+                           down=CudaLinear([_matrix(base + 0x30000, 20, 100)]))  # fmt: skip
+
+
+def test_l2_prefetch_plan_follows_the_gemvs_reading_order_within_the_budget():
+    # After a layer's attention the step reads the output projection, gate/up (a fused gate/up
+    # matrix: the same leading rows of both halves, as the mode-2 GEMV's blocks read them),
+    # down, then the next layer's QKV; the plan takes them in that order and stops at the budget.
+    from agentcore.engine.backends.cuda import l2_prefetch_plan
+
+    a, b = _block(0x100000), _block(0x900000)
+    everything = l2_prefetch_plan(a, b, 1 << 30)
+    assert everything == [(0x108000, 2000), (0x110000, 10000), (0x110000 + 10000, 10000), (0x130000, 2000),
+                          (0x900000, 3000), (0x904000, 1000)]  # fmt: skip
+    assert l2_prefetch_plan(a, None, 1 << 30) == everything[:4]  # the last layer
+    # 2,000 of the output projection, then 3,000 of each gate/up half
+    assert l2_prefetch_plan(a, b, 8000) == [(0x108000, 2000), (0x110000, 3000), (0x110000 + 10000, 3000)]
+    assert l2_prefetch_plan(a, b, 1500) == [(0x108000, 1500)]
+    assert l2_prefetch_plan(a, b, 0) == []
+    split = l2_prefetch_plan(_block(0x100000, fused_gate_up=False), None, 5000)
+    assert split == [(0x108000, 2000), (0x110000, 3000)]  # separate gate and up: in order
+
+
+def test_l2_prefetch_budget_leaves_room_for_the_kv_read():
+    # At most the setting, at most half the L2 less the KV the graph's attention reads a
+    # layer (it streams through L2), and nothing below 1 MiB.
+    from types import SimpleNamespace
+
+    from agentcore.engine.backends.cuda import CudaOps
+
+    mib = 1 << 20
+    ops = SimpleNamespace(l2_prefetch=24 * mib, l2_bytes=50 * mib)
+    assert CudaOps.l2_prefetch_budget(ops, 0) == 24 * mib
+    assert CudaOps.l2_prefetch_budget(ops, 4 * mib) == 21 * mib
+    assert CudaOps.l2_prefetch_budget(ops, 24 * mib + mib // 2) == 0
+    assert CudaOps.l2_prefetch_budget(ops, 200 * mib) == 0
+    assert CudaOps.l2_prefetch_budget(SimpleNamespace(l2_prefetch=0, l2_bytes=50 * mib), 0) == 0

@@ -601,14 +601,18 @@ def test_programmatic_launch_changes_no_result(tmp_path, preset, dtype):
     # against the same graph launched plainly: the same kernels in the same order, so every
     # step's logits must be bit-identical; a kernel reading or writing before its wait would
     # race and show here. 60 teacher-forced steps, then 64 back-to-back replays.
+    # The same holds for the work moved before the wait: decode attention queueing its first
+    # tiles (all rows but the newest) and rope_kv sending later weights toward L2 change no bit.
     from agentcore.engine.backends.launch import pdl_supported
 
     path = write_synthetic_gguf(tmp_path / "m.gguf", **preset)
     model = load_gguf(path)
     ids = np.random.default_rng(21).integers(0, model.spec.vocab_size, 101).tolist()
     runs = []
-    for pdl in (False, True):
-        ops = CudaOps(pdl=pdl)
+    # (pdl, attention queues before the wait, L2 prefetch bytes a layer)
+    for pdl, early, prefetch in ((False, False, 0), (True, False, 0), (True, True, 0), (True, True, 24 << 20)):
+        ops = CudaOps(pdl=pdl, l2_prefetch=prefetch)
+        ops.attn_early = early
         ops.kv_dtype = dtype
         gpu = Transformer(model, ops, chunk=64)
         kv = ops.new_kv(gpu.spec, 200)
@@ -618,12 +622,14 @@ def test_programmatic_launch_changes_no_result(tmp_path, preset, dtype):
         for i in range(40, 100):
             dec.step(ids[i])
             steps.append(dec.logits())
+        assert (min(dec._npf) > 0) is (prefetch > 0)  # every layer's ranges planned, or none
         runs.append((ops.pdl, np.stack(steps), dec.generate(ids[100], 64)))
     cc = int(CudaOps().cp.cuda.Device().compute_capability)
     assert runs[0][0] is False
     assert runs[1][0] is (cc >= 90) is pdl_supported(CudaOps().cp)  # the H200 runs it for real
-    assert np.array_equal(runs[0][1], runs[1][1])
-    assert runs[0][2] == runs[1][2]
+    for run in runs[1:]:
+        assert np.array_equal(runs[0][1], run[1])
+        assert runs[0][2] == run[2]
 
 
 def test_a_recapture_is_recorded_during_the_prefill_and_decodes_the_same(tmp_path):

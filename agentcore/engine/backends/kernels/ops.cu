@@ -106,17 +106,38 @@ extern "C" __global__ void kv_store_q8(const float* __restrict__ k, const float*
     q8_store_warp(v[i], pool + kv_index(table, pos, layer, 1, h, L, BS, KVH, RW) + blk);
 }
 
+// Weights of the layer's later GEMVs toward L2 (pf: npf (address, bytes) pairs, in pieces of
+// 64 KB over the grid's threads), sent by rope_kv before its PDL_WAIT: rope_kv and decode
+// attention at short context are latency-bound (~10 us a layer on the 8B with DRAM idle),
+// so the output projection's and the FFN's first rows are fetched while they run
+// (CudaDecoder._l2_prefetch picks the ranges; none when the KV read would evict them).
+__device__ __forceinline__ void l2_prefetch_ranges(const long long* pf, int npf) {
+    constexpr long long PIECE = 64 << 10;
+    const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x, nt = (long long)gridDim.x * blockDim.x;
+    long long first = 0;  // pieces before range r, so that range r's pieces start at thread first % nt
+    for (int r = 0; r < npf; r++) {
+        const unsigned char* a = (const unsigned char*)pf[2 * r];
+        const long long bytes = pf[2 * r + 1], pieces = (bytes + PIECE - 1) / PIECE;
+        for (long long c = ((tid - first) % nt + nt) % nt; c < pieces; c += nt)
+            PDL_PREFETCH_L2(a + c * PIECE, min(PIECE, bytes - c * PIECE));
+        first += pieces;
+    }
+}
+
 // Decode step, fused: qkv (H + 2 KVH heads of D) -> q rotated (optionally head-normed first,
 // qwen3) into q_out; k rotated and v stored into the pool at *pos_dev (fp16, or quantized to
-// Q8_0 one warp per 32 values when Q8). Block per head, 128 threads.
+// Q8_0 one warp per 32 values when Q8). Block per head, 128 threads. Before the wait, the
+// ranges of pf go toward L2 (l2_prefetch_ranges).
 template <bool Q8>
 __device__ __forceinline__ void rope_kv_body(const float* __restrict__ qkv, float* __restrict__ q_out,
                                              void* pool, const int* table, int layer, int L,
                                              int BS, int H, int KVH, int D, const float* cos_t,
                                              const float* sin_t, const int* pos_dev, int neox,
-                                             const float* q_norm, const float* k_norm, float eps) {
+                                             const float* q_norm, const float* k_norm, float eps,
+                                             const long long* pf, int npf) {
     __shared__ float buf[2][512];
     __shared__ float red[32];
+    if (npf) l2_prefetch_ranges(pf, npf);
     PDL_WAIT();
     int hb = blockIdx.x, pos = *pos_dev;
     const float* src = qkv + (long long)hb * D;
@@ -150,9 +171,9 @@ __device__ __forceinline__ void rope_kv_body(const float* __restrict__ qkv, floa
 #define ROPE_KV_ARGS const float* __restrict__ qkv, float* __restrict__ q_out, void* pool,        \
     const int* table, int layer, int L, int BS, int H, int KVH, int D, const float* cos_t,         \
     const float* sin_t, const int* pos_dev, int neox, const float* q_norm, const float* k_norm,    \
-    float eps
+    float eps, const long long* pf, int npf
 #define ROPE_KV_PASS qkv, q_out, pool, table, layer, L, BS, H, KVH, D, cos_t, sin_t, pos_dev, neox, \
-    q_norm, k_norm, eps
+    q_norm, k_norm, eps, pf, npf
 extern "C" __global__ void rope_kv_decode(ROPE_KV_ARGS) { rope_kv_body<false>(ROPE_KV_PASS); }
 extern "C" __global__ void rope_kv_decode_q8(ROPE_KV_ARGS) { rope_kv_body<true>(ROPE_KV_PASS); }
 
@@ -569,12 +590,23 @@ struct TcShape {
 // tile lies in one block, its rows KVH * RW bytes apart: one table lookup a tile and a
 // multiply-add a chunk (a lookup and a run-time division by BS a chunk made the kernel
 // issue-bound: ncu at 32K, 89a9471).
+// Position `fresh` (the newest, written by rope_kv just before this kernel) is never queued:
+// before PDL_WAIT (late false) it is left out, to be copied by tc_fresh_row once the wait
+// is over; after it (late true) it is copied here by loads through L2, as tc_fresh_row does.
+// Its bytes may share a 128-byte line with the row before it, which a q8_0 copy (cp.async.ca,
+// through L1) may have brought into L1 before the wait, stale; only L2 holds them for sure.
 // Out of line: inlined at each of its call sites (with the any-block-size path) it was most
 // of the kernel's code (attn_tc<128, 0> was 174 KB of SASS, executed from cold instruction
 // caches at every launch: ncu had one 64-position tile at 16.8 us, 5d78630).
+template <int CB>
+__device__ __forceinline__ void ldcg_copy(unsigned char* dst, const unsigned char* src) {
+#pragma unroll
+    for (int w = 0; w < CB / 4; w++) ((unsigned*)dst)[w] = __ldcg((const unsigned*)src + w);
+}
 template <int D, int Q8, int PITCH = TcShape<D, Q8>::PITCH>
 __device__ __noinline__ void tc_issue(unsigned char* stage, const unsigned char* pool, const int* table,
-                                         int kv, int base, int end, int layer, int L, int BS, int KVH, int h) {
+                                         int kv, int base, int end, int layer, int L, int BS, int KVH, int h,
+                                         int fresh, bool late) {
     using T = TcShape<D, Q8>;
     constexpr int N = T::TP * T::CPR;
     if (BS % T::TP == 0) {
@@ -586,7 +618,11 @@ __device__ __noinline__ void tc_issue(unsigned char* stage, const unsigned char*
             if (N % 256 == 0 || c < N) {
                 const int p = c / T::CPR, k = c % T::CPR;
                 const bool ok = base + p < end;
-                cp_async<T::CB>(stage + p * PITCH + k * T::CB, ok ? row0 + p * pitch + k * T::CB : pool, ok);
+                if (base + p == fresh) {
+                    if (late) ldcg_copy<T::CB>(stage + p * PITCH + k * T::CB, row0 + p * pitch + k * T::CB);
+                } else {
+                    cp_async<T::CB>(stage + p * PITCH + k * T::CB, ok ? row0 + p * pitch + k * T::CB : pool, ok);
+                }
             }
         }
         return;
@@ -596,8 +632,58 @@ __device__ __noinline__ void tc_issue(unsigned char* stage, const unsigned char*
         const int p = c / T::CPR, k = c % T::CPR, pos = base + p;
         const bool ok = pos < end;
         const unsigned char* src = ok ? pool + kv_index(table, pos, layer, kv, h, L, BS, KVH, T::RW) + k * T::CB : pool;
-        cp_async<T::CB>(stage + p * PITCH + k * T::CB, src, ok);
+        if (pos == fresh) {
+            if (late) ldcg_copy<T::CB>(stage + p * PITCH + k * T::CB, src);
+        } else {
+            cp_async<T::CB>(stage + p * PITCH + k * T::CB, src, ok);
+        }
     }
+}
+
+// Row `fresh` of plane kv into its place in a stage holding positions [base, base + TP), by
+// loads through L2 (see tc_issue), once PDL_WAIT has returned.
+template <int D, int Q8, int PITCH>
+__device__ __forceinline__ void tc_fresh_row(unsigned char* stage, const unsigned char* pool, const int* table,
+                                             int kv, int base, int fresh, int layer, int L, int BS, int KVH, int h) {
+    constexpr int RW = TcShape<D, Q8>::RW;
+    const unsigned* src = (const unsigned*)(pool + kv_index(table, fresh, layer, kv, h, L, BS, KVH, RW));
+    unsigned* dst = (unsigned*)(stage + (fresh - base) * PITCH);
+    for (int w = threadIdx.x; w < RW / 4; w += 256) dst[w] = __ldcg(src + w);
+}
+
+// The first NST - 1 tiles of a split (K; V too when v_early, into the stages after K's),
+// queued before PDL_WAIT: every position but the newest was written by an earlier decode
+// step (or the prefill) and the block table and position are set before the graph runs,
+// so at short context the block's one DRAM round trip overlaps the kernel before it
+// (rope_kv) instead of following it. tc_fresh_rows, after the wait, adds the newest row.
+template <int D, int Q8, int PITCH, int NST>
+__device__ __forceinline__ void tc_prologue(unsigned char* stages, const unsigned char* pool, const int* table,
+                                            int start, int end, int ntiles, bool v_early, int fresh, bool late,
+                                            int layer, int L, int BS, int KVH, int h) {
+    constexpr int TP = ATTN_TP, STAGE = TcShape<D, Q8>::TP * PITCH;
+#pragma unroll
+    for (int i = 0; i < NST - 1; i++) {
+        if (i < ntiles) {
+            tc_issue<D, Q8, PITCH>(stages + i * STAGE, pool, table, 0, start + i * TP, end, layer, L, BS, KVH, h,
+                                   fresh, late);
+            if (v_early)
+                tc_issue<D, Q8, PITCH>(stages + (ntiles + i) * STAGE, pool, table, 1, start + i * TP, end, layer, L,
+                                       BS, KVH, h, fresh, late);
+        }
+        cp_commit();
+    }
+}
+template <int D, int Q8, int PITCH, int NST>
+__device__ __noinline__ void tc_fresh_rows(unsigned char* stages, const unsigned char* pool, const int* table,
+                                              int start, int end, int ntiles, bool v_early, int fresh, int layer,
+                                              int L, int BS, int KVH, int h) {
+    constexpr int TP = ATTN_TP, STAGE = TcShape<D, Q8>::TP * PITCH;
+    const int t = (fresh - start) / TP;
+    if (fresh < start || fresh >= end || t >= NST - 1) return;  // not queued by tc_prologue
+    tc_fresh_row<D, Q8, PITCH>(stages + t * STAGE, pool, table, 0, start + t * TP, fresh, layer, L, BS, KVH, h);
+    if (v_early)
+        tc_fresh_row<D, Q8, PITCH>(stages + (ntiles + t) * STAGE, pool, table, 1, start + t * TP, fresh, layer, L, BS,
+                                   KVH, h);
 }
 
 // q8_0 stage -> fp16 tile (the row offsets keep the pool's alignment: kv_load's reads hold).
@@ -673,7 +759,7 @@ __global__ void __launch_bounds__(256) attn_tc(
     const float* __restrict__ q, const void* __restrict__ pool_, const int* __restrict__ table,
     int layer, int L, int BS, int KVH, int G, int n_host, const int* pos_dev, float scale,
     float* __restrict__ part_o, float* __restrict__ part_ml, int nsplit, float* __restrict__ out,
-    int* sem) {
+    int* sem, int early) {
     using T = TcShape<D, Q8>;
     constexpr int TP = T::TP, NST = T::NST, LDK = T::LDK, LDS = T::LDS, LDP = T::LDP, LDQ = T::LDQ;
     constexpr int MT = D / 16;                // pass 2: 16-row tiles of O^T
@@ -688,10 +774,10 @@ __global__ void __launch_bounds__(256) attn_tc(
     __half* P = (__half*)S;                                         // [8][LDP], over S
     __half* Qs = (__half*)(S + 8 * LDS);                            // [8][LDQ]
     __shared__ float stat[2][8];
-    PDL_WAIT();
+    if (!early) PDL_WAIT();
     const int h = blockIdx.x, split = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, t4 = lane & 3;
-    const int n = pos_dev ? *pos_dev + 1 : n_host;
+    const int n = pos_dev ? *pos_dev + 1 : n_host;  // set before the graph runs (tc_prologue)
     const int per = ((n + nsplit - 1) / nsplit + TP - 1) / TP * TP;
     const int used = (n + per - 1) / per;  // slices holding positions (attn_merge_last)
     const int start = split * per, end = min(n, start + per);
@@ -711,15 +797,12 @@ __global__ void __launch_bounds__(256) attn_tc(
     // into the stages after them: one DRAM round trip before the products, not two. Longer
     // splits stream V into the stages K used, once the scores are done.
     const bool v_early = 2 * ntiles <= NST;
-#pragma unroll
-    for (int i = 0; i < NST - 1; i++) {
-        if (i < ntiles) {
-            tc_issue<D, Q8>(stages + i * T::STAGE, pool, table, 0, start + i * TP, end, layer, L, BS, KVH, h);
-            if (v_early)
-                tc_issue<D, Q8>(stages + (ntiles + i) * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS,
-                                KVH, h);
-        }
-        cp_commit();
+    tc_prologue<D, Q8, T::PITCH, NST>(stages, pool, table, start, end, ntiles, v_early, n - 1, !early, layer, L, BS,
+                                      KVH, h);
+    if (early) {
+        PDL_WAIT();
+        tc_fresh_rows<D, Q8, T::PITCH, NST>(stages, pool, table, start, end, ntiles, v_early, n - 1, layer, L, BS,
+                                            KVH, h);
     }
     for (int i = threadIdx.x; i < 8 * D; i += 256) {
         const int j = i / D, d = i % D;
@@ -741,7 +824,7 @@ __global__ void __launch_bounds__(256) attn_tc(
         __syncthreads();  // tile i has landed for every thread; tile i - 1's stage is free
         if (i + NST - 1 < ntiles)
             tc_issue<D, Q8>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 0, start + (i + NST - 1) * TP,
-                            end, layer, L, BS, KVH, h);
+                            end, layer, L, BS, KVH, h, n - 1, true);
         cp_commit();
         const __half* tile = rows_of(i % NST);
         if (warp < TP / 16) {
@@ -765,7 +848,7 @@ __global__ void __launch_bounds__(256) attn_tc(
 #pragma unroll
     for (int i = 0; i < NST - 1; i++) {  // V's first tiles load during the softmax
         if (i < ntiles && !v_early)
-            tc_issue<D, Q8>(stages + i * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS, KVH, h);
+            tc_issue<D, Q8>(stages + i * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS, KVH, h, n - 1, true);
         cp_commit();
     }
     tc_softmax<LDS, LDP>(S, P, stat, G, cnt, padded);
@@ -781,7 +864,7 @@ __global__ void __launch_bounds__(256) attn_tc(
         __syncthreads();  // tile i landed; tile i - 1's products (or the softmax) are done
         if (i + NST - 1 < ntiles)
             tc_issue<D, Q8>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 1, start + (i + NST - 1) * TP,
-                            end, layer, L, BS, KVH, h);
+                            end, layer, L, BS, KVH, h, n - 1, true);
         cp_commit();
         const __half* tile = rows_of(v_early ? ntiles + i : i % NST);
 #pragma unroll
@@ -874,7 +957,7 @@ __global__ void __launch_bounds__(256) attn_tq8(
     const float* __restrict__ q, const void* __restrict__ pool_, const int* __restrict__ table,
     int layer, int L, int BS, int KVH, int G, int n_host, const int* pos_dev, float scale,
     float* __restrict__ part_o, float* __restrict__ part_ml, int nsplit, float* __restrict__ out,
-    int* sem) {
+    int* sem, int early) {
     using T = Tq8Shape<D>;
     constexpr int TP = T::TP, NST = T::NST, NB = T::NB, PITCH = T::PITCH, LDS = T::LDS, LDP = T::LDP, LDQ = T::LDQ;
     static_assert(T::PITCH % 8 == 0 && (T::PITCH / 16) % 2 == 1 && T::PITCH >= T::RW, "rows in distinct banks");
@@ -887,25 +970,21 @@ __global__ void __launch_bounds__(256) attn_tq8(
     __half* P = (__half*)S;                               // [8][LDP], over S
     __half* Qs = (__half*)(S + 8 * LDS);                  // [8][LDQ]
     __shared__ float stat[2][8];
-    PDL_WAIT();
+    if (!early) PDL_WAIT();
     const int h = blockIdx.x, split = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, t4 = lane & 3;
-    const int n = pos_dev ? *pos_dev + 1 : n_host;
+    const int n = pos_dev ? *pos_dev + 1 : n_host;  // set before the graph runs (tc_prologue)
     const int per = ((n + nsplit - 1) / nsplit + TP - 1) / TP * TP;
     const int used = (n + per - 1) / per;
     const int start = split * per, end = min(n, start + per);
     if (split >= used) return;
     const int cnt = end - start, padded = (cnt + TP - 1) / TP * TP, ntiles = padded / TP;
     const bool v_early = 2 * ntiles <= NST;
-#pragma unroll
-    for (int i = 0; i < NST - 1; i++) {
-        if (i < ntiles) {
-            tc_issue<D, 1, T::PITCH>(stages + i * T::STAGE, pool, table, 0, start + i * TP, end, layer, L, BS, KVH, h);
-            if (v_early)
-                tc_issue<D, 1, T::PITCH>(stages + (ntiles + i) * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS,
-                               KVH, h);
-        }
-        cp_commit();
+    tc_prologue<D, 1, PITCH, NST>(stages, pool, table, start, end, ntiles, v_early, n - 1, !early, layer, L, BS, KVH,
+                                  h);
+    if (early) {
+        PDL_WAIT();
+        tc_fresh_rows<D, 1, PITCH, NST>(stages, pool, table, start, end, ntiles, v_early, n - 1, layer, L, BS, KVH, h);
     }
     for (int i = threadIdx.x; i < 8 * D; i += 256) {
         const int j = i / D, d = i % D;
@@ -933,7 +1012,7 @@ __global__ void __launch_bounds__(256) attn_tq8(
         __syncthreads();  // tile i has landed for every thread; tile i - 1's stage is free
         if (i + NST - 1 < ntiles)
             tc_issue<D, 1, T::PITCH>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 0, start + (i + NST - 1) * TP,
-                           end, layer, L, BS, KVH, h);
+                           end, layer, L, BS, KVH, h, n - 1, true);
         cp_commit();
         if (warp < TP / 16) {
             const unsigned char* r0 = stages + (i % NST) * T::STAGE + (warp * 16 + g) * PITCH;
@@ -969,7 +1048,7 @@ __global__ void __launch_bounds__(256) attn_tq8(
 #pragma unroll
     for (int i = 0; i < NST - 1; i++) {
         if (i < ntiles && !v_early)
-            tc_issue<D, 1, T::PITCH>(stages + i * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS, KVH, h);
+            tc_issue<D, 1, T::PITCH>(stages + i * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS, KVH, h, n - 1, true);
         cp_commit();
     }
     tc_softmax<LDS, LDP>(S, P, stat, G, cnt, padded);
@@ -985,7 +1064,7 @@ __global__ void __launch_bounds__(256) attn_tq8(
         __syncthreads();  // tile i landed; tile i - 1's products (or the softmax) are done
         if (i + NST - 1 < ntiles)
             tc_issue<D, 1, T::PITCH>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 1, start + (i + NST - 1) * TP,
-                           end, layer, L, BS, KVH, h);
+                           end, layer, L, BS, KVH, h, n - 1, true);
         cp_commit();
         const unsigned char* tile = stages + (v_early ? ntiles + i : i % NST) * T::STAGE;
 #pragma unroll
