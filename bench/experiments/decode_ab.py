@@ -1,17 +1,20 @@
 """Decode-graph A/B of the work done before PDL_WAIT: ms a token of CudaDecoder's graph
 replayed back to back (``decode_ablation.ms_per_token``: no host work, PDL as the engine
-sets it) with decode attention queueing its first tiles before or after its wait
-(``CudaOps.attn_early``) and rope_kv's L2 prefetch of the layer's later weights at several
-budgets (``CudaOps.l2_prefetch``), in one process, so the variants share the GPU's state.
+sets it) with decode attention queueing a split's first tiles after its wait (``base``, as
+before 8fd82d1) or before it (``early``, ``CudaOps.attn_early``, the default), in one
+process, so the variants share the GPU's state.
 
-    python bench/experiments/decode_ab.py MODEL[,MODEL] CTX[,CTX] [--kv float16,q8_0]
-        [--variants base,early,prefetch,both,...] [--git-sha SHA]
+    python bench/experiments/decode_ab.py MODEL[,MODEL] CTX[,CTX] [--kv=float16,q8_0]
+        [--variants=base,early] [--git-sha=SHA]
 
 MODEL: a name from ``agentcore.bench.gpu.MODELS`` (a synthetic GGUF at the real shape, written
-to /tmp/agentcore-bench as the GPU bench does) or a path. Variant names: ``base`` (neither),
-``early`` (attention only), ``pfN`` (prefetch of N MiB a layer only), ``bothN`` (both),
-``both`` = ``both24`` (the defaults). Prints one JSON line per model, KV dtype, context and
-variant, the first variant's ms beside each.
+to /tmp/agentcore-bench as the GPU bench does) or a path. Prints one JSON line per model, KV
+dtype, context and variant, the first variant's ms beside each.
+
+8fd82d1 also had rope_kv send the layer's later weights toward L2 before its wait (its
+variants ``pfN`` / ``bothN``): every budget was slower (8B ctx 64 2.47 -> 3.40 ms a token with
+8 MiB, SmolLM2 0.71 -> 0.87 with its whole 2 MB layer; H100,
+``bench/results/2026-12-07-h100-decode-ab-8fd82d1.jsonl``), so it was taken out.
 """
 
 from __future__ import annotations
@@ -30,19 +33,7 @@ from agentcore.bench.gpu import MODELS
 from agentcore.engine.local import LocalEngine
 from agentcore.testing.synthetic import write_synthetic_gguf
 
-
-def variant(name: str) -> tuple[bool, int]:
-    """(attn_early, l2_prefetch bytes) of a variant name."""
-    if name == "base":
-        return False, 0
-    if name == "early":
-        return True, 0
-    if name == "both":
-        return True, 24 << 20
-    for prefix, early in (("both", True), ("pf", False)):
-        if name.startswith(prefix):
-            return early, int(name[len(prefix):]) << 20
-    raise ValueError(f"unknown variant {name!r}")
+VARIANTS = {"base": False, "early": True}  # name: CudaOps.attn_early
 
 
 def model_path(name: str) -> Path:
@@ -60,7 +51,7 @@ def main(argv: list[str]) -> int:
     args = [a for a in argv if not a.startswith("--")]
     models, contexts = args[0].split(","), [int(c) for c in args[1].split(",")]
     dtypes = opts.get("--kv", "float16").split(",")
-    names = opts.get("--variants", "base,early,pf24,both").split(",")
+    names = opts.get("--variants", "base,early").split(",")
     sha = opts.get("--git-sha") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, check=False,
                                                  text=True).stdout.strip()  # fmt: skip
     dev = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
@@ -73,12 +64,12 @@ def main(argv: list[str]) -> int:
             for ctx in contexts:
                 first = None
                 for v in names:
-                    ops.attn_early, ops.l2_prefetch = variant(v)
+                    ops.attn_early = VARIANTS[v]
                     ms = ms_per_token(eng, ctx, ())
                     first = ms if first is None else first
                     print(json.dumps({"device": dev, "git_sha": sha, "model": path.stem, "kv_dtype": dtype,
                                       "ctx": ctx, "variant": v, "attn_early": ops.attn_early,
-                                      "l2_prefetch_mib": ops.l2_prefetch >> 20, "ms_per_token": round(ms, 4),
+                                      "ms_per_token": round(ms, 4),
                                       "vs_first": round(ms / first, 4), "pdl": ops.pdl}), flush=True)  # fmt: skip
         del eng, ops
         cp.get_default_memory_pool().free_all_blocks()

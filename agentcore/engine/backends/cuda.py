@@ -451,7 +451,7 @@ class CudaOps(MLAOps):
 
     def __init__(self, *, int8_activations: bool = True, int8_min_bytes: int = 4 << 20,
                  tc_attention: bool | None = None, q8_in_place: bool = True,
-                 pdl: bool | None = None, l2_prefetch: int = 24 << 20) -> None:  # fmt: skip
+                 pdl: bool | None = None) -> None:  # fmt: skip
         """``int8_activations``: run the decode GEMVs of Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K weights
         of at least ``int8_min_bytes`` on int8 activations (dp4a; the default, as llama.cpp
         does); False keeps them fp32. Below the size the extra ``quant_x`` launch costs more
@@ -466,11 +466,7 @@ class CudaOps(MLAOps):
         fp16 in shared memory first (``attn_tc<D, 1>``).
         ``pdl``: the decode graph's kernels launch programmatically (each may start while
         the one before it finishes; ``launch.py``); None (default) where the GPU (sm_90+) and
-        driver can, False never, True where they can.
-        ``l2_prefetch``: bytes a layer of the decode step's later weights (output projection,
-        then gate/up, down, the next layer's QKV) that rope_kv sends toward L2 while the
-        layer's latency-bound rope and attention run; at most half the L2 less the KV the
-        graph's attention reads a layer (``l2_prefetch_budget``); 0 never."""
+        driver can, False never, True where they can."""
         if not cuda_available():
             select_ops("cuda")  # raises DeviceUnavailable with the install hint
         cp = _cupy()
@@ -483,8 +479,6 @@ class CudaOps(MLAOps):
         self.tc_attention = tc_attention
         self.q8_in_place = q8_in_place
         self.pdl = pdl is not False and pdl_supported(cp)
-        self.l2_prefetch = int(l2_prefetch)
-        self.l2_bytes = int(cp.cuda.Device().attributes["L2CacheSize"])
         self._sem: Any = None  # attend_decode's split counters when the caller has none
         self._xq: ActQ8 | None = None
 
@@ -492,14 +486,6 @@ class CudaOps(MLAOps):
     # is older than the step); False queues them after it, as before (an A/B switch, read at
     # capture: bench/experiments/decode_ab.py).
     attn_early = True
-
-    def l2_prefetch_budget(self, kv_layer_bytes: int) -> int:
-        """Bytes a layer the decode step may send toward L2 ahead of its GEMVs, when the graph's
-        attention reads ``kv_layer_bytes`` of KV a layer: ``l2_prefetch``, at most half the L2
-        less that KV (the KV read streams through L2 and would evict what was fetched), and 0
-        below 1 MiB."""
-        budget = min(self.l2_prefetch, self.l2_bytes // 2 - kv_layer_bytes)
-        return budget if budget >= 1 << 20 else 0
 
     def prefill_chunk_for(self, spec: ModelSpec) -> int:
         """Tokens per prefill chunk for ``spec``. Each chunk dequantizes every weight once to
@@ -846,47 +832,6 @@ def attn_tq8_smem(d: int) -> int:
     pw = -(-(d // 32 * 34) // 16) * 4  # row words, a multiple of 4 ...
     pitch = 4 * (pw if pw % 8 else pw + 4)  # ... and odd times 4: rows in distinct banks
     return nst * ATTN_TP * pitch + 8 * (ATTN_TC_SPLIT + 4) * 4 + 8 * (d + 8) * 2
-
-
-# At most this many (address, bytes) ranges a layer for rope_kv's L2 prefetch (kernels/ops.cu).
-L2_PREFETCH_RANGES = 8
-
-
-def l2_prefetch_plan(block: Any, next_block: Any, budget: int) -> list[tuple[int, int]]:
-    """(device address, bytes) of the weights a decode step reads after ``block``'s attention,
-    in the order its GEMVs read them, cut at ``budget`` bytes: the output projection, gate/up,
-    down, then ``next_block``'s QKV (None after the last layer). One gate/up matrix holding both
-    halves (the mode-2 GEMV: block j reads gate rows [8j, 8j + 8) and the up rows n_ff later)
-    is taken as the same leading rows of each half."""
-    plan: list[tuple[int, int]] = []
-    left = budget
-
-    def take(addr: int, nbytes: int) -> None:
-        nonlocal left
-        n = min(nbytes, left)
-        if n > 0:
-            plan.append((addr, n))
-            left -= n
-
-    for p in block.out.parts:
-        take(p.data.data.ptr, p.rows * p.row_bytes)
-    gu = block.gate_up.parts
-    if len(gu) == 1:
-        p = gu[0]
-        half = p.rows // 2 * p.row_bytes
-        n = min(half, left // 2)
-        if n > 0:
-            plan += [(p.data.data.ptr, n), (p.data.data.ptr + half, n)]
-            left -= 2 * n
-    else:
-        for p in gu:
-            take(p.data.data.ptr, p.rows * p.row_bytes)
-    for p in block.down.parts:
-        take(p.data.data.ptr, p.rows * p.row_bytes)
-    if next_block is not None:
-        for p in next_block.qkv.parts:
-            take(p.data.data.ptr, p.rows * p.row_bytes)
-    return plan[:L2_PREFETCH_RANGES]
 
 
 class _Offset:

@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 
 from agentcore.engine.backends.cuda import (
-    L2_PREFETCH_RANGES,
     ActQ8,
     CudaKV,
     CudaLinear,
@@ -42,7 +41,6 @@ from agentcore.engine.backends.cuda import (
     _cdiv,
     _kernel,
     _Offset,
-    l2_prefetch_plan,
     pinned_empty,
 )
 from agentcore.engine.backends.cuda_mla import MLA_SHAPES
@@ -110,9 +108,6 @@ class CudaDecoder:
             self.xq = ActQ8(cp, self._widest_input())  # int8 activations, reused by each GEMV
             self.fparams = cp.asarray(np.array([0.0, 1.0, 0.0, 1.0], np.float32))
             self.iparams = cp.zeros(3, cp.int32)
-            # rope_kv's L2 prefetch ranges a layer (address, bytes pairs; _plan_prefetch)
-            self.pf = cp.zeros((s.n_layers, 2 * L2_PREFETCH_RANGES), cp.int64)
-        self._npf = [0] * s.n_layers
         self.host_state = pinned_empty((4,), np.int32)
         self.host_token = pinned_empty((1,), np.int32)
         self.ahead_token = pinned_empty((1,), np.int32)
@@ -447,22 +442,6 @@ class CudaDecoder:
         with self.stream:
             self.po = self.cp.empty((h, self.nsplit, hd), self.cp.float32)
             self.pml = self.cp.empty((h, self.nsplit, 2), self.cp.float32)
-        self._plan_prefetch()
-
-    def _plan_prefetch(self) -> None:
-        """rope_kv's L2 prefetch for the graph about to be captured: per layer the weights
-        read after its attention (``l2_prefetch_plan``), within the ops' budget for the KV
-        this graph's attention reads a layer (``_covers`` positions)."""
-        s, kv, layers = self.model.spec, self.kv, self.model.layers
-        kv_layer = self._covers * 2 * s.n_kv_heads * kv.row_width * kv.np_dtype.itemsize
-        budget = self.ops.l2_prefetch_budget(kv_layer)
-        host = np.zeros(self.pf.shape, np.int64)
-        for i, b in enumerate(layers):
-            plan = l2_prefetch_plan(b, layers[i + 1] if i + 1 < len(layers) else None, budget) if budget else []
-            self._npf[i] = len(plan)
-            host[i, : 2 * len(plan)] = np.array(plan, np.int64).reshape(-1) if plan else 0
-        with self.stream:
-            self.pf.set(host, stream=self.stream)
 
     def _mark(self, label: str) -> None:
         if self._marks is not None:
@@ -500,7 +479,7 @@ class CudaDecoder:
                 (self.qkv, self.q, kv.pool, kv.table, _I32(layer), _I32(s.n_layers),
                  _I32(kv.block_size), _I32(s.n_heads), _I32(s.n_kv_heads), _I32(s.head_dim),
                  m.rope.cos, m.rope.sin, pos, _I32(m.rope.neox), _as_ptr(b.q_norm),
-                 _as_ptr(b.k_norm), _F32(eps), self.pf[layer], _I32(self._npf[layer])),
+                 _as_ptr(b.k_norm), _F32(eps)),
             )  # fmt: skip
             self._mark("attention")
             ops.attend_decode(self.q, kv, layer, self.po, self.pml, self.attn, self.nsplit,

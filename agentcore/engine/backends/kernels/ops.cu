@@ -106,38 +106,17 @@ extern "C" __global__ void kv_store_q8(const float* __restrict__ k, const float*
     q8_store_warp(v[i], pool + kv_index(table, pos, layer, 1, h, L, BS, KVH, RW) + blk);
 }
 
-// Weights of the layer's later GEMVs toward L2 (pf: npf (address, bytes) pairs, in pieces of
-// 64 KB over the grid's threads), sent by rope_kv before its PDL_WAIT: rope_kv and decode
-// attention at short context are latency-bound (~10 us a layer on the 8B with DRAM idle),
-// so the output projection's and the FFN's first rows are fetched while they run
-// (CudaDecoder._l2_prefetch picks the ranges; none when the KV read would evict them).
-__device__ __forceinline__ void l2_prefetch_ranges(const long long* pf, int npf) {
-    constexpr long long PIECE = 64 << 10;
-    const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x, nt = (long long)gridDim.x * blockDim.x;
-    long long first = 0;  // pieces before range r, so that range r's pieces start at thread first % nt
-    for (int r = 0; r < npf; r++) {
-        const unsigned char* a = (const unsigned char*)pf[2 * r];
-        const long long bytes = pf[2 * r + 1], pieces = (bytes + PIECE - 1) / PIECE;
-        for (long long c = ((tid - first) % nt + nt) % nt; c < pieces; c += nt)
-            PDL_PREFETCH_L2(a + c * PIECE, min(PIECE, bytes - c * PIECE));
-        first += pieces;
-    }
-}
-
 // Decode step, fused: qkv (H + 2 KVH heads of D) -> q rotated (optionally head-normed first,
 // qwen3) into q_out; k rotated and v stored into the pool at *pos_dev (fp16, or quantized to
-// Q8_0 one warp per 32 values when Q8). Block per head, 128 threads. Before the wait, the
-// ranges of pf go toward L2 (l2_prefetch_ranges).
+// Q8_0 one warp per 32 values when Q8). Block per head, 128 threads.
 template <bool Q8>
 __device__ __forceinline__ void rope_kv_body(const float* __restrict__ qkv, float* __restrict__ q_out,
                                              void* pool, const int* table, int layer, int L,
                                              int BS, int H, int KVH, int D, const float* cos_t,
                                              const float* sin_t, const int* pos_dev, int neox,
-                                             const float* q_norm, const float* k_norm, float eps,
-                                             const long long* pf, int npf) {
+                                             const float* q_norm, const float* k_norm, float eps) {
     __shared__ float buf[2][512];
     __shared__ float red[32];
-    if (npf) l2_prefetch_ranges(pf, npf);
     PDL_WAIT();
     int hb = blockIdx.x, pos = *pos_dev;
     const float* src = qkv + (long long)hb * D;
@@ -171,9 +150,9 @@ __device__ __forceinline__ void rope_kv_body(const float* __restrict__ qkv, floa
 #define ROPE_KV_ARGS const float* __restrict__ qkv, float* __restrict__ q_out, void* pool,        \
     const int* table, int layer, int L, int BS, int H, int KVH, int D, const float* cos_t,         \
     const float* sin_t, const int* pos_dev, int neox, const float* q_norm, const float* k_norm,    \
-    float eps, const long long* pf, int npf
+    float eps
 #define ROPE_KV_PASS qkv, q_out, pool, table, layer, L, BS, H, KVH, D, cos_t, sin_t, pos_dev, neox, \
-    q_norm, k_norm, eps, pf, npf
+    q_norm, k_norm, eps
 extern "C" __global__ void rope_kv_decode(ROPE_KV_ARGS) { rope_kv_body<false>(ROPE_KV_PASS); }
 extern "C" __global__ void rope_kv_decode_q8(ROPE_KV_ARGS) { rope_kv_body<true>(ROPE_KV_PASS); }
 
