@@ -377,6 +377,11 @@ class CudaKV:
             2, 0, 1, 3, 4, 5
         )
         self.length = max(self.length, start + n)
+        # The caller may reuse ``block`` once this returns (the store reads the next disk block
+        # into it): the copy from it must have finished. Restored bytes differed from the
+        # checkpointed ones under concurrent GPU load (test_gpu_deepseek2, 8 xdist workers)
+        # while the host-to-device copy was still in flight.
+        cp.cuda.get_current_stream().synchronize()
 
     def export_blocks(self, block_ids: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
         """Logical blocks as one pinned host array (len, L, 2, BS, KVH, row) of the pool's dtype."""

@@ -104,6 +104,7 @@ class CudaLatentKV:
         self.grow(start + n)
         self.pool[:, :, start : start + n] = cp.asarray(block, dtype=cp.float16)
         self.length = max(self.length, start + n)
+        cp.cuda.get_current_stream().synchronize()  # ``block`` may be reused on return (CudaKV.write_span)
 
     def export(self, n: int) -> list[np.ndarray]:
         return list(self.read_span(0, n).astype(np.float32))
