@@ -66,6 +66,23 @@ async def test_cuda_checkpoint_restores_in_a_new_engine(model_path, tmp_path, an
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_cuda_restore_of_many_disk_blocks_holds_the_checkpointed_bytes(model_path, tmp_path, anyio_backend):
+    # Blocks of 16 tokens: the store reads the next disk block into the host buffer of the one
+    # it just handed over (CudaKV.write_span must have finished copying from it). Every
+    # restored byte equals the checkpointed one, position by position.
+    first = LocalEngine.from_gguf(model_path, device="cuda", kv_dir=tmp_path, block_size=16)
+    info = await first.checkpoint(request(6))
+    saved = first.sessions["g"].kv.read_span(0, info.tokens)
+    first.close()
+    second = LocalEngine.from_gguf(model_path, device="cuda", kv_dir=tmp_path, block_size=16)
+    again = await generate(second, request(6))
+    assert again.usage.cache_source == "disk" and again.usage.cached_tokens // 16 >= 8  # many blocks
+    n = min(again.usage.cached_tokens, info.tokens)
+    assert np.array_equal(second.sessions["g"].kv.read_span(0, n), saved[:, :, :n])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_cuda_ram_tier_is_pinned_and_restores_a_dropped_session(model_path, tmp_path, anyio_backend):
     import cupy as cp
 
