@@ -827,7 +827,8 @@ __global__ void __launch_bounds__(256) attn_tc(
 #pragma unroll
     for (int i = 0; i < NST - 1; i++) {  // V's first tiles load during the softmax
         if (i < ntiles && !v_early)
-            tc_issue<D, Q8>(stages + i * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS, KVH, h, n - 1, true);
+            tc_issue<D, Q8>(stages + i * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS, KVH, h, n - 1,
+                            true);
         cp_commit();
     }
     tc_softmax<LDS, LDP>(S, P, stat, G, cnt, padded);
@@ -990,8 +991,8 @@ __global__ void __launch_bounds__(256) attn_tq8(
         cp_wait<NST - 2>();
         __syncthreads();  // tile i has landed for every thread; tile i - 1's stage is free
         if (i + NST - 1 < ntiles)
-            tc_issue<D, 1, T::PITCH>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 0, start + (i + NST - 1) * TP,
-                           end, layer, L, BS, KVH, h, n - 1, true);
+            tc_issue<D, 1, T::PITCH>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 0,
+                                     start + (i + NST - 1) * TP, end, layer, L, BS, KVH, h, n - 1, true);
         cp_commit();
         if (warp < TP / 16) {
             const unsigned char* r0 = stages + (i % NST) * T::STAGE + (warp * 16 + g) * PITCH;
@@ -1027,7 +1028,8 @@ __global__ void __launch_bounds__(256) attn_tq8(
 #pragma unroll
     for (int i = 0; i < NST - 1; i++) {
         if (i < ntiles && !v_early)
-            tc_issue<D, 1, T::PITCH>(stages + i * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS, KVH, h, n - 1, true);
+            tc_issue<D, 1, T::PITCH>(stages + i * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS, KVH, h,
+                                     n - 1, true);
         cp_commit();
     }
     tc_softmax<LDS, LDP>(S, P, stat, G, cnt, padded);
@@ -1042,8 +1044,8 @@ __global__ void __launch_bounds__(256) attn_tq8(
         cp_wait<NST - 2>();
         __syncthreads();  // tile i landed; tile i - 1's products (or the softmax) are done
         if (i + NST - 1 < ntiles)
-            tc_issue<D, 1, T::PITCH>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 1, start + (i + NST - 1) * TP,
-                           end, layer, L, BS, KVH, h, n - 1, true);
+            tc_issue<D, 1, T::PITCH>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 1,
+                                     start + (i + NST - 1) * TP, end, layer, L, BS, KVH, h, n - 1, true);
         cp_commit();
         const unsigned char* tile = stages + (v_early ? ntiles + i : i % NST) * T::STAGE;
 #pragma unroll
