@@ -127,6 +127,63 @@ async def test_cuda_checkpoint_saved_behind_is_the_kv_at_checkpoint_time(model_p
     assert got.token_ids == want.token_ids
 
 
+def _gate_saves(eng):
+    """Hold every background ``store.save`` until the returned event is set (or 60 s pass)."""
+    import threading
+
+    gate, real, waited = threading.Event(), eng.store.save, []
+
+    def save(*a, **k):
+        waited.append(gate.wait(60))
+        return real(*a, **k)
+
+    eng.store.save = save
+    return gate, waited
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_cuda_next_turn_does_not_wait_for_its_own_checkpoint_save(model_path, tmp_path, anyio_backend):
+    # An agent checkpoints after a tool result, then generates from that same prompt: its live
+    # KV holds all of it, so the turn must not wait for the checkpoint's copy to the host.
+    # The save is held until the turn is done; had the turn waited, it would still be waiting.
+    ref = LocalEngine.from_gguf(model_path, device="cuda", block_size=64)
+    await ref.checkpoint(request(4))
+    want = await generate(ref, request(4))
+    eng = LocalEngine.from_gguf(model_path, device="cuda", kv_dir=tmp_path, block_size=64)
+    gate, waited = _gate_saves(eng)
+    info = await eng.checkpoint(request(4))
+    got = await generate(eng, request(4))
+    assert not gate.is_set() and not eng._behind_last.done()  # the save is still held
+    assert got.usage.cache_source == "live" and got.usage.cached_tokens == info.tokens
+    assert got.token_ids == want.token_ids
+    gate.set()
+    eng.close()
+    assert waited == [True]  # released by the test, not by the timeout
+    fresh = LocalEngine.from_gguf(model_path, device="cuda", kv_dir=tmp_path, block_size=64)
+    again = await generate(fresh, request(4))  # the held save landed whole
+    assert again.usage.cache_source == "disk" and again.usage.cached_tokens >= info.tokens - 64
+    assert again.token_ids == want.token_ids
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_cuda_other_session_waits_for_a_save_that_holds_its_prefix(model_path, tmp_path, anyio_backend):
+    # A second session with the same prompt has no live KV: the save in flight holds what it
+    # needs, so it waits for the save and restores from RAM instead of prefilling.
+    import threading
+
+    eng = LocalEngine.from_gguf(model_path, device="cuda", kv_dir=tmp_path, block_size=64)
+    gate, waited = _gate_saves(eng)
+    info = await eng.checkpoint(request(4))
+    threading.Timer(0.5, gate.set).start()
+    other = request(4).model_copy(update={"session_id": "h"})
+    got = await generate(eng, other)
+    assert waited == [True]
+    assert got.usage.cache_source == "ram" and got.usage.cached_tokens >= info.tokens - 64
+    eng.close()
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_cuda_constrained_tool_call_parses_like_the_cpu_one(model_path, anyio_backend):

@@ -184,6 +184,8 @@ class LocalEngine:
         self._compute = threading.Lock()
         self._behind: ThreadPoolExecutor | None = None  # CUDA: checkpoint saves behind the turn
         self._behind_last: Future[None] | None = None
+        self._behind_ids: list[int] = []  # the prompt whose save is in flight (if not done)
+        self._behind_session: Session | None = None
         self._behind_stream: Any = None
         self._spare: list[Session] = []
         self._logits_checked = False
@@ -279,7 +281,8 @@ class LocalEngine:
     def _restore(self, session: Session, ids: list[int], hashes: list[str], keep: int,
                  limit: int) -> tuple[int, str, float]:  # fmt: skip
         """Extend the live prefix ``keep`` from the store, up to ``limit`` tokens."""
-        self._settle_behind()  # a checkpoint still being saved behind may hold these blocks
+        if self._behind_may_hold(ids[:limit], keep):
+            self._settle_behind()  # a checkpoint still being saved behind holds blocks we want
         kv = session.kv
         if hasattr(kv, "data"):  # a dense host KV: the store reads straight into it
             kv.grow(limit)
@@ -514,31 +517,38 @@ class LocalEngine:
         stream = self._behind_stream
 
         def save() -> None:
-            def read(start: int, n: int) -> np.ndarray | None:
-                dev = spans.pop(start, None)
-                if dev is None:
-                    return None
-                # A freed pinned block is reused; new pinned memory is not pinned here: page
-                # locking (cudaHostAlloc) holds the driver's lock and stalls the next turn's
-                # kernel launches (measured: a 32K checkpoint cost the next turn 1.3-1.7 s).
-                # Such a block stays in pageable memory: a slower copy back, no stall.
-                pinned = cp.get_default_pinned_memory_pool().n_free_blocks() > 0
-                out = self._host_block(n) if pinned else np.empty(self.layout.block_shape(n), self.layout.array_dtype)
-                with stream:
-                    dev.get(out=out, stream=stream)
-                stream.synchronize()
-                return out
-
+            # Every block crosses to the host before the store is entered: the store's lock
+            # is then held only to index them, so the next turn (its restore takes the lock)
+            # never waits on this PCIe copy.
+            host: dict[int, np.ndarray] = {}
             try:
-                _, _, session.tail = self.store.save(session_id, ids, hashes, read, prev_tail, owned=True)
+                for start, n in starts:
+                    dev = spans[start]
+                    # A freed pinned block is reused; new pinned memory is not pinned here: page
+                    # locking (cudaHostAlloc) holds the driver's lock and stalls the next turn's
+                    # kernel launches (measured: a 32K checkpoint cost the next turn 1.3-1.7 s).
+                    # Such a block stays in pageable memory: a slower copy back, no stall.
+                    pinned = cp.get_default_pinned_memory_pool().n_free_blocks() > 0
+                    out = self._host_block(n) if pinned else np.empty(self.layout.block_shape(n), self.layout.array_dtype)
+                    with stream:
+                        dev.get(out=out, stream=stream)
+                    host[start] = out
+                stream.synchronize()
+                spans.clear()
+                _, _, tail = self.store.save(session_id, ids, hashes, lambda start, n: host.pop(start, None),
+                                             prev_tail, owned=True)  # fmt: skip
+                if self._behind_session is session:  # not retired and reused meanwhile
+                    session.tail = tail
             except Exception:  # a lost checkpoint is a later miss, never wrong KV
                 log.exception("kv cache background save failed session=%s", session_id)
             finally:
                 spans.clear()
+                host.clear()
 
         nbytes = sum(int(a.nbytes) for a in spans.values())
         if self._behind is None:
             self._behind = ThreadPoolExecutor(1, thread_name_prefix="agentcore-kv-snapshot")
+        self._behind_ids, self._behind_session = list(ids), session
         self._behind_last = self._behind.submit(save)
         return sum(1 for _, n in starts if n == bs), nbytes
 
@@ -547,6 +557,16 @@ class LocalEngine:
         fut = self._behind_last
         if fut is not None:
             fut.result()
+
+    def _behind_may_hold(self, ids: Sequence[int], keep: int) -> bool:
+        """Whether the save in flight may hold KV for ``ids`` past the ``keep`` positions
+        the caller has. An agent's next turn extends the prompt it just checkpointed, which
+        its live KV already holds: it does not wait for that save (a 32K checkpoint's copy
+        to the host takes 1-2 s). Another session sharing the prefix does wait, and reads it."""
+        fut = self._behind_last
+        if fut is None or fut.done():
+            return False
+        return common_prefix(self._behind_ids, ids) > keep
 
     # ------------------------------------------------------------------ observability
 
@@ -592,5 +612,7 @@ class LocalEngine:
     def _retire(self, session: Session) -> None:
         """Keep one dropped session's buffers for the next new one (no allocation, and on
         CUDA no graph capture, for a new conversation)."""
+        if self._behind_session is session:
+            self._behind_session = None  # its save in flight must not set the reused one's tail
         if not self._spare:
             self._spare.append(session)
