@@ -17,7 +17,8 @@ cold prefill, the checkpoint (its cost on the critical path, and the write-behin
 and the same prompt answered again from each tier: ``live`` (the session kept), ``ram``
 (the session dropped, its blocks in pinned host memory) and ``disk`` (a new engine on the
 same kv_dir, page cache warm), with TTFT ratios and GB/s; then an agent-like session of
-``--turns`` turns of ~280 new tokens, the checkpoint's cost against the turn's prefill.
+``--turns`` turns of ~280 new tokens, the checkpoint's cost against the turn's prefill
+and the TTFT of the turn that follows it.
 One JSON object per figure goes to stdout and ``DIR/results.jsonl``. The decode ceiling is
 weight bytes read per token over the device-to-device copy bandwidth of the same run.
 """
@@ -478,7 +479,8 @@ def bench_cache(run: Run, cp: Any, name: str, path: Path, quant: str, contexts: 
                  unit="ms on the critical path (CheckpointInfo.store_ms)", bytes=info.bytes_written,
                  turn_prefill_ms=round(info.prefill_ms, 2),
                  store_over_turn_prefill=_ratio(info.store_ms, info.prefill_ms),
-                 reused=done.usage.cached_tokens, prompt=done.usage.prompt_tokens, **base)  # fmt: skip
+                 reused=done.usage.cached_tokens, prompt=done.usage.prompt_tokens,
+                 ttft_ms=round(done.usage.ttft_s * 1000, 2), **base)  # fmt: skip
         req = nxt.model_copy(update={"max_tokens": 16})
     eng.close()
     del eng
