@@ -4,7 +4,8 @@ few hundred tokens to a live session; its TTFT is this prefill).
 For each size: ``wall`` (synchronized before and after), ``host`` (the Python that enqueues
 the forward while a spin kernel keeps the GPU busy, so nothing it queues can run yet) and
 ``gpu`` (events around the queued work once the spin ends: the kernels back to back, no
-host gaps). host > gpu means the turn is bound by its launches. Then a cProfile of one
+host gaps). host > gpu means the turn is bound by its launches. ``wall_fresh_thread``: the
+same forward on a new thread each time, as ``LocalEngine.stream`` runs every turn. Then a cProfile of one
 enqueue, and agent-like public turns (checkpoint, then stream of the same prompt) with their
 TTFTs. Prints JSON lines.
 
@@ -17,6 +18,7 @@ import json
 import pstats
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -76,8 +78,14 @@ def main(argv):
         split(eng, ids, ctx, kv, 50)  # warm-up: compile, cuBLAS plans, pool
         rows = [split(eng, ids, ctx, kv) for _ in range(3)]
         host, gpu, wall, ok = (min(r[i] for r in rows) for i in range(4))
+        fresh = []  # the same forward on a thread of its own each time (as stream() runs a turn)
+        for _ in range(3):
+            th = threading.Thread(target=lambda f=fresh, i=ids: f.append(split(eng, i, ctx, kv, 50)[2]))
+            th.start()
+            th.join()
         print(json.dumps({"figure": "prefill_split", "tokens": n, "host_ms": round(host, 2), "gpu_ms": round(gpu, 2),
-                          "wall_ms": round(wall, 2), "host_inside_spin": bool(ok), **base}), flush=True)
+                          "wall_ms": round(wall, 2), "wall_fresh_thread_ms": [round(x, 2) for x in fresh],
+                          "host_inside_spin": bool(ok), **base}), flush=True)
     ids = rng.integers(0, eng.spec.vocab_size, prof_n).tolist()
     pr = cProfile.Profile()
     cp.cuda.runtime.deviceSynchronize()
