@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -90,6 +92,49 @@ class TurnRecord:
     @property
     def reuse_of_reusable(self) -> float:
         return self.common / self.reusable if self.reusable else 1.0
+
+
+class _ComputeThread:
+    """One long-lived daemon thread that runs an engine's turns, in the order submitted.
+
+    Every turn on the same OS thread: on CUDA a thread's first library call pays for its own
+    cuBLAS handle and caches, which a thread per turn would pay every turn. The thread holds
+    only its queue (never the engine), and stops on ``close`` or when the engine is dropped;
+    a later ``submit`` starts it again."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Any, *args: Any) -> Future[Any]:
+        fut: Future[Any] = Future()
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._queue = queue.SimpleQueue()
+                self._thread = threading.Thread(target=_serve, args=(self._queue,), name=self.name, daemon=True)
+                self._thread.start()
+            self._queue.put((fut, fn, args))
+        return fut
+
+    def close(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                self._queue.put(None)
+                self._thread = None
+
+
+def _serve(work: queue.SimpleQueue[Any]) -> None:
+    while (item := work.get()) is not None:
+        fut, fn, args = item
+        del item
+        if fut.set_running_or_notify_cancel():
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - the submitter re-raises it
+                fut.set_exception(exc)
+        del fut, fn, args
 
 
 class LocalEngine:
@@ -182,6 +227,8 @@ class LocalEngine:
         self.max_live_sessions = max_live_sessions
         self.turns: list[TurnRecord] = []
         self._compute = threading.Lock()
+        self._worker = _ComputeThread("agentcore-compute")  # runs every stream and checkpoint
+        weakref.finalize(self, self._worker.close)
         self._behind: ThreadPoolExecutor | None = None  # CUDA: checkpoint saves behind the turn
         self._behind_last: Future[None] | None = None
         self._behind_ids: list[int] = []  # the prompt whose save is in flight (if not done)
@@ -199,6 +246,7 @@ class LocalEngine:
         """Make every saved checkpoint durable (the store writes behind)."""
         self._settle_behind()
         self.store.close()
+        self._worker.close()
 
     def __enter__(self) -> Self:
         return self
@@ -349,12 +397,8 @@ class LocalEngine:
         self._check_limit(len(ids), request.max_tokens)
         send, recv = anyio.create_memory_object_stream[Any](math.inf)
         cancelled = threading.Event()
-        worker = threading.Thread(
-            target=self._generate_in_thread,
-            args=(request, ids, ends, send, anyio.lowlevel.current_token(), cancelled),
-            name="agentcore-generate", daemon=True,
-        )  # fmt: skip
-        worker.start()
+        self._worker.submit(self._generate_in_thread, request, ids, ends, send,
+                            anyio.lowlevel.current_token(), cancelled)  # fmt: skip
         try:
             with recv:
                 async for item in recv:
@@ -452,7 +496,9 @@ class LocalEngine:
         """Prefill what is new in ``request.messages`` (no generation) and persist the KV."""
         ids, ends = self._prompt(request, generation=False)
         self._check_limit(len(ids), 0)
-        return await anyio.to_thread.run_sync(self._checkpoint_in_thread, request, ids, ends)
+        # Waits on a worker thread (cancellation waits for the checkpoint, as before); the work
+        # runs on the engine's compute thread.
+        return await anyio.to_thread.run_sync(self._worker.submit(self._checkpoint_in_thread, request, ids, ends).result)
 
     def _checkpoint_in_thread(self, request: GenerationRequest, ids: list[int],
                               ends: list[int]) -> CheckpointInfo:  # fmt: skip

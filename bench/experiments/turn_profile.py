@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import anyio
@@ -97,24 +98,48 @@ def main(argv):
     buf = io.StringIO()
     pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(25)
     print(buf.getvalue(), file=sys.stderr, flush=True)
-    # Public: an agent-like session, each turn ~280 new tokens, checkpoint then stream.
-    sid = "agent"
+    # Public: agent-like sessions, each turn ~280 new tokens, checkpoint then stream; with the
+    # engine's compute thread, then with a fresh thread per call (as before 2026-12-07).
+    for variant in ("compute-thread", "thread-per-call"):
+        if variant == "thread-per-call":
+            eng._worker.submit = thread_per_call
+        agent_turns(eng, variant, base, ctx)
+    eng.close()
+
+
+def thread_per_call(fn, *args):
+    fut = Future()
+
+    def run():
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001
+            fut.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return fut
+
+
+def agent_turns(eng, variant, base, ctx, turns=6):
+    sid = f"agent-{variant}"
     req = prompt_request(eng, ctx, sid, 16)
     anyio.run(complete, eng, req)
-    for turn in range(6):
+    for turn in range(turns):
         done = anyio.run(complete, eng, req)
         nxt = followed_by(req, done)
         more = prompt_request(eng, 260, sid, 16, seed=turn + 1).messages[0]
         nxt = nxt.model_copy(update={"messages": [*nxt.messages, more]})
         info = anyio.run(eng.checkpoint, nxt)
         u = done.usage
-        print(json.dumps({"figure": "agent_turn", "turn": turn, "prompt": u.prompt_tokens, "cached": u.cached_tokens,
-                          "ttft_ms": round(u.ttft_s * 1000, 2), "decode_tok_s": round(u.decode_tokens_per_s, 1),
+        print(json.dumps({"figure": "agent_turn", "variant": variant, "turn": turn, "prompt": u.prompt_tokens,
+                          "cached": u.cached_tokens, "ttft_ms": round(u.ttft_s * 1000, 2),
+                          "decode_tok_s": round(u.decode_tokens_per_s, 1),
                           "next_checkpoint_prefill_ms": round(info.prefill_ms, 2),
                           "next_checkpoint_new": info.tokens - u.prompt_tokens - u.completion_tokens,
-                          "next_checkpoint_store_ms": round(info.store_ms, 2), **base}), flush=True)
+                          "next_checkpoint_ms": round(info.ms, 2), "next_checkpoint_store_ms": round(info.store_ms, 2),
+                          **base}), flush=True)
         req = nxt.model_copy(update={"max_tokens": 16})
-    eng.close()
+    eng.forget(sid)
 
 
 if __name__ == "__main__":
