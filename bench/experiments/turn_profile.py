@@ -100,7 +100,7 @@ def main(argv):
     print(buf.getvalue(), file=sys.stderr, flush=True)
     # Public: agent-like sessions, each turn ~280 new tokens, checkpoint then stream; with the
     # engine's compute thread, then with a fresh thread per call (as before 2026-12-07).
-    for variant in ("compute-thread", "thread-per-call"):
+    for variant in ("compute-thread", "thread-per-call") if hasattr(eng, "_worker") else ("old",):
         if variant == "thread-per-call":
             eng._worker.submit = thread_per_call
         agent_turns(eng, variant, base, ctx)
