@@ -236,3 +236,38 @@ async def test_forgetting_a_session_right_after_leaving_its_stream_never_deadloc
         eng.forget("s")  # the worker may be waiting for this loop to take its text
         done, _ = await complete(eng, request(max_tokens=2))
     assert done.usage.completion_tokens >= 1
+
+
+async def test_every_turn_runs_on_the_engines_one_compute_thread(tiny_gguf, monkeypatch):
+    # Streams and checkpoints, across event loops, on one long-lived thread (on CUDA a
+    # thread's first library call builds its own cuBLAS handle); an error in a turn reaches
+    # the caller and the thread goes on; close() stops it and a later turn starts it again.
+    import threading
+
+    eng = engine(tiny_gguf)
+    seen = []
+    real = LocalEngine._prepare
+
+    def spy(self, *a, **k):
+        seen.append(threading.current_thread())
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(LocalEngine, "_prepare", spy)
+    await complete(eng, request(max_tokens=3))
+    await eng.checkpoint(request(max_tokens=3))
+    await complete(eng, request("another question", max_tokens=3))
+    assert len(seen) == 3 and len(set(seen)) == 1
+    assert seen[0].name == "agentcore-compute" and seen[0] is not threading.current_thread()
+
+    def boom():
+        raise ValueError("boom")
+
+    # Waited for off the event loop: a turn's last step (closing its stream) runs on the loop.
+    with pytest.raises(ValueError, match="boom"):
+        await anyio.to_thread.run_sync(eng._worker.submit(boom).result, 30)
+    assert await anyio.to_thread.run_sync(eng._worker.submit(threading.current_thread).result, 30) is seen[0]
+    eng.close()
+    seen[0].join(timeout=30)
+    assert not seen[0].is_alive()
+    done, _ = await complete(eng, request("after close", max_tokens=3))
+    assert done.usage.completion_tokens >= 1 and seen[-1] is not seen[0] and seen[-1].is_alive()

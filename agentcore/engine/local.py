@@ -137,6 +137,13 @@ def _serve(work: queue.SimpleQueue[Any]) -> None:
         del fut, fn, args
 
 
+def _close_stream(send: Any, token: Any) -> None:
+    try:
+        anyio.from_thread.run_sync(send.close, token=token)
+    except RuntimeError:
+        pass  # the event loop is gone: nobody is listening
+
+
 class LocalEngine:
     """An in-process engine over one GGUF model.
 
@@ -463,10 +470,10 @@ class LocalEngine:
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
             post(exc)
         finally:
-            try:
-                anyio.from_thread.run_sync(send.close, token=token)
-            except RuntimeError:
-                pass  # the event loop is gone: nobody is listening
+            # Closed from a helper thread: this waits for the consumer's event loop, and a
+            # loop that stops without closing must not hold up the compute thread's next turn.
+            threading.Thread(target=_close_stream, args=(send, token), name="agentcore-stream-close",
+                             daemon=True).start()  # fmt: skip
 
     def _constraint(self, request: GenerationRequest) -> ToolCallConstraint | None:
         if not request.tools or request.tool_choice == "none":
