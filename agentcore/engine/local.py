@@ -164,6 +164,9 @@ class LocalEngine:
     returned decoded 1.5-3.2x faster (``python -m agentcore.bench lookup``). The CPU decoder
     checks drafts; the CUDA decoder does not yet (one graph replay a token), so there the
     option has no effect.
+    Every ``stream`` and ``checkpoint`` runs on the engine's one compute thread, in the order
+    they arrive. On CUDA a checkpoint's copy to the host is saved behind the turn; the next
+    turn waits for it only when that save holds KV the turn's own live cache lacks.
     Use it as a context manager (or call ``close()``) so saved checkpoints reach the disk.
     """
 
