@@ -6,8 +6,10 @@ figures are the engine's own ``Usage`` (TTFT, decode tok/s) and ``CheckpointInfo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import numpy as np
 
 from agentcore.engine.base import Completion, GenerationRequest, Sampling
@@ -52,3 +54,20 @@ def followed_by(request: GenerationRequest, done: Completion) -> GenerationReque
     """The request's messages plus the reply it got (what an agent checkpoints next)."""
     reply = AssistantMessage(content=done.text, token_ids=done.token_ids)
     return request.model_copy(update={"messages": [*request.messages, reply]})
+
+
+def agent_session(engine: Any, session_id: str, prompt_tokens: int, turns: int, *, new_tokens: int = 260,
+                  max_tokens: int = 16) -> Iterator[tuple[int, Completion, Any]]:  # fmt: skip
+    """An agent-like session through the public API: each turn streams a reply, then
+    checkpoints the conversation with that reply and a ~``new_tokens`` message added (a tool
+    result), which the next turn answers. Yields (turn, Completion, CheckpointInfo); the
+    Completion of turn t > 0 is the turn right after a checkpoint."""
+    req = prompt_request(engine, prompt_tokens, session_id, max_tokens)
+    for turn in range(turns):
+        done = anyio.run(complete, engine, req)
+        more = prompt_request(engine, new_tokens, session_id, max_tokens, seed=turn + 1).messages[0]
+        nxt = followed_by(req, done)
+        nxt = nxt.model_copy(update={"messages": [*nxt.messages, more], "max_tokens": max_tokens})
+        info = anyio.run(engine.checkpoint, nxt)
+        yield turn, done, info
+        req = nxt

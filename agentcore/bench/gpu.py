@@ -40,7 +40,7 @@ from typing import Any
 import anyio
 import numpy as np
 
-from agentcore.bench._public import complete, followed_by, prompt_request
+from agentcore.bench._public import agent_session, complete, followed_by, prompt_request
 from agentcore.engine.backends.cuda_graph import CudaDecoder, CudaMLADecoder
 from agentcore.engine.local import LocalEngine
 from agentcore.testing.synthetic import LLAMA3_8B, SMOLLM2_135M, write_synthetic_gguf
@@ -467,21 +467,13 @@ def bench_cache(run: Run, cp: Any, name: str, path: Path, quant: str, contexts: 
         eng.forget(sid)
         gc.collect()
     # An agent-like session: each turn adds ~280 tokens (a tool result and a reply).
-    sid = "agent"
-    req = prompt_request(eng, 2048, sid, 16)
-    for turn in range(turns):
-        done = anyio.run(complete, eng, req)
-        nxt = followed_by(req, done)
-        more = prompt_request(eng, 260, sid, 16, seed=turn + 1).messages[0]
-        nxt = nxt.model_copy(update={"messages": [*nxt.messages, more]})
-        info = anyio.run(eng.checkpoint, nxt)
+    for turn, done, info in agent_session(eng, "agent", 2048, turns):
         run.emit(figure="agent_checkpoint", turn=turn + 1, ctx=info.tokens, value=round(info.store_ms, 2),
                  unit="ms on the critical path (CheckpointInfo.store_ms)", bytes=info.bytes_written,
                  turn_prefill_ms=round(info.prefill_ms, 2),
                  store_over_turn_prefill=_ratio(info.store_ms, info.prefill_ms),
                  reused=done.usage.cached_tokens, prompt=done.usage.prompt_tokens,
                  ttft_ms=round(done.usage.ttft_s * 1000, 2), **base)  # fmt: skip
-        req = nxt.model_copy(update={"max_tokens": 16})
     eng.close()
     del eng
     gc.collect()

@@ -590,7 +590,7 @@ class LocalEngine:
                         dev.get(out=out, stream=stream)
                     host[start] = out
                 stream.synchronize()
-                spans.clear()
+                spans.clear()  # the device copies, freed before the store indexes the host ones
                 _, _, tail = self.store.save(session_id, ids, hashes, lambda start, n: host.pop(start, None),
                                              prev_tail, owned=True)  # fmt: skip
                 if self._behind_session is session:  # not retired and reused meanwhile

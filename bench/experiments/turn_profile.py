@@ -23,11 +23,10 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 
-import anyio
 import cupy as cp
 import numpy as np
 
-from agentcore.bench._public import complete, followed_by, prompt_request
+from agentcore.bench._public import agent_session
 from agentcore.engine.local import LocalEngine
 
 SPIN = cp.RawKernel(r"""
@@ -122,14 +121,7 @@ def thread_per_call(fn, *args):
 
 def agent_turns(eng, variant, base, ctx, turns=6):
     sid = f"agent-{variant}"
-    req = prompt_request(eng, ctx, sid, 16)
-    anyio.run(complete, eng, req)
-    for turn in range(turns):
-        done = anyio.run(complete, eng, req)
-        nxt = followed_by(req, done)
-        more = prompt_request(eng, 260, sid, 16, seed=turn + 1).messages[0]
-        nxt = nxt.model_copy(update={"messages": [*nxt.messages, more]})
-        info = anyio.run(eng.checkpoint, nxt)
+    for turn, done, info in agent_session(eng, sid, ctx, turns):
         u = done.usage
         print(json.dumps({"figure": "agent_turn", "variant": variant, "turn": turn, "prompt": u.prompt_tokens,
                           "cached": u.cached_tokens, "ttft_ms": round(u.ttft_s * 1000, 2),
@@ -138,7 +130,6 @@ def agent_turns(eng, variant, base, ctx, turns=6):
                           "next_checkpoint_new": info.tokens - u.prompt_tokens - u.completion_tokens,
                           "next_checkpoint_ms": round(info.ms, 2), "next_checkpoint_store_ms": round(info.store_ms, 2),
                           **base}), flush=True)
-        req = nxt.model_copy(update={"max_tokens": 16})
     eng.forget(sid)
 
 
