@@ -474,6 +474,47 @@ def test_kv_store_q8_0_matches_cpu_quantizer_bit_for_bit():
     assert np.array_equal(got[1], quantize_q8_0(v))
 
 
+@pytest.mark.parametrize("dtype", ["float16", "q8_0"])
+@pytest.mark.parametrize("neox", [False, True])
+@pytest.mark.parametrize(("pos0", "t"), [(0, 9), (300, 70), (63, 1)])
+def test_fused_prefill_rope_kv_equals_rope_then_store(dtype, neox, pos0, t):
+    # rope_kv_prefill (one kernel) against the unfused prefill ops (rope on q and k, then
+    # kv.store): the same q and the same pool bytes, bit for bit (the same rotate and fp16 /
+    # Q8_0 rounding). With qwen3's head norms: within fp32 rounding of rmsnorm + rope.
+    import cupy as cp
+
+    from agentcore.engine.backends.cuda import CudaKV
+
+    spec = _Spec(2, 2, 8, 128)
+    h, kvh, d = spec.n_heads, spec.n_kv_heads, spec.head_dim
+    ops = CudaOps()
+    rope = ops.prepare_rope(10000.0 ** (-np.arange(0, d, 2) / d), neox, 16)
+    rng = np.random.default_rng(21)
+    qkv = cp.asarray(rng.standard_normal((t, (h + 2 * kvh) * d)), dtype=cp.float32)
+    q, k, v = (qkv[:, : h * d].reshape(t, h, d), qkv[:, h * d : (h + kvh) * d].reshape(t, kvh, d),
+               qkv[:, (h + kvh) * d :].reshape(t, kvh, d))  # fmt: skip
+    ref_kv, got_kv = CudaKV(spec, 64, dtype=dtype), CudaKV(spec, 64, dtype=dtype)
+    want_q = ops.rope(q, pos0, rope)
+    ref_kv.store(1, pos0, ops.rope(k, pos0, rope), v)
+    got_q = ops.rope_kv(qkv, pos0, rope, got_kv, 1)
+    assert got_q.shape == (t, h, d) and got_kv.capacity >= pos0 + t
+    assert cp.array_equal(got_q, want_q)
+    ref_kv.length = got_kv.length = pos0 + t
+    assert np.array_equal(got_kv.read_span(pos0, t)[1], ref_kv.read_span(pos0, t)[1])
+    qn, kn = (cp.asarray(rng.uniform(0.5, 1.5, d), dtype=cp.float32) for _ in range(2))
+    want_q = ops.rope(ops.rmsnorm(q, qn, 1e-6), pos0, rope)
+    ref_kv.store(0, pos0, ops.rope(ops.rmsnorm(k, kn, 1e-6), pos0, rope), v)
+    got_q = ops.rope_kv(qkv, pos0, rope, got_kv, 0, q_norm=qn, k_norm=kn, eps=1e-6)
+    assert rel(got_q.get(), want_q.get()) < 1e-6
+    ref, got = ref_kv.read_span(pos0, t)[0], got_kv.read_span(pos0, t)[0]
+    if dtype == "float16":
+        assert rel(got.astype(np.float32), ref.astype(np.float32)) < 1e-3
+    else:  # Q8_0 bytes: a value next to a rounding boundary may land one step over
+        assert np.mean(got == ref) > 0.99
+    with pytest.raises(ValueError, match="columns"):
+        ops.rope_kv(qkv[:, :-d], pos0, rope, got_kv, 0)
+
+
 def _engines(path, n_layers=None, int8_activations=True):
     model = load_gguf(path)
     gpu = Transformer(model, CudaOps(int8_activations=int8_activations, int8_min_bytes=0), chunk=64)

@@ -680,6 +680,29 @@ class CudaOps(MLAOps):
         )  # fmt: skip
         return out
 
+    def rope_kv(self, qkv: Any, pos0: int, rope: CudaRope, kv: CudaKV, layer: int, *,
+                q_norm: Any = None, k_norm: Any = None, eps: float = 0.0) -> Any:  # fmt: skip
+        """A prefill chunk's fused projection tail, one kernel (``rope_kv_prefill``): qkv (T,
+        (H + 2 KVH) D) -> q rotated (T, H, D); K rotated and V written into ``kv`` at
+        positions [pos0, pos0 + T) (fp16 or Q8_0); q and k head-normed first when the model
+        has ``q_norm``/``k_norm`` (qwen3). The decode step's arithmetic (``rope_kv_decode``),
+        where the unfused path took two RoPE kernels, a KV store and three copies."""
+        cp, s = self.cp, kv.spec
+        qkv = cp.ascontiguousarray(qkv, dtype=cp.float32)
+        t, h, kvh, d = qkv.shape[0], s.n_heads, s.n_kv_heads, s.head_dim
+        if qkv.shape[1] != (h + 2 * kvh) * d:
+            raise ValueError(f"qkv has {qkv.shape[1]} columns, not {(h + 2 * kvh) * d}")
+        kv.grow(pos0 + t)
+        rope.ensure(pos0 + t)
+        q = cp.empty((t, h, d), cp.float32)
+        _kernel("rope_kv_prefill_q8" if kv.q8 else "rope_kv_prefill")(
+            (h + 2 * kvh, t), (128,),
+            (qkv, q, kv.pool, kv.table, _I32(layer), _I32(s.n_layers), _I32(kv.block_size), _I32(h),
+             _I32(kvh), _I32(d), rope.cos, rope.sin, _I32(pos0), _I32(rope.neox), _as_ptr(q_norm),
+             _as_ptr(k_norm), _F32(eps)),
+        )  # fmt: skip
+        return q
+
     def attention(self, q: Any, kv: CudaKV, layer: int, pos0: int) -> Any:
         cp = self.cp
         q = cp.ascontiguousarray(q, dtype=cp.float32)
@@ -859,6 +882,9 @@ def _as_ptr(a: Any) -> np.uint64:
     return _U64(a.data.ptr)
 
 
+_ONE_F32, _ZERO_F32 = np.ones(1, np.float32), np.zeros(1, np.float32)  # cuBLAS alpha, beta (host)
+
+
 def _gemm(a: Any, b: Any, c: Any, *, m: int, n: int, k: int, batch: int = 1,
           transa: bool = True) -> None:  # fmt: skip
     """Row-major C (batch, n, m) fp32 = B (batch, n, k) @ op(A) with fp16 A, B, fp32 accumulate.
@@ -871,7 +897,7 @@ def _gemm(a: Any, b: Any, c: Any, *, m: int, n: int, k: int, batch: int = 1,
     handle = cp.cuda.device.get_cublas_handle()
     # The handle is shared: run on the caller's stream (a decoder's non-blocking one).
     cublas.setStream(handle, cp.cuda.get_current_stream().ptr)
-    one, zero = np.ones(1, np.float32), np.zeros(1, np.float32)
+    one, zero = _ONE_F32, _ZERO_F32
     r16, r32, compute32 = 2, 0, 68  # CUDA_R_16F, CUDA_R_32F, CUBLAS_COMPUTE_32F
     op_a = 1 if transa else 0
     lda = k if transa else m

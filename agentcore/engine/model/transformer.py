@@ -212,8 +212,15 @@ class Transformer(ChunkedForward):
         t, hd, eps = len(ids), s.head_dim, s.rms_eps
         nq, nkv = s.n_heads * hd, s.n_kv_heads * hd
         x = ops.embed(self.embedding, ids)
+        fused = getattr(ops, "rope_kv", None)  # CUDA: RoPE, head norms and the KV store in one kernel
         for layer, b in enumerate(self.layers):
             qkv = ops.matmul(ops.rmsnorm(x, b.attn_norm, eps), b.qkv)
+            if fused is not None:
+                q = fused(qkv, pos0, self.rope, kv, layer, q_norm=b.q_norm, k_norm=b.k_norm, eps=eps)
+                x = ops.add(x, ops.matmul(ops.attention(q, kv, layer, pos0), b.out))
+                h = ops.matmul(ops.rmsnorm(x, b.ffn_norm, eps), b.gate_up)
+                x = ops.add(x, ops.matmul(ops.swiglu(h), b.down))
+                continue
             q = qkv[:, :nq].reshape(t, s.n_heads, hd)
             k = qkv[:, nq : nq + nkv].reshape(t, s.n_kv_heads, hd)
             v = qkv[:, nq + nkv :].reshape(t, s.n_kv_heads, hd)

@@ -106,19 +106,19 @@ extern "C" __global__ void kv_store_q8(const float* __restrict__ k, const float*
     q8_store_warp(v[i], pool + kv_index(table, pos, layer, 1, h, L, BS, KVH, RW) + blk);
 }
 
-// Decode step, fused: qkv (H + 2 KVH heads of D) -> q rotated (optionally head-normed first,
-// qwen3) into q_out; k rotated and v stored into the pool at *pos_dev (fp16, or quantized to
-// Q8_0 one warp per 32 values when Q8). Block per head, 128 threads.
+// Fused RoPE + KV store for one token: qkv (its H + 2 KVH heads of D) -> q rotated
+// (optionally head-normed first, qwen3) into q_out; k rotated and v stored into the pool at
+// pos (fp16, or quantized to Q8_0 one warp per 32 values when Q8). Block per head (blockIdx.x),
+// 128 threads. The decode step runs it at *pos_dev; a prefill chunk at pos0 + blockIdx.y.
 template <bool Q8>
-__device__ __forceinline__ void rope_kv_body(const float* __restrict__ qkv, float* __restrict__ q_out,
-                                             void* pool, const int* table, int layer, int L,
-                                             int BS, int H, int KVH, int D, const float* cos_t,
-                                             const float* sin_t, const int* pos_dev, int neox,
-                                             const float* q_norm, const float* k_norm, float eps) {
+__device__ __forceinline__ void rope_kv_row(const float* __restrict__ qkv, float* __restrict__ q_out,
+                                            void* pool, const int* table, int layer, int L,
+                                            int BS, int H, int KVH, int D, const float* cos_t,
+                                            const float* sin_t, int pos, int neox,
+                                            const float* q_norm, const float* k_norm, float eps) {
     __shared__ float buf[2][512];
     __shared__ float red[32];
-    PDL_WAIT();
-    int hb = blockIdx.x, pos = *pos_dev;
+    int hb = blockIdx.x;
     const float* src = qkv + (long long)hb * D;
     const float* nw = hb < H ? q_norm : (hb < H + KVH ? k_norm : nullptr);
     float s = 1.f;
@@ -146,6 +146,38 @@ __device__ __forceinline__ void rope_kv_body(const float* __restrict__ qkv, floa
         for (int i = threadIdx.x; i < D; i += blockDim.x) dst[i] = __float2half(row[i]);
     }
 }
+
+template <bool Q8>
+__device__ __forceinline__ void rope_kv_body(const float* __restrict__ qkv, float* __restrict__ q_out,
+                                             void* pool, const int* table, int layer, int L,
+                                             int BS, int H, int KVH, int D, const float* cos_t,
+                                             const float* sin_t, const int* pos_dev, int neox,
+                                             const float* q_norm, const float* k_norm, float eps) {
+    PDL_WAIT();
+    rope_kv_row<Q8>(qkv, q_out, pool, table, layer, L, BS, H, KVH, D, cos_t, sin_t, *pos_dev, neox, q_norm, k_norm,
+                    eps);
+}
+
+// Prefill: T rows of qkv ((T, H + 2 KVH, D), contiguous) at positions pos0 + t: q rotated to
+// q_out (T, H, D), K and V into the pool; grid (H + 2 KVH, T). The same arithmetic as the
+// decode step, so a prompt's KV is the KV its tokens decoded one by one would write.
+template <bool Q8>
+__device__ __forceinline__ void rope_kv_rows(const float* __restrict__ qkv, float* __restrict__ q_out,
+                                             void* pool, const int* table, int layer, int L, int BS,
+                                             int H, int KVH, int D, const float* cos_t,
+                                             const float* sin_t, int pos0, int neox,
+                                             const float* q_norm, const float* k_norm, float eps) {
+    const long long t = blockIdx.y;
+    rope_kv_row<Q8>(qkv + t * (H + 2 * KVH) * D, q_out + t * H * D, pool, table, layer, L, BS, H, KVH, D, cos_t,
+                    sin_t, pos0 + (int)t, neox, q_norm, k_norm, eps);
+}
+#define ROPE_KV_ROWS_ARGS const float* __restrict__ qkv, float* __restrict__ q_out, void* pool,   \
+    const int* table, int layer, int L, int BS, int H, int KVH, int D, const float* cos_t,         \
+    const float* sin_t, int pos0, int neox, const float* q_norm, const float* k_norm, float eps
+#define ROPE_KV_ROWS_PASS qkv, q_out, pool, table, layer, L, BS, H, KVH, D, cos_t, sin_t, pos0,   \
+    neox, q_norm, k_norm, eps
+extern "C" __global__ void rope_kv_prefill(ROPE_KV_ROWS_ARGS) { rope_kv_rows<false>(ROPE_KV_ROWS_PASS); }
+extern "C" __global__ void rope_kv_prefill_q8(ROPE_KV_ROWS_ARGS) { rope_kv_rows<true>(ROPE_KV_ROWS_PASS); }
 
 #define ROPE_KV_ARGS const float* __restrict__ qkv, float* __restrict__ q_out, void* pool,        \
     const int* table, int layer, int L, int BS, int H, int KVH, int D, const float* cos_t,         \
