@@ -362,7 +362,7 @@ def test_attention_on_any_paged_block_size(block_size, q8, kind, pos0, t):
     assert rel(out, ref) < (2e-4 if t == 1 and kind == "attn_split" and not q8 else 5e-3)
 
 
-@pytest.mark.parametrize(("hd", "heads", "kvh"), [(64, 9, 3), (128, 32, 8), (128, 16, 2), (256, 8, 1), (64, 8, 1)])
+@pytest.mark.parametrize(("hd", "heads", "kvh"), [(64, 9, 3), (128, 32, 8), (128, 16, 2), (128, 12, 3), (256, 8, 1), (64, 8, 1)])
 @pytest.mark.parametrize(("pos0", "t"), [(0, 1), (37, 1), (3000, 1), (0, 70), (100, 33), (20000, 1), (2000, 150)])
 @pytest.mark.parametrize("kind", list(ATTN_KINDS))
 def test_attention_matches_numpy_on_q8_0_kv(hd, heads, kvh, pos0, t, kind):

@@ -961,11 +961,107 @@ struct Tq8Shape {
     static constexpr int STAGE = TP * PITCH;
     static constexpr int LDS = SMAX + 4, LDP = 2 * LDS, LDQ = D + 8;
     static constexpr int KG = 8 / NB;  // pass 2: warps sharing a block's dims (k-groups)
+    static constexpr int NCH = PITCH / 16;  // 16-byte chunks a row's copy takes (tq8_issue)
+    // A row starts at a multiple of the largest power of two dividing RW (4, 8, 16 bytes at
+    // head_dim 64, 128, 256; the pool is 256-byte aligned), so at most MAXOFF past a 16-byte
+    // boundary.
+    static constexpr int MAXOFF = (RW & -RW) >= 16 ? 0 : 16 - (RW & -RW);
+    static_assert(PITCH % 16 == 0 && PITCH >= RW + MAXOFF, "a row at any offset it can have fits its slot");
     static constexpr int BYTES = NST * STAGE + 8 * LDS * 4 + 8 * LDQ * 2;
 };
 
+// cp.async of the first n (0..16) bytes of a 16-byte chunk; the rest of the 16 shared bytes
+// are zero-filled, and nothing past src + n is read.
+__device__ __forceinline__ void cp_async16n(void* dst, const void* src, int n) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(n) : "memory");
+}
+
+// attn_tq8's tile copy: positions [base, base + TP) of plane kv into a stage. A tile in one
+// paged block (BS a multiple of TP, the default) is copied by 16-byte cp.async chunks, each
+// row from the 16-byte boundary at or below its start: q8_0 rows are 136 bytes at head_dim
+// 128 and 68 at 64, only 8- or 4-byte aligned, and tc_issue's copy takes 17 chunks of 8 or 4
+// bytes a row, 9 or 5 here. Row p of the tile then starts tq8_off(p) bytes into its slot;
+// the bytes before it are the end of the row before it in the pool (the pool is 256-byte
+// aligned, so there is one), and the last chunk reads only up to the row's end (cp.async's
+// src-size), so nothing past the pool is read. Other block sizes take tc_issue's copy (rows
+// at offset 0). The newest row (fresh) is queued only when late (then through L2, see
+// tc_issue); positions past end are zeros.
 template <int D>
-__global__ void __launch_bounds__(256) attn_tq8(
+__device__ __noinline__ void tq8_issue(unsigned char* stage, const unsigned char* pool, const int* table, int kv,
+                                       int base, int end, int layer, int L, int BS, int KVH, int h, int fresh,
+                                       bool late) {
+    using T = Tq8Shape<D>;
+    if (BS % T::TP) {
+        tc_issue<D, 1, T::PITCH>(stage, pool, table, kv, base, end, layer, L, BS, KVH, h, fresh, late);
+        return;
+    }
+    constexpr int N = T::TP * T::NCH;
+    const unsigned char* row0 = pool + kv_index(table, base, layer, kv, h, L, BS, KVH, T::RW);
+    const long long pitch = (long long)KVH * T::RW;
+#pragma unroll
+    for (int i = 0; i < (N + 255) / 256; i++) {
+        const int c = threadIdx.x + 256 * i;
+        if (N % 256 == 0 || c < N) {
+            const int p = c / T::NCH, k = c % T::NCH;
+            const unsigned char* row = row0 + p * pitch;
+            const int off = (int)((unsigned long long)row & 15);
+            const unsigned char* src = row - off + 16 * k;
+            const int nb = base + p < end ? max(0, min(16, off + T::RW - 16 * k)) : 0;
+            unsigned char* dst = stage + p * T::PITCH + 16 * k;
+            if (base + p == fresh) {
+                if (late)
+                    for (int w = 0; w < nb / 4; w++) ((unsigned*)dst)[w] = __ldcg((const unsigned*)src + w);
+            } else {
+                cp_async16n(dst, nb ? src : pool, nb);
+            }
+        }
+    }
+}
+// Where row p of a tile starts in its slot (tq8_issue): the pool offset of the row mod 16,
+// ((h + p KVH) RW) mod 16, as a tile starts at a multiple of TP positions of a block whose
+// planes are multiples of 16 bytes. p and p + 8 share it (8 RW is a multiple of 16).
+template <int D>
+__device__ __forceinline__ int tq8_off(int p, int BS, int KVH, int h) {
+    return BS % ATTN_TP ? 0 : ((h + p * KVH) * Tq8Shape<D>::RW) & 15;
+}
+
+// The first NST - 1 tiles of a split for attn_tq8 (tc_prologue's schedule, tq8_issue's copy)
+// and, after PDL_WAIT, the newest row (tc_fresh_rows).
+template <int D>
+__device__ __forceinline__ void tq8_prologue(unsigned char* stages, const unsigned char* pool,
+                                             const int* table, int start, int end, int ntiles, bool v_early,
+                                             int fresh, bool late, int layer, int L, int BS, int KVH, int h) {
+    using T = Tq8Shape<D>;
+#pragma unroll
+    for (int i = 0; i < T::NST - 1; i++) {
+        if (i < ntiles) {
+            tq8_issue<D>(stages + i * T::STAGE, pool, table, 0, start + i * T::TP, end, layer, L, BS, KVH, h, fresh,
+                         late);
+            if (v_early)
+                tq8_issue<D>(stages + (ntiles + i) * T::STAGE, pool, table, 1, start + i * T::TP, end, layer, L, BS,
+                             KVH, h, fresh, late);
+        }
+        cp_commit();
+    }
+}
+template <int D>
+__device__ __noinline__ void tq8_fresh_rows(unsigned char* stages, const unsigned char* pool, const int* table,
+                                            int start, int end, int ntiles, bool v_early, int fresh, int layer,
+                                            int L, int BS, int KVH, int h) {
+    using T = Tq8Shape<D>;
+    const int t = (fresh - start) / T::TP;
+    if (fresh < start || fresh >= end || t >= T::NST - 1) return;  // not queued by tq8_prologue
+#pragma unroll 1
+    for (int kv = 0; kv < (v_early ? 2 : 1); kv++) {
+        const unsigned* src = (const unsigned*)(pool + kv_index(table, fresh, layer, kv, h, L, BS, KVH, T::RW));
+        const int p = fresh - start - t * T::TP;
+        unsigned* dst = (unsigned*)(stages + (kv ? ntiles + t : t) * T::STAGE + p * T::PITCH + tq8_off<D>(p, BS, KVH, h));
+        for (int w = threadIdx.x; w < T::RW / 4; w += 256) dst[w] = __ldcg(src + w);
+    }
+}
+
+template <int D>
+__global__ void __launch_bounds__(256, D <= 128 ? 4 : 1) attn_tq8(  // 4 blocks an SM: <= 64 registers
     const float* __restrict__ q, const void* __restrict__ pool_, const int* __restrict__ table,
     int layer, int L, int BS, int KVH, int G, int n_host, const int* pos_dev, float scale,
     float* __restrict__ part_o, float* __restrict__ part_ml, int nsplit, float* __restrict__ out,
@@ -992,11 +1088,10 @@ __global__ void __launch_bounds__(256) attn_tq8(
     if (split >= used) return;
     const int cnt = end - start, padded = (cnt + TP - 1) / TP * TP, ntiles = padded / TP;
     const bool v_early = 2 * ntiles <= NST;
-    tc_prologue<D, 1, PITCH, NST>(stages, pool, table, start, end, ntiles, v_early, n - 1, !early, layer, L, BS, KVH,
-                                  h);
+    tq8_prologue<D>(stages, pool, table, start, end, ntiles, v_early, n - 1, !early, layer, L, BS, KVH, h);
     if (early) {
         PDL_WAIT();
-        tc_fresh_rows<D, 1, PITCH, NST>(stages, pool, table, start, end, ntiles, v_early, n - 1, layer, L, BS, KVH, h);
+        tq8_fresh_rows<D>(stages, pool, table, start, end, ntiles, v_early, n - 1, layer, L, BS, KVH, h);
     }
     for (int i = threadIdx.x; i < 8 * D; i += 256) {
         const int j = i / D, d = i % D;
@@ -1018,16 +1113,17 @@ __global__ void __launch_bounds__(256) attn_tq8(
             }
 
     // Pass 1: scores. Warp w < TP / 16 takes positions [16 w, 16 w + 16) of each tile.
+    const int off1 = tq8_off<D>(warp * 16 + g, BS, KVH, h);  // rows g and g + 8 of the warp's 16
 #pragma unroll 1
     for (int i = 0; i < ntiles; i++) {
         cp_wait<NST - 2>();
         __syncthreads();  // tile i has landed for every thread; tile i - 1's stage is free
         if (i + NST - 1 < ntiles)
-            tc_issue<D, 1, T::PITCH>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 0,
-                                     start + (i + NST - 1) * TP, end, layer, L, BS, KVH, h, n - 1, true);
+            tq8_issue<D>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 0, start + (i + NST - 1) * TP, end,
+                         layer, L, BS, KVH, h, n - 1, true);
         cp_commit();
         if (warp < TP / 16) {
-            const unsigned char* r0 = stages + (i % NST) * T::STAGE + (warp * 16 + g) * PITCH;
+            const unsigned char* r0 = stages + (i % NST) * T::STAGE + (warp * 16 + g) * PITCH + off1;
             const unsigned char* r1 = r0 + 8 * PITCH;
             float sc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
@@ -1060,14 +1156,14 @@ __global__ void __launch_bounds__(256) attn_tq8(
 #pragma unroll
     for (int i = 0; i < NST - 1; i++) {
         if (i < ntiles && !v_early)
-            tc_issue<D, 1, T::PITCH>(stages + i * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS, KVH, h,
-                                     n - 1, true);
+            tq8_issue<D>(stages + i * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS, KVH, h, n - 1, true);
         cp_commit();
     }
     tc_softmax<LDS, LDP>(S, P, stat, G, cnt, padded);
     // Pass 2. o[m][*]: m-tile m of block b: row g is dimension tq8_dim(b, g, 2m), row g + 8
     // tq8_dim(b, g, 2m + 1); columns 2t, 2t + 1 are heads.
     const int b = warp % NB, kg = warp / NB;
+    const int off2a = tq8_off<D>(2 * t4, BS, KVH, h), off2b = tq8_off<D>(2 * t4 + 1, BS, KVH, h);
     float o[2][4];
 #pragma unroll
     for (int m = 0; m < 2; m++) o[m][0] = o[m][1] = o[m][2] = o[m][3] = 0.f;
@@ -1076,18 +1172,21 @@ __global__ void __launch_bounds__(256) attn_tq8(
         cp_wait<NST - 2>();
         __syncthreads();  // tile i landed; tile i - 1's products (or the softmax) are done
         if (i + NST - 1 < ntiles)
-            tc_issue<D, 1, T::PITCH>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 1,
-                                     start + (i + NST - 1) * TP, end, layer, L, BS, KVH, h, n - 1, true);
+            tq8_issue<D>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 1, start + (i + NST - 1) * TP, end,
+                         layer, L, BS, KVH, h, n - 1, true);
         cp_commit();
-        const unsigned char* tile = stages + (v_early ? ntiles + i : i % NST) * T::STAGE;
+        const int st = v_early ? ntiles + i : i % NST;
+        const unsigned char* tile = stages + st * T::STAGE;
+
 #pragma unroll
         for (int k = kg; k < TP / 16; k += KG) {
-            const unsigned char* r = tile + (16 * k + 2 * t4) * PITCH;  // positions 2t, 2t+1, 2t+8, 2t+9
+            const int r = 16 * k + 2 * t4;  // positions 2t, 2t+1, 2t+8, 2t+9 of the k-step
             unsigned w[4];
             __half dv[4];
 #pragma unroll
             for (int x = 0; x < 4; x++) {
-                const unsigned char* rx = r + ((x & 1) + 8 * (x >> 1)) * PITCH;
+                const int px = r + (x & 1) + 8 * (x >> 1);
+                const unsigned char* rx = tile + px * PITCH + ((x & 1) ? off2b : off2a);
                 w[x] = tq8_word(rx, b, g) ^ 0x80808080u;
                 dv[x] = *(const __half*)(rx + b * Q8B);
             }
