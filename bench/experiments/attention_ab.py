@@ -77,8 +77,8 @@ for model, layers, kvh, heads, hd in SHAPES:
                 if dtype == "q8_0" and has_tq8:
                     kinds.append(("tq8", {"tc_attention": True, "q8_in_place": True}))
                 for kname, kw in kinds:
-                    if v == "old":
-                        kw = {"tc_attention": True}
+                    # (it once replaced an old variant's kw by {"tc_attention": True}: both of
+                    # its q8_0 rows then ran attn_tq8, 2026-12-07-h100-NOTES-448b6fc.md)
                     ops = cu.CudaOps(**kw)
                     ops.q8_in_place = kw.get("q8_in_place", False)
                     nsplit = ops.decode_splits(spec, min(covers, kv.capacity))
