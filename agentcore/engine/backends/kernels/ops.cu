@@ -1025,8 +1025,8 @@ __device__ __forceinline__ int tq8_off(int p, int BS, int KVH, int h) {
     return BS % ATTN_TP ? 0 : ((h + p * KVH) * Tq8Shape<D>::RW) & 15;
 }
 
-// The first NST - 1 tiles of a split for attn_tq8 (tc_prologue's schedule, tq8_issue's copy)
-// and, after PDL_WAIT, the newest row (tc_fresh_rows).
+// attn_tq8's first NST - 1 tiles of a split: tc_prologue's schedule with tq8_issue's copy,
+// tq8_fresh_rows the newest row after PDL_WAIT.
 template <int D>
 __device__ __forceinline__ void tq8_prologue(unsigned char* stages, const unsigned char* pool,
                                              const int* table, int start, int end, int ntiles, bool v_early,
