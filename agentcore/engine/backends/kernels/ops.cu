@@ -1019,7 +1019,9 @@ __device__ __noinline__ void tq8_issue(unsigned char* stage, const unsigned char
 }
 // Where row p of a tile starts in its slot (tq8_issue): the pool offset of the row mod 16,
 // ((h + p KVH) RW) mod 16, as a tile starts at a multiple of TP positions of a block whose
-// planes are multiples of 16 bytes. p and p + 8 share it (8 RW is a multiple of 16).
+// planes are multiples of 16 bytes. p and p + 8 share it (8 RW is a multiple of 16). With
+// KVH RW not a multiple of 16 (an odd number of KV heads, or head_dim 64) rows' offsets differ
+// and some of the loads that Tq8Shape's PITCH keeps in distinct banks take two wavefronts.
 template <int D>
 __device__ __forceinline__ int tq8_off(int p, int BS, int KVH, int h) {
     return BS % ATTN_TP ? 0 : ((h + p * KVH) * Tq8Shape<D>::RW) & 15;
