@@ -208,27 +208,31 @@ class Transformer(ChunkedForward):
         )
 
     def _hidden(self, ids: Sequence[int], pos0: int, kv: LiveKV) -> Array:
-        ops, s = self.ops, self.spec
-        t, hd, eps = len(ids), s.head_dim, s.rms_eps
-        nq, nkv = s.n_heads * hd, s.n_kv_heads * hd
+        ops, eps = self.ops, self.spec.rms_eps
         x = ops.embed(self.embedding, ids)
-        fused = getattr(ops, "rope_kv", None)  # CUDA: RoPE, head norms and the KV store in one kernel
+        # CUDA runs RoPE, the head norms and the KV store in one kernel (CudaOps.rope_kv).
+        rope_kv = getattr(ops, "rope_kv", None) or self._rope_kv
         for layer, b in enumerate(self.layers):
             qkv = ops.matmul(ops.rmsnorm(x, b.attn_norm, eps), b.qkv)
-            if fused is not None:
-                q = fused(qkv, pos0, self.rope, kv, layer, q_norm=b.q_norm, k_norm=b.k_norm, eps=eps)
-                x = ops.add(x, ops.matmul(ops.attention(q, kv, layer, pos0), b.out))
-                h = ops.matmul(ops.rmsnorm(x, b.ffn_norm, eps), b.gate_up)
-                x = ops.add(x, ops.matmul(ops.swiglu(h), b.down))
-                continue
-            q = qkv[:, :nq].reshape(t, s.n_heads, hd)
-            k = qkv[:, nq : nq + nkv].reshape(t, s.n_kv_heads, hd)
-            v = qkv[:, nq + nkv :].reshape(t, s.n_kv_heads, hd)
-            if s.qk_norm:
-                q, k = ops.rmsnorm(q, b.q_norm, eps), ops.rmsnorm(k, b.k_norm, eps)
-            q, k = ops.rope(q, pos0, self.rope), ops.rope(k, pos0, self.rope)
-            kv.store(layer, pos0, k, v)
+            q = rope_kv(qkv, pos0, self.rope, kv, layer, q_norm=b.q_norm, k_norm=b.k_norm, eps=eps)
             x = ops.add(x, ops.matmul(ops.attention(q, kv, layer, pos0), b.out))
             h = ops.matmul(ops.rmsnorm(x, b.ffn_norm, eps), b.gate_up)
             x = ops.add(x, ops.matmul(ops.swiglu(h), b.down))
         return x
+
+    def _rope_kv(self, qkv: Array, pos0: int, rope: Any, kv: LiveKV, layer: int, *, q_norm: Any = None,
+                 k_norm: Any = None, eps: float = 0.0) -> Array:  # fmt: skip
+        """The projection tail from ops' parts: qkv (T, (H + 2 KVH) D) -> q rotated (T, H, D),
+        K rotated and V stored in ``kv`` at [pos0, pos0 + T); q and k head-normed first when the
+        model has q_norm/k_norm (qwen3)."""
+        ops, s = self.ops, self.spec
+        t, hd = qkv.shape[0], s.head_dim
+        nq, nkv = s.n_heads * hd, s.n_kv_heads * hd
+        q = qkv[:, :nq].reshape(t, s.n_heads, hd)
+        k = qkv[:, nq : nq + nkv].reshape(t, s.n_kv_heads, hd)
+        v = qkv[:, nq + nkv :].reshape(t, s.n_kv_heads, hd)
+        if s.qk_norm:
+            q, k = ops.rmsnorm(q, q_norm, eps), ops.rmsnorm(k, k_norm, eps)
+        q, k = ops.rope(q, pos0, rope), ops.rope(k, pos0, rope)
+        kv.store(layer, pos0, k, v)
+        return q
