@@ -166,22 +166,78 @@ async def test_cuda_next_turn_does_not_wait_for_its_own_checkpoint_save(model_pa
     assert again.token_ids == want.token_ids
 
 
-@pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_cuda_other_session_waits_for_a_save_that_holds_its_prefix(model_path, tmp_path, anyio_backend):
-    # A second session with the same prompt has no live KV: the save in flight holds what it
-    # needs, so it waits for the save and restores from RAM instead of prefilling.
+def _gate_copy(eng):
+    """Hold the background save before its copy to the host (its KV is then only the device
+    snapshot) until the returned event is set (or 60 s pass)."""
     import threading
 
-    eng = LocalEngine.from_gguf(model_path, device="cuda", kv_dir=tmp_path, block_size=64)
-    gate, waited = _gate_saves(eng)
-    info = await eng.checkpoint(request(4))
-    threading.Timer(0.5, gate.set).start()
+    gate, real, waited = threading.Event(), eng._copy_behind, []
+
+    def copy(*a, **k):
+        waited.append(gate.wait(60))
+        return real(*a, **k)
+
+    eng._copy_behind = copy
+    return gate, waited
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("held", ["device copy", "host copy"])
+async def test_cuda_other_session_restores_from_the_save_in_flight_without_waiting(model_path, tmp_path,
+                                                                                   anyio_backend, held):  # fmt: skip
+    # A second session with the same prompt has no live KV and the store lacks it (the save
+    # is held, before or after its copy to the host): it reads the save's own copy at once,
+    # and answers with the tokens of a restore from RAM.
     other = request(4).model_copy(update={"session_id": "h"})
+    ref = LocalEngine.from_gguf(model_path, device="cuda", block_size=64)
+    await ref.checkpoint(request(4))
+    ref.flush()
+    want = await generate(ref, other)
+    assert want.usage.cache_source == "ram"
+    eng = LocalEngine.from_gguf(model_path, device="cuda", kv_dir=tmp_path, block_size=64)
+    gate, waited = (_gate_copy if held == "device copy" else _gate_saves)(eng)
+    info = await eng.checkpoint(request(4))
     got = await generate(eng, other)
-    assert waited == [True]
-    assert got.usage.cache_source == "ram" and got.usage.cached_tokens >= info.tokens - 64
+    assert not gate.is_set() and not eng._behind_last.done()  # still held: the turn did not wait
+    assert got.usage.cache_source == "snapshot" and got.usage.cached_tokens == info.tokens
+    assert got.usage.cached_tokens == want.usage.cached_tokens
+    assert got.token_ids == want.token_ids
+    assert np.array_equal(eng.sessions["h"].kv.read_span(0, info.tokens), ref.sessions["h"].kv.read_span(0, info.tokens))
+    gate.set()
     eng.close()
+    assert waited == [True]  # released by the test, not by the timeout
+    fresh = LocalEngine.from_gguf(model_path, device="cuda", kv_dir=tmp_path, block_size=64)
+    again = await generate(fresh, other)  # the held save landed whole
+    assert again.usage.cache_source == "disk" and again.token_ids == want.token_ids
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_cuda_restore_joins_the_store_and_the_save_in_flight(model_path, tmp_path, anyio_backend):
+    # The store holds the first checkpoint's blocks (and its partial last block); the second
+    # checkpoint's new positions are only in the held save. Another session takes the first
+    # from RAM and goes on, mid-block, from the save's snapshot.
+    other = request(6).model_copy(update={"session_id": "h"})
+    ref = LocalEngine.from_gguf(model_path, device="cuda", block_size=64)
+    await ref.checkpoint(request(3))  # the same two prefills, so the same KV bytes
+    await ref.checkpoint(request(6))
+    ref.flush()
+    want = await generate(ref, other)
+    eng = LocalEngine.from_gguf(model_path, device="cuda", kv_dir=tmp_path, block_size=64)
+    first = await eng.checkpoint(request(3))
+    eng.flush()
+    gate, waited = _gate_copy(eng)
+    info = await eng.checkpoint(request(6))
+    assert first.tokens % 64 and info.tokens - first.tokens > 64  # a partial block, then a whole one
+    got = await generate(eng, other)
+    assert not gate.is_set()
+    assert got.usage.cache_source == "ram" and got.usage.cached_tokens == info.tokens
+    assert got.token_ids == want.token_ids
+    assert np.array_equal(eng.sessions["h"].kv.read_span(0, info.tokens), ref.sessions["h"].kv.read_span(0, info.tokens))
+    gate.set()
+    eng.close()
+    assert waited == [True]
 
 
 @pytest.mark.anyio

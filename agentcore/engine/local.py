@@ -244,6 +244,10 @@ class LocalEngine:
         self._behind_ids: list[int] = []  # the prompt whose save is in flight (if not done)
         self._behind_session: Session | None = None
         self._behind_stream: Any = None
+        # The save in flight's KV by start position: its device snapshot, then its host copy
+        # until the store has indexed it. Another session restores from it without waiting.
+        self._behind_pending: dict[int, Any] = {}
+        self._behind_lock = threading.Lock()
         self._spare: list[Session] = []
         self._logits_checked = False
 
@@ -257,6 +261,12 @@ class LocalEngine:
         self._settle_behind()
         self.store.close()
         self._worker.close()
+
+    def flush(self) -> None:
+        """Wait until every checkpoint so far is in the store and written to ``kv_dir``
+        (on CUDA a checkpoint's copy to the host runs behind the turn), without closing."""
+        self._settle_behind()
+        self.store.flush()
 
     def __enter__(self) -> Self:
         return self
@@ -338,22 +348,45 @@ class LocalEngine:
 
     def _restore(self, session: Session, ids: list[int], hashes: list[str], keep: int,
                  limit: int) -> tuple[int, str, float]:  # fmt: skip
-        """Extend the live prefix ``keep`` from the store, up to ``limit`` tokens."""
+        """Extend the live prefix ``keep`` from the store, up to ``limit`` tokens; past the
+        store, from the checkpoint still being saved behind (CUDA), if it holds these tokens."""
+        pending: dict[int, Any] = {}
+        cover = 0
         if self._behind_may_hold(ids[:limit], keep):
-            self._settle_behind()  # a checkpoint still being saved behind holds blocks we want
+            with self._behind_lock:  # the save in flight holds blocks we want
+                pending, cover = dict(self._behind_pending), common_prefix(self._behind_ids, ids[:limit])
+            if not pending:  # its host copies are being indexed: the store has them in a moment
+                self._settle_behind()
         kv = session.kv
+        hashes = hashes[: limit // self.layout.block_size]
         if hasattr(kv, "data"):  # a dense host KV: the store reads straight into it
             kv.grow(limit)
-            got = self.store.restore(ids[:limit], hashes[: limit // self.layout.block_size],
-                                     into=kv.data, live=keep)  # fmt: skip
+            got = self.store.restore(ids[:limit], hashes, into=kv.data, live=keep)
         else:
-            got = self.store.restore(ids[:limit], hashes[: limit // self.layout.block_size],
-                                     lambda start, block: write_span(kv, start, block), live=keep)  # fmt: skip
-        if got.tokens > keep:
-            session.restored(ids[: got.tokens])
-            return got.tokens, got.source, got.ms
-        session.restored(ids[:keep])  # the store may have written past the live prefix
-        return keep, "live" if keep else "none", 0.0
+            got = self.store.restore(ids[:limit], hashes, lambda start, block: write_span(kv, start, block), live=keep)
+        pos, ms = max(keep, got.tokens), got.ms
+        source = got.source if got.tokens > keep else ("live" if keep else "none")
+        if pending:
+            t0 = time.perf_counter()
+            extended = pos
+            while pos < cover:  # the snapshot's spans are contiguous from where the store stopped
+                span = next(((s, a) for s, a in pending.items() if s <= pos < s + a.shape[2]), None)
+                if span is None:
+                    break
+                start, block = span
+                end = min(start + block.shape[2], cover)
+                write_span(kv, pos, block[:, :, pos - start : end - start])
+                pos = end
+            if pos > extended:
+                source = source if source in ("ram", "disk") else "snapshot"
+                if pos < limit:  # the store may go on past the snapshot (blocks saved before)
+                    more = self.store.restore(ids[:limit], hashes, lambda start, block: write_span(kv, start, block),
+                                              live=pos, record=False)  # fmt: skip
+                    if more.tokens > pos:
+                        pos, source = more.tokens, more.source
+                ms += (time.perf_counter() - t0) * 1000
+        session.restored(ids[:pos])  # the store may have written past the live prefix
+        return pos, source, (ms if pos > keep else 0.0)
 
     def _prepare(self, session_id: str, messages: Sequence[Message], ids: list[int],
                  ends: list[int], kind: str, reserve: int = 0) -> tuple[TurnRecord, Session]:  # fmt: skip
@@ -578,18 +611,9 @@ class LocalEngine:
             # never waits on this PCIe copy.
             host: dict[int, np.ndarray] = {}
             try:
-                for start, n in starts:
-                    dev = spans[start]
-                    # A freed pinned block is reused; new pinned memory is not pinned here: page
-                    # locking (cudaHostAlloc) holds the driver's lock and stalls the next turn's
-                    # kernel launches (measured: a 32K checkpoint cost the next turn 1.3-1.7 s).
-                    # Such a block stays in pageable memory: a slower copy back, no stall.
-                    pinned = cp.get_default_pinned_memory_pool().n_free_blocks() > 0
-                    out = self._host_block(n) if pinned else np.empty(self.layout.block_shape(n), self.layout.array_dtype)
-                    with stream:
-                        dev.get(out=out, stream=stream)
-                    host[start] = out
-                stream.synchronize()
+                host.update(self._copy_behind(spans, stream))
+                with self._behind_lock:  # a restore from the save in flight now reads the host copies
+                    pending.update(host)
                 spans.clear()  # the device copies, freed before the store indexes the host ones
                 _, _, tail = self.store.save(session_id, ids, hashes, lambda start, n: host.pop(start, None),
                                              prev_tail, owned=True)  # fmt: skip
@@ -598,15 +622,40 @@ class LocalEngine:
             except Exception:  # a lost checkpoint is a later miss, never wrong KV
                 log.exception("kv cache background save failed session=%s", session_id)
             finally:
+                with self._behind_lock:
+                    pending.clear()
                 spans.clear()
                 host.clear()
 
         nbytes = sum(int(a.nbytes) for a in spans.values())
         if self._behind is None:
             self._behind = ThreadPoolExecutor(1, thread_name_prefix="agentcore-kv-snapshot")
-        self._behind_ids, self._behind_session = list(ids), session
+        pending = dict(spans)
+        with self._behind_lock:
+            self._behind_ids, self._behind_session = list(ids), session
+            self._behind_pending = pending
         self._behind_last = self._behind.submit(save)
         return sum(1 for _, n in starts if n == bs), nbytes
+
+    def _copy_behind(self, spans: dict[int, Any], stream: Any) -> dict[int, np.ndarray]:
+        """The save behind's copy of its device snapshot to host memory, on its own stream
+        (the save thread's first step)."""
+        import cupy as cp
+
+        host: dict[int, np.ndarray] = {}
+        for start, dev in spans.items():
+            n = dev.shape[2]
+            # A freed pinned block is reused; new pinned memory is not pinned here: page
+            # locking (cudaHostAlloc) holds the driver's lock and stalls the next turn's
+            # kernel launches (measured: a 32K checkpoint cost the next turn 1.3-1.7 s).
+            # Such a block stays in pageable memory: a slower copy back, no stall.
+            pinned = cp.get_default_pinned_memory_pool().n_free_blocks() > 0
+            out = self._host_block(n) if pinned else np.empty(self.layout.block_shape(n), self.layout.array_dtype)
+            with stream:
+                dev.get(out=out, stream=stream)
+            host[start] = out
+        stream.synchronize()
+        return host
 
     def _settle_behind(self) -> None:
         """Wait for the background save of the last CUDA checkpoint."""
@@ -618,7 +667,8 @@ class LocalEngine:
         """Whether the save in flight may hold KV for ``ids`` past the ``keep`` positions
         the caller has. An agent's next turn extends the prompt it just checkpointed, which
         its live KV already holds: it does not wait for that save (a 32K checkpoint's copy
-        to the host takes 1-2 s). Another session sharing the prefix does wait, and reads it."""
+        to the host takes 1-2 s). Another session sharing the prefix reads the save's own
+        copy of the KV (``_restore``), on the device until the host copy is done."""
         fut = self._behind_last
         if fut is None or fut.done():
             return False

@@ -303,7 +303,7 @@ class CheckpointStore:
     def restore(
         self, ids: Sequence[int], hashes: Sequence[str],
         write_block: Callable[[int, np.ndarray], None] | None = None,
-        *, into: np.ndarray | None = None, live: int = 0,
+        *, into: np.ndarray | None = None, live: int = 0, record: bool = True,
     ) -> RestoredPrefix:
         """Load the longest stored prefix of ``ids``.
 
@@ -317,6 +317,8 @@ class CheckpointStore:
 
         Disk blocks are read ahead by ``read_threads`` threads (the copy releases the GIL);
         the prefix still ends at the first block that is missing or fails verification.
+        ``record=False`` leaves the hit and miss counters alone (a caller's second look, past
+        blocks it restored from elsewhere).
         """
         if (write_block is None) == (into is None):
             raise TypeError("pass exactly one of write_block or into=")
@@ -353,15 +355,16 @@ class CheckpointStore:
             finally:
                 self._active = frozenset()
             source = "disk" if "disk" in sources else ("ram" if sources else "none")
-            if source == "disk":
-                self.stats.disk_hits += 1
-            elif source == "ram":
-                self.stats.ram_hits += 1
-            else:
-                self.stats.misses += 1
-            self.stats.bytes_reused += nbytes
-            if tokens < len(ids):
-                self.stats.miss_tokens.append(len(ids) - tokens)
+            if record:
+                if source == "disk":
+                    self.stats.disk_hits += 1
+                elif source == "ram":
+                    self.stats.ram_hits += 1
+                else:
+                    self.stats.misses += 1
+                self.stats.bytes_reused += nbytes
+                if tokens < len(ids):
+                    self.stats.miss_tokens.append(len(ids) - tokens)
         ms = (time.perf_counter() - t0) * 1000
         return RestoredPrefix(tokens, source, ms, nbytes, list(hashes[:n_full]), tail_key)
 
