@@ -178,6 +178,28 @@ def test_prefill_matmul_matches_within_fp16(ops, name):
     assert rel(y, x.astype(np.float64) @ w.dequantize(np.float64).T) < 5e-3
 
 
+@pytest.mark.parametrize("setting", [True, False, 4096])
+def test_resident_fp16_prefill_weights_give_the_per_forward_dequantization_bit_for_bit(setting):
+    # f16_weights keeps each matrix's fp16 copy after its first prefill GEMM (True: no limit;
+    # 4096 bytes: a budget only the small matrix fits; False: never). Every setting gives the
+    # same outputs, bit for bit, on the first forward and on later ones.
+    import cupy as cp
+
+    small, big = [weight("Q4_K", 8, 256, 31)], [weight("Q4_K", 64, 256, 32), weight("Q6_K", 32, 256, 33)]
+    x = cp.asarray(np.random.default_rng(34).standard_normal((40, 256)), dtype=cp.float32)
+    ref_ops, ops = CudaOps(f16_weights=False), CudaOps(f16_weights=setting)
+    for ws in (small, big):
+        want = ref_ops.matmul(x, ref_ops.prepare_linear(ws)).get()
+        lin = ops.prepare_linear(ws)
+        first = ops.matmul(x, lin).get()
+        kept = lin.w16 is not None
+        assert kept == (setting is True or (setting == 4096 and ws is small))
+        again = ops.matmul(x, lin).get()
+        assert np.array_equal(first, want) and np.array_equal(again, want)
+        assert lin.w16 is None or lin.w16.size == lin.rows * lin.cols
+    assert ref_ops.f16_budget == 0 and (setting != 4096 or ops.f16_budget == 4096 - 2 * 8 * 256)
+
+
 def test_fused_projection_of_mixed_types_concatenates_outputs(ops):
     import cupy as cp
 

@@ -186,6 +186,7 @@ class CudaLinear:
 
     parts: list[QMatrix]
     bias: Any = None
+    w16: Any = None  # the prefill GEMMs' fp16 copy, when the ops keep it resident (CudaOps.f16_weights)
 
     @property
     def rows(self) -> int:
@@ -456,7 +457,7 @@ class CudaOps(MLAOps):
 
     def __init__(self, *, int8_activations: bool = True, int8_min_bytes: int = 4 << 20,
                  tc_attention: bool | None = None, q8_in_place: bool = True,
-                 pdl: bool | None = None) -> None:  # fmt: skip
+                 pdl: bool | None = None, f16_weights: bool | int | None = None) -> None:  # fmt: skip
         """``int8_activations``: run the decode GEMVs of Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K weights
         of at least ``int8_min_bytes`` on int8 activations (dp4a; the default, as llama.cpp
         does); False keeps them fp32. Below the size the extra ``quant_x`` launch costs more
@@ -471,7 +472,15 @@ class CudaOps(MLAOps):
         fp16 in shared memory first (``attn_tc<D, 1>``).
         ``pdl``: the decode graph's kernels launch programmatically (each may start while
         the one before it finishes; ``launch.py``); None (default) where the GPU (sm_90+) and
-        driver can, False never, True where they can."""
+        driver can, False never, True where they can.
+        ``f16_weights``: a prefill (more than GEMV_MAX_T tokens) runs its GEMMs on fp16 copies
+        of the weights. Kept resident, each matrix is dequantized once per process instead of
+        once per forward: a short prefill of Llama-3-8B then reads 15 GB of weights instead
+        of 34 (4.4 GB of GGUF blocks read, 15 GB of fp16 written and read back): the floor
+        of its GEMMs, whatever the token count. None (default) keeps copies while they fit
+        in a quarter of the device's memory and half of it stays free (an 8B model's 15 GB on
+        an 80 GB card; what does not fit is dequantized per forward, as before), an int that
+        many bytes, True without a limit, False never."""
         if not cuda_available():
             select_ops("cuda")  # raises DeviceUnavailable with the install hint
         cp = _cupy()
@@ -486,6 +495,10 @@ class CudaOps(MLAOps):
         self.pdl = pdl is not False and pdl_supported(cp)
         self._sem: Any = None  # attend_decode's split counters when the caller has none
         self._xq: ActQ8 | None = None
+        self._f16_auto = f16_weights is None  # then: a quarter of the memory, while half stays free
+        if f16_weights is None:
+            f16_weights = cp.cuda.Device().mem_info[1] // 4
+        self.f16_budget = (1 << 62 if f16_weights is True else int(f16_weights)) if f16_weights is not False else 0
 
     # attn_tc / attn_tq8 queue a split's first tiles before PDL_WAIT (every row but the newest
     # is older than the step); False queues them after it, as before (an A/B switch, read at
@@ -649,16 +662,37 @@ class CudaOps(MLAOps):
         return y
 
     def _dequant_linear(self, lin: CudaLinear) -> Any:
+        """``lin`` as fp16 (rows, cols) for a GEMM: its resident copy (made the first time
+        while ``f16_budget`` allows), or a dequantization into the shared scratch."""
+        if lin.w16 is not None:
+            return lin.w16
         cp = self.cp
         need = lin.rows * lin.cols
+        fits = 2 * need <= self.f16_budget
+        if fits and self._f16_auto:
+            free, total = cp.cuda.runtime.memGetInfo()
+            fits = free - 2 * need >= total // 2
+        if fits:
+            try:
+                w16 = cp.empty(need, cp.float16)
+            except cp.cuda.memory.OutOfMemoryError:
+                self.f16_budget = 0  # the KV needs the memory more: per-forward copies from here on
+            else:
+                self.f16_budget -= 2 * need
+                self._dequant_into(lin, w16)
+                lin.w16 = w16
+                return w16
         if self._scratch16.size < need:
             self._scratch16 = cp.empty(need, cp.float16)
         w16 = self._scratch16[:need]
+        self._dequant_into(lin, w16)
+        return w16
+
+    def _dequant_into(self, lin: CudaLinear, w16: Any) -> None:
         off = 0
         for p in lin.parts:
             self.dequantize(p, w16[off * lin.cols :])
             off += p.rows
-        return w16
 
     def rmsnorm(self, x: Any, w: Any, eps: float) -> Any:
         cp = self.cp
