@@ -200,7 +200,8 @@ async def test_cuda_other_session_restores_from_the_save_in_flight_without_waiti
     info = await eng.checkpoint(request(4))
     got = await generate(eng, other)
     assert not gate.is_set() and not eng._behind_last.done()  # still held: the turn did not wait
-    assert got.usage.cache_source == "snapshot" and got.usage.cached_tokens == info.tokens
+    assert got.usage.cache_source == "ram" and got.usage.cached_tokens == info.tokens
+    assert eng.turns[-1].snapshot == info.tokens  # every token from the save in flight
     assert got.usage.cached_tokens == want.usage.cached_tokens
     assert got.token_ids == want.token_ids
     assert np.array_equal(eng.sessions["h"].kv.read_span(0, info.tokens), ref.sessions["h"].kv.read_span(0, info.tokens))
@@ -233,6 +234,7 @@ async def test_cuda_restore_joins_the_store_and_the_save_in_flight(model_path, t
     got = await generate(eng, other)
     assert not gate.is_set()
     assert got.usage.cache_source == "ram" and got.usage.cached_tokens == info.tokens
+    assert eng.turns[-1].snapshot == info.tokens - first.tokens  # the rest from RAM
     assert got.token_ids == want.token_ids
     assert np.array_equal(eng.sessions["h"].kv.read_span(0, info.tokens), ref.sessions["h"].kv.read_span(0, info.tokens))
     gate.set()

@@ -15,8 +15,8 @@ per weight type and matrix, the fp32-activation kernel and the int8 one (``quant
 ``gemv_q8``), as achieved GB/s of weight bytes. With ``--only cache`` it times the KV store's tiers instead (``bench_cache``): per context, a
 cold prefill, the checkpoint (its cost on the critical path, and the write-behind flush),
 and the same prompt answered again from each tier: ``live`` (the session kept), ``behind``
-(another session at once, while the checkpoint may still be saved behind: ``snapshot`` when
-it reads the save's own copy), ``ram`` (once saved, the sessions dropped: its blocks in host
+(another session at once, while the checkpoint may still be saved behind: ``snapshot``
+counts the tokens it read from the save's own copy), ``ram`` (once saved, the sessions dropped: its blocks in host
 memory) and ``disk`` (a new engine on the
 same kv_dir, page cache warm), with TTFT ratios and GB/s; then an agent-like session of
 ``--turns`` turns of ~280 new tokens, the checkpoint's cost against the turn's prefill
@@ -444,7 +444,7 @@ def bench_cache(run: Run, cp: Any, name: str, path: Path, quant: str, contexts: 
         got = {"live": anyio.run(complete, eng, req).usage}
         other = req.model_copy(update={"session_id": f"{sid}-other"})
         got["behind"] = anyio.run(complete, eng, other).usage
-        behind_turn = {"load_ms": round(eng.turns[-1].load_ms, 2)}
+        behind_turn = {"load_ms": round(eng.turns[-1].load_ms, 2), "snapshot": eng.turns[-1].snapshot}
         t0 = time.perf_counter()
         eng.flush()
         flush_ms = (time.perf_counter() - t0) * 1000
@@ -466,6 +466,8 @@ def bench_cache(run: Run, cp: Any, name: str, path: Path, quant: str, contexts: 
                    "value": _ratio(cold.ttft_s, u.ttft_s), "unit": "x (cold TTFT / TTFT restored)",
                    "source": u.cache_source, "cached": u.cached_tokens,
                    "ttft_ms": round(u.ttft_s * 1000, 1), "cold_ttft_ms": round(cold.ttft_s * 1000, 1)}
+            if turn is not None and "snapshot" in turn:
+                fig["snapshot"] = turn["snapshot"]
             if turn is not None and turn["load_ms"]:
                 fig["load_ms"] = turn["load_ms"]
                 fig["load_gbs"] = round(u.cached_tokens * base["bytes_per_token"] / turn["load_ms"] / 1e6, 2)

@@ -61,9 +61,9 @@ class Usage(BaseModel):
     completion_tokens: int = 0
     ttft_s: float = 0.0
     decode_tokens_per_s: float = 0.0
-    # "snapshot": from the device (or not yet indexed host) copy of a checkpoint still being
-    # saved behind the turn (CUDA), for a session other than the one that checkpointed
-    cache_source: Literal["live", "ram", "disk", "snapshot", "none"] = "none"
+    # "ram" includes a checkpoint still being saved behind the turn (CUDA): its own copy of the
+    # KV, on the device until its host copy is indexed (LocalEngine.stats() counts those tokens)
+    cache_source: Literal["live", "ram", "disk", "none"] = "none"
     draft_tokens: int = 0  # prompt-lookup draft tokens checked (LocalEngine draft_tokens > 0)
     accepted_draft_tokens: int = 0  # of them, kept
 

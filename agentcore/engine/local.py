@@ -84,6 +84,7 @@ class TurnRecord:
     msg: int = -1
     load_ms: float = 0.0
     prefill_ms: float = 0.0
+    snapshot: int = 0  # of the restored tokens, those read from a checkpoint still saved behind
 
     @property
     def reuse(self) -> float:
@@ -347,9 +348,11 @@ class LocalEngine:
         return "token-mismatch" if had else "cold"
 
     def _restore(self, session: Session, ids: list[int], hashes: list[str], keep: int,
-                 limit: int) -> tuple[int, str, float]:  # fmt: skip
+                 limit: int) -> tuple[int, str, float, int]:  # fmt: skip
         """Extend the live prefix ``keep`` from the store, up to ``limit`` tokens; past the
-        store, from the checkpoint still being saved behind (CUDA), if it holds these tokens."""
+        store, from the checkpoint still being saved behind (CUDA), if it holds these tokens:
+        (tokens, source, ms, tokens read from that save). The save's blocks are on their way
+        to the RAM tier: the source is then "ram" (or "disk" if the store read any there)."""
         pending: dict[int, Any] = {}
         cover = 0
         if self._behind_may_hold(ids[:limit], keep):
@@ -366,6 +369,7 @@ class LocalEngine:
             got = self.store.restore(ids[:limit], hashes, lambda start, block: write_span(kv, start, block), live=keep)
         pos, ms = max(keep, got.tokens), got.ms
         source = got.source if got.tokens > keep else ("live" if keep else "none")
+        snapshot = 0
         if pending:
             t0 = time.perf_counter()
             extended = pos
@@ -378,7 +382,8 @@ class LocalEngine:
                 write_span(kv, pos, block[:, :, pos - start : end - start])
                 pos = end
             if pos > extended:
-                source = source if source in ("ram", "disk") else "snapshot"
+                snapshot = pos - extended
+                source = "disk" if source == "disk" else "ram"
                 if pos < limit:  # the store may go on past the snapshot (blocks saved before)
                     more = self.store.restore(ids[:limit], hashes, lambda start, block: write_span(kv, start, block),
                                               live=pos, record=False)  # fmt: skip
@@ -386,7 +391,7 @@ class LocalEngine:
                         pos, source = more.tokens, more.source
                 ms += (time.perf_counter() - t0) * 1000
         session.restored(ids[:pos])  # the store may have written past the live prefix
-        return pos, source, (ms if pos > keep else 0.0)
+        return pos, source, (ms if pos > keep else 0.0), snapshot
 
     def _prepare(self, session_id: str, messages: Sequence[Message], ids: list[int],
                  ends: list[int], kind: str, reserve: int = 0) -> tuple[TurnRecord, Session]:  # fmt: skip
@@ -405,20 +410,20 @@ class LocalEngine:
         diverged = computed < len(session.computed)  # the prompt drops computed tokens
         reusable = min(max(computed, keep), limit)
         session.truncate(keep)
-        source, load_ms = ("live" if keep else "none"), 0.0
+        source, load_ms, snapshot = ("live" if keep else "none"), 0.0, 0
         hashes = block_hashes(ids, self.layout)
         if keep < limit:
-            keep, source, load_ms = self._restore(session, ids, hashes, keep, limit)
+            keep, source, load_ms, snapshot = self._restore(session, ids, hashes, keep, limit)
             reusable = max(reusable, keep)
         t0 = time.perf_counter()
         if keep < len(ids):
             session.prefill(ids[keep:], reserve=reserve if generation else None)
         prefill_ms = (time.perf_counter() - t0) * 1000
         record = TurnRecord(session_id, kind, len(ids), keep, reusable, source,
-                            load_ms=load_ms, prefill_ms=prefill_ms)  # fmt: skip
+                            load_ms=load_ms, prefill_ms=prefill_ms, snapshot=snapshot)  # fmt: skip
         if keep and keep >= reusable and not diverged:
-            log.info("kv cache hit source=%s tokens=%d reusable=%d load=%.1f ms",
-                     source, keep, reusable, load_ms)  # fmt: skip
+            log.info("kv cache hit source=%s tokens=%d reusable=%d load=%.1f ms%s",
+                     source, keep, reusable, load_ms, f" snapshot={snapshot}" if snapshot else "")  # fmt: skip
         else:
             record.first_diff = live
             record.msg = next((i for i, end in enumerate(ends) if end > live), len(ends))
@@ -689,7 +694,7 @@ class LocalEngine:
                 {"session": t.session_id, "kind": t.kind, "prompt": t.prompt, "common": t.common,
                  "reusable": t.reusable, "reuse": round(t.reuse, 4),
                  "reuse_of_reusable": round(t.reuse_of_reusable, 4), "source": t.source,
-                 "reason": t.reason, "load_ms": round(t.load_ms, 2),
+                 "reason": t.reason, "load_ms": round(t.load_ms, 2), "snapshot": t.snapshot,
                  "prefill_ms": round(t.prefill_ms, 2)}
                 for t in self.turns
             ],
