@@ -200,6 +200,33 @@ def test_resident_fp16_prefill_weights_give_the_per_forward_dequantization_bit_f
     assert ref_ops.f16_budget == 0 and (setting != 4096 or ops.f16_budget == 4096 - 2 * 8 * 256)
 
 
+@pytest.mark.parametrize("t", [3, 40])
+def test_prefill_norm_into_gemm_and_residual_gemm_match_the_separate_ops(t):
+    # norm_matmul writes rmsnorm's output as the GEMM's fp16 operand (the same rounding as
+    # rmsnorm then the conversion: bit for bit); matmul_add accumulates the GEMM into the
+    # residual in place (beta = 1), within fp32 rounding of the separate addition. Up to
+    # GEMV_MAX_T tokens both are the separate ops.
+    import cupy as cp
+
+    ops = CudaOps()
+    rng = np.random.default_rng(35)
+    lin = ops.prepare_linear([weight("Q4_K", 64, 256, 36), weight("Q6_K", 32, 256, 37)])
+    down = ops.prepare_linear([weight("Q8_0", 256, 96, 38)])
+    x = cp.asarray(rng.standard_normal((t, 256)), dtype=cp.float32)
+    w = cp.asarray(rng.standard_normal(256), dtype=cp.float32)
+    want = ops.matmul(ops.rmsnorm(x, w, 1e-5), lin)
+    assert cp.array_equal(ops.norm_matmul(x, w, 1e-5, lin), want)
+    h = cp.asarray(rng.standard_normal((t, 96)), dtype=cp.float32)
+    res = ops.add(x.copy(), ops.matmul(h, down))
+    got = x.copy()
+    out = ops.matmul_add(got, h, down)
+    assert out is got or t <= 8  # in place
+    assert float(cp.abs(out - res).max()) <= 1e-5 * float(cp.abs(res).max())
+    h16 = h.astype(cp.float16)  # swiglu's prefill output is fp16: taken as it is
+    assert float(cp.abs(ops.matmul_add(x.copy(), h16, down) - ops.add(x.copy(), ops.matmul(h16, down))).max()) <= (
+        1e-5 * float(cp.abs(res).max()))
+
+
 def test_fused_projection_of_mixed_types_concatenates_outputs(ops):
     import cupy as cp
 

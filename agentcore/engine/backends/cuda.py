@@ -661,6 +661,29 @@ class CudaOps(MLAOps):
             y += lin.bias
         return y
 
+    def norm_matmul(self, x: Any, w: Any, eps: float, lin: CudaLinear) -> Any:
+        """``matmul(rmsnorm(x, w, eps), lin)``; a prefill's norm writes the GEMM's fp16
+        operand directly (the same values as rmsnorm then a conversion, one launch fewer)."""
+        cp = self.cp
+        x = cp.ascontiguousarray(x, dtype=cp.float32)
+        t, n = x.shape
+        if t <= GEMV_MAX_T:
+            return self.matmul(self.rmsnorm(x, w, eps), lin)
+        x16 = cp.empty((t, n), cp.float16)
+        _kernel("rmsnorm_f16")((t,), (256,), (x, w, x16, _I32(n), _F32(eps)))
+        return self.matmul(x16, lin)
+
+    def matmul_add(self, x: Any, h: Any, lin: CudaLinear) -> Any:
+        """``add(x, matmul(h, lin))``: a prefill GEMM accumulates into x in place (beta = 1:
+        no separate output and addition); shorter inputs and biased projections as before."""
+        cp = self.cp
+        t = h.shape[0]
+        if t <= GEMV_MAX_T or lin.bias is not None or x.dtype != cp.float32 or not x.flags.c_contiguous:
+            return self.add(x, self.matmul(h, lin))
+        h16 = cp.ascontiguousarray(h) if h.dtype == cp.float16 else h.astype(cp.float16)
+        _gemm(self._dequant_linear(lin), h16, x, m=lin.rows, n=t, k=lin.cols, accumulate=True)
+        return x
+
     def _dequant_linear(self, lin: CudaLinear) -> Any:
         """``lin`` as fp16 (rows, cols) for a GEMM: its resident copy (made the first time
         while ``f16_budget`` allows), or a dequantization into the shared scratch."""
@@ -920,8 +943,9 @@ _ONE_F32, _ZERO_F32 = np.ones(1, np.float32), np.zeros(1, np.float32)  # cuBLAS 
 
 
 def _gemm(a: Any, b: Any, c: Any, *, m: int, n: int, k: int, batch: int = 1,
-          transa: bool = True) -> None:  # fmt: skip
-    """Row-major C (batch, n, m) fp32 = B (batch, n, k) @ op(A) with fp16 A, B, fp32 accumulate.
+          transa: bool = True, accumulate: bool = False) -> None:  # fmt: skip
+    """Row-major C (batch, n, m) fp32 = B (batch, n, k) @ op(A) with fp16 A, B, fp32 accumulate
+    (``accumulate``: C += B op(A)).
 
     transa: A is (batch, m, k) row-major (C = B A^T); else A is (batch, k, m) (C = B A).
     """
@@ -931,7 +955,7 @@ def _gemm(a: Any, b: Any, c: Any, *, m: int, n: int, k: int, batch: int = 1,
     handle = cp.cuda.device.get_cublas_handle()
     # The handle is shared: run on the caller's stream (a decoder's non-blocking one).
     cublas.setStream(handle, cp.cuda.get_current_stream().ptr)
-    one, zero = _ONE_F32, _ZERO_F32
+    one, zero = _ONE_F32, (_ONE_F32 if accumulate else _ZERO_F32)
     r16, r32, compute32 = 2, 0, 68  # CUDA_R_16F, CUDA_R_32F, CUBLAS_COMPUTE_32F
     op_a = 1 if transa else 0
     lda = k if transa else m

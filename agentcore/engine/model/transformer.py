@@ -210,15 +210,24 @@ class Transformer(ChunkedForward):
     def _hidden(self, ids: Sequence[int], pos0: int, kv: LiveKV) -> Array:
         ops, eps = self.ops, self.spec.rms_eps
         x = ops.embed(self.embedding, ids)
-        # CUDA runs RoPE, the head norms and the KV store in one kernel (CudaOps.rope_kv).
+        # CUDA runs RoPE, the head norms and the KV store in one kernel (CudaOps.rope_kv), a
+        # norm into its GEMM's fp16 operand (norm_matmul) and a residual GEMM in place (matmul_add).
         rope_kv = getattr(ops, "rope_kv", None) or self._rope_kv
+        norm_matmul = getattr(ops, "norm_matmul", None) or self._norm_matmul
+        matmul_add = getattr(ops, "matmul_add", None) or self._matmul_add
         for layer, b in enumerate(self.layers):
-            qkv = ops.matmul(ops.rmsnorm(x, b.attn_norm, eps), b.qkv)
+            qkv = norm_matmul(x, b.attn_norm, eps, b.qkv)
             q = rope_kv(qkv, pos0, self.rope, kv, layer, q_norm=b.q_norm, k_norm=b.k_norm, eps=eps)
-            x = ops.add(x, ops.matmul(ops.attention(q, kv, layer, pos0), b.out))
-            h = ops.matmul(ops.rmsnorm(x, b.ffn_norm, eps), b.gate_up)
-            x = ops.add(x, ops.matmul(ops.swiglu(h), b.down))
+            x = matmul_add(x, ops.attention(q, kv, layer, pos0), b.out)
+            h = norm_matmul(x, b.ffn_norm, eps, b.gate_up)
+            x = matmul_add(x, ops.swiglu(h), b.down)
         return x
+
+    def _norm_matmul(self, x: Array, w: Any, eps: float, lin: Any) -> Array:
+        return self.ops.matmul(self.ops.rmsnorm(x, w, eps), lin)
+
+    def _matmul_add(self, x: Array, h: Array, lin: Any) -> Array:
+        return self.ops.add(x, self.ops.matmul(h, lin))
 
     def _rope_kv(self, qkv: Array, pos0: int, rope: Any, kv: LiveKV, layer: int, *, q_norm: Any = None,
                  k_norm: Any = None, eps: float = 0.0) -> Array:  # fmt: skip

@@ -58,6 +58,18 @@ extern "C" __global__ void rmsnorm(const float* __restrict__ x, const float* __r
     for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = x[i] * s * w[i];
 }
 
+// rmsnorm's output in fp16: a prefill GEMM's operand as it is (no separate conversion).
+extern "C" __global__ void rmsnorm_f16(const float* __restrict__ x, const float* __restrict__ w,
+                                       __half* __restrict__ out, int n, float eps) {
+    __shared__ float red[32];
+    x += (long long)blockIdx.x * n;
+    out += (long long)blockIdx.x * n;
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) ss += x[i] * x[i];
+    float s = rsqrtf(block_sum(ss, red) / n + eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = __float2half(x[i] * s * w[i]);
+}
+
 __device__ __forceinline__ void rotate(const float* x, float* y, int D, int pos,
                                        const float* cos_t, const float* sin_t, int neox) {
     for (int i = threadIdx.x; i < D / 2; i += blockDim.x) {
