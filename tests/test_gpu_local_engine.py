@@ -187,8 +187,8 @@ def _gate_copy(eng):
 async def test_cuda_other_session_restores_from_the_save_in_flight_without_waiting(model_path, tmp_path,
                                                                                    anyio_backend, held):  # fmt: skip
     # A second session with the same prompt has no live KV and the store lacks it (the save
-    # is held, before or after its copy to the host): it reads the save's own copy at once,
-    # and answers with the tokens of a restore from RAM.
+    # is held, before or after its copy to the host): it reads the save's device snapshot at
+    # once, and answers with the tokens of a restore from RAM.
     other = request(4).model_copy(update={"session_id": "h"})
     ref = LocalEngine.from_gguf(model_path, device="cuda", block_size=64)
     await ref.checkpoint(request(4))

@@ -61,8 +61,8 @@ class Usage(BaseModel):
     completion_tokens: int = 0
     ttft_s: float = 0.0
     decode_tokens_per_s: float = 0.0
-    # "ram" includes a checkpoint still being saved behind the turn (CUDA): its own copy of the
-    # KV, on the device until its host copy is indexed (LocalEngine.stats() counts those tokens)
+    # "ram" includes a checkpoint still being saved behind the turn (CUDA): its own device copy
+    # of the KV, until the store has indexed the host copy (LocalEngine.stats() counts those tokens)
     cache_source: Literal["live", "ram", "disk", "none"] = "none"
     draft_tokens: int = 0  # prompt-lookup draft tokens checked (LocalEngine draft_tokens > 0)
     accepted_draft_tokens: int = 0  # of them, kept

@@ -245,8 +245,8 @@ class LocalEngine:
         self._behind_ids: list[int] = []  # the prompt whose save is in flight (if not done)
         self._behind_session: Session | None = None
         self._behind_stream: Any = None
-        # The save in flight's KV by start position: its device snapshot, then its host copy
-        # until the store has indexed it. Another session restores from it without waiting.
+        # The save in flight's KV by start position: its device snapshot, until the store has
+        # indexed the host copy. Another session restores from it without waiting.
         self._behind_pending: dict[int, Any] = {}
         self._behind_lock = threading.Lock()
         self._spare: list[Session] = []
@@ -358,7 +358,7 @@ class LocalEngine:
         if self._behind_may_hold(ids[:limit], keep):
             with self._behind_lock:  # the save in flight holds blocks we want
                 pending, cover = dict(self._behind_pending), common_prefix(self._behind_ids, ids[:limit])
-            if not pending:  # its host copies are being indexed: the store has them in a moment
+            if not pending:  # it has just been indexed (or failed): the store has what it holds
                 self._settle_behind()
         kv = session.kv
         hashes = hashes[: limit // self.layout.block_size]
@@ -617,9 +617,9 @@ class LocalEngine:
             host: dict[int, np.ndarray] = {}
             try:
                 host.update(self._copy_behind(spans, stream))
-                with self._behind_lock:  # a restore from the save in flight now reads the host copies
-                    pending.update(host)
-                spans.clear()  # the device copies, freed before the store indexes the host ones
+                # The device copies stay in ``pending`` (a restore from the save in flight reads
+                # them at device speed, not the mostly pageable host copies) until indexed.
+                spans.clear()
                 _, _, tail = self.store.save(session_id, ids, hashes, lambda start, n: host.pop(start, None),
                                              prev_tail, owned=True)  # fmt: skip
                 if self._behind_session is session:  # not retired and reused meanwhile
@@ -673,7 +673,7 @@ class LocalEngine:
         the caller has. An agent's next turn extends the prompt it just checkpointed, which
         its live KV already holds: it does not wait for that save (a 32K checkpoint's copy
         to the host takes 1-2 s). Another session sharing the prefix reads the save's own
-        copy of the KV (``_restore``), on the device until the host copy is done."""
+        copy of the KV on the device (``_restore``) until the store has indexed it."""
         fut = self._behind_last
         if fut is None or fut.done():
             return False
