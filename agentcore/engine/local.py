@@ -52,6 +52,7 @@ from agentcore.engine.kvstore.blocks import (
     read_span,
     write_span,
 )
+from agentcore.engine.kvstore.hostmem import PinnedBlocks
 from agentcore.engine.kvstore.store import CheckpointStore
 from agentcore.engine.model import build_model
 from agentcore.engine.model.chat import ChatFormat, detect_chat_format
@@ -220,16 +221,16 @@ class LocalEngine:
         self.layout = KVLayout(model.fingerprint, self.spec.n_layers, heads, width, kv_dtype,
                                block_size, planes)  # fmt: skip
         host_alloc = None
+        self._pinned: PinnedBlocks | None = None
         if self.device == "cuda":  # RAM-tier copies in pinned memory: full-bandwidth D2H and H2D
             from agentcore.engine.backends.cuda import pinned_empty
 
             host_alloc = pinned_empty
             # Pin a few blocks' worth now (up to 64 blocks, 512 MB): checkpoints saved behind a
-            # turn only reuse freed pinned blocks, never pin new memory (see _save_behind).
+            # turn only reuse these, never pin new memory (see _copy_behind).
             full = self.layout.bytes_per_token() * block_size
             count = min(64, min(kv_ram_mb << 20, 512 << 20) // max(1, full))
-            warm = [pinned_empty((full // 2,), np.float16) for _ in range(count)]
-            del warm  # back to CuPy's pinned pool, ready for the store
+            self._pinned = PinnedBlocks(lambda n: pinned_empty((n,), np.uint8), full, count)
         self.store = CheckpointStore(
             self.layout, ram_bytes=kv_ram_mb << 20, kv_dir=kv_dir, disk_bytes=kv_disk_mb << 20,
             host_alloc=host_alloc,
@@ -645,17 +646,17 @@ class LocalEngine:
     def _copy_behind(self, spans: dict[int, Any], stream: Any) -> dict[int, np.ndarray]:
         """The save behind's copy of its device snapshot to host memory, on its own stream
         (the save thread's first step)."""
-        import cupy as cp
-
         host: dict[int, np.ndarray] = {}
         for start, dev in spans.items():
-            n = dev.shape[2]
-            # A freed pinned block is reused; new pinned memory is not pinned here: page
-            # locking (cudaHostAlloc) holds the driver's lock and stalls the next turn's
-            # kernel launches (measured: a 32K checkpoint cost the next turn 1.3-1.7 s).
-            # Such a block stays in pageable memory: a slower copy back, no stall.
-            pinned = cp.get_default_pinned_memory_pool().n_free_blocks() > 0
-            out = self._host_block(n) if pinned else np.empty(self.layout.block_shape(n), self.layout.array_dtype)
+            shape = self.layout.block_shape(dev.shape[2])
+            # One of the blocks pinned ahead if one is free; new memory is never pinned here:
+            # page locking (cudaHostAlloc) holds the driver's lock and stalls the next turn's
+            # kernel launches (measured: a 32K checkpoint cost the next turn 1.3-1.7 s). Else
+            # the block stays in pageable memory: a slower copy back, no stall. (CuPy's pool
+            # cannot tell: its free-block count is of every size, PinnedBlocks' docstring.)
+            out = self._pinned.take(shape, self.layout.array_dtype) if self._pinned else None
+            if out is None:
+                out = np.empty(shape, self.layout.array_dtype)
             with stream:
                 dev.get(out=out, stream=stream)
             host[start] = out
