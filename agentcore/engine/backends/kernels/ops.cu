@@ -46,28 +46,31 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
     return v;
 }
 
-// out[r] = x[r] / rms(x[r]) * w, one block per row of n.
-extern "C" __global__ void rmsnorm(const float* __restrict__ x, const float* __restrict__ w,
-                                   float* __restrict__ out, int n, float eps) {
+__device__ __forceinline__ void store_as(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_as(__half* p, float v) { *p = __float2half(v); }
+
+// out[r] = x[r] / rms(x[r]) * w, one block per row of n; T: float, or __half for a prefill
+// GEMM's operand as it is (rmsnorm_f16: no separate conversion).
+template <typename T>
+__device__ __forceinline__ void rmsnorm_rows(const float* __restrict__ x, const float* __restrict__ w,
+                                             T* __restrict__ out, int n, float eps) {
     __shared__ float red[32];
     x += (long long)blockIdx.x * n;
     out += (long long)blockIdx.x * n;
     float ss = 0.f;
     for (int i = threadIdx.x; i < n; i += blockDim.x) ss += x[i] * x[i];
     float s = rsqrtf(block_sum(ss, red) / n + eps);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = x[i] * s * w[i];
+    for (int i = threadIdx.x; i < n; i += blockDim.x) store_as(out + i, x[i] * s * w[i]);
 }
 
-// rmsnorm's output in fp16: a prefill GEMM's operand as it is (no separate conversion).
+extern "C" __global__ void rmsnorm(const float* __restrict__ x, const float* __restrict__ w,
+                                   float* __restrict__ out, int n, float eps) {
+    rmsnorm_rows(x, w, out, n, eps);
+}
+
 extern "C" __global__ void rmsnorm_f16(const float* __restrict__ x, const float* __restrict__ w,
                                        __half* __restrict__ out, int n, float eps) {
-    __shared__ float red[32];
-    x += (long long)blockIdx.x * n;
-    out += (long long)blockIdx.x * n;
-    float ss = 0.f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) ss += x[i] * x[i];
-    float s = rsqrtf(block_sum(ss, red) / n + eps);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = __float2half(x[i] * s * w[i]);
+    rmsnorm_rows(x, w, out, n, eps);
 }
 
 __device__ __forceinline__ void rotate(const float* x, float* y, int D, int pos,
