@@ -374,11 +374,12 @@ class LocalEngine:
         if pending:
             t0 = time.perf_counter()
             extended = pos
-            while pos < cover:  # the snapshot's spans are contiguous from where the store stopped
-                span = next(((s, a) for s, a in pending.items() if s <= pos < s + a.shape[2]), None)
-                if span is None:
+            bs = self.layout.block_size
+            while pos < cover:  # the save's spans start at block boundaries, from where the store stopped
+                start = pos - pos % bs
+                block = pending.get(start)
+                if block is None:
                     break
-                start, block = span
                 end = min(start + block.shape[2], cover)
                 write_span(kv, pos, block[:, :, pos - start : end - start])
                 pos = end
