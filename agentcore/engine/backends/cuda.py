@@ -497,8 +497,11 @@ class CudaOps(MLAOps):
         self._xq: ActQ8 | None = None
         self._f16_auto = f16_weights is None  # then: a quarter of the memory, while half stays free
         if f16_weights is None:
-            f16_weights = cp.cuda.Device().mem_info[1] // 4
-        self.f16_budget = (1 << 62 if f16_weights is True else int(f16_weights)) if f16_weights is not False else 0
+            self.f16_budget = cp.cuda.Device().mem_info[1] // 4
+        elif isinstance(f16_weights, bool):
+            self.f16_budget = 1 << 62 if f16_weights else 0
+        else:
+            self.f16_budget = max(0, int(f16_weights))
 
     # attn_tc / attn_tq8 queue a split's first tiles before PDL_WAIT (every row but the newest
     # is older than the step); False queues them after it, as before (an A/B switch, read at

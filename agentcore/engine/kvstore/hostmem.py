@@ -37,7 +37,7 @@ class PinnedBlocks:
         self._lock = threading.Lock()
         self._roots = [self._new_root(alloc) for _ in range(max(0, count))]
         self._idle = [self._refs(i) for i in range(len(self._roots))]  # references when unused
-        self._out: set[int] = set()  # handed out at least once (may be back already)
+        self._out: set[int] = set()  # handed out, not yet seen unused again (_reclaim)
         self._free = list(range(len(self._roots)))
 
     def _new_root(self, alloc: Callable[[int], np.ndarray]) -> np.ndarray:
