@@ -500,8 +500,10 @@ class CudaOps(MLAOps):
             self.f16_budget = cp.cuda.Device().mem_info[1] // 4
         elif isinstance(f16_weights, bool):
             self.f16_budget = 1 << 62 if f16_weights else 0
+        elif int(f16_weights) >= 0:
+            self.f16_budget = int(f16_weights)
         else:
-            self.f16_budget = max(0, int(f16_weights))
+            raise ValueError(f"f16_weights must be None, a bool or a byte count >= 0, not {f16_weights!r}")
 
     # attn_tc / attn_tq8 queue a split's first tiles before PDL_WAIT (every row but the newest
     # is older than the step); False queues them after it, as before (an A/B switch, read at
