@@ -200,6 +200,11 @@ def test_resident_fp16_prefill_weights_give_the_per_forward_dequantization_bit_f
     assert ref_ops.f16_budget == 0 and (setting != 4096 or ops.f16_budget == 4096 - 2 * 8 * 256)
 
 
+def test_a_negative_fp16_weight_budget_is_refused():
+    with pytest.raises(ValueError, match="byte count"):
+        CudaOps(f16_weights=-1)
+
+
 @pytest.mark.parametrize("t", [3, 40])
 def test_prefill_norm_into_gemm_and_residual_gemm_match_the_separate_ops(t):
     # norm_matmul writes rmsnorm's output as the GEMM's fp16 operand (the same rounding as
