@@ -436,7 +436,9 @@ def bench_cache(run: Run, cp: Any, name: str, path: Path, quant: str, contexts: 
     base = {"model": name, "quant": quant, "bytes_per_token": eng.layout.bytes_per_token()}
     for ctx in contexts:
         sid = f"cache-{ctx}"
-        req = prompt_request(eng, ctx, sid, 1)
+        # Its own seed: prompts of one seed share their first tokens, and a longer one would
+        # restore the shorter one's checkpoint instead of being cold.
+        req = prompt_request(eng, ctx, sid, 1, seed=ctx)
         cold = anyio.run(complete, eng, req).usage
         info = anyio.run(eng.checkpoint, req)
         # The same session's next turn (its live KV), then another session with the same
@@ -451,7 +453,7 @@ def bench_cache(run: Run, cp: Any, name: str, path: Path, quant: str, contexts: 
         run.emit(figure="checkpoint", ctx=info.tokens, value=round(info.store_ms, 1),
                  unit="ms on the critical path (CheckpointInfo.store_ms: a device snapshot, saved behind)",
                  bytes=info.bytes_written, ms=round(info.ms, 1), flush_ms=round(flush_ms, 1),
-                 cold_prefill_ms=round(cold.ttft_s * 1000, 1),
+                 cold_prefill_ms=round(cold.ttft_s * 1000, 1), cold_cached=cold.cached_tokens,
                  store_over_prefill=_ratio(info.store_ms, cold.ttft_s * 1000), **base)  # fmt: skip
         eng.forget(sid)
         eng.forget(other.session_id)

@@ -139,6 +139,19 @@ def _serve(work: queue.SimpleQueue[Any]) -> None:
         del fut, fn, args
 
 
+def _move_staged(out: np.ndarray, stage: np.ndarray, event: Any) -> None:
+    """A staged block's copy to the host has landed: move it on to its own memory (NumPy's
+    copy releases the GIL)."""
+    event.synchronize()
+    np.copyto(out, stage)
+
+
+def _cupy() -> Any:
+    import cupy
+
+    return cupy
+
+
 def _close_stream(send: Any, token: Any) -> None:
     try:
         anyio.from_thread.run_sync(send.close, token=token)
@@ -222,6 +235,8 @@ class LocalEngine:
                                block_size, planes)  # fmt: skip
         host_alloc = None
         self._pinned: PinnedBlocks | None = None
+        self._stages: list[np.ndarray] = []
+        self._behind_staged = False
         if self.device == "cuda":  # RAM-tier copies in pinned memory: full-bandwidth D2H and H2D
             from agentcore.engine.backends.cuda import pinned_empty
 
@@ -231,6 +246,10 @@ class LocalEngine:
             full = self.layout.bytes_per_token() * block_size
             count = min(64, min(kv_ram_mb << 20, 512 << 20) // max(1, full))
             self._pinned = PinnedBlocks(lambda n: pinned_empty((n,), np.uint8), full, count)
+            # Two more, never handed to the store: the save's staging buffers once those are
+            # all taken (a block then crosses PCIe into one and is copied on to pageable memory
+            # by the CPU; the driver's own pageable copy is the other way).
+            self._stages = [pinned_empty((full,), np.uint8) for _ in range(2)]
         self.store = CheckpointStore(
             self.layout, ram_bytes=kv_ram_mb << 20, kv_dir=kv_dir, disk_bytes=kv_disk_mb << 20,
             host_alloc=host_alloc,
@@ -647,7 +666,11 @@ class LocalEngine:
     def _copy_behind(self, spans: dict[int, Any], stream: Any) -> dict[int, np.ndarray]:
         """The save behind's copy of its device snapshot to host memory, on its own stream
         (the save thread's first step)."""
+        cp = _cupy()
         host: dict[int, np.ndarray] = {}
+        dtype = self.layout.array_dtype
+        staged: tuple[np.ndarray, np.ndarray, Any] | None = None  # (out, stage, event) in flight
+        turn = 0
         for start, dev in spans.items():
             shape = self.layout.block_shape(dev.shape[2])
             # One of the blocks pinned ahead if one is free; new memory is never pinned here:
@@ -655,12 +678,26 @@ class LocalEngine:
             # kernel launches (measured: a 32K checkpoint cost the next turn 1.3-1.7 s). Else
             # the block stays in pageable memory: a slower copy back, no stall. (CuPy's pool
             # cannot tell: its free-block count is of every size, PinnedBlocks' docstring.)
-            out = self._pinned.take(shape, self.layout.array_dtype) if self._pinned else None
-            if out is None:
-                out = np.empty(shape, self.layout.array_dtype)
-            with stream:
-                dev.get(out=out, stream=stream)
+            out = self._pinned.take(shape, dtype) if self._pinned else None
+            if out is not None or not (self._behind_staged and self._stages):
+                if out is None:
+                    out = np.empty(shape, dtype)
+                with stream:
+                    dev.get(out=out, stream=stream)
+            else:  # through a pinned stage, two in turn: block i crosses PCIe while i - 1 is moved
+                out = np.empty(shape, dtype)
+                stage = self._stages[turn % 2].view(dtype)[: out.size].reshape(shape)
+                turn += 1
+                with stream:
+                    dev.get(out=stage, stream=stream)
+                    event = cp.cuda.Event(disable_timing=True)
+                    event.record(stream)
+                if staged is not None:
+                    _move_staged(*staged)
+                staged = (out, stage, event)
             host[start] = out
+        if staged is not None:
+            _move_staged(*staged)
         stream.synchronize()
         return host
 
