@@ -127,6 +127,34 @@ async def test_cuda_checkpoint_saved_behind_is_the_kv_at_checkpoint_time(model_p
     assert got.token_ids == want.token_ids
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_cuda_save_behind_through_the_stages_holds_the_checkpointed_bytes(model_path, tmp_path, anyio_backend):
+    # No pinned block free (the store holds them all in a long run): every block of the save
+    # crosses PCIe into one of the two stages in turn and is moved on to pageable memory
+    # while the next one is copied. Many 16-token blocks, so each stage is reused often:
+    # the RAM tier and the disk must hold exactly the KV of the checkpoint.
+    eng = LocalEngine.from_gguf(model_path, device="cuda", kv_dir=tmp_path, block_size=16)
+    eng._pinned = None
+    info = await eng.checkpoint(request(6))
+    saved = eng.sessions["g"].kv.read_span(0, info.tokens)
+    eng.flush()
+    entries = [e for e in eng.store.ram.values() if e.data is not None]
+    assert len(entries) >= 8
+    assert not any(e.data.ctypes.data == st.ctypes.data for e in entries for st in eng._stages)
+    eng.forget("g")
+    again = await generate(eng, request(6))
+    assert again.usage.cache_source == "ram" and again.usage.cached_tokens // 16 >= 8
+    n = min(again.usage.cached_tokens, info.tokens)
+    assert np.array_equal(eng.sessions["g"].kv.read_span(0, n), saved[:, :, :n])
+    eng.close()
+    fresh = LocalEngine.from_gguf(model_path, device="cuda", kv_dir=tmp_path, block_size=16, kv_ram_mb=0)
+    disk = await generate(fresh, request(6))
+    assert disk.usage.cache_source == "disk"
+    n = min(disk.usage.cached_tokens, info.tokens)
+    assert np.array_equal(fresh.sessions["g"].kv.read_span(0, n), saved[:, :, :n])
+
+
 def _gate_saves(eng):
     """Hold every background ``store.save`` until the returned event is set (or 60 s pass)."""
     import threading

@@ -236,7 +236,6 @@ class LocalEngine:
         host_alloc = None
         self._pinned: PinnedBlocks | None = None
         self._stages: list[np.ndarray] = []
-        self._behind_staged = False
         if self.device == "cuda":  # RAM-tier copies in pinned memory: full-bandwidth D2H and H2D
             from agentcore.engine.backends.cuda import pinned_empty
 
@@ -246,9 +245,8 @@ class LocalEngine:
             full = self.layout.bytes_per_token() * block_size
             count = min(64, min(kv_ram_mb << 20, 512 << 20) // max(1, full))
             self._pinned = PinnedBlocks(lambda n: pinned_empty((n,), np.uint8), full, count)
-            # Two more, never handed to the store: the save's staging buffers once those are
-            # all taken (a block then crosses PCIe into one and is copied on to pageable memory
-            # by the CPU; the driver's own pageable copy is the other way).
+            # Two more, never handed to the store: the save's stages once those are all taken
+            # (a block crosses PCIe into one, and the CPU moves it on to pageable memory).
             self._stages = [pinned_empty((full,), np.uint8) for _ in range(2)]
         self.store = CheckpointStore(
             self.layout, ram_bytes=kv_ram_mb << 20, kv_dir=kv_dir, disk_bytes=kv_disk_mb << 20,
@@ -665,7 +663,16 @@ class LocalEngine:
 
     def _copy_behind(self, spans: dict[int, Any], stream: Any) -> dict[int, np.ndarray]:
         """The save behind's copy of its device snapshot to host memory, on its own stream
-        (the save thread's first step)."""
+        (the save thread's first step).
+
+        Every copy lands in page-locked memory: one of the blocks pinned ahead while one is
+        free (the store keeps it), else one of the two stages, from which the CPU moves it on
+        to pageable memory while the next block crosses PCIe. The driver's own copy to
+        pageable memory stalled the next turn's kernel launches for as long as it ran
+        (H100, 8B, live turn right after a cold checkpoint: 182 / 1,334 ms at 8K / 32K
+        against 31 / 70 ms staged; live_probe in bench/results/2026-12-07-h100-NOTES-d945509.md),
+        and new memory is never pinned here (cudaHostAlloc holds the driver's lock too: a
+        32K checkpoint once cost the next turn 1.3-1.7 s)."""
         cp = _cupy()
         host: dict[int, np.ndarray] = {}
         dtype = self.layout.array_dtype
@@ -673,18 +680,11 @@ class LocalEngine:
         turn = 0
         for start, dev in spans.items():
             shape = self.layout.block_shape(dev.shape[2])
-            # One of the blocks pinned ahead if one is free; new memory is never pinned here:
-            # page locking (cudaHostAlloc) holds the driver's lock and stalls the next turn's
-            # kernel launches (measured: a 32K checkpoint cost the next turn 1.3-1.7 s). Else
-            # the block stays in pageable memory: a slower copy back, no stall. (CuPy's pool
-            # cannot tell: its free-block count is of every size, PinnedBlocks' docstring.)
             out = self._pinned.take(shape, dtype) if self._pinned else None
-            if out is not None or not (self._behind_staged and self._stages):
-                if out is None:
-                    out = np.empty(shape, dtype)
+            if out is not None:
                 with stream:
                     dev.get(out=out, stream=stream)
-            else:  # through a pinned stage, two in turn: block i crosses PCIe while i - 1 is moved
+            else:  # two stages in turn: block i crosses PCIe while block i - 1 is moved on
                 out = np.empty(shape, dtype)
                 stage = self._stages[turn % 2].view(dtype)[: out.size].reshape(shape)
                 turn += 1
