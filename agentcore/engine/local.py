@@ -240,10 +240,12 @@ class LocalEngine:
             from agentcore.engine.backends.cuda import pinned_empty
 
             host_alloc = pinned_empty
-            # Pin a few blocks' worth now (up to 64 blocks, 512 MB): checkpoints saved behind a
-            # turn only reuse these, never pin new memory (see _copy_behind).
+            # Pin the RAM tier's first GB now (up to 256 blocks): checkpoints saved behind a
+            # turn only reuse these, never pin new memory (see _copy_behind), and a restore
+            # from a pinned block crosses PCIe at full speed (from pageable memory the CPU's
+            # copy bounds it: 8B, 32K from RAM, 630 ms at d945509).
             full = self.layout.bytes_per_token() * block_size
-            count = min(64, min(kv_ram_mb << 20, 512 << 20) // max(1, full))
+            count = min(256, min(kv_ram_mb << 20, 1 << 30) // max(1, full))
             self._pinned = PinnedBlocks(lambda n: pinned_empty((n,), np.uint8), full, count)
             # Two more, never handed to the store: the save's stages once those are all taken
             # (a block crosses PCIe into one, and the CPU moves it on to pageable memory).

@@ -35,10 +35,13 @@ f16 = None if len(sys.argv) <= 4 else int(sys.argv[4])
 
 
 def new_engine():
+    t0 = time.perf_counter()
     e = LocalEngine.from_gguf(path, device="cuda", context_length=40960, kv_dir=tempfile.mkdtemp(prefix="probe-kv-"),
                               kv_ram_mb=16384, kv_disk_mb=65536)
     if f16 is not None:
         e.ops.f16_budget = f16
+    print(json.dumps({"engine_init_s": round(time.perf_counter() - t0, 2), "pinned_blocks": e._pinned.count,
+                      "pinned_bytes": e._pinned.count * e._pinned.nbytes}), flush=True)
     anyio.run(complete, e, prompt_request(e, 64, "warm", 4))
     wrap(e, "_copy_behind", "copy_behind")
     wrap(e.store, "save", "store_save")
