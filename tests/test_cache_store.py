@@ -179,3 +179,60 @@ def test_restore_after_a_live_prefix_leaves_the_live_positions_alone(tmp_path, p
     np.testing.assert_array_equal(out[:, :, 6:14], FakeKV(ids).data[:, :, 6:14])
     if path == "callback":
         assert starts == [4, 8, 12]  # block 0 lies inside the live prefix: not read
+
+
+def test_pageable_ram_blocks_are_staged_on_the_read_threads_and_restore_exactly(tmp_path):
+    # host_pinned says every RAM block is pageable: each one is copied on a read thread into
+    # a scratch buffer (host_alloc's), several ahead, and that buffer is what write_block gets;
+    # buffers are recycled, so the bytes restored prove each was placed before its reuse.
+    ids = list(range(300, 300 + 4 * 12 + 3))  # 12 full blocks (> 2 * read_threads ahead) and a tail
+    alloc, asked = [], []
+
+    def host_alloc(shape, dtype):
+        alloc.append(shape)
+        return np.empty(shape, dtype)
+
+    def host_pinned(a):
+        asked.append(a.ctypes.data)
+        return False
+
+    store = CheckpointStore(LAYOUT, read_threads=2, host_alloc=host_alloc, host_pinned=host_pinned)
+    kv = FakeKV(ids)
+    store.save("s", ids, block_hashes(ids, LAYOUT), kv.read, None)
+    ram = {e.data.ctypes.data for e in store.ram.values()}
+    alloc.clear()
+    seen = []
+    out = np.zeros(LAYOUT.block_shape(len(ids) + 8), np.float32)
+
+    def write(start, block):
+        seen.append(block.ctypes.data)
+        out[:, :, start : start + block.shape[2]] = block
+        block[...] = -1  # the buffer is the store's scratch: scribbling on it harms nothing
+
+    got = store.restore(ids, block_hashes(ids, LAYOUT), write)
+    assert got.tokens == len(ids) and got.source == "ram"
+    np.testing.assert_array_equal(out[:, :, : len(ids)], kv.data[:, :, : len(ids)])
+    assert len(asked) == 13 and set(asked) == ram
+    assert not set(seen) & ram  # write_block never got a RAM block itself
+    assert 2 <= len(alloc) <= 2 * 2 + 1  # scratch buffers: the window's, not one per block
+    again = store.restore(ids, block_hashes(ids, LAYOUT), lambda s, b: out.__setitem__((slice(None), slice(None),
+                                                                    slice(s, s + b.shape[2])), b))  # fmt: skip
+    assert again.tokens == len(ids)
+    np.testing.assert_array_equal(out[:, :, : len(ids)], kv.data[:, :, : len(ids)])
+
+
+def test_pinned_ram_blocks_and_dense_restores_are_not_staged(tmp_path):
+    ids = list(range(500, 500 + 4 * 5))
+    store = CheckpointStore(LAYOUT, host_pinned=lambda a: True)
+    kv = FakeKV(ids)
+    store.save("s", ids, block_hashes(ids, LAYOUT), kv.read, None)
+    ram = {e.data.ctypes.data for e in store.ram.values()}
+    seen = []
+    got = store.restore(ids, block_hashes(ids, LAYOUT), lambda s, b: seen.append(b.ctypes.data))
+    assert got.tokens == len(ids) and set(seen) == ram  # handed over as they are
+    staged = CheckpointStore(LAYOUT, host_pinned=lambda a: False)
+    staged.save("s", ids, block_hashes(ids, LAYOUT), kv.read, None)
+    into = np.zeros(LAYOUT.block_shape(len(ids)), np.float32)
+    got = staged.restore(ids, block_hashes(ids, LAYOUT), into=into)  # a host KV: copied once, in place
+    assert got.tokens == len(ids)
+    np.testing.assert_array_equal(into, kv.data[:, :, : len(ids)])

@@ -233,13 +233,13 @@ class LocalEngine:
             planes, heads, width = 1, 1, mla.latent_dim
         self.layout = KVLayout(model.fingerprint, self.spec.n_layers, heads, width, kv_dtype,
                                block_size, planes)  # fmt: skip
-        host_alloc = None
+        host_alloc = is_pinned = None
         self._pinned: PinnedBlocks | None = None
         self._stages: list[np.ndarray] = []
         if self.device == "cuda":  # RAM-tier copies in pinned memory: full-bandwidth D2H and H2D
-            from agentcore.engine.backends.cuda import pinned_empty
+            from agentcore.engine.backends.cuda import host_pinned, pinned_empty
 
-            host_alloc = pinned_empty
+            host_alloc, is_pinned = pinned_empty, host_pinned
             # Pin the RAM tier's first GB now (up to 256 blocks): checkpoints saved behind a
             # turn only reuse these, never pin new memory (see _copy_behind), and a restore
             # from a pinned block crosses PCIe at full speed (from pageable memory the CPU's
@@ -252,7 +252,7 @@ class LocalEngine:
             self._stages = [pinned_empty((full,), np.uint8) for _ in range(2)]
         self.store = CheckpointStore(
             self.layout, ram_bytes=kv_ram_mb << 20, kv_dir=kv_dir, disk_bytes=kv_disk_mb << 20,
-            host_alloc=host_alloc,
+            host_alloc=host_alloc, host_pinned=is_pinned,
         )
         self.sessions: OrderedDict[str, Session] = OrderedDict()
         self.max_live_sessions = max_live_sessions

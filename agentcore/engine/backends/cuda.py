@@ -253,6 +253,16 @@ def pinned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     return np.frombuffer(mem, dtype, count).reshape(shape)
 
 
+def host_pinned(a: np.ndarray) -> bool:
+    """Whether the host array ``a`` lies in page-locked memory (CUDA's pointer attributes)."""
+    cp = _cupy()
+    try:
+        attrs = cp.cuda.runtime.pointerGetAttributes(a.ctypes.data)
+    except cp.cuda.runtime.CUDARuntimeError:
+        return False
+    return attrs.type == cp.cuda.runtime.memoryTypeHost
+
+
 def check_kv_dtype(spec: ModelSpec, dtype: str) -> None:
     """ValueError unless a CUDA KV of ``spec`` can hold ``dtype`` (LocalEngine checks at
     construction, before any KV exists)."""

@@ -97,6 +97,13 @@ def _tail_salt(layout: KVLayout) -> bytes:
     return layout.salt + b"|tail"
 
 
+def _stage_copy(dest: np.ndarray, src: np.ndarray) -> tuple[str, int, None]:
+    """A RAM block in pageable memory into a pinned read buffer (a read thread; NumPy's copy
+    releases the GIL)."""
+    np.copyto(dest, src)
+    return "staged", 0, None
+
+
 class CheckpointStore:
     """Two-tier, content-addressed store of KV blocks for one model layout.
 
@@ -115,13 +122,20 @@ class CheckpointStore:
         max_pending_bytes: int = 512 << 20,
         read_threads: int | None = None,
         host_alloc: Callable[[tuple[int, ...], str], np.ndarray] | None = None,
+        host_pinned: Callable[[np.ndarray], bool] | None = None,
     ) -> None:
         """``read_threads``: disk reads in flight during a restore (default: up to 4, one per
         core). ``host_alloc(shape, dtype)``: where RAM-tier copies and read buffers live
-        (pinned memory on CUDA, so the copies to and from the GPU run at full bandwidth)."""
+        (pinned memory on CUDA, so the copies to and from the GPU run at full bandwidth).
+        ``host_pinned(array)``: whether a host array is page-locked; given (CUDA), a restore
+        through ``write_block`` has RAM blocks in pageable memory copied into ``host_alloc``
+        buffers on the read threads, several at once, ahead of the block being placed: the
+        copy to the device then runs at full bandwidth instead of the speed of one CPU copy
+        (8B shape, 32K tokens from RAM on an H100: 630 ms at d945509)."""
         self.layout = layout
         self.read_threads = max(1, read_threads or min(4, os.cpu_count() or 1))
         self._host_alloc = host_alloc
+        self._host_pinned = host_pinned
         self._read_pool: ThreadPoolExecutor | None = None
         self.ram_bytes = ram_bytes
         self.disk_bytes = disk_bytes
@@ -378,9 +392,11 @@ class CheckpointStore:
         """Put the verified blocks of ``chain`` ((start, key, parent, tokens, is_tail), in
         order) in place, yielding (bytes, source) for each until the first miss.
 
-        Blocks in memory are copied here; disk blocks are read and verified by the read
-        pool up to ``2 * read_threads`` ahead, straight into ``into`` where they land at or
-        past ``live``, else into scratch buffers that are recycled once placed."""
+        Blocks in memory are copied here (those in pageable memory first into a scratch
+        buffer on the read pool, with ``host_pinned`` and ``write_block``); disk blocks are
+        read and verified by the read pool; both up to ``2 * read_threads`` ahead, straight
+        into ``into`` where they land at or past ``live``, else into scratch buffers that
+        are recycled once placed."""
         free: dict[int, list[np.ndarray]] = {}  # scratch buffers by block length
         ahead: deque[tuple[tuple, np.ndarray | None, str, Future | None]] = deque()
         items = iter(chain)
@@ -391,11 +407,16 @@ class CheckpointStore:
             if item is None:
                 return False
             start, key, parent, tokens, tail = item
+            n = len(tokens)
             data, src = self._in_memory(key)
+            if data is not None and into is None and self._host_pinned is not None and not self._host_pinned(data):
+                pool = free.setdefault(n, [])
+                buf = pool.pop() if pool else self.host_empty(self.layout.block_shape(n))
+                ahead.append((item, buf, src, self._reads().submit(_stage_copy, buf, data)))
+                return True
             if data is not None:
                 ahead.append((item, data, src, None))
                 return True
-            n = len(tokens)
             if into is not None and start >= live:
                 dest, off, buf = into, start, None
             else:
@@ -412,7 +433,7 @@ class CheckpointStore:
             while ahead:
                 item, data, src, fut = ahead.popleft()
                 start, n = item[0], len(item[3])
-                if fut is not None and not self._settle_read(item, fut.result()):
+                if fut is not None and (got := fut.result())[0] != "staged" and not self._settle_read(item, got):
                     return
                 if into is None:
                     write_block(start, data)

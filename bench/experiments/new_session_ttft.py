@@ -1,0 +1,87 @@
+"""What a short prompt's TTFT pays besides its forward (CUDA), by session kind.
+
+    python bench/experiments/new_session_ttft.py MODEL.gguf [N_TOKENS ...]
+
+For each prompt size, three turns of a fresh random prompt: ``new`` (a session id never
+seen, no retired session to reuse: a KV pool and a decoder are built and a graph captured),
+``spare`` (a new id right after another session was forgotten: its buffers are reused),
+``same`` (the same id with a different prompt: the live KV is truncated to the common
+prefix). Each row: TTFT, and host milliseconds of the steps on the compute thread
+(``_new_session``, ``CudaKV.grow``, ``CudaDecoder.prefill`` with the graph capture it may
+record inside it, ``start``, the first ``sample``), timed with no device syncs added
+(``prefill`` ends with its stream's sync, so its time includes the GPU's), and the raw
+forward (``Transformer.forward`` alone, synced) of the same size for reference.
+Prints JSON lines.
+"""
+
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import cupy as cp
+
+from agentcore.bench._public import complete, prompt_request
+from agentcore.engine.backends.cuda import CudaKV
+from agentcore.engine.backends.cuda_graph import CudaDecoder
+from agentcore.engine.local import LocalEngine
+
+path = Path(sys.argv[1])
+sizes = [int(x) for x in sys.argv[2:]] or [16, 512, 2048]
+parts: dict[str, list[float]] = {}
+
+
+def timed(owner, name, label=None):
+    fn = getattr(owner, name)
+
+    @functools.wraps(fn)
+    def inner(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            parts.setdefault(label or name, []).append(round((time.perf_counter() - t0) * 1000, 2))
+
+    setattr(owner, name, inner)
+
+
+eng = LocalEngine.from_gguf(path, device="cuda", context_length=40960)
+anyio.run(complete, eng, prompt_request(eng, 64, "warm", 4))
+for owner, name in ((LocalEngine, "_new_session"), (CudaKV, "grow"), (CudaDecoder, "prefill"),
+                    (CudaDecoder, "_capture"), (CudaDecoder, "start"), (CudaDecoder, "sample")):
+    timed(owner, name)
+
+
+def raw_forward(n: int) -> float:
+    import numpy as np
+
+    ids = np.random.default_rng(0).integers(0, eng.spec.vocab_size, n).tolist()
+    kv = eng.ops.new_kv(eng.spec, n + 64)
+    best = float("inf")
+    for _ in range(3):
+        kv.length = 0
+        cp.cuda.runtime.deviceSynchronize()
+        t0 = time.perf_counter()
+        eng.transformer.forward(ids, 0, kv)
+        cp.cuda.runtime.deviceSynchronize()
+        best = min(best, time.perf_counter() - t0)
+    return round(best * 1000, 2)
+
+
+for n in sizes:
+    for sid in list(eng.sessions):
+        eng.forget(sid)
+    eng._spare.clear()  # nothing to reuse: the next session is built from scratch
+    for kind, sid in (("new", f"a{n}"), ("spare", f"b{n}"), ("same", f"b{n}")):
+        if kind == "spare":
+            eng.forget(f"a{n}")  # retired: its buffers are kept for the next new session
+        req = prompt_request(eng, n, sid, 4, seed=1000 + 10 * n + len(kind))
+        parts.clear()
+        done = anyio.run(complete, eng, req)
+        rec = eng.turns[-1]
+        print(json.dumps({"tokens": done.usage.prompt_tokens, "kind": kind, "ttft_ms": round(done.usage.ttft_s * 1000, 2),
+                          "prefill_ms_record": round(rec.prefill_ms, 2), "cached": done.usage.cached_tokens,
+                          "parts_ms": dict(parts)}), flush=True)
+    print(json.dumps({"tokens": n, "kind": "raw_forward", "ms": raw_forward(n)}), flush=True)
