@@ -1,6 +1,6 @@
 """What a short prompt's TTFT pays besides its forward (CUDA), by session kind.
 
-    python bench/experiments/new_session_ttft.py MODEL.gguf [N_TOKENS ...]
+    python bench/experiments/new_session_ttft.py MODEL.gguf [N_TOKENS ...] [--profile]
 
 For each prompt size, three turns of a fresh random prompt: ``new`` (a session id never
 seen, no retired session to reuse: a KV pool and a decoder are built and a graph captured),
@@ -11,11 +11,14 @@ prefix). Each row: TTFT, and host milliseconds of the steps on the compute threa
 record inside it, ``start``, the first ``sample``), timed with no device syncs added
 (``prefill`` ends with its stream's sync, so its time includes the GPU's), and the raw
 forward (``Transformer.forward`` alone, synced) of the same size for reference.
-Prints JSON lines.
+``--profile``: one more new session per size under cProfile (on the compute thread), its
+top functions by cumulative time. Prints JSON lines.
 """
 
+import cProfile
 import functools
 import json
+import pstats
 import sys
 import time
 from pathlib import Path
@@ -29,7 +32,8 @@ from agentcore.engine.backends.cuda_graph import CudaDecoder
 from agentcore.engine.local import LocalEngine
 
 path = Path(sys.argv[1])
-sizes = [int(x) for x in sys.argv[2:]] or [16, 512, 2048]
+profile = "--profile" in sys.argv
+sizes = [int(x) for x in sys.argv[2:] if x != "--profile"] or [16, 512, 2048]
 parts: dict[str, list[float]] = {}
 
 
@@ -85,3 +89,16 @@ for n in sizes:
                           "prefill_ms_record": round(rec.prefill_ms, 2), "cached": done.usage.cached_tokens,
                           "parts_ms": dict(parts)}), flush=True)
     print(json.dumps({"tokens": n, "kind": "raw_forward", "ms": raw_forward(n)}), flush=True)
+    if profile:  # one more new session, under cProfile on the compute thread
+        for sid in list(eng.sessions):
+            eng.forget(sid)
+        eng._spare.clear()
+        prof = cProfile.Profile()
+        eng._worker.submit(prof.enable).result()
+        done = anyio.run(complete, eng, prompt_request(eng, n, f"p{n}", 4, seed=7 * n))
+        eng._worker.submit(prof.disable).result()
+        st = pstats.Stats(prof)
+        rows = sorted(((v[3], v[2], v[0], f"{Path(k[0]).name}:{k[1]}:{k[2]}") for k, v in st.stats.items()), reverse=True)
+        print(json.dumps({"tokens": n, "kind": "new_profiled", "ttft_ms": round(done.usage.ttft_s * 1000, 2),
+                          "top_cumulative_ms": [(round(c * 1000, 2), round(t * 1000, 2), calls, name)
+                                                for c, t, calls, name in rows[:45]]}), flush=True)
