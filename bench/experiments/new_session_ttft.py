@@ -1,6 +1,6 @@
 """What a short prompt's TTFT pays besides its forward (CUDA), by session kind.
 
-    python bench/experiments/new_session_ttft.py MODEL.gguf [N_TOKENS ...] [--profile]
+    python bench/experiments/new_session_ttft.py MODEL.gguf [N_TOKENS ...] [--profile] [--gc-freeze]
 
 For each prompt size, three turns of a fresh random prompt: ``new`` (a session id never
 seen, no retired session to reuse: a KV pool and a decoder are built and a graph captured),
@@ -9,14 +9,16 @@ seen, no retired session to reuse: a KV pool and a decoder are built and a graph
 prefix). Each row: TTFT, and host milliseconds of the steps on the compute thread
 (``_new_session``, ``CudaKV.grow``, ``CudaDecoder.prefill`` with the graph capture it may
 record inside it, ``start``, the first ``sample``), timed with no device syncs added
-(``prefill`` ends with its stream's sync, so its time includes the GPU's), and the raw
+(``prefill`` ends with its stream's sync, so its time includes the GPU's), the cyclic
+garbage collector's pauses during the turn (any thread; ``gc.callbacks``), and the raw
 forward (``Transformer.forward`` alone, synced) of the same size for reference.
-``--profile``: one more new session per size under cProfile (on the compute thread), its
+``--gc-freeze``: ``gc.freeze()`` after the warm-up (an A/B of the collector's share). ``--profile``: one more new session per size under cProfile (on the compute thread), its
 top functions by cumulative time. Prints JSON lines.
 """
 
 import cProfile
 import functools
+import gc
 import json
 import pstats
 import sys
@@ -33,8 +35,21 @@ from agentcore.engine.local import LocalEngine
 
 path = Path(sys.argv[1])
 profile = "--profile" in sys.argv
-sizes = [int(x) for x in sys.argv[2:] if x != "--profile"] or [16, 512, 2048]
+freeze = "--gc-freeze" in sys.argv
+sizes = [int(x) for x in sys.argv[2:] if not x.startswith("--")] or [16, 512, 2048]
 parts: dict[str, list[float]] = {}
+gc_pauses: list[tuple[int, float]] = []  # (generation, ms) of each cyclic collection
+_gc_t0 = [0.0]
+
+
+def _on_gc(phase, info):
+    if phase == "start":
+        _gc_t0[0] = time.perf_counter()
+    else:
+        gc_pauses.append((info["generation"], round((time.perf_counter() - _gc_t0[0]) * 1000, 2)))
+
+
+gc.callbacks.append(_on_gc)
 
 
 def timed(owner, name, label=None):
@@ -56,6 +71,9 @@ anyio.run(complete, eng, prompt_request(eng, 64, "warm", 4))
 for owner, name in ((LocalEngine, "_new_session"), (CudaKV, "grow"), (CudaDecoder, "prefill"),
                     (CudaDecoder, "_capture"), (CudaDecoder, "start"), (CudaDecoder, "sample")):
     timed(owner, name)
+if freeze:  # every object so far out of the collector's sight: its pauses then scan new objects only
+    gc.collect()
+    gc.freeze()
 
 
 def raw_forward(n: int) -> float:
@@ -83,11 +101,13 @@ for n in sizes:
             eng.forget(f"a{n}")  # retired: its buffers are kept for the next new session
         req = prompt_request(eng, n, sid, 4, seed=1000 + 10 * n + len(kind))
         parts.clear()
+        gc_pauses.clear()
         done = anyio.run(complete, eng, req)
         rec = eng.turns[-1]
         print(json.dumps({"tokens": done.usage.prompt_tokens, "kind": kind, "ttft_ms": round(done.usage.ttft_s * 1000, 2),
                           "prefill_ms_record": round(rec.prefill_ms, 2), "cached": done.usage.cached_tokens,
-                          "parts_ms": dict(parts)}), flush=True)
+                          "parts_ms": dict(parts), "gc_ms": round(sum(ms for _, ms in gc_pauses), 2),
+                          "gc_pauses": [p for p in gc_pauses if p[1] >= 1.0]}), flush=True)
     print(json.dumps({"tokens": n, "kind": "raw_forward", "ms": raw_forward(n)}), flush=True)
     if profile:  # one more new session, under cProfile on the compute thread
         for sid in list(eng.sessions):
