@@ -236,3 +236,34 @@ def test_pinned_ram_blocks_and_dense_restores_are_not_staged(tmp_path):
     got = staged.restore(ids, block_hashes(ids, LAYOUT), into=into)  # a host KV: copied once, in place
     assert got.tokens == len(ids)
     np.testing.assert_array_equal(into, kv.data[:, :, : len(ids)])
+
+
+@pytest.mark.parametrize("with_disk", [False, True])
+def test_a_restore_that_misses_allocates_no_read_buffer(tmp_path, with_disk):
+    # A cold prompt: nothing stored. The restore must not take host buffers for blocks that
+    # cannot be read (on CUDA each would be freshly pinned memory, whose allocation stalls
+    # every thread's kernel launches: a new session's first turn paid it per block).
+    asked = []
+
+    def host_alloc(shape, dtype):
+        asked.append(shape)
+        return np.empty(shape, dtype)
+
+    store = CheckpointStore(LAYOUT, kv_dir=tmp_path if with_disk else None, host_alloc=host_alloc)
+    ids = list(range(40))  # 10 full blocks
+    got, _ = restore(store, ids)
+    assert got.tokens == 0 and got.source == "none"
+    assert asked == []
+    # A block another process wrote after this store's scan is still found (by its file).
+    if with_disk:
+        other = CheckpointStore(LAYOUT, kv_dir=tmp_path)
+        save(other, "o", ids)
+        got, out = restore(store, ids)
+        assert got.tokens == 40 and got.source == "disk"
+        np.testing.assert_array_equal(out[:, :, :40], FakeKV(ids).data[:, :, :40])
+        # A chain that stops midway: blocks after the first miss are never read.
+        asked.clear()
+        longer = ids + list(range(1000, 1040))
+        got, _ = restore(store, longer)
+        assert got.tokens == 40
+        assert len(asked) <= 2 * store.read_threads  # the hits' buffers only, none past the miss

@@ -417,6 +417,11 @@ class CheckpointStore:
             if data is not None:
                 ahead.append((item, data, src, None))
                 return True
+            if not self._may_be_on_disk(key, parent, tail, n):
+                # A miss known now: no read buffer for it (on CUDA a fresh one is pinned
+                # memory, whose allocation stalls every thread's launches) and none after it.
+                ahead.append((item, None, "miss", None))
+                return False
             if into is not None and start >= live:
                 dest, off, buf = into, start, None
             else:
@@ -432,6 +437,8 @@ class CheckpointStore:
                 pass
             while ahead:
                 item, data, src, fut = ahead.popleft()
+                if src == "miss":
+                    return
                 start, n = item[0], len(item[3])
                 if fut is not None and (got := fut.result())[0] != "staged" and not self._settle_read(item, got):
                     return
@@ -450,6 +457,18 @@ class CheckpointStore:
             for _, _, _, fut in ahead:  # reads past a miss: let them finish before buffers go
                 if fut is not None:
                     fut.cancel() or fut.exception()
+
+    def _may_be_on_disk(self, key: str, parent: str, tail: bool, n: int) -> bool:
+        """Whether a read of this block can find it: indexed on disk, or a file of its name
+        there (another process may have written it since our scan)."""
+        if self.disk_io is None:
+            return False
+        if key in self.disk:
+            return True
+        try:
+            return self.disk_io.path(*_file_name(key, parent, tail, n)).exists()
+        except OSError:  # the read will tell (and count the fault)
+            return True
 
     def _reads(self) -> ThreadPoolExecutor:
         if self._read_pool is None:
