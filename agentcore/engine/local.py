@@ -164,7 +164,8 @@ class LocalEngine:
 
     Build it with ``LocalEngine.from_gguf(path, ...)``. ``device``: ``"cpu"`` (NumPy),
     ``"cuda"`` (CuPy; a clear error without it) or ``"auto"``. ``kv_dir`` enables the disk tier
-    (checkpoints survive restarts); ``kv_ram_mb`` and ``kv_disk_mb`` are the tier budgets.
+    (checkpoints survive restarts); ``kv_ram_mb`` and ``kv_disk_mb`` are the tier budgets (on
+    CUDA the RAM tier's first GB, at most 256 blocks, is page-locked at construction).
     ``kv_dtype``: the live KV's and its checkpoints' type: ``"float32"`` (the CPU default),
     ``"float16"`` (the GPU default, and on the CPU), or ``"q8_0"`` (llama-style models, CPU
     and GPU: GGUF Q8_0 rows, 3.8x fewer bytes than float32 and 1.9x fewer than float16 to
