@@ -29,6 +29,7 @@ import anyio
 import cupy as cp
 
 from agentcore.bench._public import complete, prompt_request
+from agentcore.bench.gpu import raw_prefill
 from agentcore.engine.backends.cuda import CudaKV
 from agentcore.engine.backends.cuda_graph import CudaDecoder
 from agentcore.engine.local import LocalEngine
@@ -77,19 +78,8 @@ if freeze:  # every object so far out of the collector's sight: its pauses then 
 
 
 def raw_forward(n: int) -> float:
-    import numpy as np
-
-    ids = np.random.default_rng(0).integers(0, eng.spec.vocab_size, n).tolist()
-    kv = eng.ops.new_kv(eng.spec, n + 64)
-    best = float("inf")
-    for _ in range(3):
-        kv.length = 0
-        cp.cuda.runtime.deviceSynchronize()
-        t0 = time.perf_counter()
-        eng.transformer.forward(ids, 0, kv)
-        cp.cuda.runtime.deviceSynchronize()
-        best = min(best, time.perf_counter() - t0)
-    return round(best * 1000, 2)
+    """ms of the bare forward of n tokens (the GPU bench's raw prefill: best of two, synced)."""
+    return round(n / raw_prefill(cp, eng, n) * 1000, 2)
 
 
 for n in sizes:
