@@ -146,12 +146,6 @@ def _move_staged(out: np.ndarray, stage: np.ndarray, event: Any) -> None:
     np.copyto(out, stage)
 
 
-def _cupy() -> Any:
-    import cupy
-
-    return cupy
-
-
 def _close_stream(send: Any, token: Any) -> None:
     try:
         anyio.from_thread.run_sync(send.close, token=token)
@@ -673,10 +667,11 @@ class LocalEngine:
         to pageable memory while the next block crosses PCIe. The driver's own copy to
         pageable memory stalled the next turn's kernel launches for as long as it ran
         (H100, 8B, live turn right after a cold checkpoint: 182 / 1,334 ms at 8K / 32K
-        against 31 / 70 ms staged; live_probe in bench/results/2026-12-07-h100-NOTES-d945509.md),
+        against 31 / 70 ms staged: bench/experiments/turn_after_checkpoint.py, d945509),
         and new memory is never pinned here (cudaHostAlloc holds the driver's lock too: a
         32K checkpoint once cost the next turn 1.3-1.7 s)."""
-        cp = _cupy()
+        import cupy as cp
+
         host: dict[int, np.ndarray] = {}
         dtype = self.layout.array_dtype
         staged: tuple[np.ndarray, np.ndarray, Any] | None = None  # (out, stage, event) in flight
