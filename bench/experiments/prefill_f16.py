@@ -18,6 +18,7 @@ import cupy as cp
 import numpy as np
 
 from agentcore.bench._public import agent_session, complete, prompt_request
+from agentcore.bench.gpu import best_forward_s
 from agentcore.engine.backends.cuda import CudaLinear
 from agentcore.engine.local import LocalEngine
 
@@ -59,14 +60,7 @@ def main() -> None:
         eng.transformer.forward(rng.integers(0, eng.spec.vocab_size, 2048).tolist(), 0, kv)
         for n in sizes:
             ids = rng.integers(0, eng.spec.vocab_size, n).tolist()
-            best = float("inf")
-            for _ in range(3):
-                kv.length = 2048
-                cp.cuda.runtime.deviceSynchronize()
-                t0 = time.perf_counter()
-                eng.transformer.forward(ids, 2048, kv)
-                cp.cuda.runtime.deviceSynchronize()
-                best = min(best, time.perf_counter() - t0)
+            best = best_forward_s(cp, eng, ids, kv, pos0=2048, reps=3)
             print(json.dumps({"figure": "raw_prefill_at_2048", "mode": mode, "tokens": n,
                               "ms": round(best * 1000, 2), "resident": sum(lin.w16 is not None for lin in lins),
                               **base}), flush=True)  # fmt: skip
