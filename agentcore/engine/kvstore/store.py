@@ -124,10 +124,8 @@ class CheckpointStore:
         host_alloc: Callable[[tuple[int, ...], str], np.ndarray] | None = None,
         host_pinned: Callable[[np.ndarray], bool] | None = None,
     ) -> None:
-        """``read_threads``: disk reads (and, with ``host_pinned``, copies into pinned
-        buffers) in flight during a restore (default: one per core, up to 4, or up to 8 with
-        ``host_pinned``: one thread's copy runs at a few GB/s, and on CUDA they feed a PCIe
-        copy of about 25 GB/s). ``host_alloc(shape, dtype)``: where RAM-tier copies and read buffers live
+        """``read_threads``: disk reads in flight during a restore (default: up to 4, one per
+        core). ``host_alloc(shape, dtype)``: where RAM-tier copies and read buffers live
         (pinned memory on CUDA, so the copies to and from the GPU run at full bandwidth).
         ``host_pinned(array)``: whether a host array is page-locked; given (CUDA), a restore
         through ``write_block`` has RAM blocks in pageable memory copied into ``host_alloc``
@@ -135,7 +133,7 @@ class CheckpointStore:
         copy to the device then runs at full bandwidth instead of the speed of one CPU copy
         (8B shape, 32K tokens from RAM on an H100: 630 ms at d945509)."""
         self.layout = layout
-        self.read_threads = max(1, read_threads or min(8 if host_pinned else 4, os.cpu_count() or 1))
+        self.read_threads = max(1, read_threads or min(4, os.cpu_count() or 1))
         self._host_alloc = host_alloc
         self._host_pinned = host_pinned
         self._read_pool: ThreadPoolExecutor | None = None
