@@ -4,9 +4,9 @@
 
 VARIANTS (comma list): ``new`` (this checkout's kernels), ``old`` (the kernels in DIR, e.g.
 ``mkdir k && for f in quant gemv_q8 ops sample mla; do git show SHA:agentcore/engine/backends/kernels/$f.cu > k/$f.cu; done``),
-``fp16nst3`` / ``tq8nst6`` (this checkout with 3 fp16 / 6 attn_tq8 stages), ``split2`` (this
-checkout with splits of at least two tiles: one split, no merge, up to 128 positions). Each variant's
-module is compiled with only the attention kernels; ``cuda._kernel`` and the shared-memory
+``fp16nst3`` / ``tq8nst6`` (this checkout with 3 fp16 / 6 attn_tq8 stages at head_dim 128),
+``split2`` (this checkout with splits of at least two tiles: one split, no merge, up to 128
+positions). Each variant's module is compiled with only the attention kernels; ``cuda._kernel`` and the shared-memory
 sizes are swapped per variant (read from that module's ``attn_tc_smem``). Every layer once,
 graph replays, the 8B and SmolLM2 shapes, both KV dtypes (q8_0: ``tc`` is the fp16-tile kernel,
 ``tq8`` attn_tq8). ``max_abs_diff_vs_first``: against the first variant's output.
@@ -34,7 +34,7 @@ def variant_src(name):
         assert code.count(a) == 1
         code = code.replace(a, "static constexpr int TP = ATTN_TP, NST = Q8 ? (D <= 128 ? 4 : 3) : (D <= 64 ? 4 : 3);")
     if name == "tq8nst6":
-        a = "static constexpr int TP = ATTN_TP, NST = D <= 128 ? 4 : 3, NB = D / 32;"
+        a = "static constexpr int TP = ATTN_TP, NST = D <= 64 ? 6 : (D <= 128 ? 4 : 3), NB = D / 32;"
         assert code.count(a) == 1
         code = code.replace(a, "static constexpr int TP = ATTN_TP, NST = D <= 128 ? 6 : 3, NB = D / 32;")
     if name == "split2":
