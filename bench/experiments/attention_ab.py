@@ -5,8 +5,8 @@
 VARIANTS (comma list): ``new`` (this checkout's kernels), ``old`` (the kernels in DIR, e.g.
 ``mkdir k && for f in quant gemv_q8 ops sample mla; do git show SHA:agentcore/engine/backends/kernels/$f.cu > k/$f.cu; done``),
 ``fp16nst3`` / ``tq8nst6`` (this checkout with 3 fp16 / 6 attn_tq8 stages at head_dim 128),
-``split2`` (this checkout with splits of at least two tiles: one split, no merge, up to 128
-positions). Each variant's module is compiled with only the attention kernels; ``cuda._kernel`` and the shared-memory
+``split1`` / ``split4`` (this checkout with splits of at least one / four tiles; the kernels
+take at least two since 2026-12-07: one split, no merge, up to 128 positions). Each variant's module is compiled with only the attention kernels; ``cuda._kernel`` and the shared-memory
 sizes are swapped per variant (read from that module's ``attn_tc_smem``). Every layer once,
 graph replays, the 8B and SmolLM2 shapes, both KV dtypes (q8_0: ``tc`` is the fp16-tile kernel,
 ``tq8`` attn_tq8). ``max_abs_diff_vs_first``: against the first variant's output.
@@ -37,10 +37,11 @@ def variant_src(name):
         a = "static constexpr int TP = ATTN_TP, NST = D <= 64 ? 6 : (D <= 128 ? 4 : 3), NB = D / 32;"
         assert code.count(a) == 1
         code = code.replace(a, "static constexpr int TP = ATTN_TP, NST = D <= 128 ? 6 : 3, NB = D / 32;")
-    if name == "split2":
-        a = "const int per = ((n + nsplit - 1) / nsplit + TP - 1) / TP * TP;"
+    if name in ("split1", "split4"):
+        a = "const int per = max(2 * TP, ((n + nsplit - 1) / nsplit + TP - 1) / TP * TP);"
         assert code.count(a) == 2
-        code = code.replace(a, "const int per = max(2 * TP, ((n + nsplit - 1) / nsplit + TP - 1) / TP * TP);")
+        lo = "TP" if name == "split1" else "4 * TP"
+        code = code.replace(a, f"const int per = max({lo}, ((n + nsplit - 1) / nsplit + TP - 1) / TP * TP);")
     return code
 mods = {}
 def module(name):

@@ -804,7 +804,9 @@ __global__ void __launch_bounds__(256) attn_tc(
     const int h = blockIdx.x, split = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, t4 = lane & 3;
     const int n = pos_dev ? *pos_dev + 1 : n_host;  // set before the graph runs (tc_prologue)
-    const int per = ((n + nsplit - 1) / nsplit + TP - 1) / TP * TP;
+    // At least two tiles a split: a short context is one split with no merge, and up to 4K
+    // positions fewer, longer splits (H100: 21-27% less attention time at ctx 65 and 4K).
+    const int per = max(2 * TP, ((n + nsplit - 1) / nsplit + TP - 1) / TP * TP);
     const int used = (n + per - 1) / per;  // slices holding positions (attn_merge_last)
     const int start = split * per, end = min(n, start + per);
     if (split >= used) return;
@@ -947,15 +949,13 @@ __device__ __forceinline__ int tq8_dim(int b, int j, int e) {
     return 32 * b + ((b & 1) ? 4 * j + e : (4 * j + 30 + e) & 31);
 }
 __device__ __forceinline__ unsigned lds32(const unsigned char* p) { return *(const unsigned*)p; }
-// Logical word j of the q8_0 block b of the row at r (pair offset c = 68 (b / 2)). Even b,
-// j = 0: values 30, 31 from word 8 of the pair, 0, 1 from its word 0; other j read one word
-// (twice: the byte_perm of a word with itself is the word).
-__device__ __forceinline__ unsigned tq8_word(const unsigned char* r, int b, int j) {
-    const unsigned char* c = r + 68 * (b >> 1);
-    if (b & 1) return lds32(c + 36 + 4 * j);
-    if (j >= 4) return lds32(c + 4 * j);  // known at compile time in pass 1's second k-step
-    return __byte_perm(lds32(c + (j ? 4 * j : 32)), lds32(c + 4 * j), 0x7610u);
-}
+// Logical word j of the q8_0 block b of a row is byte_perm(the row's word at tq8_wa(b, j),
+// its word at tq8_wb(b, j), 0x7610) (pair offset 68 (b / 2)): even b, j = 0, values 30, 31
+// from word 8 of the pair and 0, 1 from its word 0; otherwise one word (twice: the byte_perm
+// of a word with itself is the word). A thread's j is fixed by its lane, so it works the
+// offsets out once, not a tile (pass 2), or has them at compile time (pass 1, unrolled).
+__device__ __forceinline__ int tq8_wb(int b, int j) { return 68 * (b >> 1) + ((b & 1) ? 36 + 4 * j : 4 * j); }
+__device__ __forceinline__ int tq8_wa(int b, int j) { return (b & 1) || j ? tq8_wb(b, j) : 68 * (b >> 1) + 32; }
 // The 4 int8 values of a word (already ^ 0x80) as two fp16 pairs: (e0, e1) and (e2, e3).
 __device__ __forceinline__ void tq8_halves(unsigned u, unsigned& lo, unsigned& hi) {
     const __half2 off = __float2half2_rn(1152.f);
@@ -991,45 +991,65 @@ __device__ __forceinline__ void cp_async16n(void* dst, const void* src, int n) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(n) : "memory");
 }
 
-// attn_tq8's tile copy: positions [base, base + TP) of plane kv into a stage. A tile in one
-// paged block (BS a multiple of TP, the default) is copied by 16-byte cp.async chunks, each
-// row from the 16-byte boundary at or below its start: q8_0 rows are 136 bytes at head_dim
-// 128 and 68 at 64, only 8- or 4-byte aligned, and tc_issue's copy takes 17 chunks of 8 or 4
-// bytes a row, 9 or 5 here. Row p of the tile then starts tq8_off(p) bytes into its slot;
-// the bytes before it are the end of the row before it in the pool (the pool is 256-byte
-// aligned, so there is one), and the last chunk reads only up to the row's end (cp.async's
-// src-size), so nothing past the pool is read. Other block sizes take tc_issue's copy (rows
-// at offset 0). The newest row (fresh) is queued only when late (then through L2, see
-// tc_issue); positions past end are zeros.
+// attn_tq8's tile copy: positions [base, base + TP) of plane kv (tile `tile` of the split)
+// into a stage. A tile in one paged block (BS a multiple of TP, the default) is copied by
+// 16-byte cp.async.cg chunks (through L2), each row from the 16-byte boundary at or below
+// its start: q8_0 rows are 136 bytes at head_dim 128 and 68 at 64, only 8- or 4-byte
+// aligned, and tc_issue's copy takes 17 chunks of 8 or 4 bytes a row, 9 or 5 here. Row p of
+// the tile then starts tq8_off(p) bytes into its slot; the bytes before it are the end of
+// the row before it in the pool (the pool is 256-byte aligned, so there is one), and the
+// last chunk reads only up to the row's end (cp.async's src-size), so nothing past the pool
+// is read. Positions past end are zeros.
+// Thread c < R NCH takes chunk c % NCH of the rows c / NCH + R r (r < ROUNDS): R RW is a
+// multiple of 16, so a thread's rows share their offset and byte count, worked out once a
+// tile, and the tile's first row is one shared-memory read (tq8_tile_offsets: the split's
+// table lookups and divisions by BS done once). Inlined: the out-of-line copy that worked
+// out every chunk's row, offset, lookup and division was about half the kernel's
+// instructions (ncu at 32K, 448b6fc: 3.4K warp instructions a tile, issue slots 57% busy,
+// DRAM 35%).
+// The newest row (fresh, written by rope_kv just before this kernel) is left out before
+// PDL_WAIT (late false), for tq8_fresh_rows; after it, cp.async.cg reads it from L2 as any
+// other row. Other block sizes take tc_issue's copy (rows at offset 0, a lookup a chunk).
+__host__ __device__ constexpr int tq8_rows(int r, int rw) { return (r * rw) % 16 ? tq8_rows(r - 1, rw) : r; }
 template <int D>
-__device__ __noinline__ void tq8_issue(unsigned char* stage, const unsigned char* pool, const int* table, int kv,
-                                       int base, int end, int layer, int L, int BS, int KVH, int h, int fresh,
-                                       bool late) {
+struct Tq8Copy {
+    static constexpr int NCH = Tq8Shape<D>::NCH, R = tq8_rows(256 / NCH, Tq8Shape<D>::RW);  // 48, 28, 15 rows
+    static constexpr int ROUNDS = (ATTN_TP + R - 1) / R;                                     // 2, 3, 5
+    static_assert(R * NCH <= 256 && R * Tq8Shape<D>::RW % 16 == 0, "a round's rows share their offset");
+};
+// Pool offsets of the first row of each tile of a split (plane K; V's are BS KVH RW on).
+template <int D>
+__device__ __forceinline__ void tq8_tile_offsets(long long* toff, const int* table, int start, int ntiles,
+                                                 int layer, int L, int BS, int KVH, int h) {
+    if (BS % ATTN_TP == 0 && (int)threadIdx.x < ntiles)
+        toff[threadIdx.x] = kv_index(table, start + threadIdx.x * ATTN_TP, layer, 0, h, L, BS, KVH, Tq8Shape<D>::RW);
+}
+template <int D>
+__device__ __forceinline__ void tq8_issue(unsigned char* stage, const unsigned char* pool, const int* table,
+                                          const long long* toff, int kv, int tile, int start, int end, int layer,
+                                          int L, int BS, int KVH, int h, int fresh, bool late) {
     using T = Tq8Shape<D>;
+    using C = Tq8Copy<D>;
+    const int base = start + tile * T::TP;
     if (BS % T::TP) {
         tc_issue<D, 1, T::PITCH>(stage, pool, table, kv, base, end, layer, L, BS, KVH, h, fresh, late);
         return;
     }
-    constexpr int N = T::TP * T::NCH;
-    const unsigned char* row0 = pool + kv_index(table, base, layer, kv, h, L, BS, KVH, T::RW);
-    const long long pitch = (long long)KVH * T::RW;
+    const int c = threadIdx.x;
+    if (c >= C::R * C::NCH) return;
+    const int p0 = c / C::NCH, k = c - p0 * C::NCH;
+    const int pitch = KVH * T::RW, off = ((h + p0 * KVH) * T::RW) & 15;
+    const int nbk = max(0, min(16, off + T::RW - 16 * k));
+    // Every row of the tile lies in its paged block, so src is in the pool past end too (the
+    // copy then reads nothing: src-size 0).
+    const unsigned char* src = pool + toff[tile] + (long long)kv * BS * pitch + (p0 * pitch - off + 16 * k);
+    unsigned char* dst = stage + p0 * T::PITCH + 16 * k;
+    const int step = C::R * pitch;
 #pragma unroll
-    for (int i = 0; i < (N + 255) / 256; i++) {
-        const int c = threadIdx.x + 256 * i;
-        if (N % 256 == 0 || c < N) {
-            const int p = c / T::NCH, k = c % T::NCH;
-            const unsigned char* row = row0 + p * pitch;
-            const int off = (int)((unsigned long long)row & 15);
-            const unsigned char* src = row - off + 16 * k;
-            const int nb = base + p < end ? max(0, min(16, off + T::RW - 16 * k)) : 0;
-            unsigned char* dst = stage + p * T::PITCH + 16 * k;
-            if (base + p == fresh) {
-                if (late)
-                    for (int w = 0; w < nb / 4; w++) ((unsigned*)dst)[w] = __ldcg((const unsigned*)src + w);
-            } else {
-                cp_async16n(dst, nb ? src : pool, nb);
-            }
-        }
+    for (int r = 0; r < C::ROUNDS; r++) {
+        const int p = p0 + C::R * r;
+        if ((r + 1 < C::ROUNDS || p < T::TP) && (late || base + p != fresh))
+            cp_async16n(dst + r * C::R * T::PITCH, src + r * step, base + p < end ? nbk : 0);
     }
 }
 // Where row p of a tile starts in its slot (tq8_issue): the pool offset of the row mod 16,
@@ -1045,17 +1065,17 @@ __device__ __forceinline__ int tq8_off(int p, int BS, int KVH, int h) {
 // attn_tq8's first NST - 1 tiles of a split: tc_prologue's schedule with tq8_issue's copy,
 // tq8_fresh_rows the newest row after PDL_WAIT.
 template <int D>
-__device__ __forceinline__ void tq8_prologue(unsigned char* stages, const unsigned char* pool,
-                                             const int* table, int start, int end, int ntiles, bool v_early,
+__device__ __forceinline__ void tq8_prologue(unsigned char* stages, const unsigned char* pool, const int* table,
+                                             const long long* toff, int start, int end, int ntiles, bool v_early,
                                              int fresh, bool late, int layer, int L, int BS, int KVH, int h) {
     using T = Tq8Shape<D>;
 #pragma unroll
     for (int i = 0; i < T::NST - 1; i++) {
         if (i < ntiles) {
-            tq8_issue<D>(stages + i * T::STAGE, pool, table, 0, start + i * T::TP, end, layer, L, BS, KVH, h, fresh,
+            tq8_issue<D>(stages + i * T::STAGE, pool, table, toff, 0, i, start, end, layer, L, BS, KVH, h, fresh,
                          late);
             if (v_early)
-                tq8_issue<D>(stages + (ntiles + i) * T::STAGE, pool, table, 1, start + i * T::TP, end, layer, L, BS,
+                tq8_issue<D>(stages + (ntiles + i) * T::STAGE, pool, table, toff, 1, i, start, end, layer, L, BS,
                              KVH, h, fresh, late);
         }
         cp_commit();
@@ -1095,17 +1115,22 @@ __global__ void __launch_bounds__(256, D <= 128 ? 4 : 1) attn_tq8(  // 4 blocks 
     __half* P = (__half*)S;                               // [8][LDP], over S
     __half* Qs = (__half*)(S + 8 * LDS);                  // [8][LDQ]
     __shared__ float stat[2][8];
+    __shared__ long long toff[T::SMAX / TP];
     if (!early) PDL_WAIT();
     const int h = blockIdx.x, split = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, t4 = lane & 3;
     const int n = pos_dev ? *pos_dev + 1 : n_host;  // set before the graph runs (tc_prologue)
-    const int per = ((n + nsplit - 1) / nsplit + TP - 1) / TP * TP;
+    // At least two tiles a split: a short context is one split with no merge, and up to 4K
+    // positions fewer, longer splits (H100: 21-27% less attention time at ctx 65 and 4K).
+    const int per = max(2 * TP, ((n + nsplit - 1) / nsplit + TP - 1) / TP * TP);
     const int used = (n + per - 1) / per;
     const int start = split * per, end = min(n, start + per);
     if (split >= used) return;
     const int cnt = end - start, padded = (cnt + TP - 1) / TP * TP, ntiles = padded / TP;
     const bool v_early = 2 * ntiles <= NST;
-    tq8_prologue<D>(stages, pool, table, start, end, ntiles, v_early, n - 1, !early, layer, L, BS, KVH, h);
+    tq8_tile_offsets<D>(toff, table, start, ntiles, layer, L, BS, KVH, h);
+    __syncthreads();
+    tq8_prologue<D>(stages, pool, table, toff, start, end, ntiles, v_early, n - 1, !early, layer, L, BS, KVH, h);
     if (early) {
         PDL_WAIT();
         tq8_fresh_rows<D>(stages, pool, table, start, end, ntiles, v_early, n - 1, layer, L, BS, KVH, h);
@@ -1129,33 +1154,47 @@ __global__ void __launch_bounds__(256, D <= 128 ? 4 : 1) attn_tq8(  // 4 blocks 
                 qb[b][st][half] = *(unsigned*)&v;
             }
 
-    // Pass 1: scores. Warp w < TP / 16 takes positions [16 w, 16 w + 16) of each tile.
-    const int off1 = tq8_off<D>(warp * 16 + g, BS, KVH, h);  // rows g and g + 8 of the warp's 16
+    // Pass 1: scores. Warp w < TP / 16 takes positions [16 w, 16 w + 16) of each tile. Row g
+    // of the warp's 16 starts at r1 in a stage (row g + 8 at r1 + 8 PITCH). Its words L_t
+    // (k-step 0) and L_{t+4} (k-step 1) of block b are tq8_wa / tq8_wb unrolled: rA - r1 =
+    // tq8_wa(0, t), rB - r1 = tq8_wb(0, t), plus 68 (b / 2), 36 more for odd b, 16 for L_{t+4}.
+    const int r1 = (warp * 16 + g) * PITCH + tq8_off<D>(warp * 16 + g, BS, KVH, h);
+    const int rA = r1 + (t4 ? 4 * t4 : 32), rB = r1 + 4 * t4;
 #pragma unroll 1
     for (int i = 0; i < ntiles; i++) {
         cp_wait<NST - 2>();
         __syncthreads();  // tile i has landed for every thread; tile i - 1's stage is free
         if (i + NST - 1 < ntiles)
-            tq8_issue<D>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 0, start + (i + NST - 1) * TP, end,
+            tq8_issue<D>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, toff, 0, i + NST - 1, start, end,
                          layer, L, BS, KVH, h, n - 1, true);
         cp_commit();
         if (warp < TP / 16) {
-            const unsigned char* r0 = stages + (i % NST) * T::STAGE + (warp * 16 + g) * PITCH + off1;
-            const unsigned char* r1 = r0 + 8 * PITCH;
+            const unsigned char* st = stages + (i % NST) * T::STAGE;
             float sc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
             for (int b = 0; b < NB; b++) {
+                unsigned w[2][2];  // [row g, g + 8][k-step]: L_t, L_{t+4}
+#pragma unroll
+                for (int y = 0; y < 2; y++) {
+                    const int o = 68 * (b >> 1) + 8 * PITCH * y;
+                    if (b & 1) {
+                        w[y][0] = lds32(st + rB + o + 36);
+                        w[y][1] = lds32(st + rB + o + 52);
+                    } else {
+                        w[y][0] = __byte_perm(lds32(st + rA + o), lds32(st + rB + o), 0x7610u);
+                        w[y][1] = lds32(st + rB + o + 16);
+                    }
+                }
                 float cb[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-                for (int st = 0; st < 2; st++) {
-                    const int j = t4 + 4 * st;
+                for (int s2 = 0; s2 < 2; s2++) {
                     unsigned a[4];
-                    tq8_halves(tq8_word(r0, b, j) ^ 0x80808080u, a[0], a[2]);
-                    tq8_halves(tq8_word(r1, b, j) ^ 0x80808080u, a[1], a[3]);
-                    mma16816(cb, a, qb[b][st][0], qb[b][st][1]);
+                    tq8_halves(w[0][s2] ^ 0x80808080u, a[0], a[2]);
+                    tq8_halves(w[1][s2] ^ 0x80808080u, a[1], a[3]);
+                    mma16816(cb, a, qb[b][s2][0], qb[b][s2][1]);
                 }
-                const float d0 = __half2float(*(const __half*)(r0 + b * Q8B));
-                const float d1 = __half2float(*(const __half*)(r1 + b * Q8B));
+                const float d0 = __half2float(*(const __half*)(st + r1 + b * Q8B));
+                const float d1 = __half2float(*(const __half*)(st + r1 + 8 * PITCH + b * Q8B));
                 sc[0] += d0 * cb[0];
                 sc[1] += d0 * cb[1];
                 sc[2] += d1 * cb[2];
@@ -1173,14 +1212,18 @@ __global__ void __launch_bounds__(256, D <= 128 ? 4 : 1) attn_tq8(  // 4 blocks 
 #pragma unroll
     for (int i = 0; i < NST - 1; i++) {
         if (i < ntiles && !v_early)
-            tq8_issue<D>(stages + i * T::STAGE, pool, table, 1, start + i * TP, end, layer, L, BS, KVH, h, n - 1, true);
+            tq8_issue<D>(stages + i * T::STAGE, pool, table, toff, 1, i, start, end, layer, L, BS, KVH, h, n - 1, true);
         cp_commit();
     }
     tc_softmax<LDS, LDP>(S, P, stat, G, cnt, padded);
     // Pass 2. o[m][*]: m-tile m of block b: row g is dimension tq8_dim(b, g, 2m), row g + 8
-    // tq8_dim(b, g, 2m + 1); columns 2t, 2t + 1 are heads.
-    const int b = warp % NB, kg = warp / NB;
-    const int off2a = tq8_off<D>(2 * t4, BS, KVH, h), off2b = tq8_off<D>(2 * t4 + 1, BS, KVH, h);
+    // tq8_dim(b, g, 2m + 1); columns 2t, 2t + 1 are heads. Positions 2t and 2t + 1 of k-step
+    // kg start at e0 and o0 in a stage; those of k-step kg + KG k' and the +8 ones follow at
+    // multiples of PITCH. Word L_g of each: tq8_wa, tq8_wb.
+    const int b = warp % NB, kg = warp / NB, wa = tq8_wa(b, g), wb = tq8_wb(b, g);
+    const int e0 = (16 * kg + 2 * t4) * PITCH + tq8_off<D>(2 * t4, BS, KVH, h);
+    const int o0 = (16 * kg + 2 * t4 + 1) * PITCH + tq8_off<D>(2 * t4 + 1, BS, KVH, h);
+    const __half* pg = P + g * LDP + 16 * kg + 2 * t4;
     float o[2][4];
 #pragma unroll
     for (int m = 0; m < 2; m++) o[m][0] = o[m][1] = o[m][2] = o[m][3] = 0.f;
@@ -1189,28 +1232,24 @@ __global__ void __launch_bounds__(256, D <= 128 ? 4 : 1) attn_tq8(  // 4 blocks 
         cp_wait<NST - 2>();
         __syncthreads();  // tile i landed; tile i - 1's products (or the softmax) are done
         if (i + NST - 1 < ntiles)
-            tq8_issue<D>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, 1, start + (i + NST - 1) * TP, end,
+            tq8_issue<D>(stages + ((i + NST - 1) % NST) * T::STAGE, pool, table, toff, 1, i + NST - 1, start, end,
                          layer, L, BS, KVH, h, n - 1, true);
         cp_commit();
-        const int st = v_early ? ntiles + i : i % NST;
-        const unsigned char* tile = stages + st * T::STAGE;
-
+        const unsigned char* tile = stages + (v_early ? ntiles + i : i % NST) * T::STAGE;
 #pragma unroll
-        for (int k = kg; k < TP / 16; k += KG) {
-            const int r = 16 * k + 2 * t4;  // positions 2t, 2t+1, 2t+8, 2t+9 of the k-step
+        for (int kk = 0; kk < TP / 16 / KG; kk++) {  // k-step kg + KG kk: positions 2t, 2t+1, 2t+8, 2t+9
             unsigned w[4];
             __half dv[4];
 #pragma unroll
             for (int x = 0; x < 4; x++) {
-                const int px = r + (x & 1) + 8 * (x >> 1);
-                const unsigned char* rx = tile + px * PITCH + ((x & 1) ? off2b : off2a);
-                w[x] = tq8_word(rx, b, g) ^ 0x80808080u;
+                const unsigned char* rx = tile + ((x & 1) ? o0 : e0) + (16 * KG * kk + 8 * (x >> 1)) * PITCH;
+                w[x] = __byte_perm(lds32(rx + wa), lds32(rx + wb), 0x7610u) ^ 0x80808080u;
                 dv[x] = *(const __half*)(rx + b * Q8B);
             }
             const __half2 d01 = __halves2half2(dv[0], dv[1]), d23 = __halves2half2(dv[2], dv[3]);
             unsigned pb[2];
-            pb[0] = *(const unsigned*)(P + g * LDP + i * TP + 16 * k + 2 * t4);
-            pb[1] = *(const unsigned*)(P + g * LDP + i * TP + 16 * k + 2 * t4 + 8);
+            pb[0] = *(const unsigned*)(pg + i * TP + 16 * KG * kk);
+            pb[1] = *(const unsigned*)(pg + i * TP + 16 * KG * kk + 8);
 #pragma unroll
             for (int m = 0; m < 2; m++) {
                 // values 2m, 2m + 1 of each word: positions paired (2t with 2t+1, 2t+8 with 2t+9)
