@@ -852,7 +852,9 @@ class CudaOps(MLAOps):
     def decode_splits(self, spec: ModelSpec, n: int) -> int:
         """How many context slices flash-decoding uses for ``n`` positions (fixed in graphs:
         n is then the KV's capacity). Either kernel accepts the count; attn_tc's slices hold
-        at most ATTN_TC_SPLIT positions."""
+        at most ATTN_TC_SPLIT positions, and attn_tc / attn_tq8 give a slice at least two
+        tiles (2 * ATTN_TP positions) from the live length, so short contexts use fewer
+        slices than this count (the rest return at once)."""
         per_iter = self._attn_shape(spec)[1]
         nsplit = max(1, min(_cdiv(n, per_iter), 4 * self.n_sm // spec.n_kv_heads, 1024))
         if spec.head_dim in TC_HEAD_DIMS:
