@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One GPU-machine call that measures agentcore with llama.cpp in the same run (BENCHMARKS.md's
+# method). Run there from the repository root, with `.whl` (bench/device/wheels.sh) and `.peers`
+# (a copy of ../shared/peers: build_llama_bench.sh and the llama.cpp tarball) carried:
+#   bash bench/device/run.sh SHA [STEP ...]
+# Steps, in the order given (default: tests decode): tests (decode attention against NumPy),
+# suite (the whole GPU suite, ~190 s), ab (attention_ab.py new 65,4096,32768), decode (8B and
+# SmolLM2 at 64 and 32K, both KV dtypes), prefill (8B, 512 and 8K), cache (8B restore tiers at
+# 32K). llama.cpp builds detached from the start (~335 s on 16 cores): decode and prefill
+# first wait for it (the bench itself would, inside its step's limit), so put the steps that
+# need no peer first (tests beside the build took over 120 s, 50 s alone, at 12 workers);
+# decode gives each KV dtype half its limit. Output lands in $OUT; each step is cut at
+# STEP_S seconds (default 200) and the whole run stops starting steps past BUDGET_S (540).
+set -u
+SHA=${1:?git sha}; shift; STEPS=${*:-tests decode}
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; T0=$(date +%s)
+el() { echo "## t=$(( $(date +%s) - T0 ))s $*"; }
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+LB=/tmp/llama.cpp/bin/llama-bench
+[ -x $LB ] || (setsid bash .peers/build_llama_bench.sh .peers/llama.cpp-src.tar.xz /tmp/llama.cpp >/dev/null 2>&1 &)
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+BENCH=(python3 -m agentcore.bench gpu --git-sha "$SHA" --llama-bench "$LB")
+wait_peer() {  # the benches that quote llama.cpp: wait for its build while 150 s are left
+  while [ ! -e /tmp/llama.cpp/status ] && [ $(( ${BUDGET_S:-540} - ($(date +%s) - T0) )) -gt 150 ]; do sleep 5; done
+  cat /tmp/llama.cpp/status 2>/dev/null || echo "llama.cpp not built yet"
+}
+for s in $STEPS; do
+  case $s in decode|prefill) wait_peer ;; esac
+  left=$(( ${BUDGET_S:-540} - ($(date +%s) - T0) )); [ $left -gt 30 ] || { el "out of time before $s"; break; }
+  lim=$(( left < ${STEP_S:-200} ? left : ${STEP_S:-200} )); el "$s (limit ${lim}s)"
+  case $s in
+    tests) timeout $lim python3 -m pytest -q -n 12 -p no:cacheprovider tests/test_ops_cuda.py -k "attn or attention" >"$OUT/tests.log" 2>&1 ;;
+    suite) timeout $lim python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_ops_cuda.py tests/test_ops_cuda_decode.py \
+             tests/test_gpu_local_engine.py tests/test_gpu_deepseek2.py tests/test_cuda_sampler.py >"$OUT/suite.log" 2>&1 ;;
+    ab) timeout $lim python3 bench/experiments/attention_ab.py new 65,4096,32768 >"$OUT/ab.jsonl" 2>"$OUT/ab.err" ;;
+    decode) for kv in q8_0 float16; do timeout $(( lim / 2 )) "${BENCH[@]}" --only decode --models llama3-8b-q4_k,smollm2-135m \
+              --contexts 64,32768 --kv-dtype $kv --out "$OUT/decode-$kv" 2>"$OUT/decode-$kv.err" >/dev/null; done ;;
+    prefill) timeout $lim "${BENCH[@]}" --only prefill --models llama3-8b-q4_k --contexts 512,8192 --out "$OUT/prefill" 2>"$OUT/prefill.err" >/dev/null ;;
+    cache) timeout $lim python3 -m agentcore.bench gpu --git-sha "$SHA" --only cache --models llama3-8b-q4_k --contexts 32768 \
+             --out "$OUT/cache" 2>"$OUT/cache.err" >/dev/null ;;
+    *) echo "unknown step $s" ;;
+  esac
+  echo "rc=$?"; tail -n 2 "$OUT"/*.log 2>/dev/null | tail -n 1
+done
+el done
