@@ -59,6 +59,13 @@ class CacheError(AgentCoreError):
     """The KV checkpoint store cannot be used (bad kv_dir, budget too small)."""
 
 
+class UnknownSession(CacheError, KeyError):
+    """``checkpoint(session_id)`` named a session the engine holds no KV for."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 class RemoteEngineError(AgentCoreError):
     """A remote inference server (vLLM, SGLang, llama.cpp, ds4) could not serve a request."""
 

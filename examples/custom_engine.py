@@ -25,8 +25,13 @@ class EchoEngine:
         prompt = self.count_tokens(request)
         yield Completion(text=text, usage=Usage(prompt_tokens=prompt, completion_tokens=len(text.split())))
 
-    async def checkpoint(self, request: GenerationRequest) -> CheckpointInfo:
+    async def checkpoint(self, request: GenerationRequest | str) -> CheckpointInfo:
+        if isinstance(request, str):  # checkpoint(session_id): nothing is held here
+            return CheckpointInfo(session_id=request, tokens=0)
         return CheckpointInfo(session_id=request.session_id, tokens=self.count_tokens(request))
+
+    def stats(self) -> dict:
+        return {}
 
 
 async def main() -> None:

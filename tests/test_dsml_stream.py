@@ -53,7 +53,40 @@ def test_markup_never_reaches_visible_text():
 def test_a_possible_tag_is_held_until_it_is_decided():
     stream = StreamParser()
     assert stream.feed("Hi <｜DS") == [Visible("Hi")]
-    assert stream.feed("ML｜tool_calls>") == [ToolCallsStarted()]
+    assert stream.feed("ML｜tool_calls>") == []  # an opener waits for what follows it
+    assert stream.feed("\n<｜DSML｜inv") == []
+    assert stream.feed('oke name="f">') == [ToolCallsStarted()]
+
+
+def test_an_opener_quoted_in_prose_is_released_as_text_however_it_is_cut():
+    tools = [ToolSpec(name="x", description="", parameters={"type": "object", "properties": {}})]
+    cases = [
+        ("Open with <｜DSML｜tool_calls> then invokes.", None),
+        ('Write <｜DSML｜invoke name="x"> to call.', tools),
+        ("End with </｜DSML｜tool_calls> ok", None),  # a closing tag before any block
+        ("Close with </｜DSML｜invoke> then stop.", tools),
+        ("Say <|DSML|function_calls>\n\n  and more", None),
+    ]
+    for text, declared in cases:
+        for cut in range(len(text) + 1):
+            stream = StreamParser(tools=declared)
+            events = stream.feed(text[:cut]) + stream.feed(text[cut:]) + stream.close(ended=True)
+            assert all(isinstance(e, Visible) for e in events), (text, cut, events)
+            assert "".join(e.text for e in events) == text, (text, cut)
+            assert parse_completion(text, tools=declared).content == text
+
+
+def test_an_opener_the_turn_ends_right_after_is_text_and_a_cut_one_is_incomplete():
+    ended = parse_completion("Hi <｜DSML｜tool_calls>\n" + EOS)
+    assert ended.content == "Hi <｜DSML｜tool_calls>\n" and not ended.incomplete
+    cut = parse_completion("Hi <｜DSML｜tool_calls>\n")
+    assert cut.content == "Hi" and cut.incomplete and cut.tool_calls == []
+
+
+def test_a_marker_cut_off_by_the_end_of_the_turn_is_text():
+    assert parse_completion("The prefix is <｜DSML｜invoke" + EOS).content == "The prefix is <｜DSML｜invoke"
+    cut = parse_completion("The prefix is <｜DSML｜invoke")
+    assert cut.content == "The prefix is" and cut.incomplete
 
 
 def test_a_held_prefix_is_released_when_it_is_not_a_tag():

@@ -1,6 +1,7 @@
 """LocalEngine's token ledger and checkpoint store on a synthetic tiny model (Engine II)."""
 
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from agentcore.dsml import render_tool_calls
 from agentcore.engine.base import GenerationRequest
 from agentcore.engine.kvstore.blocks import block_hashes
 from agentcore.engine.local import LocalEngine
+from agentcore.errors import CacheError, UnknownSession
 from agentcore.messages import AssistantMessage, SystemMessage, ToolCall, ToolMessage, UserMessage
 from agentcore.testing.synthetic import write_synthetic_gguf
 
@@ -179,3 +181,45 @@ async def test_checkpoint_pins_the_anchor_blocks(tiny_gguf):
     assert anchor >= 1
     assert set(hashes[:anchor]) <= eng.store.anchors["s"]
     assert not set(hashes[anchor:]) & eng.store.anchors["s"]
+
+
+async def test_cache_log_lines_have_the_design_format(tiny_gguf, caplog):
+    """DESIGN.md invariant 5: ``kv cache hit source=S tokens=N load=X ms`` and ``kv cache miss
+    prompt=P common=C reason=R first_diff=I msg=K`` (extra fields only after those)."""
+    eng = engine(tiny_gguf)
+    msgs = transcript(2)
+    with caplog.at_level(logging.INFO, logger="agentcore.kv"):
+        await eng.checkpoint(req(msgs))
+        await generate(eng, req(msgs + [UserMessage(content="more")], max_tokens=2))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("kv cache ")]
+    miss = re.compile(r"kv cache miss prompt=\d+ common=\d+ reason=(token-mismatch|cold|evicted|compaction) "
+                      r"first_diff=\d+ msg=\d+( |$)")
+    hit = re.compile(r"kv cache hit source=(live|ram|disk) tokens=\d+ load=\d+\.\d ms( |$)")
+    assert miss.match(lines[0]), lines[0]
+    assert hit.match(next(line for line in lines if "hit" in line)), lines
+
+
+async def test_checkpoint_by_session_id_persists_the_kv_the_session_holds(tiny_gguf, tmp_path):
+    """DESIGN.md's ``checkpoint(session_id)``: no request, nothing prefilled; a new engine on
+    the same kv_dir restores those tokens."""
+    first = engine(tiny_gguf, kv_dir=tmp_path / "kv")
+    msgs = transcript(3)
+    done = await generate(first, req(msgs, max_tokens=3))
+    info = await first.checkpoint("s")
+    held = first.sessions["s"].ids
+    assert info.session_id == "s" and info.tokens == len(held) and info.bytes_written > 0
+    assert info.prefill_ms == 0.0
+    nxt = msgs + [AssistantMessage(content=done.text), UserMessage(content="and now?")]
+    restarted = engine(tiny_gguf, kv_dir=tmp_path / "kv")
+    again = await generate(restarted, req(nxt, max_tokens=1))
+    ids, _ = restarted._prompt(req(nxt), generation=True)
+    common = next((i for i, (a, b) in enumerate(zip(held, ids, strict=False)) if a != b), min(len(held), len(ids)))
+    assert again.usage.cache_source == "disk" and again.usage.cached_tokens == common
+    assert common >= len(held) - 1  # the ledger: the reply renders as the tokens sampled
+
+
+async def test_checkpoint_of_a_session_the_engine_never_served_is_a_typed_error(tiny_gguf):
+    eng = engine(tiny_gguf)
+    with pytest.raises(UnknownSession, match="no live KV for session 'nobody'") as err:
+        await eng.checkpoint("nobody")
+    assert isinstance(err.value, CacheError) and isinstance(err.value, KeyError)

@@ -133,6 +133,17 @@ def test_checkpoint_prefills_tool_results_and_saves_the_slot(server):
     assert engine.stats()["turns"][-1]["of_reusable"] >= 0.99
 
 
+def test_checkpoint_by_session_id_saves_the_slot_without_a_prefill(server):
+    server.replies.append("ok")
+    engine = RemoteEngine(BASE)
+    run(engine, request([UserMessage(content="weather?")]))
+    sent = len(server.requests)
+    info = anyio.run(engine.checkpoint, "s1")
+    assert len(server.requests) == sent  # no completion request: nothing prefilled
+    assert info.session_id == "s1" and info.bytes_written > 0
+    assert engine.slot_filename("s1") in server.files
+
+
 def test_server_restart_restores_the_saved_slot(server, caplog):
     caplog.set_level(logging.INFO, logger="agentcore.kv")
     server.replies += ["one", "two"]

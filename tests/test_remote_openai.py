@@ -14,6 +14,7 @@ from test_remote_llamacpp import TOOLS, request, run
 
 from agentcore import dsml
 from agentcore.engine import RemoteEngine
+from agentcore.errors import UnknownSession
 from agentcore.messages import AssistantMessage, ToolCall, ToolMessage, UserMessage
 
 BASE = "http://gpu.test"
@@ -108,6 +109,10 @@ def test_non_llamacpp_checkpoint_is_the_server_prefix_cache(caplog):
         assert info.bytes_written == 0 and info.tokens > 0
         assert engine.stats()["checkpoint_tier"] == "server-prefix-cache"
         assert "tier=server-prefix-cache" in caplog.text
+        held = anyio.run(engine.checkpoint, "s1")  # DESIGN.md's checkpoint(session_id)
+        assert held.session_id == "s1" and held.tokens == info.tokens
+        with pytest.raises(UnknownSession, match="no session 'other'"):
+            anyio.run(engine.checkpoint, "other")
 
 
 def test_completions_mode_without_a_tokenizer_says_what_to_pass():

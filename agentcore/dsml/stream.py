@@ -9,8 +9,11 @@ else is held, and nothing that is not markup is dropped.
 Where a block starts
 - visible text: a complete block opening tag (``tool_calls``, ``function_calls`` or V4.1's
   ``calls``, any bar spelling), or, when tools were declared, a complete invoke opening tag
-  (a bare invoke). A marker only quoted in prose (``<｜DSML｜invoke is reserved.``) is no
-  complete tag, so it stays text.
+  (a bare invoke), once the first thing after it that is not whitespace is a DSML tag (or,
+  after a bare invoke, a JSON object body); until then the opener is held, and ToolCallsStarted
+  waits. A marker only quoted in prose (``<｜DSML｜invoke is reserved.``, or a whole tag with
+  prose after it: ``Open with <｜DSML｜tool_calls> then invokes.``) stays text, and so does
+  an opener the model ended its turn right after.
 - reasoning: a block opening tag starts a *tentative* block. If only whitespace follows its
   end until the stream ends, reasoning ended there (models that "forget" ``</think>``);
   if anything else follows, it was reasoning after all and is released as such.
@@ -20,7 +23,9 @@ Where a block ends: its closing tag outside a parameter value (a bare invoke: it
 is still open when the stream ends is incomplete, unless the model ended its turn (the EOS
 text arrived, or ``close(ended=True)``) outside a parameter value: a missing closing tag.
 Stray closing DSML tags in visible text after a block are its residue, so they are
-dropped; before any block, DSML tags that start none are text.
+dropped; before any block, DSML tags that start none (closing tags among them) are text. A
+cut-off marker at the end is dropped when the stream was cut, and is text when the model
+ended its turn.
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ class Block:
     bare: bool = False
     in_reasoning: bool = False
     closed: bool = False
+    confirmed: bool = True  # False: an opener in visible text with only whitespace after it
 
 
 _VISIBLE, _REASONING, _BLOCK, _PENDING = "visible", "reasoning", "block", "pending"
@@ -142,7 +148,7 @@ class StreamParser:
         self._closed = True
         mode = self._mode
         if mode == _VISIBLE:
-            if rest and is_cut_tag(rest):
+            if rest and is_cut_tag(rest) and not self.ended:
                 self.cut = True
             elif tail := self._space_text() + rest:
                 events.append(Visible(tail))
@@ -155,7 +161,12 @@ class StreamParser:
         elif mode == _BLOCK:
             assert self._block is not None
             whole = not self._in_value and not rest.strip()
-            if self.ended and whole:
+            if not self._block.confirmed and self.ended:
+                self._release(events)  # the turn ended right after an opener: prose
+                if tail := self._space_text() + rest:
+                    events.append(Visible(tail))
+                self._space.clear()
+            elif self.ended and whole and self._block.confirmed:
                 self._end_block(events)
                 if self._mode == _PENDING:
                     self._accept_tentative(events)
@@ -224,10 +235,9 @@ class StreamParser:
         tag = found
         if tag.closing and self.blocks:
             return k + len(tag.text)  # the residue of a block: markup, not content
-        if tag.name in BLOCK_NAMES or (tag.name == "invoke" and self._bare_invokes):
-            self._space.clear()
-            events.append(ToolCallsStarted())
+        if not tag.closing and (tag.name in BLOCK_NAMES or (tag.name == "invoke" and self._bare_invokes)):
             self._open_block(tag, in_reasoning=False)
+            self.blocks[-1].confirmed = False  # held (and the space before it) until told
         else:
             self._show(tag.text, events)
         return k + len(tag.text)
@@ -264,6 +274,11 @@ class StreamParser:
     def _lex_block(self, buf: str, at: int, events: list[StreamEvent]) -> int:
         block = self._block
         assert block is not None
+        if not block.confirmed:
+            told = self._confirm(block, buf, at, events)
+            if told is not None:
+                return told
+            at = _NON_SPACE.search(buf, at).start()  # type: ignore[union-attr]
         if self._in_value:
             m = PARAMETER_CLOSE.search(buf, at)
             end = m.start() if m else parameter_close_hold(buf, at)
@@ -310,6 +325,40 @@ class StreamParser:
         self.blocks.pop()
         self._mode = _REASONING
         return m.start()
+
+    def _confirm(self, block: Block, buf: str, at: int, events: list[StreamEvent]) -> int | None:
+        """An opener in visible text with only whitespace after it so far: None once a DSML
+        tag (after a bare invoke also a JSON object) follows, and the block goes on; prose
+        quoting the opener once anything else does (it is released as text, and the text is
+        read as visible from there); else the index to wait at."""
+        m = _NON_SPACE.search(buf, at)
+        if m is None:
+            if at < len(buf):
+                self._piece(block, "gap", buf[at:])
+            return len(buf)
+        k = m.start()
+        if k > at:
+            self._piece(block, "gap", buf[at:k])
+        if buf[k] == "<":
+            tag = scan_tag(buf, k)
+            if tag == PARTIAL:
+                return k
+            ok = isinstance(tag, Tag) and tag.name in KNOWN_NAMES
+        else:
+            ok = block.bare and buf[k] == "{"
+        if not ok:
+            self._release(events)
+            return k
+        block.confirmed = True
+        self._space.clear()  # whitespace before a block is not content
+        events.append(ToolCallsStarted())
+        return None
+
+    def _release(self, events: list[StreamEvent]) -> None:
+        """The held opener was prose: its raw text (and the space before it) is visible."""
+        block = self.blocks.pop()
+        self._block, self._mode = None, _VISIBLE
+        self._show("".join(t.text if isinstance(t, Tag) else t[1] for t in block.tokens), events)
 
     # -- helpers
     def _open_block(self, tag: Tag, *, in_reasoning: bool) -> None:

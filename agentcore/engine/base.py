@@ -112,6 +112,11 @@ class Engine(Protocol):
         """Generate; yields TextDelta items and ends with exactly one Completion."""
         ...
 
-    async def checkpoint(self, request: GenerationRequest) -> CheckpointInfo:
-        """Bring the session's KV to the end of ``request.messages`` and persist it."""
+    async def checkpoint(self, request: GenerationRequest | str) -> CheckpointInfo:
+        """Bring the session's KV to the end of ``request.messages`` and persist it; given a
+        session id, persist the KV the session holds now (DESIGN.md's ``checkpoint(session_id)``)."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Per-turn reuse, cache tiers and checkpoints, as the engine keeps them."""
         ...

@@ -59,7 +59,7 @@ from agentcore.engine.model.chat import ChatFormat, detect_chat_format
 from agentcore.engine.model.gguf import GGUFModel, check_logits, load_gguf
 from agentcore.engine.model.tokenizer import Tokenizer
 from agentcore.engine.session import Session
-from agentcore.errors import ContextOverflow
+from agentcore.errors import ContextOverflow, UnknownSession
 from agentcore.messages import Message, UserMessage, is_compacted
 
 __all__ = ["LocalEngine", "TurnRecord"]
@@ -156,8 +156,9 @@ def _close_stream(send: Any, token: Any) -> None:
 class LocalEngine:
     """An in-process engine over one GGUF model.
 
-    Build it with ``LocalEngine.from_gguf(path, ...)``. ``device``: ``"cpu"`` (NumPy),
-    ``"cuda"`` (CuPy; a clear error without it) or ``"auto"``. ``kv_dir`` enables the disk tier
+    Build it with ``LocalEngine.from_gguf(path, ...)``. ``device``: ``"auto"`` (the default:
+    CUDA where CuPy and a GPU are there, else NumPy), ``"cpu"`` (NumPy, the reference) or
+    ``"cuda"`` (CuPy; a clear error without it). ``kv_dir`` enables the disk tier
     (checkpoints survive restarts); ``kv_ram_mb`` and ``kv_disk_mb`` are the tier budgets (on
     CUDA the RAM tier's first GB, at most 256 blocks, is page-locked at construction).
     ``kv_dtype``: the live KV's and its checkpoints' type: ``"float32"`` (the CPU default),
@@ -185,7 +186,7 @@ class LocalEngine:
         model: GGUFModel,
         *,
         context_length: int | None = None,
-        device: str = "cpu",
+        device: str = "auto",
         kv_dir: str | Path | None = None,
         kv_ram_mb: int = 1024,
         kv_disk_mb: int = 16384,
@@ -438,15 +439,15 @@ class LocalEngine:
         record = TurnRecord(session_id, kind, len(ids), keep, reusable, source,
                             load_ms=load_ms, prefill_ms=prefill_ms, snapshot=snapshot)  # fmt: skip
         if keep and keep >= reusable and not diverged:
-            log.info("kv cache hit source=%s tokens=%d reusable=%d load=%.1f ms%s",
-                     source, keep, reusable, load_ms, f" snapshot={snapshot}" if snapshot else "")  # fmt: skip
+            log.info("kv cache hit source=%s tokens=%d load=%.1f ms reusable=%d%s",
+                     source, keep, load_ms, reusable, f" snapshot={snapshot}" if snapshot else "")  # fmt: skip
         else:
             record.first_diff = live
             record.msg = next((i for i, end in enumerate(ends) if end > live), len(ends))
             record.reason = self._miss_reason(had, hashes, messages, record.msg)
             log.info(
-                "kv cache miss prompt=%d common=%d reusable=%d reason=%s first_diff=%d msg=%d",
-                len(ids), keep, reusable, record.reason, record.first_diff, record.msg,
+                "kv cache miss prompt=%d common=%d reason=%s first_diff=%d msg=%d reusable=%d",
+                len(ids), keep, record.reason, record.first_diff, record.msg, reusable,
             )
             if kind == "generate":
                 self.store.record_miss_cost(prefill_ms)
@@ -556,8 +557,14 @@ class LocalEngine:
             ),
         )
 
-    async def checkpoint(self, request: GenerationRequest) -> CheckpointInfo:
-        """Prefill what is new in ``request.messages`` (no generation) and persist the KV."""
+    async def checkpoint(self, request: GenerationRequest | str) -> CheckpointInfo:
+        """Prefill what is new in ``request.messages`` (no generation) and persist the KV.
+
+        Given a session id instead of a request, persist the KV that session holds now (its
+        prompt and the tokens sampled after it, except the newest, which is not in the KV
+        yet), with nothing prefilled; ``UnknownSession`` if the engine holds none for it."""
+        if isinstance(request, str):
+            return await anyio.to_thread.run_sync(self._worker.submit(self._checkpoint_held, request).result)
         ids, ends = self._prompt(request, generation=False)
         self._check_limit(len(ids), 0)
         # Waits on a worker thread (cancellation waits for the checkpoint, as before); the work
@@ -577,21 +584,39 @@ class LocalEngine:
             if first_task is not None:
                 self.store.pin(request.session_id, hashes[: ends[first_task] // self.layout.block_size])
             session.computed = list(ids)
-            saved = self._save_behind(request.session_id, session, ids, hashes) if self.device == "cuda" else None
-            if saved is None:
-                def read(start: int, n: int) -> np.ndarray:  # into the store's host memory
-                    return read_span(session.kv, start, n, out=self._host_block(n))
-
-                written, nbytes, session.tail = self.store.save(request.session_id, ids, hashes, read,
-                                                                session.tail, owned=True)  # fmt: skip
-            else:
-                written, nbytes = saved
+            written, nbytes = self._persist(request.session_id, session, ids, hashes)
             t2 = time.perf_counter()
         ms, store_ms = (t2 - t0) * 1000, (t2 - t1) * 1000
         log.info("kv cache stored session=%s tokens=%d blocks=%d bytes=%d ms=%.1f store_ms=%.1f",
                  request.session_id, len(ids), written, nbytes, ms, store_ms)  # fmt: skip
         return CheckpointInfo(session_id=request.session_id, tokens=len(ids), bytes_written=nbytes, ms=ms,
                               prefill_ms=record.prefill_ms, store_ms=store_ms)  # fmt: skip
+
+    def _checkpoint_held(self, session_id: str) -> CheckpointInfo:
+        with self._compute:
+            session = self.sessions.get(session_id)
+            if session is None or not session.ids:
+                raise UnknownSession(f"no live KV for session {session_id!r}: checkpoint a request "
+                                     "(GenerationRequest) to prefill and persist its messages")  # fmt: skip
+            t0 = time.perf_counter()
+            ids = list(session.ids)
+            written, nbytes = self._persist(session_id, session, ids, block_hashes(ids, self.layout))
+            ms = (time.perf_counter() - t0) * 1000
+        log.info("kv cache stored session=%s tokens=%d blocks=%d bytes=%d ms=%.1f store_ms=%.1f",
+                 session_id, len(ids), written, nbytes, ms, ms)  # fmt: skip
+        return CheckpointInfo(session_id=session_id, tokens=len(ids), bytes_written=nbytes, ms=ms, store_ms=ms)
+
+    def _persist(self, session_id: str, session: Session, ids: list[int], hashes: list[str]) -> tuple[int, int]:
+        """Store the session's KV for ``ids`` (on CUDA saved behind the turn): blocks written, bytes."""
+        saved = self._save_behind(session_id, session, ids, hashes) if self.device == "cuda" else None
+        if saved is not None:
+            return saved
+
+        def read(start: int, n: int) -> np.ndarray:  # into the store's host memory
+            return read_span(session.kv, start, n, out=self._host_block(n))
+
+        written, nbytes, session.tail = self.store.save(session_id, ids, hashes, read, session.tail, owned=True)
+        return written, nbytes
 
     def _host_block(self, n: int) -> np.ndarray:
         """Host memory for an ``n``-token block from the store's allocator (pinned on CUDA).

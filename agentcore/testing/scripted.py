@@ -23,7 +23,7 @@ from agentcore.engine.base import (
     TextDelta,
     Usage,
 )
-from agentcore.errors import AgentCoreError
+from agentcore.errors import AgentCoreError, UnknownSession
 from agentcore.messages import AssistantMessage, Message, SystemMessage, ToolMessage, UserMessage
 
 __all__ = ["ScriptExhausted", "ScriptedEngine", "byte_encoding"]
@@ -166,9 +166,13 @@ class ScriptedEngine:
             ),
         )
 
-    async def checkpoint(self, request: GenerationRequest) -> CheckpointInfo:
+    async def checkpoint(self, request: GenerationRequest | str) -> CheckpointInfo:
         self.checkpoints.append(request)
         self.calls.append(("checkpoint", request))
+        if isinstance(request, str):  # the KV the session holds now
+            if request not in self._held:
+                raise UnknownSession(f"no live KV for session {request!r}")
+            return CheckpointInfo(session_id=request, tokens=len(self._held[request]))
         ids = self._ids(request, generation=False)
         new = len(ids) - self._common(request.session_id, ids)
         self._held[request.session_id] = ids

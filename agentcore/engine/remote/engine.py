@@ -63,7 +63,13 @@ from agentcore.engine.remote.dialects import (
 )
 from agentcore.engine.remote.tokens import ServerTokenizer
 from agentcore.engine.remote.transport import Transport
-from agentcore.errors import ContextOverflow, RemoteEngineError, ServerRejected, TokenizerError
+from agentcore.errors import (
+    ContextOverflow,
+    RemoteEngineError,
+    ServerRejected,
+    TokenizerError,
+    UnknownSession,
+)
 from agentcore.messages import (
     AssistantMessage,
     Message,
@@ -439,11 +445,17 @@ class RemoteEngine:
         yield Completion(text=out.text, token_ids=None, finish_reason=out.finish,
                          usage=self._usage(prompt, rec, out, t0))
 
-    async def checkpoint(self, request: GenerationRequest) -> CheckpointInfo:
+    async def checkpoint(self, request: GenerationRequest | str) -> CheckpointInfo:
         """llama.cpp: prefill the new messages and save the slot; elsewhere the server's
-        prefix cache holds the KV (reported as ``tier: server-prefix-cache``)."""
-        session = self._session(request.session_id)
-        sid = request.session_id
+        prefix cache holds the KV (reported as ``tier: server-prefix-cache``). Given a session
+        id, save what the session's slot holds now, with nothing prefilled (``UnknownSession``
+        for a session this engine has not served)."""
+        held = isinstance(request, str)
+        sid = request if isinstance(request, str) else request.session_id
+        if held and sid not in self.sessions:
+            raise UnknownSession(f"no session {sid!r} on this engine: checkpoint a request "
+                                 "(GenerationRequest) to prefill and persist its messages")
+        session = self._session(sid)
         t0 = time.perf_counter()
         if not self.dialect.slots:
             tokens = len(session.computed) or session.prompt_tokens
@@ -454,7 +466,7 @@ class RemoteEngine:
         async with session.lock:
             restored = await self._restore(sid, session)
             tokens = session.prompt_tokens
-            if self.chat is not None and self.mode == "completions":
+            if not isinstance(request, str) and self.chat is not None and self.mode == "completions":
                 ids, ends = self._prompt(request, generation=False)
                 self._check_limit(len(ids), 0)
                 body = self.dialect.prefill_body(self._wire_prompt(ids), self.model, session.slot)
