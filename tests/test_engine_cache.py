@@ -223,3 +223,20 @@ async def test_checkpoint_of_a_session_the_engine_never_served_is_a_typed_error(
     with pytest.raises(UnknownSession, match="no live KV for session 'nobody'") as err:
         await eng.checkpoint("nobody")
     assert isinstance(err.value, CacheError) and isinstance(err.value, KeyError)
+
+
+async def test_a_compacted_transcript_misses_with_reason_compaction_and_keeps_the_anchor(tiny_gguf, caplog):
+    """DESIGN.md invariants 5 and 7: after a compaction the miss says ``reason=compaction``,
+    and the anchor (system, tools, first task) is still reused."""
+    eng = engine(tiny_gguf)
+    msgs = transcript(6)
+    await eng.checkpoint(req(msgs))
+    summary = UserMessage(content="Summary of earlier work: k0..k4 were looked up.", compacted=True)
+    compacted = msgs[:2] + [summary] + msgs[-2:] + [UserMessage(content="and now?")]
+    with caplog.at_level(logging.INFO, logger="agentcore.kv"):
+        done = await generate(eng, req(compacted, max_tokens=1))
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("kv cache miss"))
+    assert "reason=compaction" in line and " msg=2 " in line + " "
+    _, ends = eng._prompt(req(compacted), generation=True)
+    assert done.usage.cached_tokens >= ends[1]  # system, tools and the first task: reused
+    assert eng.stats()["turns"][-1]["reason"] == "compaction"
