@@ -91,7 +91,7 @@ def transcripts() -> list[tuple[str, list[Any]]]:
 
 
 def run_one(path: Path, messages: list[Any], draft_tokens: int, max_tokens: int) -> Any:
-    eng = LocalEngine.from_gguf(path, draft_tokens=draft_tokens)
+    eng = LocalEngine.from_gguf(path, device="cpu", draft_tokens=draft_tokens)  # drafts: the CPU decoder
     req = GenerationRequest(session_id="bench", messages=messages, tools=[READ_FILE],
                             max_tokens=max_tokens, sampling=Sampling(temperature=0.0))  # fmt: skip
     done = anyio.run(complete, eng, req)
