@@ -166,7 +166,7 @@ class StreamParser:
                 if tail := self._space_text() + rest:
                     events.append(Visible(tail))
                 self._space.clear()
-            elif self.ended and whole and self._block.confirmed:
+            elif self.ended and whole:
                 self._end_block(events)
                 if self._mode == _PENDING:
                     self._accept_tentative(events)
@@ -236,8 +236,7 @@ class StreamParser:
         if tag.closing and self.blocks:
             return k + len(tag.text)  # the residue of a block: markup, not content
         if not tag.closing and (tag.name in BLOCK_NAMES or (tag.name == "invoke" and self._bare_invokes)):
-            self._open_block(tag, in_reasoning=False)
-            self.blocks[-1].confirmed = False  # held (and the space before it) until told
+            self._open_block(tag, in_reasoning=False, confirmed=False)  # held, with the space before it
         else:
             self._show(tag.text, events)
         return k + len(tag.text)
@@ -275,10 +274,9 @@ class StreamParser:
         block = self._block
         assert block is not None
         if not block.confirmed:
-            told = self._confirm(block, buf, at, events)
-            if told is not None:
-                return told
-            at = _NON_SPACE.search(buf, at).start()  # type: ignore[union-attr]
+            at = self._confirm(block, buf, at, events)
+            if not block.confirmed:  # still undecided, or released as prose
+                return at
         if self._in_value:
             m = PARAMETER_CLOSE.search(buf, at)
             end = m.start() if m else parameter_close_hold(buf, at)
@@ -326,11 +324,11 @@ class StreamParser:
         self._mode = _REASONING
         return m.start()
 
-    def _confirm(self, block: Block, buf: str, at: int, events: list[StreamEvent]) -> int | None:
-        """An opener in visible text with only whitespace after it so far: None once a DSML
-        tag (after a bare invoke also a JSON object) follows, and the block goes on; prose
-        quoting the opener once anything else does (it is released as text, and the text is
-        read as visible from there); else the index to wait at."""
+    def _confirm(self, block: Block, buf: str, at: int, events: list[StreamEvent]) -> int:
+        """An opener in visible text with only whitespace after it so far. Once a DSML tag
+        (after a bare invoke also a JSON object) follows, the block is confirmed; once anything
+        else does, the opener was prose quoting it and is released as text. Returns where to
+        go on (or wait): the first character after the whitespace."""
         m = _NON_SPACE.search(buf, at)
         if m is None:
             if at < len(buf):
@@ -352,7 +350,7 @@ class StreamParser:
         block.confirmed = True
         self._space.clear()  # whitespace before a block is not content
         events.append(ToolCallsStarted())
-        return None
+        return k
 
     def _release(self, events: list[StreamEvent]) -> None:
         """The held opener was prose: its raw text (and the space before it) is visible."""
@@ -361,8 +359,8 @@ class StreamParser:
         self._show("".join(t.text if isinstance(t, Tag) else t[1] for t in block.tokens), events)
 
     # -- helpers
-    def _open_block(self, tag: Tag, *, in_reasoning: bool) -> None:
-        block = Block(bare=tag.name == "invoke", in_reasoning=in_reasoning)
+    def _open_block(self, tag: Tag, *, in_reasoning: bool, confirmed: bool = True) -> None:
+        block = Block(bare=tag.name == "invoke", in_reasoning=in_reasoning, confirmed=confirmed)
         block.tokens.append(tag)
         self._block, self._mode = block, _BLOCK
         self.blocks.append(block)

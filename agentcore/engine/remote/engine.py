@@ -450,9 +450,8 @@ class RemoteEngine:
         prefix cache holds the KV (reported as ``tier: server-prefix-cache``). Given a session
         id, save what the session's slot holds now, with nothing prefilled (``UnknownSession``
         for a session this engine has not served)."""
-        held = isinstance(request, str)
         sid = request if isinstance(request, str) else request.session_id
-        if held and sid not in self.sessions:
+        if isinstance(request, str) and sid not in self.sessions:
             raise UnknownSession(f"no session {sid!r} on this engine: checkpoint a request "
                                  "(GenerationRequest) to prefill and persist its messages")
         session = self._session(sid)
