@@ -125,6 +125,35 @@ def test_int8_gemv_is_exact_on_representable_x(ops, name, cols, t):
 
 
 @pytest.mark.parametrize("name", INT8_TYPES)
+@pytest.mark.parametrize("t", [1, 3])
+def test_swiglu_gemv_quantizes_its_output_as_quant_x_would(ops, name, t):
+    # mode=2 with yq: the last of each 4 blocks (32 output rows) quantizes them for the down
+    # projection; the bytes equal a quant_x launch on the fp32 output, which is unchanged,
+    # and the group counters are back at zero after every launch.
+    import cupy as cp
+
+    from agentcore.engine.backends.cuda import ActQ8
+
+    rows = 96  # 3 groups of 32; 12 blocks of 8 rows
+    part = ops.prepare_linear([weight(name, 2 * rows, 768, 8)]).parts[0]
+    x = cp.asarray(np.random.default_rng(9).standard_normal((t, 768)).astype(np.float32))
+    plain = cp.zeros((t, rows), cp.float32)
+    assert not ops.gemv(part, x, plain, t=t, y_stride=rows, mode=2)
+    yq, counts = ActQ8(cp, rows, t), cp.zeros(t * rows // 32, cp.int32)
+    for _ in range(3):
+        y = cp.zeros((t, rows), cp.float32)
+        assert ops.gemv(part, x, y, t=t, y_stride=rows, mode=2, yq=yq, counts=counts)
+        assert np.array_equal(y.get(), plain.get())
+        assert not counts.get().any()
+        want = ops.quantize(y, rows, t=t, out=ActQ8(cp, rows, t))
+        assert np.array_equal(yq.q.get(), want.q.get())
+        assert np.array_equal(yq.s.get(), want.s.get())
+    # Rows that are not a multiple of 32 fall back to mode 2 and say so.
+    part40 = ops.prepare_linear([weight(name, 80, 768, 8)]).parts[0]
+    assert not ops.gemv(part40, x, cp.zeros((t, 40), cp.float32), t=t, y_stride=40, mode=2, yq=yq, counts=counts)
+
+
+@pytest.mark.parametrize("name", INT8_TYPES)
 def test_int8_gemv_with_fused_norm_and_bias_within_rounding(ops, name):
     import cupy as cp
 
@@ -340,6 +369,42 @@ def test_decode_attention_merges_in_kernel_and_leaves_its_counters_at_zero(n, q8
     launch = _graph_sized_decode(ops, spec, kv, q[0], n)
     for _ in range(2):
         assert rel(launch().reshape(1, -1), ref) < 5e-3
+
+
+@pytest.mark.parametrize("kind", list(ATTN_KINDS))
+@pytest.mark.parametrize("q8", [False, True], ids=["fp16", "q8_0"])
+@pytest.mark.parametrize("n", [1, 65, 700, 5000])
+@pytest.mark.parametrize(("hd", "heads", "kvh"), [(128, 32, 8), (64, 9, 3)], ids=["8b", "smollm2"])
+def test_decode_attention_quantizes_its_output_as_quant_x_would(n, q8, kind, hd, heads, kvh):
+    # With xq, the writer of the output (the only split's block, or the merging last block)
+    # also quantizes it for the output projection: the bytes of quant_x on that output, and
+    # the output itself unchanged.
+    import cupy as cp
+
+    from agentcore.engine.backends.cuda import ActQ8, CudaKV
+
+    spec = _Spec(1, kvh, heads, hd)
+    rng = np.random.default_rng(23)
+    k = rng.standard_normal((n, kvh, hd)).astype(np.float32)
+    v = rng.standard_normal((n, kvh, hd)).astype(np.float32)
+    q = cp.asarray((2 * rng.standard_normal(heads * hd)).astype(np.float32))
+    ops = CudaOps(**ATTN_KINDS[kind])
+    kv = CudaKV(spec, n, dtype="q8_0" if q8 else "float16")
+    kv.store(0, 0, cp.asarray(k), cp.asarray(v))
+    nsplit = ops.decode_splits(spec, 16384)
+    po = cp.empty((heads, nsplit, hd), cp.float32)
+    pml = cp.empty((heads, nsplit, 2), cp.float32)
+    sem = cp.zeros(kvh, cp.int32)
+    plain = cp.empty(heads * hd, cp.float32)
+    assert not ops.attend_decode(q, kv, 0, po, pml, plain, nsplit, n_host=n, sem=sem)
+    xq = ActQ8(cp, heads * hd)
+    out = cp.empty(heads * hd, cp.float32)
+    assert ops.attend_decode(q, kv, 0, po, pml, out, nsplit, n_host=n, sem=sem, xq=xq)
+    assert not sem.get().any()
+    assert np.array_equal(out.get(), plain.get())
+    want = ops.quantize(out, heads * hd, out=ActQ8(cp, heads * hd))
+    assert np.array_equal(xq.q.get(), want.q.get())
+    assert np.array_equal(xq.s.get(), want.s.get())
 
 
 def _graph_sized_decode(ops, spec, kv, q, n, covers=16384):
@@ -724,6 +789,55 @@ def test_programmatic_launch_changes_no_result(tmp_path, preset, dtype):
     for run in runs[1:]:
         assert np.array_equal(runs[0][1], run[1])
         assert runs[0][2] == run[2]
+
+
+@pytest.mark.parametrize(
+    ("preset", "dtype"),
+    [({**SMOLLM2_135M, "n_layers": 4}, "float16"), ({**SMOLLM2_135M, "n_layers": 4}, "q8_0"),
+     ({**LLAMA3_8B, "n_layers": 2}, "float16"), ({**LLAMA3_8B, "n_layers": 2}, "q8_0")],
+    ids=["smollm2-4layer", "smollm2-4layer-q8_0", "llama3-8b-2layer", "llama3-8b-2layer-q8_0"],
+)  # fmt: skip
+def test_fused_output_quantization_changes_no_result(tmp_path, preset, dtype):
+    # The decode graph with attention and the SwiGLU GEMV quantizing their outputs for the
+    # next GEMV (CudaOps.fuse_quant, the default) against quant_x launches: the same bytes
+    # reach the same GEMVs, so every step's logits are bit-identical. int8 activations on
+    # every matrix (SmolLM2's are below the default 4 MiB), 60 teacher-forced steps, then 64
+    # back-to-back replays.
+    path = write_synthetic_gguf(tmp_path / "m.gguf", **preset)
+    model = load_gguf(path)
+    ids = np.random.default_rng(24).integers(0, model.spec.vocab_size, 101).tolist()
+    runs = []
+    for fuse in (False, True):
+        ops = CudaOps(int8_min_bytes=0)
+        ops.fuse_quant = fuse
+        ops.kv_dtype = dtype
+        gpu = Transformer(model, ops, chunk=64)
+        kv = ops.new_kv(gpu.spec, 200)
+        gpu.forward(ids[:40], 0, kv)
+        dec = CudaDecoder(gpu, kv)
+        calls: list[bool] = []
+        ops.attend_decode = _recording(ops.attend_decode, calls)
+        ops.gemv = _recording(ops.gemv, calls)
+        steps = []
+        for i in range(40, 100):
+            dec.step(ids[i])
+            steps.append(dec.logits())
+        runs.append((np.stack(steps), dec.generate(ids[100], 64)))
+        # Two fused writers a layer at each recording of the step (eager warm-up, capture).
+        per_step = 2 * model.spec.n_layers
+        assert (sum(calls) > 0 and sum(calls) % per_step == 0) if fuse else not any(calls)
+    assert np.array_equal(runs[0][0], runs[1][0])
+    assert runs[0][1] == runs[1][1]
+
+
+def _recording(fn, results):
+    """fn, appending whether each call says it quantized its output for the next GEMV."""
+
+    def call(*a, **k):
+        results.append(bool(fn(*a, **k)))
+        return results[-1]
+
+    return call
 
 
 def test_a_recapture_is_recorded_during_the_prefill_and_decodes_the_same(tmp_path):

@@ -3,8 +3,10 @@
 # method). Run there from the repository root, with `.whl` (bench/device/wheels.sh) and `.peers`
 # (a copy of ../shared/peers: build_llama_bench.sh and the llama.cpp tarball) carried:
 #   bash bench/device/run.sh SHA [STEP ...]
-# Steps, in the order given (default: tests decode): tests (decode attention against NumPy),
-# suite (the whole GPU suite, ~190 s), ab (attention_ab.py new 65,4096,32768), decode (8B and
+# Steps, in the order given (default: tests decode): tests (test_ops_cuda.py -k "$TESTS_K",
+# default decode attention against NumPy), suite (the whole GPU suite, ~190 s), ab
+# (attention_ab.py new 65,4096,32768), fuse (decode_ab.py: quant_x launches against fused
+# output quantization, 8B and SmolLM2 at 64 and 32K, both KV dtypes), decode (8B and
 # SmolLM2 at 64 and 32K, both KV dtypes), prefill (8B, 512 and 8K), cache (8B restore tiers at
 # 32K). llama.cpp builds detached from the start (~335 s on 16 cores): decode and prefill
 # first wait for it (the bench itself would, inside its step's limit), so put the steps that
@@ -30,9 +32,12 @@ for s in $STEPS; do
   left=$(( ${BUDGET_S:-540} - ($(date +%s) - T0) )); [ $left -gt 30 ] || { el "out of time before $s"; break; }
   lim=$(( left < ${STEP_S:-200} ? left : ${STEP_S:-200} )); el "$s (limit ${lim}s)"
   case $s in
-    tests) timeout $lim python3 -m pytest -q -n 12 -p no:cacheprovider tests/test_ops_cuda.py -k "attn or attention" >"$OUT/tests.log" 2>&1 ;;
+    tests) timeout $lim python3 -m pytest -q -n 12 -p no:cacheprovider tests/test_ops_cuda.py -k "${TESTS_K:-attn or attention}" \
+             >"$OUT/tests.log" 2>&1 ;;
     suite) timeout $lim python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_ops_cuda.py tests/test_ops_cuda_decode.py \
              tests/test_gpu_local_engine.py tests/test_gpu_deepseek2.py tests/test_cuda_sampler.py >"$OUT/suite.log" 2>&1 ;;
+    fuse) timeout $lim python3 bench/experiments/decode_ab.py llama3-8b-q4_k,smollm2-135m 64,32768 --kv=float16,q8_0 \
+            --variants=unfused,fused,unfused,fused --git-sha="$SHA" >"$OUT/fuse-ab.jsonl" 2>"$OUT/fuse-ab.err" ;;
     ab) timeout $lim python3 bench/experiments/attention_ab.py new 65,4096,32768 >"$OUT/ab.jsonl" 2>"$OUT/ab.err" ;;
     decode) for kv in q8_0 float16; do timeout $(( lim / 2 )) "${BENCH[@]}" --only decode --models llama3-8b-q4_k,smollm2-135m \
               --contexts 64,32768 --kv-dtype $kv --out "$OUT/decode-$kv" 2>"$OUT/decode-$kv.err" >/dev/null; done ;;

@@ -1,11 +1,13 @@
-"""Decode-graph A/B of the work done before PDL_WAIT: ms a token of CudaDecoder's graph
+"""Decode-graph A/B of CudaOps switches read at capture: ms a token of CudaDecoder's graph
 replayed back to back (``decode_ablation.ms_per_token``: no host work, PDL as the engine
-sets it) with decode attention queueing a split's first tiles after its wait (``base``, as
-before 8fd82d1) or before it (``early``, ``CudaOps.attn_early``, the default), in one
-process, so the variants share the GPU's state.
+sets it), in one process, so the variants share the GPU's state. Variants: decode attention
+queueing a split's first tiles after its wait (``base``, as before 8fd82d1) or before it
+(``early``, ``CudaOps.attn_early``, the default); quant_x launched before the output and
+down projections (``unfused``) or their inputs quantized by the kernels that write them
+(``fused``, ``CudaOps.fuse_quant``, the default).
 
     python bench/experiments/decode_ab.py MODEL[,MODEL] CTX[,CTX] [--kv=float16,q8_0]
-        [--variants=base,early] [--git-sha=SHA]
+        [--variants=base,early|unfused,fused] [--git-sha=SHA]
 
 MODEL: a name from ``agentcore.bench.gpu.MODELS`` (a synthetic GGUF at the real shape, written
 to /tmp/agentcore-bench as the GPU bench does) or a path. Prints one JSON line per model, KV
@@ -33,7 +35,13 @@ from agentcore.bench.gpu import MODELS
 from agentcore.engine.local import LocalEngine
 from agentcore.testing.synthetic import write_synthetic_gguf
 
-VARIANTS = {"base": False, "early": True}  # name: CudaOps.attn_early
+VARIANTS = {  # name: the CudaOps switches it sets (the others at their defaults)
+    "base": {"attn_early": False},
+    "early": {"attn_early": True},
+    "unfused": {"fuse_quant": False},
+    "fused": {"fuse_quant": True},
+}
+DEFAULTS = {"attn_early": True, "fuse_quant": True}
 
 
 def model_path(name: str) -> Path:
@@ -64,12 +72,13 @@ def main(argv: list[str]) -> int:
             for ctx in contexts:
                 first = None
                 for v in names:
-                    ops.attn_early = VARIANTS[v]
+                    for key, value in {**DEFAULTS, **VARIANTS[v]}.items():
+                        setattr(ops, key, value)
                     ms = ms_per_token(eng, ctx, ())
                     first = ms if first is None else first
                     print(json.dumps({"device": dev, "git_sha": sha, "model": path.stem, "kv_dtype": dtype,
                                       "ctx": ctx, "variant": v, "attn_early": ops.attn_early,
-                                      "ms_per_token": round(ms, 4),
+                                      "fuse_quant": ops.fuse_quant, "ms_per_token": round(ms, 4),
                                       "vs_first": round(ms / first, 4), "pdl": ops.pdl}), flush=True)  # fmt: skip
         del eng, ops
         cp.get_default_memory_pool().free_all_blocks()

@@ -65,8 +65,7 @@ def leaving_out(eng: LocalEngine, skip: tuple[str, ...]) -> Iterator[None]:
         return _Noop() if "rope_kv" in skip and name.startswith("rope_kv") else saved_kernel(name)
 
     def gemv_(part, *a, **k):
-        if id(part) not in parts:
-            gemv(part, *a, **k)
+        return id(part) not in parts and gemv(part, *a, **k)
 
     def quantize_(x, cols, *, out=None, **k):
         if out is None:
@@ -114,7 +113,7 @@ def carveout(eng: LocalEngine, percent: int) -> None:
     q = {p.qtype for b in eng.transformer.layers for lin in (b.qkv, b.out, b.gate_up, b.down) for p in lin.parts}
     q |= {p.qtype for p in eng.transformer.head.parts}
     names = [f"gemv<{t},{m}>" for t in q & set(cuda.NATIVE_QTYPES) for m in (0, 1, 2)]
-    names += [f"gemv_q8<{t},{m}>" for t in q & set(cuda.INT8_QTYPES) for m in (0, 1, 2)]
+    names += [f"gemv_q8<{t},{m}>" for t in q & set(cuda.INT8_QTYPES) for m in (0, 1, 2, 3)]
     names += [f"attn_tc<{d},{x}>" for d in (64, 128) for x in (0, 1)]
     names += ["quant_x", "rope_kv_decode", "rope_kv_decode_q8", "sample_token"]
     for name in names:

@@ -127,7 +127,7 @@ def _module() -> Any:
     files = ("quant.cu", "gemv_q8.cu", "ops.cu", "sample.cu", "mla.cu")
     code = "\n".join((KERNELS / f).read_text() for f in files)
     names = [f"gemv<{q},{m}>" for q in NATIVE_QTYPES for m in (0, 1, 2)]
-    names += [f"gemv_q8<{q},{m}>" for q in INT8_QTYPES for m in (0, 1, 2)]
+    names += [f"gemv_q8<{q},{m}>" for q in INT8_QTYPES for m in (0, 1, 2, 3)]
     names += [f"dequant_f16<{q}>" for q in NATIVE_QTYPES]
     names += [f"embed<{q}>" for q in NATIVE_QTYPES]
     names += [f"attn_split<{d},{g},0>" for d in HEAD_DIMS for g in ATTN_GROUPS]
@@ -519,6 +519,10 @@ class CudaOps(MLAOps):
     # is older than the step); False queues them after it, as before (an A/B switch, read at
     # capture: bench/experiments/decode_ab.py).
     attn_early = True
+    # The decode graph's attention and SwiGLU GEMV quantize their outputs for the GEMV after
+    # them (kernels/gemv_q8.cu quant_warp32: the bytes a quant_x launch writes), two quant_x
+    # launches a layer fewer; False launches quant_x as before (an A/B switch, read at capture).
+    fuse_quant = True
 
     def prefill_chunk_for(self, spec: ModelSpec) -> int:
         """Tokens per prefill chunk for ``spec``. Each chunk dequantizes every weight once to
@@ -598,27 +602,34 @@ class CudaOps(MLAOps):
     def gemv(self, part: QMatrix, x: Any, y: Any, *, t: int = 1, y_stride: int = 0,
              mode: int = 0, norm: Any = None, eps: float = 0.0, bias: Any = None,
              x_stride: int | None = None, eids: Any = None, e_stride: int = 0,
-             xq: ActQ8 | None = None, scratch: ActQ8 | None = None) -> None:  # fmt: skip
+             xq: ActQ8 | None = None, scratch: ActQ8 | None = None,
+             yq: ActQ8 | None = None, counts: Any = None) -> bool:  # fmt: skip
         """y (device pointer / array view) <- part @ x for t rows of x (``x_stride`` floats
         apart, default ``part.cols``; 0 broadcasts one x); with ``eids`` row i uses expert
         ``eids[i]``'s matrix, ``e_stride`` bytes after ``part``'s; see quant.cu gemv.
 
         When ``int8_ready(part)`` (and no experts, no broadcast x) the product runs on int8
         activations: ``xq`` if given (x already quantized, norm applied), else x quantized
-        into ``scratch`` (a decoder's buffer) or the ops' own."""
+        into ``scratch`` (a decoder's buffer) or the ops' own. There a SwiGLU product
+        (``mode=2``) with ``yq`` and ``counts`` (``t * rows / 32`` int32 zeros; the kernel
+        leaves them so) also writes y quantized into ``yq``, the next GEMV's ``xq``, when its
+        rows are a multiple of 32. Returns whether it did."""
         rows = part.rows // 2 if mode == 2 else part.rows
         stride = part.cols if x_stride is None else x_stride
         usable = xq is not None or _float4_rows(x, stride)
         if eids is None and (stride or t == 1) and usable and self.int8_ready(part):
-            k = _kernel(f"gemv_q8<{part.qtype},{mode}>")
+            fused = (mode == 2 and yq is not None and counts is not None and rows % 32 == 0
+                     and yq.capacity >= t * rows and counts.size >= t * rows // 32)  # fmt: skip
+            k = _kernel(f"gemv_q8<{part.qtype},{3 if fused else mode}>")
             grid = (_cdiv(rows, 8 if mode == 2 else 16), t)
             if xq is None:
                 xq = self.quantize(x, part.cols, t=t, norm=norm, eps=eps, x_stride=x_stride,
                                    out=scratch)  # fmt: skip
+            oq = (yq.q, yq.s, counts) if fused else (_U64(0), _U64(0), _U64(0))
             k(grid, (256,),
               (part.data, np.int64(part.row_bytes), xq.q, xq.s, _I32(part.cols), _as_ptr(y),
-               _I32(rows), np.int64(y_stride), _as_ptr(bias)))  # fmt: skip
-            return
+               _I32(rows), np.int64(y_stride), _as_ptr(bias), *oq))  # fmt: skip
+            return fused
         k = _kernel(f"gemv<{part.qtype},{mode}>")
         smem = (part.cols + part.cols // 32 * 4) * 4
         if smem > 48 * 1024 and k.max_dynamic_shared_size_bytes < smem:
@@ -629,6 +640,7 @@ class CudaOps(MLAOps):
            _I32(rows), np.int64(y_stride), _as_ptr(norm), _F32(eps), _as_ptr(bias),
            np.int64(part.cols if x_stride is None else x_stride), _as_ptr(eids), np.int64(e_stride)),
           shared_mem=smem)  # fmt: skip
+        return False
 
     def dequantize(self, part: QMatrix, out: Any) -> None:
         n = part.rows * (part.cols // 32)
@@ -865,12 +877,14 @@ class CudaOps(MLAOps):
 
     def attend_decode(self, q: Any, kv: CudaKV, layer: int, po: Any, pml: Any, out: Any,
                       nsplit: int, *, n_host: int = 0, pos_dev: Any = None,
-                      sem: Any = None) -> None:  # fmt: skip
+                      sem: Any = None, xq: ActQ8 | None = None) -> bool:  # fmt: skip
         """Flash-decoding of one query (H, D) over the first n positions (n_host, or
         ``*pos_dev + 1`` read on the device) into out (H * D), in one kernel: the last
         block of each KV head to finish merges the splits (``attn_merge_last``), counting in
         ``sem`` (n_kv_heads int32, zero between launches; the kernel leaves it so). A
-        decoder passes its own; the default is this ops' (one stream at a time)."""
+        decoder passes its own; the default is this ops' (one stream at a time). With ``xq``
+        (and head_dim a multiple of 32) the writer of out also quantizes it there for the
+        output projection's ``gemv``; returns whether it did."""
         s = kv.spec
         d, g = s.head_dim, s.n_heads // s.n_kv_heads
         gm = self._attn_shape(s)[0]
@@ -881,8 +895,10 @@ class CudaOps(MLAOps):
         args = (q, kv.pool, kv.table, _I32(layer), _I32(s.n_layers), _I32(kv.block_size),
                 _I32(s.n_kv_heads), _I32(g), _I32(n_host), _as_ptr(pos_dev),
                 _F32(1.0 / math.sqrt(d)), po, pml, _I32(nsplit), out, sem)  # fmt: skip
+        fused = xq is not None and d % 32 == 0 and xq.capacity >= s.n_heads * d
+        oq = (xq.q, xq.s) if fused else (_U64(0), _U64(0))
         if self.uses_tc_attention(s, kv.q8):
-            args += (_I32(int(self.attn_early)),)
+            args += (_I32(int(self.attn_early)), *oq)
             if kv.q8 and self.q8_in_place:
                 k, smem = _kernel(f"attn_tq8<{d}>"), attn_tq8_smem(d)
             else:
@@ -895,7 +911,8 @@ class CudaOps(MLAOps):
                     k.preferred_shared_memory_carveout = 100
             k((s.n_kv_heads, nsplit), (256,), args, shared_mem=smem)
         else:
-            _kernel(f"attn_split<{d},{gm},{int(kv.q8)}>")((s.n_kv_heads, nsplit), (256,), args)
+            _kernel(f"attn_split<{d},{gm},{int(kv.q8)}>")((s.n_kv_heads, nsplit), (256,), (*args, *oq))
+        return fused
 
     def swiglu(self, gate_up: Any) -> Any:
         cp = self.cp

@@ -106,6 +106,10 @@ class CudaDecoder:
             self.state = cp.zeros(4, cp.int32)
             self.sem = cp.zeros(max(1, kvh), cp.int32)  # attention's split counters (attend_decode)
             self.xq = ActQ8(cp, self._widest_input())  # int8 activations, reused by each GEMV
+            # The SwiGLU output as the SwiGLU GEMV quantizes it for the down projection
+            # (CudaOps.fuse_quant), and that GEMV's group counters (zero between launches).
+            self.ffq = ActQ8(cp, s.n_ff)
+            self.ffq_counts = cp.zeros(max(1, s.n_ff // 32), cp.int32)
             self.fparams = cp.asarray(np.array([0.0, 1.0, 0.0, 1.0], np.float32))
             self.iparams = cp.zeros(3, cp.int32)
         self.host_state = pinned_empty((4,), np.int32)
@@ -482,24 +486,37 @@ class CudaDecoder:
                  _as_ptr(b.k_norm), _F32(eps)),
             )  # fmt: skip
             self._mark("attention")
-            ops.attend_decode(self.q, kv, layer, self.po, self.pml, self.attn, self.nsplit,
-                              pos_dev=pos, sem=self.sem)  # fmt: skip
+            # Attention quantizes its output for the output projection where it writes it.
+            aq = self.xq if ops.fuse_quant and ops.int8_ready(b.out.parts[0]) else None
+            fused = ops.attend_decode(self.q, kv, layer, self.po, self.pml, self.attn, self.nsplit,
+                                      pos_dev=pos, sem=self.sem, xq=aq)  # fmt: skip
             self._mark("gemv_out")
-            ops.gemv(b.out.parts[0], self.attn, self.x, mode=1, scratch=self.xq)
+            ops.gemv(b.out.parts[0], self.attn, self.x, mode=1, xq=aq if fused else None, scratch=self.xq)
             self._mark("gemv_gate_up")
-            if len(b.gate_up.parts) == 1:
-                ops.gemv(b.gate_up.parts[0], self.x, self.ffn, mode=2, norm=b.ffn_norm, eps=eps,
-                         scratch=self.xq)  # fmt: skip
-            else:
-                self._gemv_parts(b.gate_up, self.x, self.gu, norm=b.ffn_norm, eps=eps)
-                _kernel("swiglu")((_cdiv(s.n_ff, 256),), (256,),
-                                  (self.gu, self.ffn, _I32(1), _I32(s.n_ff)))
-            self._mark("gemv_down")
-            ops.gemv(b.down.parts[0], self.ffn, self.x, mode=1, scratch=self.xq)
+            self._ffn_dense(b.gate_up, b.down, b.ffn_norm, s.n_ff)
         self._mark("gemv_head")
         self._launch_head()
         self._mark("sample")
         self._launch_sample(advance=1)
+
+    def _ffn_dense(self, gate_up: CudaLinear, down: CudaLinear, norm: Any, n_ff: int, *,
+                   later: bool = False) -> None:  # fmt: skip
+        """swiglu(gate_up(norm(x))) into self.ffn, then (unless ``later``) x += down(ffn). A
+        single gate/up matrix's GEMV also quantizes ffn for the down projection when both
+        run on int8 activations (``CudaOps.fuse_quant``): no quant_x launch between them."""
+        ops, eps = self.ops, self.model.spec.rms_eps
+        ffq = None
+        if len(gate_up.parts) == 1:
+            want = ops.fuse_quant and not later and ops.int8_ready(down.parts[0])
+            if ops.gemv(gate_up.parts[0], self.x, self.ffn, mode=2, norm=norm, eps=eps, scratch=self.xq,
+                        yq=self.ffq if want else None, counts=self.ffq_counts):  # fmt: skip
+                ffq = self.ffq
+        else:
+            self._gemv_parts(gate_up, self.x, self.gu, norm=norm, eps=eps)
+            _kernel("swiglu")((_cdiv(n_ff, 256),), (256,), (self.gu, self.ffn, _I32(1), _I32(n_ff)))
+        if not later:
+            self._mark("gemv_down")
+            ops.gemv(down.parts[0], self.ffn, self.x, mode=1, xq=ffq, scratch=self.xq)
 
 
 class CudaMLADecoder(CudaDecoder):
@@ -630,15 +647,3 @@ class CudaMLADecoder(CudaDecoder):
         self._launch_head()
         self._mark("sample")
         self._launch_sample(advance=1)
-
-    def _ffn_dense(self, gate_up: CudaLinear, down: CudaLinear, norm: Any, n_ff: int, *,
-                   later: bool = False) -> None:  # fmt: skip
-        """swiglu(gate_up(norm(x))) into self.ffn, then (unless ``later``) x += down(ffn)."""
-        if len(gate_up.parts) == 1:
-            self.ops.gemv(gate_up.parts[0], self.x, self.ffn, mode=2, norm=norm, eps=self.model.spec.rms_eps,
-                          scratch=self.xq)  # fmt: skip
-        else:
-            self._gemv_parts(gate_up, self.x, self.gu, norm=norm, eps=self.model.spec.rms_eps)
-            _kernel("swiglu")((_cdiv(n_ff, 256),), (256,), (self.gu, self.ffn, _I32(1), _I32(n_ff)))
-        if not later:
-            self.ops.gemv(down.parts[0], self.ffn, self.x, mode=1, scratch=self.xq)

@@ -276,7 +276,8 @@ __device__ __forceinline__ float kv_unpack(uint4 r, int sub, float f[8]) {
 template <int D>
 __device__ __forceinline__ void attn_merge_last(int h, int G, int nsplit, int used, const float* part_o,
                                                 const float* part_ml, float* __restrict__ out, int* sem,
-                                                float* macc_buf) {
+                                                float* macc_buf, int8_t* __restrict__ oq,
+                                                float2* __restrict__ os) {
     __shared__ int is_last;
     __syncthreads();  // every partial of this block is written
     if (threadIdx.x == 0) {
@@ -344,7 +345,9 @@ __device__ __forceinline__ void attn_merge_last(int h, int G, int nsplit, int us
             a += macc[jj * K + cc][d];
             l += msum[jj * K + cc];
         }
-        out[((long long)h * G + jj) * D + d] = a / l;
+        const long long o = ((long long)h * G + jj) * D + d;
+        out[o] = a / l;
+        if (oq) quant_warp32(a / l, oq + (o & ~31ll), os + (o >> 5));  // whole warps: G D % 32 == 0
     }
 }
 
@@ -363,7 +366,7 @@ __global__ void __launch_bounds__(256, GM <= 4 ? 2 : 1) attn_split(
     const float* __restrict__ q, const void* __restrict__ pool, const int* __restrict__ table,
     int layer, int L, int BS, int KVH, int G, int n_host, const int* pos_dev, float scale,
     float* __restrict__ part_o, float* __restrict__ part_ml, int nsplit, float* __restrict__ out,
-    int* sem) {
+    int* sem, int8_t* __restrict__ oq, float2* __restrict__ os) {
     constexpr int TPP = D / 8, GROUPS = 256 / TPP, U = GM <= 4 ? 4 : 2, TILE = GROUPS * U;
     constexpr int RW = Q8 ? D / 32 * Q8B : D;  // row width in pool elements
     __shared__ float sm_m[GROUPS][GM], sm_l[GROUPS][GM];
@@ -497,8 +500,13 @@ __global__ void __launch_bounds__(256, GM <= 4 ? 2 : 1) attn_split(
         for (int d = threadIdx.x; d < D; d += 256) {
             float o = 0.f;
             for (int g2 = 0; g2 < GROUPS; g2++) o += sm_buf[g2 * D + d];
-            if (used == 1) out[(long long)(h * G + j) * D + d] = o / Lsum;
-            else part_o[pi * D + d] = o;
+            if (used == 1) {
+                const long long oi = (long long)(h * G + j) * D + d;
+                out[oi] = o / Lsum;
+                if (oq) quant_warp32(o / Lsum, oq + (oi & ~31ll), os + (oi >> 5));  // D % 32 == 0
+            } else {
+                part_o[pi * D + d] = o;
+            }
         }
         if (used > 1 && threadIdx.x == 0) {
             part_ml[pi * 2] = M;
@@ -508,7 +516,7 @@ __global__ void __launch_bounds__(256, GM <= 4 ? 2 : 1) attn_split(
     }
     if (used > 1) {
         __shared__ float macc[8 * ((D + 31) / 32) * 32];
-        attn_merge_last<D>(h, G, nsplit, used, part_o, part_ml, out, sem, macc);
+        attn_merge_last<D>(h, G, nsplit, used, part_o, part_ml, out, sem, macc, oq, os);
     }
 }
 
@@ -759,7 +767,8 @@ __device__ __forceinline__ void tc_softmax(const float* S, __half* P, float (*st
 // merges (attn_merge_last, over S's memory).
 template <int D, int KG>
 __device__ __forceinline__ void tc_finish(float* S, const float (*stat)[8], int h, int G, int split, int nsplit,
-                                          int used, float* part_o, float* part_ml, float* out, int* sem) {
+                                          int used, float* part_o, float* part_ml, float* out, int* sem,
+                                          int8_t* oq, float2* os) {
     __syncthreads();
 #pragma unroll 1
     for (int i = threadIdx.x; i < G * D; i += 256) {
@@ -767,8 +776,13 @@ __device__ __forceinline__ void tc_finish(float* S, const float (*stat)[8], int 
         float sum = 0.f;
 #pragma unroll
         for (int kk = 0; kk < KG; kk++) sum += S[(kk * 8 + j) * D + d];
-        if (used == 1) out[(long long)(h * G + j) * D + d] = sum / stat[1][j];
-        else part_o[((long long)(h * G + j) * nsplit + split) * D + d] = sum;
+        if (used == 1) {
+            const long long o = (long long)(h * G + j) * D + d;
+            out[o] = sum / stat[1][j];
+            if (oq) quant_warp32(sum / stat[1][j], oq + (o & ~31ll), os + (o >> 5));  // whole warps: G D % 32 == 0
+        } else {
+            part_o[((long long)(h * G + j) * nsplit + split) * D + d] = sum;
+        }
     }
     if (used == 1) return;
     if (threadIdx.x < G) {
@@ -777,7 +791,7 @@ __device__ __forceinline__ void tc_finish(float* S, const float (*stat)[8], int 
         part_ml[pi * 2 + 1] = stat[1][threadIdx.x];
     }
     static_assert(8 * 32 * ((D + 31) / 32) <= 8 * (ATTN_TC_SPLIT + 4), "the merge's sums fit in S");
-    attn_merge_last<D>(h, G, nsplit, used, part_o, part_ml, out, sem, S);
+    attn_merge_last<D>(h, G, nsplit, used, part_o, part_ml, out, sem, S, oq, os);
 }
 
 template <int D, int Q8>
@@ -785,7 +799,7 @@ __global__ void __launch_bounds__(256) attn_tc(
     const float* __restrict__ q, const void* __restrict__ pool_, const int* __restrict__ table,
     int layer, int L, int BS, int KVH, int G, int n_host, const int* pos_dev, float scale,
     float* __restrict__ part_o, float* __restrict__ part_ml, int nsplit, float* __restrict__ out,
-    int* sem, int early) {
+    int* sem, int early, int8_t* __restrict__ oq, float2* __restrict__ os) {
     using T = TcShape<D, Q8>;
     constexpr int TP = T::TP, NST = T::NST, LDK = T::LDK, LDS = T::LDS, LDP = T::LDP, LDQ = T::LDQ;
     constexpr int MT = D / 16;                // pass 2: 16-row tiles of O^T
@@ -919,7 +933,7 @@ __global__ void __launch_bounds__(256) attn_tc(
         ob[(2 * t4) * D + d0 + 8] = o[i][2];
         ob[(2 * t4 + 1) * D + d0 + 8] = o[i][3];
     }
-    tc_finish<D, KG>(S, stat, h, G, split, nsplit, used, part_o, part_ml, out, sem);
+    tc_finish<D, KG>(S, stat, h, G, split, nsplit, used, part_o, part_ml, out, sem, oq, os);
 }
 
 // Decode attention over a q8_0 pool on tensor cores, the rows read where they land (attn_tq8):
@@ -1102,7 +1116,7 @@ __global__ void __launch_bounds__(256, D <= 128 ? 4 : 1) attn_tq8(  // 4 blocks 
     const float* __restrict__ q, const void* __restrict__ pool_, const int* __restrict__ table,
     int layer, int L, int BS, int KVH, int G, int n_host, const int* pos_dev, float scale,
     float* __restrict__ part_o, float* __restrict__ part_ml, int nsplit, float* __restrict__ out,
-    int* sem, int early) {
+    int* sem, int early, int8_t* __restrict__ oq, float2* __restrict__ os) {
     using T = Tq8Shape<D>;
     constexpr int TP = T::TP, NST = T::NST, NB = T::NB, PITCH = T::PITCH, LDS = T::LDS, LDP = T::LDP, LDQ = T::LDQ;
     static_assert(T::PITCH % 8 == 0 && (T::PITCH / 16) % 2 == 1 && T::PITCH >= T::RW, "rows in distinct banks");
@@ -1277,7 +1291,7 @@ __global__ void __launch_bounds__(256, D <= 128 ? 4 : 1) attn_tq8(  // 4 blocks 
         ob[(2 * t4) * D + d1] = o[m][2];
         ob[(2 * t4 + 1) * D + d1] = o[m][3];
     }
-    tc_finish<D, KG>(S, stat, h, G, split, nsplit, used, part_o, part_ml, out, sem);
+    tc_finish<D, KG>(S, stat, h, G, split, nsplit, used, part_o, part_ml, out, sem, oq, os);
 }
 
 // Prefill attention on tensor cores (flash attention 2, causal, GQA; head_dim 64 or 128; fp16
