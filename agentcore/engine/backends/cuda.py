@@ -33,7 +33,9 @@ Invariants:
   F32). Other types the loader accepts (Q5_0, Q5_1, Q3_K) are uploaded as F16.
 - T <= 8 tokens: quantized GEMV. For Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K matrices of at
   least 4 MiB the activations are first quantized to int8 per 32 (``quant_x``, RMSNorm fused) and the GEMV runs on integer
-  dot products (``gemv_q8``, kernels/gemv_q8.cu), as llama.cpp's Q8_1 activations; other
+  dot products (``gemv_q8``, kernels/gemv_q8.cu), as llama.cpp's Q8_1 activations (in the
+  decode graph, decode attention and the SwiGLU GEMV write the next GEMV's int8 input
+  themselves, the bytes quant_x would: ``CudaOps.fuse_quant``); other
   types, MoE expert GEMVs and ``CudaOps(int8_activations=False)`` use the fp32 GEMV. Longer: each matrix is dequantized to an fp16 scratch and
   multiplied by cuBLAS (fp32 accumulate); attention runs as two batched GEMMs per chunk
   (scores chunk x context in fp32, probabilities fp16), never T x T for a whole prompt.
