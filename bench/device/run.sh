@@ -11,7 +11,7 @@
 # 32K). llama.cpp builds detached from the start (~335 s on 16 cores): decode and prefill
 # first wait for it (the bench itself would, inside its step's limit), so put the steps that
 # need no peer first (tests beside the build took over 120 s, 50 s alone, at 12 workers);
-# decode gives each KV dtype half its limit. Output lands in $OUT; each step is cut at
+# decode gives each KV dtype (KV_DTYPES, default "q8_0 float16") an equal share of its limit. Output lands in $OUT; each step is cut at
 # STEP_S seconds (default 200) and the whole run stops starting steps past BUDGET_S (540).
 set -u
 SHA=${1:?git sha}; shift; STEPS=${*:-tests decode}
@@ -39,7 +39,8 @@ for s in $STEPS; do
     fuse) timeout $lim python3 bench/experiments/decode_ab.py llama3-8b-q4_k,smollm2-135m 64,32768 --kv=float16,q8_0 \
             --variants=unfused,fused,unfused,fused --git-sha="$SHA" >"$OUT/fuse-ab.jsonl" 2>"$OUT/fuse-ab.err" ;;
     ab) timeout $lim python3 bench/experiments/attention_ab.py new 65,4096,32768 >"$OUT/ab.jsonl" 2>"$OUT/ab.err" ;;
-    decode) for kv in q8_0 float16; do timeout $(( lim / 2 )) "${BENCH[@]}" --only decode --models llama3-8b-q4_k,smollm2-135m \
+    decode) n_kv=$(echo ${KV_DTYPES:-q8_0 float16} | wc -w)
+            for kv in ${KV_DTYPES:-q8_0 float16}; do timeout $(( lim / n_kv )) "${BENCH[@]}" --only decode --models llama3-8b-q4_k,smollm2-135m \
               --contexts 64,32768 --kv-dtype $kv --out "$OUT/decode-$kv" 2>"$OUT/decode-$kv.err" >/dev/null; done ;;
     prefill) timeout $lim "${BENCH[@]}" --only prefill --models llama3-8b-q4_k --contexts 512,8192 --out "$OUT/prefill" 2>"$OUT/prefill.err" >/dev/null ;;
     cache) timeout $lim python3 -m agentcore.bench gpu --git-sha "$SHA" --only cache --models llama3-8b-q4_k --contexts 32768 \
