@@ -4,11 +4,10 @@ sets it), in one process, so the variants share the GPU's state. Variants: decod
 queueing a split's first tiles after its wait (``base``, as before 8fd82d1) or before it
 (``early``, ``CudaOps.attn_early``, the default); quant_x launched before the output and
 down projections (``unfused``) or their inputs quantized by the kernels that write them
-(``outputs``, ``CudaOps.fuse_quant``), and rmsnorm(x) for the GEMV after a residual one
-quantized by the residual GEMV too (``fused``, ``CudaOps.fuse_norm``; both the defaults).
+(``fused``, ``CudaOps.fuse_quant``, the default).
 
     python bench/experiments/decode_ab.py MODEL[,MODEL] CTX[,CTX] [--kv=float16,q8_0]
-        [--variants=base,early|unfused,outputs,fused] [--git-sha=SHA]
+        [--variants=base,early|unfused,fused] [--git-sha=SHA]
 
 MODEL: a name from ``agentcore.bench.gpu.MODELS`` (a synthetic GGUF at the real shape, written
 to /tmp/agentcore-bench as the GPU bench does) or a path. Prints one JSON line per model, KV
@@ -39,11 +38,10 @@ from agentcore.testing.synthetic import write_synthetic_gguf
 VARIANTS = {  # name: the CudaOps switches it sets (the others at their defaults)
     "base": {"attn_early": False},
     "early": {"attn_early": True},
-    "unfused": {"fuse_quant": False, "fuse_norm": False},
-    "outputs": {"fuse_quant": True, "fuse_norm": False},
-    "fused": {"fuse_quant": True, "fuse_norm": True},
+    "unfused": {"fuse_quant": False},
+    "fused": {"fuse_quant": True},
 }
-DEFAULTS = {"attn_early": True, "fuse_quant": True, "fuse_norm": True}
+DEFAULTS = {"attn_early": True, "fuse_quant": True}
 
 
 def model_path(name: str) -> Path:
@@ -80,8 +78,7 @@ def main(argv: list[str]) -> int:
                     first = ms if first is None else first
                     print(json.dumps({"device": dev, "git_sha": sha, "model": path.stem, "kv_dtype": dtype,
                                       "ctx": ctx, "variant": v, "attn_early": ops.attn_early,
-                                      "fuse_quant": ops.fuse_quant, "fuse_norm": ops.fuse_norm,
-                                      "ms_per_token": round(ms, 4),
+                                      "fuse_quant": ops.fuse_quant, "ms_per_token": round(ms, 4),
                                       "vs_first": round(ms / first, 4), "pdl": ops.pdl}), flush=True)  # fmt: skip
         del eng, ops
         cp.get_default_memory_pool().free_all_blocks()

@@ -129,7 +129,7 @@ def _module() -> Any:
     files = ("quant.cu", "gemv_q8.cu", "ops.cu", "sample.cu", "mla.cu")
     code = "\n".join((KERNELS / f).read_text() for f in files)
     names = [f"gemv<{q},{m}>" for q in NATIVE_QTYPES for m in (0, 1, 2)]
-    names += [f"gemv_q8<{q},{m}>" for q in INT8_QTYPES for m in (0, 1, 2, 3, 4)]
+    names += [f"gemv_q8<{q},{m}>" for q in INT8_QTYPES for m in (0, 1, 2, 3)]
     names += [f"dequant_f16<{q}>" for q in NATIVE_QTYPES]
     names += [f"embed<{q}>" for q in NATIVE_QTYPES]
     names += [f"attn_split<{d},{g},0>" for d in HEAD_DIMS for g in ATTN_GROUPS]
@@ -525,9 +525,6 @@ class CudaOps(MLAOps):
     # them (kernels/gemv_q8.cu quant_warp32: the bytes a quant_x launch writes), two quant_x
     # launches a layer fewer; False launches quant_x as before (an A/B switch, read at capture).
     fuse_quant = True
-    # The residual GEMVs (output and down projections) also quantize rmsnorm(x) for the GEMV
-    # after them, in the grid's last block (quant_row_last): the other two quant_x a layer.
-    fuse_norm = True
 
     def prefill_chunk_for(self, spec: ModelSpec) -> int:
         """Tokens per prefill chunk for ``spec``. Each chunk dequantizes every weight once to
@@ -608,7 +605,7 @@ class CudaOps(MLAOps):
              mode: int = 0, norm: Any = None, eps: float = 0.0, bias: Any = None,
              x_stride: int | None = None, eids: Any = None, e_stride: int = 0,
              xq: ActQ8 | None = None, scratch: ActQ8 | None = None,
-             yq: ActQ8 | None = None, counts: Any = None, next_norm: Any = None) -> bool:  # fmt: skip
+             yq: ActQ8 | None = None, counts: Any = None) -> bool:  # fmt: skip
         """y (device pointer / array view) <- part @ x for t rows of x (``x_stride`` floats
         apart, default ``part.cols``; 0 broadcasts one x); with ``eids`` row i uses expert
         ``eids[i]``'s matrix, ``e_stride`` bytes after ``part``'s; see quant.cu gemv.
@@ -617,22 +614,15 @@ class CudaOps(MLAOps):
         activations: ``xq`` if given (x already quantized, norm applied), else x quantized
         into ``scratch`` (a decoder's buffer) or the ops' own. There a SwiGLU product
         (``mode=2``) with ``yq`` and ``counts`` (``t * rows / 32`` int32 zeros; the kernel
-        leaves them so) also writes y quantized into ``yq``, the next GEMV's ``xq``, and a
-        residual one (``mode=1``) with ``next_norm`` as well (``t`` zeros) writes
-        ``rmsnorm(y, next_norm, eps)`` quantized, when the rows are a multiple of 32 (``yq``
-        may be ``xq``: it is written once every block has read it). Returns whether it did."""
+        leaves them so) also writes y quantized into ``yq``, the next GEMV's ``xq``, when its
+        rows are a multiple of 32. Returns whether it did."""
         rows = part.rows // 2 if mode == 2 else part.rows
         stride = part.cols if x_stride is None else x_stride
         usable = xq is not None or _float4_rows(x, stride)
         if eids is None and (stride or t == 1) and usable and self.int8_ready(part):
-            kmode = mode
-            if yq is not None and counts is not None and rows % 32 == 0 and yq.capacity >= t * rows:
-                if mode == 2 and counts.size >= t * rows // 32:
-                    kmode = 3
-                elif mode == 1 and next_norm is not None and counts.size >= t:
-                    kmode = 4
-            fused = kmode != mode
-            k = _kernel(f"gemv_q8<{part.qtype},{kmode}>")
+            fused = (mode == 2 and yq is not None and counts is not None and rows % 32 == 0
+                     and yq.capacity >= t * rows and counts.size >= t * rows // 32)  # fmt: skip
+            k = _kernel(f"gemv_q8<{part.qtype},{3 if fused else mode}>")
             grid = (_cdiv(rows, 8 if mode == 2 else 16), t)
             if xq is None:
                 xq = self.quantize(x, part.cols, t=t, norm=norm, eps=eps, x_stride=x_stride,
@@ -640,8 +630,7 @@ class CudaOps(MLAOps):
             oq = (yq.q, yq.s, counts) if fused else (_U64(0), _U64(0), _U64(0))
             k(grid, (256,),
               (part.data, np.int64(part.row_bytes), xq.q, xq.s, _I32(part.cols), _as_ptr(y),
-               _I32(rows), np.int64(y_stride), _as_ptr(bias), *oq,
-               _as_ptr(next_norm if kmode == 4 else None), _F32(eps)))  # fmt: skip
+               _I32(rows), np.int64(y_stride), _as_ptr(bias), *oq))  # fmt: skip
             return fused
         k = _kernel(f"gemv<{part.qtype},{mode}>")
         smem = (part.cols + part.cols // 32 * 4) * 4

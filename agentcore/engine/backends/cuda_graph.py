@@ -110,7 +110,6 @@ class CudaDecoder:
             # (CudaOps.fuse_quant), and that GEMV's group counters (zero between launches).
             self.ffq = ActQ8(cp, s.n_ff)
             self.ffq_counts = cp.zeros(max(1, s.n_ff // 32), cp.int32)
-            self.row_counts = cp.zeros(1, cp.int32)  # the residual GEMVs' (CudaOps.fuse_norm)
             self.fparams = cp.asarray(np.array([0.0, 1.0, 0.0, 1.0], np.float32))
             self.iparams = cp.zeros(3, cp.int32)
         self.host_state = pinned_empty((4,), np.int32)
@@ -338,12 +337,11 @@ class CudaDecoder:
         s = self.model.spec
         return max(s.n_embd, s.n_ff, s.n_heads * s.head_dim)
 
-    def _gemv_parts(self, lin: CudaLinear, x: Any, y: Any, *, xq: ActQ8 | None = None, **kw: Any) -> None:
+    def _gemv_parts(self, lin: CudaLinear, x: Any, y: Any, **kw: Any) -> None:
         """y <- lin(x) (+ its bias) part by part, the parts' rows in order; x is quantized
-        once for the parts that take int8 activations (unless ``xq`` holds it already)."""
+        once for the parts that take int8 activations."""
         off = 0
-        if xq is None:
-            xq = self.ops.quantize_for(lin.parts, x, out=self.xq, **kw)
+        xq = self.ops.quantize_for(lin.parts, x, out=self.xq, **kw)
         for p in lin.parts:
             bias = None if lin.bias is None else _Offset(lin.bias, off)
             self.ops.gemv(p, x, _Offset(y, off), xq=xq, bias=bias, **kw)
@@ -455,20 +453,9 @@ class CudaDecoder:
             ev.record(self.stream)
             self._marks.append((label, ev))
 
-    def _launch_head(self, xq: ActQ8 | None = None) -> None:
+    def _launch_head(self) -> None:
         m = self.model
-        self._gemv_parts(m.head, self.x, self.logits_dev, norm=m.output_norm, eps=m.spec.rms_eps, xq=xq)
-
-    def _residual(self, part: Any, x: Any, *, xq: ActQ8 | None, norm: Any, then: CudaLinear) -> ActQ8 | None:
-        """self.x += part @ x, on ``xq`` when given; with ``CudaOps.fuse_norm``, when ``then``
-        (the projection after it, behind ``norm``) reads int8 activations, its input
-        ``rmsnorm(self.x, norm)`` quantized in the same kernel: returned, else None."""
-        ops = self.ops
-        want = ops.fuse_norm and any(ops.int8_ready(p) for p in then.parts)
-        if ops.gemv(part, x, self.x, mode=1, xq=xq, scratch=self.xq, yq=self.xq if want else None,
-                    counts=self.row_counts, next_norm=norm, eps=self.model.spec.rms_eps):  # fmt: skip
-            return self.xq
-        return None
+        self._gemv_parts(m.head, self.x, self.logits_dev, norm=m.output_norm, eps=m.spec.rms_eps)
 
     def _launch_sample(self, advance: int) -> None:
         _kernel("sample_token")(
@@ -487,10 +474,9 @@ class CudaDecoder:
             (1,), (128,), (emb.data, np.int64(emb.row_bytes), _I32(emb.cols),
                            _as_ptr(_Offset(self.state, 1)), self.x))  # fmt: skip
         pos = self.state  # state[0] is the position
-        xq = None  # rmsnorm(x) quantized by the residual GEMV before (CudaOps.fuse_norm)
         for layer, b in enumerate(m.layers):
             self._mark("gemv_qkv")
-            self._gemv_parts(b.qkv, self.x, self.qkv, norm=b.attn_norm, eps=eps, xq=xq)
+            self._gemv_parts(b.qkv, self.x, self.qkv, norm=b.attn_norm, eps=eps)
             self._mark("rope_kv")
             _kernel("rope_kv_decode_q8" if kv.q8 else "rope_kv_decode")(
                 (s.n_heads + 2 * s.n_kv_heads,), (128,),
@@ -505,41 +491,32 @@ class CudaDecoder:
             fused = ops.attend_decode(self.q, kv, layer, self.po, self.pml, self.attn, self.nsplit,
                                       pos_dev=pos, sem=self.sem, xq=aq)  # fmt: skip
             self._mark("gemv_out")
-            xq = self._residual(b.out.parts[0], self.attn, xq=aq if fused else None, norm=b.ffn_norm, then=b.gate_up)
+            ops.gemv(b.out.parts[0], self.attn, self.x, mode=1, xq=aq if fused else None, scratch=self.xq)
             self._mark("gemv_gate_up")
-            nxt = m.layers[layer + 1] if layer + 1 < len(m.layers) else None
-            xq = self._ffn_dense(b.gate_up, b.down, b.ffn_norm, s.n_ff, xq=xq,
-                                 then=(nxt.attn_norm, nxt.qkv) if nxt else (m.output_norm, m.head))  # fmt: skip
+            self._ffn_dense(b.gate_up, b.down, b.ffn_norm, s.n_ff)
         self._mark("gemv_head")
-        self._launch_head(xq)
+        self._launch_head()
         self._mark("sample")
         self._launch_sample(advance=1)
 
     def _ffn_dense(self, gate_up: CudaLinear, down: CudaLinear, norm: Any, n_ff: int, *,
-                   later: bool = False, xq: ActQ8 | None = None,
-                   then: tuple[Any, CudaLinear] | None = None) -> ActQ8 | None:  # fmt: skip
-        """swiglu(gate_up(norm(x))) into self.ffn (on ``xq``, norm(x) quantized, when given),
-        then (unless ``later``) x += down(ffn). A single gate/up matrix's GEMV also quantizes
-        ffn for the down projection when both run on int8 activations (``CudaOps.fuse_quant``):
-        no quant_x launch between them. ``then``: (norm, projection) after the FFN, whose
-        quantized input the down projection may write (``_residual``; returned, else None)."""
+                   later: bool = False) -> None:  # fmt: skip
+        """swiglu(gate_up(norm(x))) into self.ffn, then (unless ``later``) x += down(ffn). A
+        single gate/up matrix's GEMV also quantizes ffn for the down projection when both
+        run on int8 activations (``CudaOps.fuse_quant``): no quant_x launch between them."""
         ops, eps = self.ops, self.model.spec.rms_eps
         ffq = None
         if len(gate_up.parts) == 1:
             want = ops.fuse_quant and not later and ops.int8_ready(down.parts[0])
             if ops.gemv(gate_up.parts[0], self.x, self.ffn, mode=2, norm=norm, eps=eps, scratch=self.xq,
-                        xq=xq, yq=self.ffq if want else None, counts=self.ffq_counts):  # fmt: skip
+                        yq=self.ffq if want else None, counts=self.ffq_counts):  # fmt: skip
                 ffq = self.ffq
         else:
-            self._gemv_parts(gate_up, self.x, self.gu, norm=norm, eps=eps, xq=xq)
+            self._gemv_parts(gate_up, self.x, self.gu, norm=norm, eps=eps)
             _kernel("swiglu")((_cdiv(n_ff, 256),), (256,), (self.gu, self.ffn, _I32(1), _I32(n_ff)))
-        if later:
-            return None
-        self._mark("gemv_down")
-        if then is None:
+        if not later:
+            self._mark("gemv_down")
             ops.gemv(down.parts[0], self.ffn, self.x, mode=1, xq=ffq, scratch=self.xq)
-            return None
-        return self._residual(down.parts[0], self.ffn, xq=ffq, norm=then[0], then=then[1])
 
 
 class CudaMLADecoder(CudaDecoder):

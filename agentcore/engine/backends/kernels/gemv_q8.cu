@@ -228,45 +228,43 @@ template <> struct U8<Q4_1> {  // one 20-byte block (4-byte aligned): d, m, 16 b
 // went to the four quant_x a layer, bench/experiments/decode_ablation.py, 90446bd). (Called
 // by every block of a GEMV instead of a quant_x launch, it made the 8B decode 16% slower on
 // the H200, 3e41da4: each block's read of the whole row came before its products.)
-template <bool CG>  // CG: read x through L2 (__ldcg: other blocks of this kernel wrote it)
-__device__ __forceinline__ float4 ld_f4(const float4* p) {
-    if constexpr (CG) return __ldcg(p); else return *p;
-}
-
-// 1 / rms of a row of x (cols floats, float4-aligned), from every thread of the block
-// (blockDim.x a multiple of 32, <= 512; red: 16 floats of shared memory).
-template <bool CG>
-__device__ __forceinline__ float row_scale(const float* __restrict__ x, int cols, float eps, float* red) {
+__device__ __forceinline__ void quant_slice(const float* __restrict__ x, int cols,
+                                            const float* __restrict__ norm_w, float eps,
+                                            int8_t* __restrict__ xq, float2* __restrict__ xs,
+                                            float* red, int c0) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const float4* xv = (const float4*)x;
     const int n4 = cols >> 2;
-    float ss[4] = {0.f, 0.f, 0.f, 0.f};
-    int i = tid;
-    for (; i + 3 * (int)blockDim.x < n4; i += 4 * blockDim.x) {  // four loads in flight
+    float scale = 1.f;
+    if (norm_w) {
+        float ss[4] = {0.f, 0.f, 0.f, 0.f};
+        int i = tid;
+        for (; i + 3 * (int)blockDim.x < n4; i += 4 * blockDim.x) {  // four loads in flight
 #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            const float4 v = ld_f4<CG>(xv + i + k * blockDim.x);
-            ss[k] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+            for (int k = 0; k < 4; k++) {
+                const float4 v = xv[i + k * blockDim.x];
+                ss[k] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+            }
         }
+        for (; i < n4; i += blockDim.x) {
+            const float4 v = xv[i];
+            ss[0] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        }
+        float t = (ss[0] + ss[1]) + (ss[2] + ss[3]);
+        for (int o = 16; o; o >>= 1) t += __shfl_xor_sync(0xffffffff, t, o);
+        if (lane == 0) red[warp] = t;
+        __syncthreads();
+        t = 0.f;
+        for (int w = 0; w < (int)(blockDim.x >> 5); w++) t += red[w];
+        scale = rsqrtf(t / cols + eps);
     }
-    for (; i < n4; i += blockDim.x) {
-        const float4 v = ld_f4<CG>(xv + i);
-        ss[0] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    const int c = c0 + tid;
+    const bool ok = c < n4;
+    float4 v = ok ? xv[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+    if (norm_w && ok) {
+        const float4 w = ((const float4*)norm_w)[c];
+        v.x *= scale * w.x; v.y *= scale * w.y; v.z *= scale * w.z; v.w *= scale * w.w;
     }
-    float t = (ss[0] + ss[1]) + (ss[2] + ss[3]);
-    for (int o = 16; o; o >>= 1) t += __shfl_xor_sync(0xffffffff, t, o);
-    if (lane == 0) red[warp] = t;
-    __syncthreads();
-    t = 0.f;
-    for (int w = 0; w < (int)(blockDim.x >> 5); w++) t += red[w];
-    __syncthreads();  // red is free again
-    return rsqrtf(t / cols + eps);
-}
-
-// Float4 c of a row (v, already normalised; ok: c is inside the row) -> xq, xs: 8 lanes
-// quantize one group of 32, so the width-8 shuffles run with the whole warp (every lane calls it).
-__device__ __forceinline__ void quant_f4(float4 v, bool ok, int c, int8_t* __restrict__ xq,
-                                         float2* __restrict__ xs) {
     float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
     for (int o = 4; o; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, o, 8));
     const float d = amax / 127.f, id = amax > 0.f ? 127.f / amax : 0.f;
@@ -276,33 +274,8 @@ __device__ __forceinline__ void quant_f4(float4 v, bool ok, int c, int8_t* __res
     for (int o = 4; o; o >>= 1) qs += __shfl_xor_sync(0xffffffff, qs, o, 8);
     if (ok) {
         ((char4*)xq)[c] = make_char4((signed char)q0, (signed char)q1, (signed char)q2, (signed char)q3);
-        if ((threadIdx.x & 7) == 0) xs[c >> 3] = make_float2(d, d * (float)qs);
+        if ((tid & 7) == 0) xs[c >> 3] = make_float2(d, d * (float)qs);
     }
-}
-
-// Float4s [c0, c0 + blockDim.x) of one activation row x (cols floats, float4-aligned) -> q
-// (int8) and s ((d, sum) per 32), RMS-normalised over the whole row and scaled by norm_w first
-// when norm_w is set (every block of the row sums the row's squares itself: 16-56 KB from L2,
-// no second launch). Called by every thread of a block (blockDim.x a multiple of 32, <= 512;
-// red: 16 floats of shared memory). One float4 a thread: the row is spread
-// over cols / (4 blockDim.x) blocks, so no thread walks it (one 512-thread block a row took
-// 3 us for the 8B's 14336 columns, a dependent load per step; 0.39 ms of its 2.64 ms token
-// went to the four quant_x a layer, bench/experiments/decode_ablation.py, 90446bd). (Called
-// by every block of a GEMV instead of a quant_x launch, it made the 8B decode 16% slower on
-// the H200, 3e41da4: each block's read of the whole row came before its products.)
-template <bool CG = false>
-__device__ __forceinline__ void quant_slice(const float* __restrict__ x, int cols,
-                                            const float* __restrict__ norm_w, float eps,
-                                            int8_t* __restrict__ xq, float2* __restrict__ xs,
-                                            int c0, float scale) {
-    const int c = c0 + threadIdx.x;
-    const bool ok = c < (cols >> 2);
-    float4 v = ok ? ld_f4<CG>((const float4*)x + c) : make_float4(0.f, 0.f, 0.f, 0.f);
-    if (norm_w && ok) {
-        const float4 w = ((const float4*)norm_w)[c];
-        v.x *= scale * w.x; v.y *= scale * w.y; v.z *= scale * w.z; v.w *= scale * w.w;
-    }
-    quant_f4(v, ok, c, xq, xs);
 }
 
 // One group of 32 values, one a lane (the whole warp calls it, v already final): int8 into
@@ -341,31 +314,6 @@ __device__ __forceinline__ void quant_group_last(const float* y, int grp, int pe
     if (last && threadIdx.x < 32) quant_warp32(__ldcg(y + 32 * grp + threadIdx.x), q + 32 * grp, s + grp);
 }
 
-// After a block wrote its rows of y (one row of x's outputs, cols floats): the last block of
-// the grid to finish (counted in *cnt, zero between launches; the last one leaves it so)
-// quantizes the whole row, RMS-normalised and scaled by norm_w, as quant_x would for the next
-// GEMV (the same sums in the same order, so the same bytes). Every thread of the block calls it.
-__device__ __forceinline__ void quant_row_last(const float* y, int cols, const float* __restrict__ norm_w,
-                                               float eps, int* cnt, int8_t* __restrict__ q,
-                                               float2* __restrict__ s) {
-    __shared__ int last;
-    __shared__ float red[16];
-    __threadfence();  // release: this thread's outputs before the block's count
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        const int l = atomicAdd(cnt, 1) == (int)(gridDim.x - 1);
-        if (l) {
-            *cnt = 0;
-            __threadfence();  // acquire: the other blocks' outputs after their counts
-        }
-        last = l;
-    }
-    __syncthreads();
-    if (!last) return;  // block-uniform
-    const float scale = row_scale<true>(y, cols, eps, red);
-    for (int c0 = 0; c0 < (cols >> 2); c0 += blockDim.x) quant_slice<true>(y, cols, norm_w, eps, q, s, c0, scale);
-}
-
 // x (t rows, x_stride floats apart) -> xq (t rows of cols int8) and xs ((d, sum) per 32).
 // With norm_w, x is RMS-normalised and scaled by norm_w first. Grid (t, cols / 1024 rounded
 // up), QUANT_X_THREADS threads: block (r, b) quantizes columns [1024 b, 1024 b + 1024) of row r.
@@ -376,27 +324,22 @@ extern "C" __global__ void __launch_bounds__(QUANT_X_THREADS) quant_x(
     __shared__ float red[16];
     PDL_WAIT();
     const int t = blockIdx.x;
-    x += (long long)t * x_stride;
-    const float scale = norm_w ? row_scale<false>(x, cols, eps, red) : 1.f;
-    quant_slice(x, cols, norm_w, eps, xq + (long long)t * cols, xs + (long long)t * (cols >> 5),
-                blockIdx.y * QUANT_X_THREADS, scale);
+    quant_slice(x + (long long)t * x_stride, cols, norm_w, eps, xq + (long long)t * cols,
+                xs + (long long)t * (cols >> 5), red, blockIdx.y * QUANT_X_THREADS);
 }
 
 // y = W x for t rows of quantized x (blockIdx.y), one warp per 2 rows, 8 warps per block.
 // MODE 0: y = Wx (+ bias); 1: y += Wx (residual); 2: y[r] = silu(W[r]x) * W[r + rows]x;
 // 3: as 2, and y quantized for the next GEMV into (oq, os), row t at t * rows, by the last of
 // each 4 blocks (quant_group_last, counting in cnt, rows / 32 ints a row of x; rows a
-// multiple of 32): the down projection's input with no quant_x launch. 4: as 1, and
-// rmsnorm(y) * nw quantized into (oq, os), row t at t * rows, by the last block of row t
-// (quant_row_last, counting in cnt[t]; rows a multiple of 32): the input of the GEMV
-// after the residual (the next layer's QKV, the FFN's gate/up, the head) with no quant_x.
+// multiple of 32): the down projection's input with no quant_x launch.
 template <int QT, int MODE>
 __global__ void __launch_bounds__(256) gemv_q8(
     const uint8_t* __restrict__ W, long long row_bytes, const int8_t* __restrict__ xq,
     const float2* __restrict__ xs, int cols, float* __restrict__ y, int rows,
     long long y_stride, const float* __restrict__ bias, int8_t* __restrict__ oq,
-    float2* __restrict__ os, int* cnt, const float* __restrict__ nw, float eps) {
-    constexpr bool SW = MODE == 2 || MODE == 3;  // SwiGLU: a warp's two rows are gate row r and up row r + rows
+    float2* __restrict__ os, int* cnt) {
+    constexpr bool SW = MODE >= 2;  // SwiGLU: a warp's two rows are gate row r and up row r + rows
     const int t = blockIdx.y;
     const QX x = {xq + (long long)t * cols, xs + (long long)t * (cols >> 5)};
     y += (long long)t * y_stride;
@@ -447,15 +390,11 @@ __global__ void __launch_bounds__(256) gemv_q8(
                              oq + (long long)t * rows, os + (long long)t * (rows >> 5));
         return;
     }
-    constexpr bool ADD = MODE == 1 || MODE == 4;
-    if (lane == 0) {
-        const float v0 = a0 + (bias ? bias[r0] : 0.f);
-        if (ADD) y[r0] += v0; else y[r0] = v0;
-        if (r1 != r0) {
-            const float v1 = a1 + (bias ? bias[r1] : 0.f);
-            if (ADD) y[r1] += v1; else y[r1] = v1;
-        }
+    if (lane != 0) return;
+    const float v0 = a0 + (bias ? bias[r0] : 0.f);
+    if (MODE == 1) y[r0] += v0; else y[r0] = v0;
+    if (r1 != r0) {
+        const float v1 = a1 + (bias ? bias[r1] : 0.f);
+        if (MODE == 1) y[r1] += v1; else y[r1] = v1;
     }
-    if (MODE == 4)  // every warp is live: rows is a multiple of 32
-        quant_row_last(y, rows, nw, eps, cnt + t, oq + (long long)t * rows, os + (long long)t * (rows >> 5));
 }
