@@ -799,7 +799,7 @@ def test_programmatic_launch_changes_no_result(tmp_path, preset, dtype):
 )  # fmt: skip
 def test_fused_output_quantization_changes_no_result(tmp_path, preset, dtype):
     # The decode graph with attention and the SwiGLU GEMV quantizing their outputs for the
-    # next GEMV (CudaOps.fuse_quant, the default) against quant_x launches: the same bytes
+    # next GEMV (CudaOps.fuse_quant_attn / fuse_quant_ffn) against quant_x launches: the same bytes
     # reach the same GEMVs, so every step's logits are bit-identical. int8 activations on
     # every matrix (SmolLM2's are below the default 4 MiB), 60 teacher-forced steps, then 64
     # back-to-back replays.
@@ -807,9 +807,9 @@ def test_fused_output_quantization_changes_no_result(tmp_path, preset, dtype):
     model = load_gguf(path)
     ids = np.random.default_rng(24).integers(0, model.spec.vocab_size, 101).tolist()
     runs = []
-    for fuse in (False, True):
+    for attn, ffn in ((False, False), (True, False), (False, True), (True, True)):
         ops = CudaOps(int8_min_bytes=0)
-        ops.fuse_quant = fuse
+        ops.fuse_quant_attn, ops.fuse_quant_ffn = attn, ffn
         ops.kv_dtype = dtype
         gpu = Transformer(model, ops, chunk=64)
         kv = ops.new_kv(gpu.spec, 200)
@@ -823,11 +823,12 @@ def test_fused_output_quantization_changes_no_result(tmp_path, preset, dtype):
             dec.step(ids[i])
             steps.append(dec.logits())
         runs.append((np.stack(steps), dec.generate(ids[100], 64)))
-        # Two fused writers a layer at each recording of the step (eager warm-up, capture).
-        per_step = 2 * model.spec.n_layers
-        assert (sum(calls) > 0 and sum(calls) % per_step == 0) if fuse else not any(calls)
-    assert np.array_equal(runs[0][0], runs[1][0])
-    assert runs[0][1] == runs[1][1]
+        # One or two fused writers a layer at each recording of the step (warm-up, capture).
+        per_step = (attn + ffn) * model.spec.n_layers
+        assert (sum(calls) > 0 and sum(calls) % per_step == 0) if per_step else not any(calls)
+    for run in runs[1:]:
+        assert np.array_equal(runs[0][0], run[0])
+        assert runs[0][1] == run[1]
 
 
 def _recording(fn, results):

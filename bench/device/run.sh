@@ -22,13 +22,29 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 LB=/tmp/llama.cpp/bin/llama-bench
 [ -x $LB ] || (setsid bash .peers/build_llama_bench.sh .peers/llama.cpp-src.tar.xz /tmp/llama.cpp >/dev/null 2>&1 &)
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-BENCH=(python3 -m agentcore.bench gpu --git-sha "$SHA" --llama-bench "$LB")
+# SWITCHES (e.g. "fuse_quant_attn=0"): CudaOps switches the benches run with (bench_with.py);
+# SWITCHES=auto-fuse sets the fuse_quant ones to the winner of this call's fuse step at ctx 64.
+BENCH=(python3 bench/device/bench_with.py SWITCHES_HERE -- gpu --git-sha "$SHA" --llama-bench "$LB")
+fuse_winner() {  # "fuse_quant_attn=A fuse_quant_ffn=F" of the fastest fuse-ab variant at ctx 64
+  python3 - "$OUT/fuse-ab.jsonl" <<'PY'
+import json, sys, collections
+ms = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    if r["ctx"] == 64:
+        ms[(r["fuse_quant_attn"], r["fuse_quant_ffn"])].append(r["ms_per_token"])
+a, f = min(ms, key=lambda k: sum(ms[k]) / len(ms[k]))
+print(f"fuse_quant_attn={int(a)} fuse_quant_ffn={int(f)}")
+PY
+}
 wait_peer() {  # the benches that quote llama.cpp: wait for its build while 150 s are left
   while [ ! -e /tmp/llama.cpp/status ] && [ $(( ${BUDGET_S:-540} - ($(date +%s) - T0) )) -gt 150 ]; do sleep 5; done
   cat /tmp/llama.cpp/status 2>/dev/null || echo "llama.cpp not built yet"
 }
 for s in $STEPS; do
-  case $s in decode|prefill) wait_peer ;; esac
+  case $s in decode|prefill) wait_peer
+    sw=${SWITCHES:-}; [ "$sw" = auto-fuse ] && sw=$(fuse_winner) && echo "switches: $sw"
+    BENCH=("${BENCH[@]/SWITCHES_HERE/$sw}") ;; esac
   left=$(( ${BUDGET_S:-540} - ($(date +%s) - T0) )); [ $left -gt 30 ] || { el "out of time before $s"; break; }
   lim=$(( left < ${STEP_S:-200} ? left : ${STEP_S:-200} )); el "$s (limit ${lim}s)"
   case $s in
@@ -36,8 +52,8 @@ for s in $STEPS; do
              >"$OUT/tests.log" 2>&1 ;;
     suite) timeout $lim python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_ops_cuda.py tests/test_ops_cuda_decode.py \
              tests/test_gpu_local_engine.py tests/test_gpu_deepseek2.py tests/test_cuda_sampler.py >"$OUT/suite.log" 2>&1 ;;
-    fuse) timeout $lim python3 bench/experiments/decode_ab.py llama3-8b-q4_k,smollm2-135m 64,32768 --kv=float16,q8_0 \
-            --variants=unfused,fused,unfused,fused --git-sha="$SHA" >"$OUT/fuse-ab.jsonl" 2>"$OUT/fuse-ab.err" ;;
+    fuse) timeout $lim python3 bench/experiments/decode_ab.py ${FUSE_MODELS:-llama3-8b-q4_k,smollm2-135m} 64,32768 \
+            --kv=float16,q8_0 --variants=unfused,attn,ffn,fused,unfused,fused --git-sha="$SHA" >"$OUT/fuse-ab.jsonl" 2>"$OUT/fuse-ab.err" ;;
     ab) timeout $lim python3 bench/experiments/attention_ab.py new 65,4096,32768 >"$OUT/ab.jsonl" 2>"$OUT/ab.err" ;;
     decode) n_kv=$(echo ${KV_DTYPES:-q8_0 float16} | wc -w)
             for kv in ${KV_DTYPES:-q8_0 float16}; do timeout $(( lim / n_kv )) "${BENCH[@]}" --only decode --models llama3-8b-q4_k,smollm2-135m \

@@ -35,7 +35,7 @@ Invariants:
   least 4 MiB the activations are first quantized to int8 per 32 (``quant_x``, RMSNorm fused) and the GEMV runs on integer
   dot products (``gemv_q8``, kernels/gemv_q8.cu), as llama.cpp's Q8_1 activations (in the
   decode graph, decode attention and the SwiGLU GEMV write the next GEMV's int8 input
-  themselves, the bytes quant_x would: ``CudaOps.fuse_quant``); other
+  themselves, the bytes quant_x would: ``CudaOps.fuse_quant_attn`` / ``fuse_quant_ffn``); other
   types, MoE expert GEMVs and ``CudaOps(int8_activations=False)`` use the fp32 GEMV. Longer: each matrix is dequantized to an fp16 scratch and
   multiplied by cuBLAS (fp32 accumulate); attention runs as two batched GEMMs per chunk
   (scores chunk x context in fp32, probabilities fp16), never T x T for a whole prompt.
@@ -521,10 +521,12 @@ class CudaOps(MLAOps):
     # is older than the step); False queues them after it, as before (an A/B switch, read at
     # capture: bench/experiments/decode_ab.py).
     attn_early = True
-    # The decode graph's attention and SwiGLU GEMV quantize their outputs for the GEMV after
-    # them (kernels/gemv_q8.cu quant_warp32: the bytes a quant_x launch writes), two quant_x
-    # launches a layer fewer; False launches quant_x as before (an A/B switch, read at capture).
-    fuse_quant = True
+    # The decode graph's attention (fuse_quant_attn) and SwiGLU GEMV (fuse_quant_ffn) quantize
+    # their outputs for the GEMV after them (kernels/gemv_q8.cu quant_warp32: the bytes a
+    # quant_x launch writes), a quant_x launch a layer fewer each; False launches quant_x as
+    # before (A/B switches, read at capture: bench/experiments/decode_ab.py).
+    fuse_quant_attn = True
+    fuse_quant_ffn = True
 
     def prefill_chunk_for(self, spec: ModelSpec) -> int:
         """Tokens per prefill chunk for ``spec``. Each chunk dequantizes every weight once to

@@ -107,7 +107,7 @@ class CudaDecoder:
             self.sem = cp.zeros(max(1, kvh), cp.int32)  # attention's split counters (attend_decode)
             self.xq = ActQ8(cp, self._widest_input())  # int8 activations, reused by each GEMV
             # The SwiGLU output as the SwiGLU GEMV quantizes it for the down projection
-            # (CudaOps.fuse_quant), and that GEMV's group counters (zero between launches).
+            # (CudaOps.fuse_quant_ffn), and that GEMV's group counters (zero between launches).
             self.ffq = ActQ8(cp, s.n_ff)
             self.ffq_counts = cp.zeros(max(1, s.n_ff // 32), cp.int32)
             self.fparams = cp.asarray(np.array([0.0, 1.0, 0.0, 1.0], np.float32))
@@ -487,7 +487,7 @@ class CudaDecoder:
             )  # fmt: skip
             self._mark("attention")
             # Attention quantizes its output for the output projection where it writes it.
-            aq = self.xq if ops.fuse_quant and ops.int8_ready(b.out.parts[0]) else None
+            aq = self.xq if ops.fuse_quant_attn and ops.int8_ready(b.out.parts[0]) else None
             fused = ops.attend_decode(self.q, kv, layer, self.po, self.pml, self.attn, self.nsplit,
                                       pos_dev=pos, sem=self.sem, xq=aq)  # fmt: skip
             self._mark("gemv_out")
@@ -503,11 +503,11 @@ class CudaDecoder:
                    later: bool = False) -> None:  # fmt: skip
         """swiglu(gate_up(norm(x))) into self.ffn, then (unless ``later``) x += down(ffn). A
         single gate/up matrix's GEMV also quantizes ffn for the down projection when both
-        run on int8 activations (``CudaOps.fuse_quant``): no quant_x launch between them."""
+        run on int8 activations (``CudaOps.fuse_quant_ffn``): no quant_x launch between them."""
         ops, eps = self.ops, self.model.spec.rms_eps
         ffq = None
         if len(gate_up.parts) == 1:
-            want = ops.fuse_quant and not later and ops.int8_ready(down.parts[0])
+            want = ops.fuse_quant_ffn and not later and ops.int8_ready(down.parts[0])
             if ops.gemv(gate_up.parts[0], self.x, self.ffn, mode=2, norm=norm, eps=eps, scratch=self.xq,
                         yq=self.ffq if want else None, counts=self.ffq_counts):  # fmt: skip
                 ffq = self.ffq
