@@ -126,13 +126,17 @@ def test_int8_gemv_is_exact_on_representable_x(ops, name, cols, t):
 
 @pytest.mark.parametrize("name", INT8_TYPES)
 @pytest.mark.parametrize("t", [1, 3])
-def test_swiglu_gemv_quantizes_its_output_as_quant_x_would(ops, name, t):
-    # mode=2 with yq: the last of each 4 blocks (32 output rows) quantizes them for the down
-    # projection; the bytes equal a quant_x launch on the fp32 output, which is unchanged,
-    # and the group counters are back at zero after every launch.
+@pytest.mark.parametrize("block", [True, False], ids=["32-rows-a-block", "last-of-4"])
+def test_swiglu_gemv_quantizes_its_output_as_quant_x_would(ops, name, t, block, monkeypatch):
+    # mode=2 with yq: each block of 32 output rows (gemv_q8_swq), or the last of each 4
+    # blocks of 8 (gemv_q8 MODE 3), quantizes them for the down projection; the bytes equal a
+    # quant_x launch on the fp32 output, which is unchanged, and the group counters are back
+    # at zero after every launch.
     import cupy as cp
 
     from agentcore.engine.backends.cuda import ActQ8
+
+    monkeypatch.setattr(ops, "ffn_quant_block", block)
 
     rows = 96  # 3 groups of 32; 12 blocks of 8 rows
     part = ops.prepare_linear([weight(name, 2 * rows, 768, 8)]).parts[0]
@@ -807,9 +811,9 @@ def test_fused_output_quantization_changes_no_result(tmp_path, preset, dtype):
     model = load_gguf(path)
     ids = np.random.default_rng(24).integers(0, model.spec.vocab_size, 101).tolist()
     runs = []
-    for attn, ffn in ((False, False), (True, False), (False, True), (True, True)):
+    for attn, ffn, block in ((False, False, True), (True, False, True), (False, True, False), (True, True, True)):
         ops = CudaOps(int8_min_bytes=0)
-        ops.fuse_quant_attn, ops.fuse_quant_ffn = attn, ffn
+        ops.fuse_quant_attn, ops.fuse_quant_ffn, ops.ffn_quant_block = attn, ffn, block
         ops.kv_dtype = dtype
         gpu = Transformer(model, ops, chunk=64)
         kv = ops.new_kv(gpu.spec, 200)

@@ -25,16 +25,17 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 # SWITCHES (e.g. "fuse_quant_attn=0"): CudaOps switches the benches run with (bench_with.py);
 # SWITCHES=auto-fuse sets the fuse_quant ones to the winner of this call's fuse step at ctx 64.
 BENCH=(python3 bench/device/bench_with.py SWITCHES_HERE -- gpu --git-sha "$SHA" --llama-bench "$LB")
-fuse_winner() {  # "fuse_quant_attn=A fuse_quant_ffn=F" of the fastest fuse-ab variant at ctx 64
+fuse_winner() {  # the switches of the fastest fuse-ab variant at ctx 64 (mean over its runs)
   python3 - "$OUT/fuse-ab.jsonl" <<'PY'
 import json, sys, collections
+keys = ("fuse_quant_attn", "fuse_quant_ffn", "ffn_quant_block")
 ms = collections.defaultdict(list)
 for line in open(sys.argv[1]):
     r = json.loads(line)
     if r["ctx"] == 64:
-        ms[(r["fuse_quant_attn"], r["fuse_quant_ffn"])].append(r["ms_per_token"])
-a, f = min(ms, key=lambda k: sum(ms[k]) / len(ms[k]))
-print(f"fuse_quant_attn={int(a)} fuse_quant_ffn={int(f)}")
+        ms[tuple(r[k] for k in keys)].append(r["ms_per_token"])
+best = min(ms, key=lambda k: sum(ms[k]) / len(ms[k]))
+print(" ".join(f"{k}={int(v)}" for k, v in zip(keys, best)))
 PY
 }
 wait_peer() {  # the benches that quote llama.cpp: wait for its build while 150 s are left
@@ -53,7 +54,7 @@ for s in $STEPS; do
     suite) timeout $lim python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_ops_cuda.py tests/test_ops_cuda_decode.py \
              tests/test_gpu_local_engine.py tests/test_gpu_deepseek2.py tests/test_cuda_sampler.py >"$OUT/suite.log" 2>&1 ;;
     fuse) timeout $lim python3 bench/experiments/decode_ab.py ${FUSE_MODELS:-llama3-8b-q4_k,smollm2-135m} 64,32768 \
-            --kv=float16,q8_0 --variants=unfused,attn,ffn,fused,unfused,fused --git-sha="$SHA" >"$OUT/fuse-ab.jsonl" 2>"$OUT/fuse-ab.err" ;;
+            --kv=float16,q8_0 --variants=unfused,attn,ffn,ffn_last,fused,unfused,fused --git-sha="$SHA" >"$OUT/fuse-ab.jsonl" 2>"$OUT/fuse-ab.err" ;;
     ab) timeout $lim python3 bench/experiments/attention_ab.py new 65,4096,32768 >"$OUT/ab.jsonl" 2>"$OUT/ab.err" ;;
     decode) n_kv=$(echo ${KV_DTYPES:-q8_0 float16} | wc -w)
             for kv in ${KV_DTYPES:-q8_0 float16}; do timeout $(( lim / n_kv )) "${BENCH[@]}" --only decode --models llama3-8b-q4_k,smollm2-135m \

@@ -130,6 +130,7 @@ def _module() -> Any:
     code = "\n".join((KERNELS / f).read_text() for f in files)
     names = [f"gemv<{q},{m}>" for q in NATIVE_QTYPES for m in (0, 1, 2)]
     names += [f"gemv_q8<{q},{m}>" for q in INT8_QTYPES for m in (0, 1, 2, 3)]
+    names += [f"gemv_q8_swq<{q}>" for q in INT8_QTYPES]
     names += [f"dequant_f16<{q}>" for q in NATIVE_QTYPES]
     names += [f"embed<{q}>" for q in NATIVE_QTYPES]
     names += [f"attn_split<{d},{g},0>" for d in HEAD_DIMS for g in ATTN_GROUPS]
@@ -527,6 +528,10 @@ class CudaOps(MLAOps):
     # before (A/B switches, read at capture: bench/experiments/decode_ab.py).
     fuse_quant_attn = True
     fuse_quant_ffn = True
+    # How the SwiGLU GEMV quantizes: True, 32 rows a block, each block its own group
+    # (gemv_q8_swq, no ``counts``); False, 8 rows a block, the last of each 4 quantizes
+    # (gemv_q8 MODE 3, counting in ``counts``).
+    ffn_quant_block = True
 
     def prefill_chunk_for(self, spec: ModelSpec) -> int:
         """Tokens per prefill chunk for ``spec``. Each chunk dequantizes every weight once to
@@ -615,20 +620,27 @@ class CudaOps(MLAOps):
         When ``int8_ready(part)`` (and no experts, no broadcast x) the product runs on int8
         activations: ``xq`` if given (x already quantized, norm applied), else x quantized
         into ``scratch`` (a decoder's buffer) or the ops' own. There a SwiGLU product
-        (``mode=2``) with ``yq`` and ``counts`` (``t * rows / 32`` int32 zeros; the kernel
-        leaves them so) also writes y quantized into ``yq``, the next GEMV's ``xq``, when its
-        rows are a multiple of 32. Returns whether it did."""
+        (``mode=2``) with ``yq`` also writes y quantized into ``yq``, the next GEMV's ``xq``,
+        when its rows are a multiple of 32 (``ffn_quant_block``; else ``counts`` too, ``t *
+        rows / 32`` int32 zeros, the kernel leaves them so). Returns whether it did."""
         rows = part.rows // 2 if mode == 2 else part.rows
         stride = part.cols if x_stride is None else x_stride
         usable = xq is not None or _float4_rows(x, stride)
         if eids is None and (stride or t == 1) and usable and self.int8_ready(part):
-            fused = (mode == 2 and yq is not None and counts is not None and rows % 32 == 0
-                     and yq.capacity >= t * rows and counts.size >= t * rows // 32)  # fmt: skip
-            k = _kernel(f"gemv_q8<{part.qtype},{3 if fused else mode}>")
-            grid = (_cdiv(rows, 8 if mode == 2 else 16), t)
+            quant_out = mode == 2 and yq is not None and rows % 32 == 0 and yq.capacity >= t * rows
             if xq is None:
                 xq = self.quantize(x, part.cols, t=t, norm=norm, eps=eps, x_stride=x_stride,
                                    out=scratch)  # fmt: skip
+            if quant_out and self.ffn_quant_block:
+                _kernel(f"gemv_q8_swq<{part.qtype}>")(
+                    (rows // 32, t), (256,),
+                    (part.data, np.int64(part.row_bytes), xq.q, xq.s, _I32(part.cols), _as_ptr(y),
+                     _I32(rows), np.int64(y_stride), _as_ptr(bias), yq.q, yq.s),
+                )  # fmt: skip
+                return True
+            fused = quant_out and counts is not None and counts.size >= t * rows // 32
+            k = _kernel(f"gemv_q8<{part.qtype},{3 if fused else mode}>")
+            grid = (_cdiv(rows, 8 if mode == 2 else 16), t)
             oq = (yq.q, yq.s, counts) if fused else (_U64(0), _U64(0), _U64(0))
             k(grid, (256,),
               (part.data, np.int64(part.row_bytes), xq.q, xq.s, _I32(part.cols), _as_ptr(y),

@@ -398,3 +398,73 @@ __global__ void __launch_bounds__(256) gemv_q8(
         if (MODE == 1) y[r1] += v1; else y[r1] = v1;
     }
 }
+
+// y[r] = silu(W[r]x) * W[r + rows]x for 32 rows a block (4 row pairs a warp, one after
+// another, each as gemv_q8's MODE 2 sums it), then the block quantizes its 32 outputs into
+// (oq, os), row t at t * rows, for the down projection: one group a block, so no block waits
+// on another (gemv_q8 MODE 3's counters and fences). rows a multiple of 32; grid (rows / 32, t).
+template <int QT>
+__global__ void __launch_bounds__(256) gemv_q8_swq(
+    const uint8_t* __restrict__ W, long long row_bytes, const int8_t* __restrict__ xq,
+    const float2* __restrict__ xs, int cols, float* __restrict__ y, int rows,
+    long long y_stride, const float* __restrict__ bias, int8_t* __restrict__ oq,
+    float2* __restrict__ os) {
+    __shared__ float outs[32];
+    const int t = blockIdx.y;
+    const QX x = {xq + (long long)t * cols, xs + (long long)t * (cols >> 5)};
+    y += (long long)t * y_stride;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int nu = cols / U8<QT>::W;
+    int r0 = blockIdx.x * 32 + warp * 4;
+    const uint8_t* w0 = W + (long long)r0 * row_bytes;
+    const uint8_t* w1 = W + (long long)(r0 + rows) * row_bytes;
+    U8<QT> p0, p1, q0, q1;
+    int u = lane;
+    // The first pair's first step is loaded before PDL_WAIT (weights: no earlier kernel writes them).
+    if (u + 32 < nu) {
+        p0.load(w0, u); q0.load(w1, u); p1.load(w0, u + 32); q1.load(w1, u + 32);
+    } else if (u < nu) {
+        p0.load(w0, u); q0.load(w1, u);
+    }
+    PDL_WAIT();
+#pragma unroll 1
+    for (int k = 0; k < 4; k++) {
+        float a0 = 0.f, a1 = 0.f;
+        while (u + 32 < nu) {
+            a0 += p0.dot(u, x) + p1.dot(u + 32, x);
+            a1 += q0.dot(u, x) + q1.dot(u + 32, x);
+            u += 64;
+            if (u + 32 < nu) {
+                p0.load(w0, u); q0.load(w1, u); p1.load(w0, u + 32); q1.load(w1, u + 32);
+            } else if (u < nu) {
+                p0.load(w0, u); q0.load(w1, u);
+            }
+        }
+        if (u < nu) {
+            a0 += p0.dot(u, x);
+            a1 += q0.dot(u, x);
+        }
+        if (k < 3) {  // the next pair's first step, in flight during this pair's sums
+            w0 += row_bytes; w1 += row_bytes; u = lane;
+            if (u + 32 < nu) {
+                p0.load(w0, u); q0.load(w1, u); p1.load(w0, u + 32); q1.load(w1, u + 32);
+            } else if (u < nu) {
+                p0.load(w0, u); q0.load(w1, u);
+            }
+        }
+        for (int o = 16; o; o >>= 1) {
+            a0 += __shfl_xor_sync(0xffffffff, a0, o);
+            a1 += __shfl_xor_sync(0xffffffff, a1, o);
+        }
+        if (lane == 0) {
+            const float g = a0 + (bias ? bias[r0] : 0.f), up = a1 + (bias ? bias[r0 + rows] : 0.f);
+            const float v = g / (1.f + __expf(-g)) * up;
+            y[r0] = v;
+            outs[warp * 4 + k] = v;
+        }
+        r0++;
+    }
+    __syncthreads();
+    if (warp == 0)
+        quant_warp32(outs[lane], oq + (long long)t * rows + blockIdx.x * 32, os + (long long)t * (rows >> 5) + blockIdx.x);
+}
