@@ -57,8 +57,8 @@ for s in $STEPS; do
             --kv=float16,q8_0 --variants=unfused,attn,ffn,ffn_last,fused,unfused,fused --git-sha="$SHA" >"$OUT/fuse-ab.jsonl" 2>"$OUT/fuse-ab.err" ;;
     ab) timeout $lim python3 bench/experiments/attention_ab.py new 65,4096,32768 >"$OUT/ab.jsonl" 2>"$OUT/ab.err" ;;
     decode) n_kv=$(echo ${KV_DTYPES:-q8_0 float16} | wc -w)
-            for kv in ${KV_DTYPES:-q8_0 float16}; do timeout $(( lim / n_kv )) "${BENCH[@]}" --only decode --models llama3-8b-q4_k,smollm2-135m \
-              --contexts 64,32768 --kv-dtype $kv --out "$OUT/decode-$kv" 2>"$OUT/decode-$kv.err" >/dev/null; done ;;
+            for kv in ${KV_DTYPES:-q8_0 float16}; do timeout $(( lim / n_kv )) "${BENCH[@]}" --only decode --models ${DECODE_MODELS:-llama3-8b-q4_k,smollm2-135m} \
+              --contexts ${DECODE_CTX:-64,32768} --kv-dtype $kv --out "$OUT/decode-$kv" 2>"$OUT/decode-$kv.err" >/dev/null; done ;;
     prefill) timeout $lim "${BENCH[@]}" --only prefill --models llama3-8b-q4_k --contexts 512,8192 --out "$OUT/prefill" 2>"$OUT/prefill.err" >/dev/null ;;
     cache) timeout $lim python3 -m agentcore.bench gpu --git-sha "$SHA" --only cache --models llama3-8b-q4_k --contexts 32768 \
              --out "$OUT/cache" 2>"$OUT/cache.err" >/dev/null ;;
