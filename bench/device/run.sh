@@ -11,6 +11,7 @@
 # 32K). llama.cpp builds detached from the start (~335 s on 16 cores): decode and prefill
 # first wait for it (the bench itself would, inside its step's limit), so put the steps that
 # need no peer first (tests beside the build took over 120 s, 50 s alone, at 12 workers);
+# (NO_PEER=1: no llama.cpp build; FUSE_MODELS, FUSE_CTX, FUSE_KV, FUSE_VARIANTS narrow the fuse step.)
 # decode gives each KV dtype (KV_DTYPES, default "q8_0 float16") an equal share of its limit. Output lands in $OUT; each step is cut at
 # STEP_S seconds (default 200) and the whole run stops starting steps past BUDGET_S (540).
 set -u
@@ -20,7 +21,7 @@ el() { echo "## t=$(( $(date +%s) - T0 ))s $*"; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 LB=/tmp/llama.cpp/bin/llama-bench
-[ -x $LB ] || (setsid bash .peers/build_llama_bench.sh .peers/llama.cpp-src.tar.xz /tmp/llama.cpp >/dev/null 2>&1 &)
+[ -x $LB ] || [ -n "${NO_PEER:-}" ] || (setsid bash .peers/build_llama_bench.sh .peers/llama.cpp-src.tar.xz /tmp/llama.cpp >/dev/null 2>&1 &)
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 # SWITCHES (e.g. "fuse_quant_attn=0"): CudaOps switches the benches run with (bench_with.py);
 # SWITCHES=auto-fuse sets the fuse_quant ones to the winner of this call's fuse step at ctx 64.
@@ -53,8 +54,8 @@ for s in $STEPS; do
              >"$OUT/tests.log" 2>&1 ;;
     suite) timeout $lim python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_ops_cuda.py tests/test_ops_cuda_decode.py \
              tests/test_gpu_local_engine.py tests/test_gpu_deepseek2.py tests/test_cuda_sampler.py >"$OUT/suite.log" 2>&1 ;;
-    fuse) timeout $lim python3 bench/experiments/decode_ab.py ${FUSE_MODELS:-llama3-8b-q4_k,smollm2-135m} 64,32768 \
-            --kv=float16,q8_0 --variants=${FUSE_VARIANTS:-unfused,attn,ffn,ffn_last,fused,unfused,fused} --git-sha="$SHA" >"$OUT/fuse-ab.jsonl" 2>"$OUT/fuse-ab.err" ;;
+    fuse) timeout $lim python3 bench/experiments/decode_ab.py ${FUSE_MODELS:-llama3-8b-q4_k,smollm2-135m} ${FUSE_CTX:-64,32768} \
+            --kv=${FUSE_KV:-float16,q8_0} --variants=${FUSE_VARIANTS:-unfused,attn,ffn,ffn_last,fused,unfused,fused} --git-sha="$SHA" >"$OUT/fuse-ab.jsonl" 2>"$OUT/fuse-ab.err" ;;
     ab) timeout $lim python3 bench/experiments/attention_ab.py new 65,4096,32768 >"$OUT/ab.jsonl" 2>"$OUT/ab.err" ;;
     decode) n_kv=$(echo ${KV_DTYPES:-q8_0 float16} | wc -w)
             for kv in ${KV_DTYPES:-q8_0 float16}; do timeout $(( lim / n_kv )) "${BENCH[@]}" --only decode --models ${DECODE_MODELS:-llama3-8b-q4_k,smollm2-135m} \
