@@ -35,7 +35,7 @@ Invariants:
   least 4 MiB the activations are first quantized to int8 per 32 (``quant_x``, RMSNorm fused) and the GEMV runs on integer
   dot products (``gemv_q8``, kernels/gemv_q8.cu), as llama.cpp's Q8_1 activations (in the
   decode graph, decode attention and the SwiGLU GEMV write the next GEMV's int8 input
-  themselves, the bytes quant_x would: ``CudaOps.fuse_quant_attn`` / ``fuse_quant_ffn``); other
+  themselves, the bytes quant_x would, when ``CudaOps.fuse_quant_attn`` / ``fuse_quant_ffn``); other
   types, MoE expert GEMVs and ``CudaOps(int8_activations=False)`` use the fp32 GEMV. Longer: each matrix is dequantized to an fp16 scratch and
   multiplied by cuBLAS (fp32 accumulate); attention runs as two batched GEMMs per chunk
   (scores chunk x context in fp32, probabilities fp16), never T x T for a whole prompt.
@@ -524,10 +524,12 @@ class CudaOps(MLAOps):
     attn_early = True
     # The decode graph's attention (fuse_quant_attn) and SwiGLU GEMV (fuse_quant_ffn) quantize
     # their outputs for the GEMV after them (kernels/gemv_q8.cu quant_warp32: the bytes a
-    # quant_x launch writes), a quant_x launch a layer fewer each; False launches quant_x as
-    # before (A/B switches, read at capture: bench/experiments/decode_ab.py).
-    fuse_quant_attn = True
-    fuse_quant_ffn = True
+    # quant_x launch writes), a quant_x launch a layer fewer each; False (the default until
+    # an A/B on the GPU shows a gain) launches quant_x as before (A/B switches, read at
+    # capture: bench/experiments/decode_ab.py). With per-thread fences in the SwiGLU GEMV
+    # (d164091) both on made the 8B's token 12% slower on the H100.
+    fuse_quant_attn = False
+    fuse_quant_ffn = False
     # How the SwiGLU GEMV quantizes: True, 32 rows a block, each block its own group
     # (gemv_q8_swq, no ``counts``); False, 8 rows a block, the last of each 4 quantizes
     # (gemv_q8 MODE 3, counting in ``counts``).
