@@ -123,11 +123,17 @@ def select_ops(device: str = "auto") -> Any:
     )
 
 
-@cache
-def _module() -> Any:
-    cp = _cupy()
-    files = ("quant.cu", "gemv_q8.cu", "ops.cu", "sample.cu", "mla.cu")
-    code = "\n".join((KERNELS / f).read_text() for f in files)
+KERNEL_FILES = ("quant.cu", "gemv_q8.cu", "ops.cu", "sample.cu", "mla.cu")
+NVRTC_OPTIONS = ("-std=c++17",)
+
+
+def kernel_source() -> str:
+    """The CUDA C of every kernel, one translation unit (what ``_module`` compiles)."""
+    return "\n".join((KERNELS / f).read_text() for f in KERNEL_FILES)
+
+
+def kernel_names() -> list[str]:
+    """Every kernel instantiation the ops launch (``_module``'s name expressions)."""
     names = [f"gemv<{q},{m}>" for q in NATIVE_QTYPES for m in (0, 1, 2)]
     names += [f"gemv_q8<{q},{m}>" for q in INT8_QTYPES for m in (0, 1, 2, 3)]
     names += [f"gemv_q8_swq<{q}>" for q in INT8_QTYPES]
@@ -139,7 +145,12 @@ def _module() -> Any:
     names += [f"attn_tq8<{d}>" for d in TC_HEAD_DIMS]
     names += [f"attn_prefill_tc<{d},{q8}>" for d in PREFILL_TC_HEAD_DIMS for q8 in (0, 1)]
     names += [f"mla_attn_split<{r},{p}>" for r, p in MLA_SHAPES]
-    return cp.RawModule(code=code, options=("-std=c++17",), name_expressions=names)
+    return names
+
+
+@cache
+def _module() -> Any:
+    return _cupy().RawModule(code=kernel_source(), options=NVRTC_OPTIONS, name_expressions=kernel_names())
 
 
 @cache
