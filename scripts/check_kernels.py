@@ -1,8 +1,11 @@
 """Compile agentcore's CUDA module on a machine without a GPU and report registers and spills.
 
-    pip install --target /tmp/nvrtc nvidia-cuda-nvrtc-cu12          # libnvrtc (CUDA C++ -> PTX)
     pip install --target /tmp/nvcc nvidia-cuda-nvcc-cu12 nvidia-cuda-runtime-cu12  # ptxas, headers
-    python scripts/check_kernels.py [REGEX] [--nvrtc DIR] [--nvcc DIR]
+    python scripts/check_kernels.py [REGEX] [--nvcc DIR]
+
+libnvrtc (CUDA C++ -> PTX) and the headers come from the dev extra's nvidia-cuda-nvrtc and
+nvidia-cuda-runtime wheels (``agentcore.engine.backends.nvrtc.find_cuda_wheels``);
+``--nvrtc DIR`` takes a ``pip install --target DIR nvidia-cuda-nvrtc-cu12`` instead.
 
 The module is the one ``agentcore.engine.backends.cuda`` builds (same sources, options and
 name expressions); NVRTC compiles it for compute_90, ptxas for sm_90 with ``-v``, and each
@@ -14,7 +17,6 @@ test: register counts decide how many blocks an SM holds (attn_tq8 is written fo
 from __future__ import annotations
 
 import argparse
-import ctypes
 import re
 import subprocess
 import sys
@@ -22,60 +24,28 @@ import tempfile
 from pathlib import Path
 
 import agentcore.engine.backends.cuda as cu
-
-
-def module_source() -> tuple[str, tuple[str, ...], list[str]]:
-    """(code, options, name expressions) exactly as ``cuda._module`` passes them to CuPy."""
-    got: dict = {}
-
-    class _Capture:
-        @staticmethod
-        def RawModule(code: str, options: tuple[str, ...], name_expressions: list[str]) -> None:
-            got.update(code=code, options=options, names=name_expressions)
-
-    real = cu._cupy
-    cu._cupy = lambda: _Capture  # type: ignore[assignment]
-    try:
-        cu._module.__wrapped__()
-    finally:
-        cu._cupy = real
-    return got["code"], got["options"], got["names"]
-
-
-def nvrtc_ptx(lib: ctypes.CDLL, code: str, options: list[str], names: list[str]) -> bytes:
-    prog = ctypes.c_void_p()
-    if lib.nvrtcCreateProgram(ctypes.byref(prog), code.encode(), b"agentcore.cu", 0, None, None):
-        raise RuntimeError("nvrtcCreateProgram failed")
-    for n in names:
-        lib.nvrtcAddNameExpression(prog, n.encode())
-    opts = [o.encode() for o in options]
-    rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
-    size = ctypes.c_size_t()
-    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
-    log = ctypes.create_string_buffer(size.value)
-    lib.nvrtcGetProgramLog(prog, log)
-    if rc:
-        sys.exit(f"NVRTC failed ({rc}):\n{log.value.decode(errors='replace')}")
-    lib.nvrtcGetPTXSize(prog, ctypes.byref(size))
-    ptx = ctypes.create_string_buffer(size.value)
-    lib.nvrtcGetPTX(prog, ptx)
-    return ptx.value
+from agentcore.engine.backends.nvrtc import KernelCompileError, compile_ptx, find_cuda_wheels
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("regex", nargs="?", default="attn")
-    ap.add_argument("--nvrtc", default="/tmp/nvrtc", help="pip --target dir of nvidia-cuda-nvrtc-cu12")
+    ap.add_argument("--nvrtc", default=None, help="pip --target dir of nvidia-cuda-nvrtc-cu12 (default: the dev extra's)")
     ap.add_argument("--nvcc", default="/tmp/nvcc", help="pip --target dir of nvidia-cuda-nvcc-cu12 + runtime")
     a = ap.parse_args()
-    libs = sorted(Path(a.nvrtc).glob("nvidia/cuda_nvrtc/lib/libnvrtc.so*"))
     ptxas = Path(a.nvcc) / "nvidia/cuda_nvcc/bin/ptxas"
-    include = Path(a.nvcc) / "nvidia/cuda_runtime/include"
-    if not libs or not ptxas.exists():
-        sys.exit(f"no libnvrtc under {a.nvrtc} or ptxas under {a.nvcc}: see the install lines in this file")
-    code, options, names = module_source()
-    ptx = nvrtc_ptx(ctypes.CDLL(str(libs[0])), code, [*options, "--gpu-architecture=compute_90", f"-I{include}"],
-                    names)  # fmt: skip
+    found = find_cuda_wheels()
+    if a.nvrtc:
+        libs = sorted(Path(a.nvrtc).glob("nvidia/cuda_nvrtc/lib/libnvrtc.so*"))
+        found = (libs[0], Path(a.nvcc) / "nvidia/cuda_runtime/include") if libs else None
+    if found is None or not ptxas.exists():
+        sys.exit(f"no libnvrtc (dev extra or --nvrtc) or no ptxas under {a.nvcc}: see the install lines in this file")
+    lib, include = found
+    try:
+        ptx = compile_ptx(lib, cu.kernel_source(), [*cu.NVRTC_OPTIONS, "--gpu-architecture=compute_90", f"-I{include}"],
+                          cu.kernel_names())  # fmt: skip
+    except KernelCompileError as e:
+        sys.exit(str(e))
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "m.ptx").write_bytes(ptx)
         r = subprocess.run([str(ptxas), "-arch=sm_90", "-v", f"{d}/m.ptx", "-o", f"{d}/m.cubin"],
