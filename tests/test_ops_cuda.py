@@ -777,16 +777,7 @@ def test_programmatic_launch_changes_no_result(tmp_path, preset, dtype):
     for pdl, early in ((False, False), (True, False), (True, True)):
         ops = CudaOps(pdl=pdl)
         ops.attn_early = early
-        ops.kv_dtype = dtype
-        gpu = Transformer(model, ops, chunk=64)
-        kv = ops.new_kv(gpu.spec, 200)
-        gpu.forward(ids[:40], 0, kv)
-        dec = CudaDecoder(gpu, kv)
-        steps = []
-        for i in range(40, 100):
-            dec.step(ids[i])
-            steps.append(dec.logits())
-        runs.append((ops.pdl, np.stack(steps), dec.generate(ids[100], 64)))
+        runs.append((ops.pdl, *_teacher_forced(model, ops, dtype, ids)))
     cc = int(CudaOps().cp.cuda.Device().compute_capability)
     assert runs[0][0] is False
     assert runs[1][0] is (cc >= 90) is pdl_supported(CudaOps().cp)  # the H200 runs it for real
@@ -814,25 +805,31 @@ def test_fused_output_quantization_changes_no_result(tmp_path, preset, dtype):
     for attn, ffn, block in ((False, False, True), (True, False, True), (False, True, False), (True, True, True)):
         ops = CudaOps(int8_min_bytes=0)
         ops.fuse_quant_attn, ops.fuse_quant_ffn, ops.ffn_quant_block = attn, ffn, block
-        ops.kv_dtype = dtype
-        gpu = Transformer(model, ops, chunk=64)
-        kv = ops.new_kv(gpu.spec, 200)
-        gpu.forward(ids[:40], 0, kv)
-        dec = CudaDecoder(gpu, kv)
-        calls: list[bool] = []
+        calls: list[bool] = []  # what each call says (the prefill's GEMMs call neither)
         ops.attend_decode = _recording(ops.attend_decode, calls)
         ops.gemv = _recording(ops.gemv, calls)
-        steps = []
-        for i in range(40, 100):
-            dec.step(ids[i])
-            steps.append(dec.logits())
-        runs.append((np.stack(steps), dec.generate(ids[100], 64)))
+        runs.append(_teacher_forced(model, ops, dtype, ids))
         # One or two fused writers a layer at each recording of the step (warm-up, capture).
         per_step = (attn + ffn) * model.spec.n_layers
         assert (sum(calls) > 0 and sum(calls) % per_step == 0) if per_step else not any(calls)
     for run in runs[1:]:
         assert np.array_equal(runs[0][0], run[0])
         assert runs[0][1] == run[1]
+
+
+def _teacher_forced(model, ops, dtype, ids):
+    """Logits of 60 teacher-forced graph steps after a 40-token prefill (ids[40:100]), then
+    64 tokens generated from ids[100], on ``ops`` with a ``dtype`` KV."""
+    ops.kv_dtype = dtype
+    gpu = Transformer(model, ops, chunk=64)
+    kv = ops.new_kv(gpu.spec, 200)
+    gpu.forward(ids[:40], 0, kv)
+    dec = CudaDecoder(gpu, kv)
+    steps = []
+    for i in range(40, 100):
+        dec.step(ids[i])
+        steps.append(dec.logits())
+    return np.stack(steps), dec.generate(ids[100], 64)
 
 
 def _recording(fn, results):

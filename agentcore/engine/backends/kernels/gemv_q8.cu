@@ -328,6 +328,36 @@ extern "C" __global__ void __launch_bounds__(QUANT_X_THREADS) quant_x(
                 xs + (long long)t * (cols >> 5), red, blockIdx.y * QUANT_X_THREADS);
 }
 
+// Two rows of a warp (w0, w1) in flight: each lane's units u and u + 32 of both, a step of 64
+// units a warp, so each lane keeps 4 units of weights loading while it multiplies.
+template <int QT>
+struct RowPair {
+    U8<QT> p0, p1, q0, q1;
+    // The step at u (lane's first unit), what of it lies in the row (nothing unless live).
+    __device__ __forceinline__ void load(const uint8_t* w0, const uint8_t* w1, int u, int nu, bool live = true) {
+        if (live && u + 32 < nu) {
+            p0.load(w0, u); q0.load(w1, u); p1.load(w0, u + 32); q1.load(w1, u + 32);
+        } else if (live && u < nu) {
+            p0.load(w0, u); q0.load(w1, u);
+        }
+    }
+    // The lane's sums of both rows from the step at u (already loaded) to the row's end, the
+    // next step loaded before each step's products; u is left past the row.
+    __device__ __forceinline__ void sums(const uint8_t* w0, const uint8_t* w1, int& u, int nu, QX x,
+                                         float& a0, float& a1) {
+        while (u + 32 < nu) {
+            a0 += p0.dot(u, x) + p1.dot(u + 32, x);
+            a1 += q0.dot(u, x) + q1.dot(u + 32, x);
+            u += 64;
+            load(w0, w1, u, nu);
+        }
+        if (u < nu) {
+            a0 += p0.dot(u, x);
+            a1 += q0.dot(u, x);
+        }
+    }
+};
+
 // y = W x for t rows of quantized x (blockIdx.y), one warp per 2 rows, 8 warps per block.
 // MODE 0: y = Wx (+ bias); 1: y += Wx (residual); 2: y[r] = silu(W[r]x) * W[r + rows]x;
 // 3: as 2, and y quantized for the next GEMV into (oq, os), row t at t * rows, by the last of
@@ -353,29 +383,12 @@ __global__ void __launch_bounds__(256) gemv_q8(
     int u = lane;
     // The first step's weights are loaded before PDL_WAIT: no earlier kernel writes them, so
     // under programmatic launch their DRAM latency overlaps the previous kernel's tail.
-    U8<QT> p0, p1, q0, q1;
+    RowPair<QT> rp;
     const bool live = r0 < rows;
-    if (live && u + 32 < nu) {
-        p0.load(w0, u); q0.load(w1, u); p1.load(w0, u + 32); q1.load(w1, u + 32);
-    } else if (live && u < nu) {
-        p0.load(w0, u); q0.load(w1, u);
-    }
+    rp.load(w0, w1, u, nu, live);
     PDL_WAIT();
     if (!live) return;
-    while (u + 32 < nu) {
-        a0 += p0.dot(u, x) + p1.dot(u + 32, x);
-        a1 += q0.dot(u, x) + q1.dot(u + 32, x);
-        u += 64;
-        if (u + 32 < nu) {
-            p0.load(w0, u); q0.load(w1, u); p1.load(w0, u + 32); q1.load(w1, u + 32);
-        } else if (u < nu) {
-            p0.load(w0, u); q0.load(w1, u);
-        }
-    }
-    if (u < nu) {
-        a0 += p0.dot(u, x);
-        a1 += q0.dot(u, x);
-    }
+    rp.sums(w0, w1, u, nu, x, a0, a1);
     for (int o = 16; o; o >>= 1) {
         a0 += __shfl_xor_sync(0xffffffff, a0, o);
         a1 += __shfl_xor_sync(0xffffffff, a1, o);
@@ -418,39 +431,17 @@ __global__ void __launch_bounds__(256) gemv_q8_swq(
     int r0 = blockIdx.x * 32 + warp * 4;
     const uint8_t* w0 = W + (long long)r0 * row_bytes;
     const uint8_t* w1 = W + (long long)(r0 + rows) * row_bytes;
-    U8<QT> p0, p1, q0, q1;
+    RowPair<QT> rp;
     int u = lane;
-    // The first pair's first step is loaded before PDL_WAIT (weights: no earlier kernel writes them).
-    if (u + 32 < nu) {
-        p0.load(w0, u); q0.load(w1, u); p1.load(w0, u + 32); q1.load(w1, u + 32);
-    } else if (u < nu) {
-        p0.load(w0, u); q0.load(w1, u);
-    }
+    rp.load(w0, w1, u, nu);  // the first pair's first step, before PDL_WAIT (weights: no kernel writes them)
     PDL_WAIT();
 #pragma unroll 1
     for (int k = 0; k < 4; k++) {
         float a0 = 0.f, a1 = 0.f;
-        while (u + 32 < nu) {
-            a0 += p0.dot(u, x) + p1.dot(u + 32, x);
-            a1 += q0.dot(u, x) + q1.dot(u + 32, x);
-            u += 64;
-            if (u + 32 < nu) {
-                p0.load(w0, u); q0.load(w1, u); p1.load(w0, u + 32); q1.load(w1, u + 32);
-            } else if (u < nu) {
-                p0.load(w0, u); q0.load(w1, u);
-            }
-        }
-        if (u < nu) {
-            a0 += p0.dot(u, x);
-            a1 += q0.dot(u, x);
-        }
+        rp.sums(w0, w1, u, nu, x, a0, a1);
         if (k < 3) {  // the next pair's first step, in flight during this pair's sums
             w0 += row_bytes; w1 += row_bytes; u = lane;
-            if (u + 32 < nu) {
-                p0.load(w0, u); q0.load(w1, u); p1.load(w0, u + 32); q1.load(w1, u + 32);
-            } else if (u < nu) {
-                p0.load(w0, u); q0.load(w1, u);
-            }
+            rp.load(w0, w1, u, nu);
         }
         for (int o = 16; o; o >>= 1) {
             a0 += __shfl_xor_sync(0xffffffff, a0, o);
