@@ -10,10 +10,11 @@
 # SmolLM2 at 64 and 32K, both KV dtypes), prefill (8B, 512 and 8K), cache (8B restore tiers at
 # 32K). llama.cpp builds detached from the start (~335 s on 16 cores): decode and prefill
 # first wait for it (the bench itself would, inside its step's limit), so put the steps that
-# need no peer first (tests beside the build took over 120 s, 50 s alone, at 12 workers);
-# (NO_PEER=1: no llama.cpp build; FUSE_MODELS, FUSE_CTX, FUSE_KV, FUSE_VARIANTS narrow the fuse step.)
-# decode gives each KV dtype (KV_DTYPES, default "q8_0 float16") an equal share of its limit. Output lands in $OUT; each step is cut at
-# STEP_S seconds (default 200) and the whole run stops starting steps past BUDGET_S (540).
+# need no peer first (tests beside the build took over 120 s, 50 s alone, at 12 workers).
+# Each step is cut at STEP_S seconds (default 200); no step starts past BUDGET_S (540).
+# Output lands in $OUT. Knobs: NO_PEER=1 (no llama.cpp build); KV_DTYPES (decode's, default
+# "q8_0 float16", an equal share of its limit each), DECODE_MODELS, DECODE_CTX; FUSE_MODELS,
+# FUSE_CTX, FUSE_KV, FUSE_VARIANTS (the fuse step's); SWITCHES (below).
 set -u
 SHA=${1:?git sha}; shift; STEPS=${*:-tests decode}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; T0=$(date +%s)
