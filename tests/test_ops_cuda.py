@@ -126,35 +126,29 @@ def test_int8_gemv_is_exact_on_representable_x(ops, name, cols, t):
 
 @pytest.mark.parametrize("name", INT8_TYPES)
 @pytest.mark.parametrize("t", [1, 3])
-@pytest.mark.parametrize("block", [True, False], ids=["32-rows-a-block", "last-of-4"])
-def test_swiglu_gemv_quantizes_its_output_as_quant_x_would(ops, name, t, block, monkeypatch):
-    # mode=2 with yq: each block of 32 output rows (gemv_q8_swq), or the last of each 4
-    # blocks of 8 (gemv_q8 MODE 3), quantizes them for the down projection; the bytes equal a
-    # quant_x launch on the fp32 output, which is unchanged, and the group counters are back
-    # at zero after every launch.
+def test_swiglu_gemv_quantizes_its_output_as_quant_x_would(ops, name, t):
+    # mode=2 with yq: each block of 32 output rows (gemv_q8_swq) quantizes them for the down
+    # projection; the bytes equal a quant_x launch on the fp32 output, which is unchanged.
     import cupy as cp
 
     from agentcore.engine.backends.cuda import ActQ8
-
-    monkeypatch.setattr(ops, "ffn_quant_block", block)
 
     rows = 96  # 3 groups of 32; 12 blocks of 8 rows
     part = ops.prepare_linear([weight(name, 2 * rows, 768, 8)]).parts[0]
     x = cp.asarray(np.random.default_rng(9).standard_normal((t, 768)).astype(np.float32))
     plain = cp.zeros((t, rows), cp.float32)
     assert not ops.gemv(part, x, plain, t=t, y_stride=rows, mode=2)
-    yq, counts = ActQ8(cp, rows, t), cp.zeros(t * rows // 32, cp.int32)
+    yq = ActQ8(cp, rows, t)
     for _ in range(3):
         y = cp.zeros((t, rows), cp.float32)
-        assert ops.gemv(part, x, y, t=t, y_stride=rows, mode=2, yq=yq, counts=counts)
+        assert ops.gemv(part, x, y, t=t, y_stride=rows, mode=2, yq=yq)
         assert np.array_equal(y.get(), plain.get())
-        assert not counts.get().any()
         want = ops.quantize(y, rows, t=t, out=ActQ8(cp, rows, t))
         assert np.array_equal(yq.q.get(), want.q.get())
         assert np.array_equal(yq.s.get(), want.s.get())
     # Rows that are not a multiple of 32 fall back to mode 2 and say so.
     part40 = ops.prepare_linear([weight(name, 80, 768, 8)]).parts[0]
-    assert not ops.gemv(part40, x, cp.zeros((t, 40), cp.float32), t=t, y_stride=40, mode=2, yq=yq, counts=counts)
+    assert not ops.gemv(part40, x, cp.zeros((t, 40), cp.float32), t=t, y_stride=40, mode=2, yq=yq)
 
 
 @pytest.mark.parametrize("name", INT8_TYPES)
@@ -802,9 +796,9 @@ def test_fused_output_quantization_changes_no_result(tmp_path, preset, dtype):
     model = load_gguf(path)
     ids = np.random.default_rng(24).integers(0, model.spec.vocab_size, 101).tolist()
     runs = []
-    for attn, ffn, block in ((False, False, True), (True, False, True), (False, True, False), (True, True, True)):
+    for attn, ffn in ((False, False), (True, False), (False, True), (True, True)):
         ops = CudaOps(int8_min_bytes=0)
-        ops.fuse_quant_attn, ops.fuse_quant_ffn, ops.ffn_quant_block = attn, ffn, block
+        ops.fuse_quant_attn, ops.fuse_quant_ffn = attn, ffn
         calls: list[bool] = []  # what each call says (the prefill's GEMMs call neither)
         ops.attend_decode = _recording(ops.attend_decode, calls)
         ops.gemv = _recording(ops.gemv, calls)

@@ -30,7 +30,7 @@ BENCH=(python3 bench/device/bench_with.py SWITCHES_HERE -- gpu --git-sha "$SHA" 
 fuse_winner() {  # the switches of the fastest fuse-ab variant at ctx 64 (mean over its runs)
   python3 - "$OUT/fuse-ab.jsonl" <<'PY'
 import json, sys, collections
-keys = ("fuse_quant_attn", "fuse_quant_ffn", "ffn_quant_block")
+keys = ("fuse_quant_attn", "fuse_quant_ffn")
 ms = collections.defaultdict(list)
 for line in open(sys.argv[1]):
     r = json.loads(line)
@@ -56,7 +56,7 @@ for s in $STEPS; do
     suite) timeout $lim python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_ops_cuda.py tests/test_ops_cuda_decode.py \
              tests/test_gpu_local_engine.py tests/test_gpu_deepseek2.py tests/test_cuda_sampler.py >"$OUT/suite.log" 2>&1 ;;
     fuse) timeout $lim python3 bench/experiments/decode_ab.py ${FUSE_MODELS:-llama3-8b-q4_k,smollm2-135m} ${FUSE_CTX:-64,32768} \
-            --kv=${FUSE_KV:-float16,q8_0} --variants=${FUSE_VARIANTS:-unfused,attn,ffn,ffn_last,fused,unfused,fused} --git-sha="$SHA" >"$OUT/fuse-ab.jsonl" 2>"$OUT/fuse-ab.err" ;;
+            --kv=${FUSE_KV:-float16,q8_0} --variants=${FUSE_VARIANTS:-unfused,attn,ffn,fused,unfused,fused} --git-sha="$SHA" >"$OUT/fuse-ab.jsonl" 2>"$OUT/fuse-ab.err" ;;
     ab) timeout $lim python3 bench/experiments/attention_ab.py new 65,4096,32768 >"$OUT/ab.jsonl" 2>"$OUT/ab.err" ;;
     decode) n_kv=$(echo ${KV_DTYPES:-q8_0 float16} | wc -w)
             for kv in ${KV_DTYPES:-q8_0 float16}; do timeout $(( lim / n_kv )) "${BENCH[@]}" --only decode --models ${DECODE_MODELS:-llama3-8b-q4_k,smollm2-135m} \

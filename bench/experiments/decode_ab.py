@@ -4,12 +4,13 @@ sets it), in one process, so the variants share the GPU's state. Variants: decod
 queueing a split's first tiles after its wait (``base``, as before 8fd82d1) or before it
 (``early``, ``CudaOps.attn_early``, the default); quant_x launched before the output and
 down projections (``unfused``) or their inputs quantized by the kernels that write them
-(``attn``, ``ffn``: ``CudaOps.fuse_quant_attn`` / ``fuse_quant_ffn``; ``fused``: both, the
-defaults; ``ffn_last``: the SwiGLU GEMV's last of 4 blocks quantizing, not each 32-row block). d164091 (``bench/results/2026-12-08-h100-decode-ab-fuse-d164091.jsonl``) had a
-fence in every thread of the SwiGLU GEMV's blocks and a residual-GEMV variant, since taken out.
+(``attn``, ``ffn``: ``CudaOps.fuse_quant_attn`` / ``fuse_quant_ffn``; ``fused``: both; off by
+default). d164091 (``bench/results/2026-12-08-h100-decode-ab-fuse-d164091.jsonl``) had
+another SwiGLU form (the last of each 4 blocks quantizing, after counters and a fence in every
+thread) and a residual-GEMV variant, both since taken out.
 
     python bench/experiments/decode_ab.py MODEL[,MODEL] CTX[,CTX] [--kv=float16,q8_0]
-        [--variants=base,early|unfused,attn,ffn,ffn_last,fused] [--git-sha=SHA]
+        [--variants=base,early|unfused,attn,ffn,fused] [--git-sha=SHA]
 
 MODEL: a name from ``agentcore.bench.gpu.MODELS`` (a synthetic GGUF at the real shape, written
 to /tmp/agentcore-bench as the GPU bench does) or a path. Prints one JSON line per model, KV
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from decode_ablation import ms_per_token
 
 from agentcore.bench.gpu import MODELS
+from agentcore.engine.backends.cuda import CudaOps
 from agentcore.engine.local import LocalEngine
 from agentcore.testing.synthetic import write_synthetic_gguf
 
@@ -43,10 +45,9 @@ VARIANTS = {  # name: the CudaOps switches it sets (the others at their defaults
     "unfused": {"fuse_quant_attn": False, "fuse_quant_ffn": False},
     "attn": {"fuse_quant_attn": True, "fuse_quant_ffn": False},
     "ffn": {"fuse_quant_attn": False, "fuse_quant_ffn": True},
-    "ffn_last": {"fuse_quant_attn": False, "fuse_quant_ffn": True, "ffn_quant_block": False},
     "fused": {"fuse_quant_attn": True, "fuse_quant_ffn": True},
 }
-DEFAULTS = {"attn_early": True, "fuse_quant_attn": True, "fuse_quant_ffn": True, "ffn_quant_block": True}
+DEFAULTS = {k: getattr(CudaOps, k) for k in ("attn_early", "fuse_quant_attn", "fuse_quant_ffn")}
 
 
 def model_path(name: str) -> Path:
@@ -84,7 +85,6 @@ def main(argv: list[str]) -> int:
                     print(json.dumps({"device": dev, "git_sha": sha, "model": path.stem, "kv_dtype": dtype,
                                       "ctx": ctx, "variant": v, "attn_early": ops.attn_early,
                                       "fuse_quant_attn": ops.fuse_quant_attn, "fuse_quant_ffn": ops.fuse_quant_ffn,
-                                      "ffn_quant_block": ops.ffn_quant_block,
                                       "ms_per_token": round(ms, 4),
                                       "vs_first": round(ms / first, 4), "pdl": ops.pdl}), flush=True)  # fmt: skip
         del eng, ops

@@ -135,7 +135,7 @@ def kernel_source() -> str:
 def kernel_names() -> list[str]:
     """Every kernel instantiation the ops launch (``_module``'s name expressions)."""
     names = [f"gemv<{q},{m}>" for q in NATIVE_QTYPES for m in (0, 1, 2)]
-    names += [f"gemv_q8<{q},{m}>" for q in INT8_QTYPES for m in (0, 1, 2, 3)]
+    names += [f"gemv_q8<{q},{m}>" for q in INT8_QTYPES for m in (0, 1, 2)]
     names += [f"gemv_q8_swq<{q}>" for q in INT8_QTYPES]
     names += [f"dequant_f16<{q}>" for q in NATIVE_QTYPES]
     names += [f"embed<{q}>" for q in NATIVE_QTYPES]
@@ -537,14 +537,11 @@ class CudaOps(MLAOps):
     # their outputs for the GEMV after them (kernels/gemv_q8.cu quant_warp32: the bytes a
     # quant_x launch writes), a quant_x launch a layer fewer each; False (the default until
     # an A/B on the GPU shows a gain) launches quant_x as before (A/B switches, read at
-    # capture: bench/experiments/decode_ab.py). With per-thread fences in the SwiGLU GEMV
-    # (d164091) both on made the 8B's token 12% slower on the H100.
+    # capture: bench/experiments/decode_ab.py). With the SwiGLU GEMV's blocks counting and
+    # fencing (d164091) both on made the 8B's token 12% slower on the H100; the SwiGLU form
+    # now is gemv_q8_swq (each block quantizes its own 32 rows), not yet measured.
     fuse_quant_attn = False
     fuse_quant_ffn = False
-    # How the SwiGLU GEMV quantizes: True, 32 rows a block, each block its own group
-    # (gemv_q8_swq, no ``counts``); False, 8 rows a block, the last of each 4 quantizes
-    # (gemv_q8 MODE 3, counting in ``counts``).
-    ffn_quant_block = True
 
     def prefill_chunk_for(self, spec: ModelSpec) -> int:
         """Tokens per prefill chunk for ``spec``. Each chunk dequantizes every weight once to
@@ -625,7 +622,7 @@ class CudaOps(MLAOps):
              mode: int = 0, norm: Any = None, eps: float = 0.0, bias: Any = None,
              x_stride: int | None = None, eids: Any = None, e_stride: int = 0,
              xq: ActQ8 | None = None, scratch: ActQ8 | None = None,
-             yq: ActQ8 | None = None, counts: Any = None) -> bool:  # fmt: skip
+             yq: ActQ8 | None = None) -> bool:  # fmt: skip
         """y (device pointer / array view) <- part @ x for t rows of x (``x_stride`` floats
         apart, default ``part.cols``; 0 broadcasts one x); with ``eids`` row i uses expert
         ``eids[i]``'s matrix, ``e_stride`` bytes after ``part``'s; see quant.cu gemv.
@@ -634,31 +631,27 @@ class CudaOps(MLAOps):
         activations: ``xq`` if given (x already quantized, norm applied), else x quantized
         into ``scratch`` (a decoder's buffer) or the ops' own. There a SwiGLU product
         (``mode=2``) with ``yq`` also writes y quantized into ``yq``, the next GEMV's ``xq``,
-        when its rows are a multiple of 32 (``ffn_quant_block``; else ``counts`` too, ``t *
-        rows / 32`` int32 zeros, the kernel leaves them so). Returns whether it did."""
+        when its rows are a multiple of 32 (``gemv_q8_swq``). Returns whether it did."""
         rows = part.rows // 2 if mode == 2 else part.rows
         stride = part.cols if x_stride is None else x_stride
         usable = xq is not None or _float4_rows(x, stride)
         if eids is None and (stride or t == 1) and usable and self.int8_ready(part):
-            quant_out = mode == 2 and yq is not None and rows % 32 == 0 and yq.capacity >= t * rows
             if xq is None:
                 xq = self.quantize(x, part.cols, t=t, norm=norm, eps=eps, x_stride=x_stride,
                                    out=scratch)  # fmt: skip
-            if quant_out and self.ffn_quant_block:
+            if mode == 2 and yq is not None and rows % 32 == 0 and yq.capacity >= t * rows:
                 _kernel(f"gemv_q8_swq<{part.qtype}>")(
                     (rows // 32, t), (256,),
                     (part.data, np.int64(part.row_bytes), xq.q, xq.s, _I32(part.cols), _as_ptr(y),
                      _I32(rows), np.int64(y_stride), _as_ptr(bias), yq.q, yq.s),
                 )  # fmt: skip
                 return True
-            fused = quant_out and counts is not None and counts.size >= t * rows // 32
-            k = _kernel(f"gemv_q8<{part.qtype},{3 if fused else mode}>")
+            k = _kernel(f"gemv_q8<{part.qtype},{mode}>")
             grid = (_cdiv(rows, 8 if mode == 2 else 16), t)
-            oq = (yq.q, yq.s, counts) if fused else (_U64(0), _U64(0), _U64(0))
             k(grid, (256,),
               (part.data, np.int64(part.row_bytes), xq.q, xq.s, _I32(part.cols), _as_ptr(y),
-               _I32(rows), np.int64(y_stride), _as_ptr(bias), *oq))  # fmt: skip
-            return fused
+               _I32(rows), np.int64(y_stride), _as_ptr(bias)))  # fmt: skip
+            return False
         k = _kernel(f"gemv<{part.qtype},{mode}>")
         smem = (part.cols + part.cols // 32 * 4) * 4
         if smem > 48 * 1024 and k.max_dynamic_shared_size_bytes < smem:

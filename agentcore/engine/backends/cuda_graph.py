@@ -107,9 +107,8 @@ class CudaDecoder:
             self.sem = cp.zeros(max(1, kvh), cp.int32)  # attention's split counters (attend_decode)
             self.xq = ActQ8(cp, self._widest_input())  # int8 activations, reused by each GEMV
             # The SwiGLU output as the SwiGLU GEMV quantizes it for the down projection
-            # (CudaOps.fuse_quant_ffn), and that GEMV's group counters (zero between launches).
+            # (CudaOps.fuse_quant_ffn).
             self.ffq = ActQ8(cp, s.n_ff)
-            self.ffq_counts = cp.zeros(max(1, s.n_ff // 32), cp.int32)
             self.fparams = cp.asarray(np.array([0.0, 1.0, 0.0, 1.0], np.float32))
             self.iparams = cp.zeros(3, cp.int32)
         self.host_state = pinned_empty((4,), np.int32)
@@ -509,7 +508,7 @@ class CudaDecoder:
         if len(gate_up.parts) == 1:
             want = ops.fuse_quant_ffn and not later and ops.int8_ready(down.parts[0])
             if ops.gemv(gate_up.parts[0], self.x, self.ffn, mode=2, norm=norm, eps=eps, scratch=self.xq,
-                        yq=self.ffq if want else None, counts=self.ffq_counts):  # fmt: skip
+                        yq=self.ffq if want else None):  # fmt: skip
                 ffq = self.ffq
         else:
             self._gemv_parts(gate_up, self.x, self.gu, norm=norm, eps=eps)

@@ -281,7 +281,7 @@ __device__ __forceinline__ void quant_slice(const float* __restrict__ x, int col
 // One group of 32 values, one a lane (the whole warp calls it, v already final): int8 into
 // q[lane], (d, sum) into *s, with quant_slice's arithmetic, so the same values give the same
 // bytes as a quant_x launch. The kernels that write a GEMV's input call it on their outputs
-// (decode attention, the SwiGLU GEMV), one launch a layer fewer each.
+// (decode attention, gemv_q8_swq), one launch a layer fewer each.
 __device__ __forceinline__ void quant_warp32(float v, int8_t* __restrict__ q, float2* __restrict__ s) {
     const int lane = threadIdx.x & 31;
     float amax = fabsf(v);
@@ -292,26 +292,6 @@ __device__ __forceinline__ void quant_warp32(float v, int8_t* __restrict__ q, fl
     for (int o = 16; o; o >>= 1) qs += __shfl_xor_sync(0xffffffff, qs, o);
     q[lane] = (int8_t)qi;
     if (lane == 0) *s = make_float2(d, d * (float)qs);
-}
-
-// After a block wrote its outputs of y: the last of the `per` blocks that write the 32 values of
-// group grp (counted in cnt[grp], zero between launches; the last one leaves it so) quantizes
-// them (quant_warp32, warp 0). Every thread of the block calls it.
-__device__ __forceinline__ void quant_group_last(const float* y, int grp, int per, int* cnt,
-                                                 int8_t* __restrict__ q, float2* __restrict__ s) {
-    __shared__ int last;
-    __syncthreads();  // the block's outputs are written (one fence below, not one a thread:
-    if (threadIdx.x == 0) {  // 256 fences a block made the 8B's SwiGLU GEMV 9 us slower)
-        __threadfence();  // release: the block's outputs before its count
-        const int l = atomicAdd(cnt + grp, 1) == per - 1;
-        if (l) {
-            cnt[grp] = 0;
-            __threadfence();  // acquire: the other blocks' outputs after their counts
-        }
-        last = l;
-    }
-    __syncthreads();
-    if (last && threadIdx.x < 32) quant_warp32(__ldcg(y + 32 * grp + threadIdx.x), q + 32 * grp, s + grp);
 }
 
 // x (t rows, x_stride floats apart) -> xq (t rows of cols int8) and xs ((d, sum) per 32).
@@ -359,23 +339,18 @@ struct RowPair {
 };
 
 // y = W x for t rows of quantized x (blockIdx.y), one warp per 2 rows, 8 warps per block.
-// MODE 0: y = Wx (+ bias); 1: y += Wx (residual); 2: y[r] = silu(W[r]x) * W[r + rows]x;
-// 3: as 2, and y quantized for the next GEMV into (oq, os), row t at t * rows, by the last of
-// each 4 blocks (quant_group_last, counting in cnt, rows / 32 ints a row of x; rows a
-// multiple of 32): the down projection's input with no quant_x launch.
+// MODE 0: y = Wx (+ bias); 1: y += Wx (residual); 2: y[r] = silu(W[r]x) * W[r + rows]x.
 template <int QT, int MODE>
 __global__ void __launch_bounds__(256) gemv_q8(
     const uint8_t* __restrict__ W, long long row_bytes, const int8_t* __restrict__ xq,
     const float2* __restrict__ xs, int cols, float* __restrict__ y, int rows,
-    long long y_stride, const float* __restrict__ bias, int8_t* __restrict__ oq,
-    float2* __restrict__ os, int* cnt) {
-    constexpr bool SW = MODE >= 2;  // SwiGLU: a warp's two rows are gate row r and up row r + rows
+    long long y_stride, const float* __restrict__ bias) {
     const int t = blockIdx.y;
     const QX x = {xq + (long long)t * cols, xs + (long long)t * (cols >> 5)};
     y += (long long)t * y_stride;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int r0 = (blockIdx.x * 8 + warp) * (SW ? 1 : 2);
-    const int r1 = SW ? r0 + rows : (r0 + 1 < rows ? r0 + 1 : r0);
+    const int r0 = (blockIdx.x * 8 + warp) * (MODE == 2 ? 1 : 2);
+    const int r1 = MODE == 2 ? r0 + rows : (r0 + 1 < rows ? r0 + 1 : r0);
     const uint8_t* w0 = W + (long long)r0 * row_bytes;
     const uint8_t* w1 = W + (long long)r1 * row_bytes;
     const int nu = cols / U8<QT>::W;
@@ -393,17 +368,12 @@ __global__ void __launch_bounds__(256) gemv_q8(
         a0 += __shfl_xor_sync(0xffffffff, a0, o);
         a1 += __shfl_xor_sync(0xffffffff, a1, o);
     }
-    if (SW) {
-        if (lane == 0) {
-            const float g = a0 + (bias ? bias[r0] : 0.f), up = a1 + (bias ? bias[r1] : 0.f);
-            y[r0] = g / (1.f + __expf(-g)) * up;
-        }
-        if (MODE == 3)  // every warp is live: rows is a multiple of 32
-            quant_group_last(y, blockIdx.x >> 2, 4, cnt + (long long)t * (rows >> 5),
-                             oq + (long long)t * rows, os + (long long)t * (rows >> 5));
+    if (lane != 0) return;
+    if (MODE == 2) {
+        const float g = a0 + (bias ? bias[r0] : 0.f), up = a1 + (bias ? bias[r1] : 0.f);
+        y[r0] = g / (1.f + __expf(-g)) * up;
         return;
     }
-    if (lane != 0) return;
     const float v0 = a0 + (bias ? bias[r0] : 0.f);
     if (MODE == 1) y[r0] += v0; else y[r0] = v0;
     if (r1 != r0) {
@@ -415,7 +385,8 @@ __global__ void __launch_bounds__(256) gemv_q8(
 // y[r] = silu(W[r]x) * W[r + rows]x for 32 rows a block (4 row pairs a warp, one after
 // another, each as gemv_q8's MODE 2 sums it), then the block quantizes its 32 outputs into
 // (oq, os), row t at t * rows, for the down projection: one group a block, so no block waits
-// on another (gemv_q8 MODE 3's counters and fences). rows a multiple of 32; grid (rows / 32, t).
+// on another (d164091's form, the last of each 4 blocks of 8 rows quantizing after counters
+// and fences, was slower than a quant_x launch). rows a multiple of 32; grid (rows / 32, t).
 template <int QT>
 __global__ void __launch_bounds__(256) gemv_q8_swq(
     const uint8_t* __restrict__ W, long long row_bytes, const int8_t* __restrict__ xq,
