@@ -133,7 +133,7 @@ def test_swiglu_gemv_quantizes_its_output_as_quant_x_would(ops, name, t):
 
     from agentcore.engine.backends.cuda import ActQ8
 
-    rows = 96  # 3 groups of 32; 12 blocks of 8 rows
+    rows = 96  # 3 groups of 32: 3 blocks
     part = ops.prepare_linear([weight(name, 2 * rows, 768, 8)]).parts[0]
     x = cp.asarray(np.random.default_rng(9).standard_normal((t, 768)).astype(np.float32))
     plain = cp.zeros((t, rows), cp.float32)

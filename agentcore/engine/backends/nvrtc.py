@@ -36,9 +36,9 @@ def find_cuda_wheels() -> tuple[Path, Path] | None:
 def compile_ptx(lib_path: Path, code: str, options: list[str], names: list[str]) -> bytes:
     """PTX of ``code`` with every name expression in ``names`` instantiated; raises
     KernelCompileError with NVRTC's log when it fails or leaves a name unresolved."""
-    for builtins in sorted(lib_path.parent.glob("libnvrtc-builtins.so.*")):  # found by libnvrtc via dlopen
-        ctypes.CDLL(str(builtins), mode=ctypes.RTLD_GLOBAL)
-        break
+    builtins = sorted(lib_path.parent.glob("libnvrtc-builtins.so.*"))  # libnvrtc dlopens it by name
+    if builtins:
+        ctypes.CDLL(str(builtins[0]), mode=ctypes.RTLD_GLOBAL)
     lib = ctypes.CDLL(str(lib_path))
     prog = ctypes.c_void_p()
     if lib.nvrtcCreateProgram(ctypes.byref(prog), code.encode(), b"agentcore.cu", 0, None, None):
