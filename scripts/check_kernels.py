@@ -41,18 +41,21 @@ def main() -> None:
     if found is None or not ptxas.exists():
         sys.exit(f"no libnvrtc (dev extra or --nvrtc) or no ptxas under {a.nvcc}: see the install lines in this file")
     lib, include = found
-    try:
-        ptx = compile_ptx(lib, cu.kernel_source(), [*cu.NVRTC_OPTIONS, "--gpu-architecture=compute_90", f"-I{include}"],
-                          cu.kernel_names())  # fmt: skip
-    except KernelCompileError as e:
-        sys.exit(str(e))
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "m.ptx").write_bytes(ptx)
-        r = subprocess.run([str(ptxas), "-arch=sm_90", "-v", f"{d}/m.ptx", "-o", f"{d}/m.cubin"],
-                           check=False, capture_output=True, text=True)  # fmt: skip
-    if r.returncode:
-        sys.exit(f"ptxas failed:\n{r.stderr[-4000:]}")
-    lines, pat = r.stderr.splitlines(), re.compile(a.regex)
+    lines, pat = [], re.compile(a.regex)
+    for module in cu.KERNEL_MODULES:
+        try:
+            ptx = compile_ptx(lib, cu.kernel_source(module),
+                              [*cu.NVRTC_OPTIONS, "--gpu-architecture=compute_90", f"-I{include}"],
+                              cu.kernel_names(module))  # fmt: skip
+        except KernelCompileError as e:
+            sys.exit(str(e))
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "m.ptx").write_bytes(ptx)
+            r = subprocess.run([str(ptxas), "-arch=sm_90", "-v", f"{d}/m.ptx", "-o", f"{d}/m.cubin"],
+                               check=False, capture_output=True, text=True)  # fmt: skip
+        if r.returncode:
+            sys.exit(f"ptxas failed:\n{r.stderr[-4000:]}")
+        lines += r.stderr.splitlines()
     for i, line in enumerate(lines):
         if "Compiling entry function" in line and pat.search(line):
             info = " | ".join(x.split("ptxas info    :")[-1].strip() for x in lines[i + 1 : i + 4])

@@ -159,3 +159,56 @@ def test_real_smollm2_quoting_a_tool_result_keeps_drafts_and_the_same_reply(smol
     u = replies[8].usage
     # The checklist is copied from the tool result: most drafts are the model's own tokens.
     assert u.accepted_draft_tokens >= 0.5 * u.draft_tokens > 0
+
+
+class _NarrowDecoder(EagerDecoder):
+    """The CPU decoder with a verify width, as the CUDA decoder has (max_verify), recording
+    the size of every batch it is asked to check."""
+
+    max_verify = 3
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.batches: list[int] = []
+
+    def verify(self, ids):
+        self.batches.append(len(ids))
+        assert len(ids) <= self.max_verify
+        return super().verify(ids)
+
+
+class _SwitchedOff(EagerDecoder):
+    can_verify = False  # a decoder that has verify but says it does not check drafts now
+
+    def verify(self, ids):
+        raise AssertionError("a decoder whose can_verify is False is never asked to verify")
+
+
+@pytest.mark.parametrize("decoder", [_NarrowDecoder, _SwitchedOff])
+def test_the_loop_keeps_to_the_decoders_verify_width_and_switch(tiny_gguf, monkeypatch, decoder):
+    # The CUDA decoder checks at most max_verify tokens a batch (its decode GEMVs' width) and
+    # only while its verify_drafts switch is on; the loop asks both of any decoder. The reply
+    # is the same tokens as without drafts either way.
+    from agentcore.engine import local
+    from agentcore.engine.session import Session
+
+    text = "repeat after me: the cache keeps the prefix, the cache keeps the prefix, the cache"
+    base = LocalEngine.from_gguf(tiny_gguf, context_length=2048, draft_tokens=0)
+    want = anyio.run(_complete, base, _req(text, "s", max_tokens=64))
+    made: list[EagerDecoder] = []
+
+    def new_session(self):
+        kv = self.ops.new_kv(self.spec, 256)
+        made.append(decoder(self.transformer, kv))
+        return Session(kv, made[-1])
+
+    monkeypatch.setattr(local.LocalEngine, "_new_session", new_session)
+    eng = LocalEngine.from_gguf(tiny_gguf, context_length=2048, draft_tokens=8)
+    got = anyio.run(_complete, eng, _req(text, "s", max_tokens=64))
+    assert got.token_ids == want.token_ids
+    if decoder is _NarrowDecoder:
+        assert made[0].batches and max(made[0].batches) == 3  # drafts of 2, not 8
+        assert got.usage.draft_tokens > 0
+        assert eng.sessions["s"].can_verify and eng.sessions["s"].max_verify == 3
+    else:
+        assert got.usage.draft_tokens == 0 and not eng.sessions["s"].can_verify

@@ -194,6 +194,9 @@ def generate(
     if draft_tokens > 0 and getattr(session, "can_verify", False):
         lookup = PromptLookup()
         lookup.extend(session.ids)
+        widest = getattr(session, "max_verify", None)
+        if widest is not None:
+            draft_tokens = min(draft_tokens, widest - 1)
     while len(out) < max_tokens:
         if cancelled.is_set():
             res.finish_reason = "cancelled"

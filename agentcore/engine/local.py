@@ -173,8 +173,10 @@ class LocalEngine:
     output has its distribution); ``Usage.draft_tokens`` and ``accepted_draft_tokens`` count
     them. On SmolLM2 on 2 CPU cores, agent replies that edit, quote or explain a file a tool
     returned decoded 1.5-3.2x faster (``python -m agentcore.bench lookup``). The CPU decoder
-    checks drafts; the CUDA decoder does not yet (one graph replay a token), so there the
-    option has no effect.
+    checks drafts. The CUDA decoder has the same check (``CudaDecoder.verify``: a batch of
+    at most 8 tokens through the decode GEMVs, drawn by its own sampler kernel), off by
+    default (``CudaDecoder.verify_drafts``) until its GPU tests and a speed figure have run,
+    so there the option has no effect yet.
     Every ``stream`` and ``checkpoint`` runs on the engine's one compute thread, in the order
     they arrive. On CUDA a checkpoint's copy to the host is saved behind the turn; the next
     turn waits for it only when that save holds KV the turn's own live cache lacks.

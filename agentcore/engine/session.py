@@ -82,8 +82,16 @@ class Session:
 
     @property
     def can_verify(self) -> bool:
-        """Whether the decoder checks drafts in one batched step (``verify``/``rewind``)."""
-        return hasattr(self.decoder, "verify") and hasattr(self.decoder, "rewind")
+        """Whether the decoder checks drafts in one batched step (``verify``/``rewind``; a
+        decoder with its own ``can_verify`` says whether it does now)."""
+        d = self.decoder
+        return hasattr(d, "verify") and hasattr(d, "rewind") and bool(getattr(d, "can_verify", True))
+
+    @property
+    def max_verify(self) -> int | None:
+        """The most tokens one ``verify`` takes (the last sampled one and its draft), if the
+        decoder has a limit."""
+        return getattr(self.decoder, "max_verify", None)
 
     def verify(self, ids: Sequence[int]) -> list[int]:
         """Append ``ids`` (the last sampled token, then a draft) in one batch; the token the

@@ -113,7 +113,7 @@ def carveout(eng: LocalEngine, percent: int) -> None:
     q = {p.qtype for b in eng.transformer.layers for lin in (b.qkv, b.out, b.gate_up, b.down) for p in lin.parts}
     q |= {p.qtype for p in eng.transformer.head.parts}
     names = [f"gemv<{t},{m}>" for t in q & set(cuda.NATIVE_QTYPES) for m in (0, 1, 2)]
-    names += [f"gemv_q8<{t},{m}>" for t in q & set(cuda.INT8_QTYPES) for m in (0, 1, 2, 3)]
+    names += [f"gemv_q8<{t},{m}>" for t in q & set(cuda.INT8_QTYPES) for m in (0, 1, 2)]
     names += [f"attn_tc<{d},{x}>" for d in (64, 128) for x in (0, 1)]
     names += ["quant_x", "rope_kv_decode", "rope_kv_decode_q8", "sample_token"]
     for name in names:

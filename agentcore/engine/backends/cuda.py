@@ -74,6 +74,8 @@ INT8_QTYPES = tuple(INT8_ALIGN)
 _XQ_SCRATCH = 65536 * 8
 F16 = 1
 GEMV_MAX_T = 8
+# gemv_q8_n's batch widths: t <= GEMV_MAX_T rows of x in one launch, each weight read once.
+GEMV_N = (4, 8)
 HEAD_DIMS = (16, 32, 64, 128, 256)
 KV_DTYPES = ("float16", "q8_0")
 Q8_HEAD_DIMS = (64, 128, 256)  # q8_0 rows of 68, 136, 272 bytes: 4-byte aligned for attn_split
@@ -124,16 +126,23 @@ def select_ops(device: str = "auto") -> Any:
 
 
 KERNEL_FILES = ("quant.cu", "gemv_q8.cu", "ops.cu", "sample.cu", "mla.cu")
+# The kernels compiled apart, on first use: gemv_q8_n (CudaOps.multi_token_gemv, off by
+# default) would add 12 of a cold start's 37 s of NVRTC to every engine (sm_90, measured here).
+BATCHED_FILES = ("quant.cu", "gemv_q8.cu")
+KERNEL_MODULES = ("main", "batched")
 NVRTC_OPTIONS = ("-std=c++17",)
 
 
-def kernel_source() -> str:
-    """The CUDA C of every kernel, one translation unit (what ``_module`` compiles)."""
-    return "\n".join((KERNELS / f).read_text() for f in KERNEL_FILES)
+def kernel_source(module: str = "main") -> str:
+    """The CUDA C of one module's kernels, one translation unit (what ``_module`` compiles)."""
+    files = BATCHED_FILES if module == "batched" else KERNEL_FILES
+    return "\n".join((KERNELS / f).read_text() for f in files)
 
 
-def kernel_names() -> list[str]:
-    """Every kernel instantiation the ops launch (``_module``'s name expressions)."""
+def kernel_names(module: str = "main") -> list[str]:
+    """Every kernel instantiation of ``module`` the ops launch (its name expressions)."""
+    if module == "batched":
+        return [f"gemv_q8_n<{q},{m},{n}>" for q in INT8_QTYPES for m in (0, 1, 2) for n in GEMV_N]
     names = [f"gemv<{q},{m}>" for q in NATIVE_QTYPES for m in (0, 1, 2)]
     names += [f"gemv_q8<{q},{m}>" for q in INT8_QTYPES for m in (0, 1, 2)]
     names += [f"gemv_q8_swq<{q}>" for q in INT8_QTYPES]
@@ -149,13 +158,15 @@ def kernel_names() -> list[str]:
 
 
 @cache
-def _module() -> Any:
-    return _cupy().RawModule(code=kernel_source(), options=NVRTC_OPTIONS, name_expressions=kernel_names())
+def _module(module: str = "main") -> Any:
+    return _cupy().RawModule(code=kernel_source(module), options=NVRTC_OPTIONS,
+                             name_expressions=kernel_names(module))  # fmt: skip
 
 
 @cache
 def _kernel(name: str) -> Kernel:
-    return Kernel(_module().get_function(name), name, _cupy())
+    module = "batched" if name.startswith("gemv_q8_n<") else "main"
+    return Kernel(_module(module).get_function(name), name, _cupy())
 
 
 def _ptr(a: Any) -> np.uint64:
@@ -542,6 +553,11 @@ class CudaOps(MLAOps):
     # now is gemv_q8_swq (each block quantizes its own 32 rows), not yet measured.
     fuse_quant_attn = False
     fuse_quant_ffn = False
+    # t of 2..GEMV_MAX_T rows on int8 activations (a forced span, a prompt-lookup verify) in
+    # one gemv_q8_n launch that reads each weight once, not gemv_q8's t reads; False (the
+    # default until its GPU tests and an A/B have run: it was written without a GPU) launches
+    # gemv_q8 with t rows as before.
+    multi_token_gemv = False
 
     def prefill_chunk_for(self, spec: ModelSpec) -> int:
         """Tokens per prefill chunk for ``spec``. Each chunk dequantizes every weight once to
@@ -646,11 +662,14 @@ class CudaOps(MLAOps):
                      _I32(rows), np.int64(y_stride), _as_ptr(bias), yq.q, yq.s),
                 )  # fmt: skip
                 return True
-            k = _kernel(f"gemv_q8<{part.qtype},{mode}>")
-            grid = (_cdiv(rows, 8 if mode == 2 else 16), t)
-            k(grid, (256,),
-              (part.data, np.int64(part.row_bytes), xq.q, xq.s, _I32(part.cols), _as_ptr(y),
-               _I32(rows), np.int64(y_stride), _as_ptr(bias)))  # fmt: skip
+            args = (part.data, np.int64(part.row_bytes), xq.q, xq.s, _I32(part.cols), _as_ptr(y),
+                    _I32(rows), np.int64(y_stride), _as_ptr(bias))  # fmt: skip
+            blocks = _cdiv(rows, 8 if mode == 2 else 16)
+            if t > 1 and self.multi_token_gemv:
+                n = next((n for n in GEMV_N if t <= n), GEMV_N[-1])
+                _kernel(f"gemv_q8_n<{part.qtype},{mode},{n}>")((blocks, _cdiv(t, n)), (256,), (*args, _I32(t)))
+                return False
+            _kernel(f"gemv_q8<{part.qtype},{mode}>")((blocks, t), (256,), args)
             return False
         k = _kernel(f"gemv<{part.qtype},{mode}>")
         smem = (part.cols + part.cols // 32 * 4) * 4

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from agentcore.engine.backends.cuda import (
+    GEMV_MAX_T,
     ActQ8,
     CudaKV,
     CudaLinear,
@@ -115,6 +116,7 @@ class CudaDecoder:
         self.host_token = pinned_empty((1,), np.int32)
         self.ahead_token = pinned_empty((1,), np.int32)
         self._ahead: tuple[int, int] | None = None  # (token fed by a step run ahead, its position)
+        self._verified: tuple[int, Any] = (0, None)  # the last verify's first position, its logits rows
         self.history = None
         self._gen_start = 0
         self._masks: OrderedDict[int, tuple[np.ndarray, Any]] = OrderedDict()
@@ -197,6 +199,74 @@ class CudaDecoder:
         if mask is None:
             self._run_ahead(nxt)
         return nxt
+
+    # Prompt-lookup drafts (engine/generate.py) checked in one batched step: ``verify`` and
+    # ``rewind``. False (the default until its GPU tests and a speed figure have run: it was
+    # written without a GPU) leaves the CUDA decoder decoding token by token, as before.
+    verify_drafts = False
+    # The tokens one verify feeds at most (the last sampled one and its draft): a batch the
+    # decode GEMVs take (GEMV_MAX_T; CudaOps.multi_token_gemv reads each weight once for it),
+    # never the prefill's GEMMs.
+    max_verify = GEMV_MAX_T
+
+    @property
+    def can_verify(self) -> bool:
+        """Whether this decoder checks drafts (``verify_drafts``); the decode loop asks."""
+        return self.verify_drafts
+
+    def verify(self, ids: Sequence[int]) -> list[int]:
+        """Feed ``ids`` (the last sampled token, then a draft; at most ``max_verify``) in one
+        batch and draw the token after each of them, unmasked, with the graph's own sampler
+        kernel: position p's draw hashes (seed, p), and its repetition window is the history up
+        to p, in which the row before wrote its own draw (a row after a rejected one is never
+        kept), so each kept draw is the one sequential steps would make from these logits.
+        The KV then holds all of ``ids``; ``rewind`` keeps the accepted prefix. One
+        synchronisation: the draws come back together."""
+        ids = [int(t) for t in ids]
+        n = len(ids)
+        if not 1 <= n <= self.max_verify:
+            raise ValueError(f"verify takes 1 to {self.max_verify} tokens, not {n}")
+        self._drop_ahead()
+        cp, m, base = self.cp, self.model, self.kv.length
+        if base + n > self.kv.capacity:
+            self.kv.grow(base + n)
+        self._ensure_history(base + n + 1)
+        caller = cp.cuda.get_current_stream()
+        with self.stream:
+            self.history[base : base + n].set(np.asarray(ids, np.int32), stream=self.stream)
+        caller.wait_event(self.stream.record())
+        x = m.hidden(ids, base, self.kv)  # (n, n_embd), on the caller's stream (see _forward)
+        rows = self.ops.matmul(self.ops.rmsnorm(x, m.output_norm, m.spec.rms_eps), m.head)
+        self.stream.wait_event(caller.record())
+        states = np.zeros((n, 4), np.int32)
+        states[:, 0] = base + 1 + np.arange(n)  # advance=0: row i's logits are position base + i's
+        states[:, 2] = self._gen_start
+        with self.stream:
+            dev = cp.asarray(states)
+            for i in range(n):
+                _kernel("sample_token")(
+                    (1,), (1024,),
+                    (rows[i], _I32(m.spec.vocab_size), self.mask_bits, dev[i], self.history,
+                     self.fparams, self.iparams, self.work, _I32(0)),
+                )  # fmt: skip
+            self.logits_dev[...] = rows[-1]
+            drawn = dev[:, 1].get(stream=self.stream)
+        self.stream.synchronize()
+        self._verified = (base, rows)
+        return [int(t) for t in drawn]
+
+    def rewind(self, n: int, pending: int) -> None:
+        """Keep the first ``n`` positions of the KV (at least the first of the last
+        ``verify``'s); the held logits become those of position n - 1, and ``pending`` (the
+        accepted token drawn there, not yet fed) is the history's token at n."""
+        base, rows = self._verified
+        if rows is None or not base < n <= self.kv.length:
+            raise ValueError(f"rewind to {n} outside the last verify's positions ({base}, {self.kv.length}]")
+        self.kv.truncate(n)
+        with self.stream:
+            self.logits_dev[...] = rows[n - 1 - base]
+            self.history[n : n + 1].set(np.asarray([pending], np.int32), stream=self.stream)
+        self.stream.synchronize()
 
     def settle(self) -> None:
         """Wait for a step run ahead (its KV lies past ``kv.length`` until ``feed`` or

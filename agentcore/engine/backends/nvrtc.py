@@ -1,7 +1,7 @@
 """Compile the CUDA module with NVRTC through ctypes, without CuPy or a GPU.
 
-What CuPy does on the GPU machine (``cuda._module``: ``cuda.kernel_source()``,
-``cuda.NVRTC_OPTIONS``, ``cuda.kernel_names()`` as name expressions), done with the
+What CuPy does on the GPU machine (``cuda._module(m)``: ``cuda.kernel_source(m)``,
+``cuda.NVRTC_OPTIONS``, ``cuda.kernel_names(m)`` as name expressions), done with the
 ``nvidia-cuda-nvrtc`` wheel's libnvrtc and the ``nvidia-cuda-runtime`` wheel's headers, so a
 kernel that does not compile fails on any x86-64 Linux machine
 (``tests/test_kernels_compile.py``, ``scripts/check_kernels.py``). No driver is loaded.

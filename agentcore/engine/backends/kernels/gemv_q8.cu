@@ -336,6 +336,29 @@ struct RowPair {
             a1 += q0.dot(u, x);
         }
     }
+    // sums for NT activation rows at once (x0 + i * cols, i < NT, the caller's rows clamped
+    // to the ones it has): each loaded step of weights is multiplied with every row, and each
+    // row's sums run in sums' order, so a row's result is the one sums gives it alone.
+    template <int NT>
+    __device__ __forceinline__ void sums_n(const uint8_t* w0, const uint8_t* w1, int& u, int nu,
+                                           const QX* x, float* a0, float* a1) {
+        while (u + 32 < nu) {
+#pragma unroll
+            for (int i = 0; i < NT; i++) {
+                a0[i] += p0.dot(u, x[i]) + p1.dot(u + 32, x[i]);
+                a1[i] += q0.dot(u, x[i]) + q1.dot(u + 32, x[i]);
+            }
+            u += 64;
+            load(w0, w1, u, nu);
+        }
+        if (u < nu) {
+#pragma unroll
+            for (int i = 0; i < NT; i++) {
+                a0[i] += p0.dot(u, x[i]);
+                a1[i] += q0.dot(u, x[i]);
+            }
+        }
+    }
 };
 
 // y = W x for t rows of quantized x (blockIdx.y), one warp per 2 rows, 8 warps per block.
@@ -379,6 +402,67 @@ __global__ void __launch_bounds__(256) gemv_q8(
     if (r1 != r0) {
         const float v1 = a1 + (bias ? bias[r1] : 0.f);
         if (MODE == 1) y[r1] += v1; else y[r1] = v1;
+    }
+}
+
+// gemv_q8 for t rows of x, NT of them a block (grid.y = ceil(t / NT)): each warp loads its
+// two weight rows once and multiplies them with each of its block's rows of x, so a batch of
+// t <= NT tokens (a prompt-lookup verify, a forced span) reads each weight once, where t
+// gemv_q8 rows read it t times (the blocks of one row of x run far apart: nothing stays in
+// L2). A block with fewer than NT rows left repeats its last one and writes it once. Each
+// row's sums and reduction are gemv_q8's, so each row's y is the one gemv_q8 writes.
+template <int QT, int MODE, int NT>
+__global__ void __launch_bounds__(256) gemv_q8_n(
+    const uint8_t* __restrict__ W, long long row_bytes, const int8_t* __restrict__ xq,
+    const float2* __restrict__ xs, int cols, float* __restrict__ y, int rows,
+    long long y_stride, const float* __restrict__ bias, int t) {
+    const int t0 = blockIdx.y * NT;
+    const int nt = min(NT, t - t0);
+    QX x[NT];
+#pragma unroll
+    for (int i = 0; i < NT; i++) {
+        const int ti = t0 + (i < nt ? i : nt - 1);
+        x[i] = {xq + ti * cols, xs + ti * (cols >> 5)};
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int r0 = (blockIdx.x * 8 + warp) * (MODE == 2 ? 1 : 2);
+    const int r1 = MODE == 2 ? r0 + rows : (r0 + 1 < rows ? r0 + 1 : r0);
+    const uint8_t* w0 = W + (long long)r0 * row_bytes;
+    const uint8_t* w1 = W + (long long)r1 * row_bytes;
+    const int nu = cols / U8<QT>::W;
+    float a0[NT], a1[NT];
+#pragma unroll
+    for (int i = 0; i < NT; i++) a0[i] = a1[i] = 0.f;
+    int u = lane;
+    RowPair<QT> rp;
+    const bool live = r0 < rows;
+    rp.load(w0, w1, u, nu, live);  // before PDL_WAIT, as gemv_q8
+    PDL_WAIT();
+    if (!live) return;
+    rp.template sums_n<NT>(w0, w1, u, nu, x, a0, a1);
+#pragma unroll
+    for (int i = 0; i < NT; i++) {
+        for (int o = 16; o; o >>= 1) {
+            a0[i] += __shfl_xor_sync(0xffffffff, a0[i], o);
+            a1[i] += __shfl_xor_sync(0xffffffff, a1[i], o);
+        }
+    }
+    if (lane != 0) return;
+#pragma unroll
+    for (int i = 0; i < NT; i++) {
+        if (i >= nt) break;
+        float* yi = y + (long long)(t0 + i) * y_stride;
+        if (MODE == 2) {
+            const float g = a0[i] + (bias ? bias[r0] : 0.f), up = a1[i] + (bias ? bias[r1] : 0.f);
+            yi[r0] = g / (1.f + __expf(-g)) * up;
+            continue;
+        }
+        const float v0 = a0[i] + (bias ? bias[r0] : 0.f);
+        if (MODE == 1) yi[r0] += v0; else yi[r0] = v0;
+        if (r1 != r0) {
+            const float v1 = a1[i] + (bias ? bias[r1] : 0.f);
+            if (MODE == 1) yi[r1] += v1; else yi[r1] = v1;
+        }
     }
 }
 
