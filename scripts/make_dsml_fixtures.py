@@ -1,17 +1,24 @@
-"""Write tests/data/dsml/{v4,v4.1}.json: DeepSeek's own encoders' prompts for a set of
+"""Write tests/data/dsml/{v3.2,v4,v4.1}.json: DeepSeek's own encoders' prompts for a set of
 conversations, the golden fixtures tests/test_chat.py checks agentcore byte for byte against.
 
 The encoders are DeepSeek's code and are not part of agentcore: pass paths to copies of them.
 
-    python scripts/make_dsml_fixtures.py --v4 PATH/encoding_dsv4.py --v41 PATH/encoding.py
+    python scripts/make_dsml_fixtures.py --v32 PATH/encoding_dsv32.py --v4 PATH/encoding_dsv4.py \\
+        --v41 PATH/encoding.py
 
+- ``--v32``: ``encoding/encoding_dsv32.py`` of DeepSeek-V3.2 (vLLM vendors it as
+  ``vllm/tokenizers/deepseek_v32_encoding.py``, with the blank lines of its tools template
+  removed: use DeepSeek's). Its thinking mode always drops the reasoning before the last user
+  message (its ``drop_thinking`` changes nothing it writes), so every V3.2 case says
+  ``drop_thinking: true``; conversations it refuses (an assistant turn after the last user
+  message with neither reasoning nor calls, in thinking mode) are left out.
 - ``--v4``: ``encoding_dsv4.py`` (shipped with DeepSeek-V4; vLLM vendors it as
   ``vllm/tokenizers/deepseek_v4_encoding.py``).
 - ``--v41``: ``encoding/encoding.py`` of DeepSeek-V4.1-Flash (vendored by SGLang and vLLM as
   ``encoding_dsv41.py`` / ``deepseek_v41_encoding.py``).
 
 JSON schema (version 1), one file per dialect:
-{"schema": 1, "encoder": "<file name>", "encoder_sha256": "<hex>", "dialect": "v4" | "v4.1",
+{"schema": 1, "encoder": "<file name>", "encoder_sha256": "<hex>", "dialect": "v3.2" | "v4" | "v4.1",
  "cases": [{"name": str,
             "messages": [agentcore message dicts (SystemMessage/UserMessage/...)],
             "tools": [ToolSpec dicts],
@@ -181,14 +188,25 @@ def _load(path: Path):
 def write(encoder: Path, dialect: str, out: Path, extra: list[dict[str, Any]]) -> int:
     module = _load(encoder)
     built = cases() + extra
+    if dialect == "v3.2":
+        built = [c for c in built if not c["name"].endswith("-drop")]
+        for case in built:
+            case["options"] = {**case["options"], "drop_thinking": True}
+    kept = []
     for case in built:
         options = case["options"]
         kwargs: dict[str, Any] = {"drop_thinking": options["drop_thinking"]}
         if "reasoning_effort" in options:
             kwargs["reasoning_effort"] = options["reasoning_effort"]
-        case["prompt"] = module.encode_messages(
-            _openai(case), thinking_mode="thinking" if options["thinking"] else "chat", **kwargs
-        )
+        try:
+            case["prompt"] = module.encode_messages(
+                _openai(case), thinking_mode="thinking" if options["thinking"] else "chat", **kwargs
+            )
+        except AssertionError as exc:
+            print(f"{dialect}: {case['name']} left out: the encoder refuses it ({exc})")
+            continue
+        kept.append(case)
+    built = kept
     data = {
         "schema": 1,
         "encoder": encoder.name,
@@ -203,6 +221,7 @@ def write(encoder: Path, dialect: str, out: Path, extra: list[dict[str, Any]]) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--v32", type=Path, help="path to DeepSeek-V3.2's encoding/encoding_dsv32.py")
     parser.add_argument("--v4", type=Path, help="path to encoding_dsv4.py")
     parser.add_argument("--v41", type=Path, help="path to DeepSeek-V4.1's encoding/encoding.py")
     parser.add_argument("--out", type=Path, default=Path("tests/data/dsml"))
@@ -213,6 +232,8 @@ def main() -> None:
               {"thinking": True, "drop_thinking": False, "reasoning_effort": e})
         for e in ("low", "max", 30)
     ]
+    if args.v32:
+        print("v3.2:", write(args.v32, "v3.2", args.out / "v3.2.json", []), "cases")
     if args.v4:
         print("v4:", write(args.v4, "v4", args.out / "v4.json", []), "cases")
     if args.v41:

@@ -14,8 +14,10 @@ from agentcore.engine.model.chat import (
     ChatML,
     DeepSeekV3,
     DeepSeekV4,
+    DeepSeekV32,
     DeepSeekV41,
     Llama3,
+    chat_format_for_template,
     detect_chat_format,
 )
 from agentcore.engine.model.gguf import load_gguf
@@ -65,7 +67,7 @@ def paths(tmp_path_factory):
     root = tmp_path_factory.mktemp("chat")
     return {
         chat: write_synthetic_gguf(root / f"{chat}.gguf", chat=chat, vocab=2000)
-        for chat in ("chatml", "llama3", "deepseek", "deepseek-v3")
+        for chat in ("chatml", "llama3", "deepseek", "deepseek-v3", "deepseek-v3.2")
     }
 
 
@@ -77,10 +79,13 @@ def formats(paths):
         out[chat] = detect_chat_format(model, Tokenizer.from_gguf(model))
     model = load_gguf(paths["deepseek"])
     out["deepseek-thinking"] = detect_chat_format(model, Tokenizer.from_gguf(model), thinking=True)
+    model = load_gguf(paths["deepseek-v3.2"])
+    out["deepseek-v3.2-thinking"] = detect_chat_format(model, Tokenizer.from_gguf(model), thinking=True)
     return out
 
 
-FORMATS = ["chatml", "llama3", "deepseek", "deepseek-thinking", "deepseek-v3"]
+FORMATS = ["chatml", "llama3", "deepseek", "deepseek-thinking", "deepseek-v3", "deepseek-v3.2",
+           "deepseek-v3.2-thinking"]
 
 
 def sampled_ids(fmt) -> list[int]:
@@ -321,7 +326,7 @@ _ROLES = {
 
 
 def _golden_cases():
-    for dialect in ("v4", "v4.1"):
+    for dialect in ("v3.2", "v4", "v4.1"):
         data = json.loads((GOLDEN / f"{dialect}.json").read_text(encoding="utf-8"))
         for case in data["cases"]:
             yield pytest.param(dialect, case, id=f"{dialect}-{case['name']}")
@@ -330,7 +335,7 @@ def _golden_cases():
 def _golden_format(paths, dialect: str, options: dict):
     model = load_gguf(paths["deepseek"])
     tokenizer = Tokenizer.from_gguf(model)
-    cls = DeepSeekV41 if dialect == "v4.1" else DeepSeekV4
+    cls = {"v3.2": DeepSeekV32, "v4.1": DeepSeekV41}.get(dialect, DeepSeekV4)
     kwargs = {"thinking": options["thinking"], "drop_thinking": options["drop_thinking"]}
     if "reasoning_effort" in options:
         kwargs["reasoning_effort"] = options["reasoning_effort"]
@@ -348,9 +353,13 @@ def test_deepseek_prompt_matches_the_official_encoder_byte_for_byte(paths, diale
     assert text(fmt, ids) == case["prompt"]
 
 
-def test_golden_fixtures_cover_both_encoders_and_modes():
+def test_golden_fixtures_cover_every_encoder_and_mode():
     names = {(d, c["name"]) for d, c in (p.values for p in _golden_cases())}
-    assert len(names) >= 50
+    assert len(names) >= 70
+    for needed in ("tools_full_round_trip-thinking", "results_out_of_call_order-chat",
+                   "consecutive_user_messages-chat", "zero_argument_call-chat",
+                   "multi_turn_chat-thinking", "user_text_after_results-thinking"):
+        assert ("v3.2", needed) in names
     for dialect in ("v4", "v4.1"):
         for needed in ("tools_full_round_trip-thinking", "results_out_of_call_order-chat",
                        "consecutive_user_messages-chat", "zero_argument_call-chat",
@@ -460,3 +469,85 @@ def test_deepseek_v3_renders_its_template_turns(formats):
         "<｜begin▁of▁sentence｜>sys\n\n<｜User｜>hi<｜Assistant｜>yo<｜end▁of▁sentence｜>"
         "<｜User｜>again<｜Assistant｜>"
     )
+
+
+# ---------------------------------------------------------------------------- DeepSeek V3.2
+
+
+def _v32_cases():
+    data = json.loads((GOLDEN / "v3.2.json").read_text(encoding="utf-8"))
+    return {c["name"]: c for c in data["cases"]}
+
+
+def _messages(case):
+    return [_ROLES[m["role"]](**m) for m in case["messages"]], [ToolSpec(**t) for t in case["tools"]]
+
+
+@pytest.mark.parametrize("name", sorted(_v32_cases()))
+def test_deepseek_v32_keeps_reasoning_by_default_and_is_the_encoder_with_one_user_message(paths, name):
+    # The encoder always drops reasoning before the last user message (thinking mode); the
+    # default keeps it, which changes nothing while there is one user message (an agent's
+    # task with all its tool rounds), and changes exactly the multi-user thinking cases.
+    case = _v32_cases()[name]
+    messages, tools = _messages(case)
+    fmt = _golden_format(paths, "v3.2", {"thinking": case["options"]["thinking"], "drop_thinking": False})
+    ids = flat(fmt.render(messages, tools))
+    if not isinstance(messages[-1], AssistantMessage):
+        ids += fmt.generation_prompt(messages)
+    users = sum(isinstance(m, UserMessage) for m in messages)
+    if users <= 1 or not case["options"]["thinking"]:
+        assert text(fmt, ids) == case["prompt"]
+    else:
+        assert text(fmt, ids) != case["prompt"]
+
+
+def test_deepseek_v32_turns_results_and_generation_prompt(formats):
+    fmt = formats["deepseek-v3.2"]
+    assert type(fmt) is DeepSeekV32 and not fmt.thinking
+    messages = [
+        UserMessage(content="q"),
+        AssistantMessage(content="Checking.", tool_calls=CALLS),
+        ToolMessage(call_id="1", name="get_weather", content="28C"),
+    ]
+    rendered = text(fmt, flat(fmt.render(messages, [])))
+    assert rendered.endswith("</｜DSML｜function_calls><｜end▁of▁sentence｜>\n\n<function_results>\n<result>28C</result>")
+    # One of two results: the block is still open, so the generation prompt closes it.
+    assert text(fmt, fmt.generation_prompt(messages)) == "\n</function_results>\n\n</think>"
+    done = [*messages, ToolMessage(call_id="2", name="get_weather", content="a </result> b")]
+    rendered = text(fmt, flat(fmt.render(done, [])))
+    assert rendered.endswith("<result>a &lt;/result> b</result>\n</function_results>\n\n</think>")
+    assert fmt.generation_prompt(done) == []  # the block's end handed the turn over
+    assert fmt.generation_prompt(messages[:1]) == []  # so does a user message
+    assert text(fmt, flat(fmt.render(messages[:1], []))) == "<｜begin▁of▁sentence｜><｜User｜>q<｜Assistant｜></think>"
+    # A block cut short by another message is closed before it.
+    cut = [*messages, AssistantMessage(content="Partial.")]
+    assert "</result>\n</function_results>\n\n</think>Partial.<｜end▁of▁sentence｜>" in text(fmt, flat(fmt.render(cut, [])))
+
+
+def test_deepseek_v32_drop_thinking_rewrites_earlier_turns_as_the_encoder_does(paths):
+    fmt = _golden_format(paths, "v3.2", {"thinking": True, "drop_thinking": True})
+    messages = [UserMessage(content="q1"), AssistantMessage(content="a1", reasoning="r1"), UserMessage(content="q2")]
+    rendered = text(fmt, flat(fmt.render(messages, [])) + fmt.generation_prompt(messages))
+    assert rendered == ("<｜begin▁of▁sentence｜><｜User｜>q1<｜Assistant｜></think>a1<｜end▁of▁sentence｜>"
+                        "<｜User｜>q2<｜Assistant｜><think>")  # fmt: skip
+    keep = _golden_format(paths, "v3.2", {"thinking": True, "drop_thinking": False})
+    rendered = text(keep, flat(keep.render(messages, [])))
+    assert "<｜User｜>q1<｜Assistant｜><think>r1</think>a1" in rendered
+
+
+def test_deepseek_v32_calls_render_in_its_dialect_and_parse_back(formats):
+    from agentcore.dsml import V32, parse_completion
+
+    block = render_tool_calls(CALLS, V32)
+    assert block.startswith("\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name=\"get_weather\">")
+    parsed = parse_completion(block + "<｜end▁of▁sentence｜>", tools=TOOLS)
+    assert [(c.name, c.arguments) for c in parsed.tool_calls] == [(c.name, c.arguments) for c in CALLS]
+    assert "<functions>" in render_tools(TOOLS, V32) and "<functions>" not in render_tools(TOOLS)
+
+
+def test_detect_chat_format_reads_v32_from_the_template(paths):
+    model = load_gguf(paths["deepseek-v3.2"])
+    tokenizer = Tokenizer.from_gguf(model)
+    assert type(detect_chat_format(model, tokenizer)) is DeepSeekV32
+    assert type(detect_chat_format(model, tokenizer, dialect="v4")) is DeepSeekV4
+    assert type(chat_format_for_template("", tokenizer, dialect="v3.2", thinking=True)) is DeepSeekV32

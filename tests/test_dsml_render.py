@@ -173,6 +173,15 @@ def test_v41_renders_spaced_tags_and_parses_back():
     assert '"<｜DSML｜ calls>"' in render_tools([WEATHER], V41)
 
 
-def test_v32_is_read_but_not_rendered():
-    with pytest.raises(DSMLError, match="V4 and V4.1"):
-        render_tool_calls([call("f")], V32)
+def test_v32_renders_its_block_name_and_an_unknown_dialect_is_refused():
+    from agentcore.dsml import Dialect, render_function_results
+
+    block = render_tool_calls([call("f", a="x")], V32)
+    assert block == ('\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name="f">\n'
+                     '<｜DSML｜parameter name="a" string="true">x</｜DSML｜parameter>\n'
+                     '</｜DSML｜invoke>\n</｜DSML｜function_calls>')  # fmt: skip
+    assert render_function_results(["1", "a</result>"]) == (
+        "\n\n<function_results>\n<result>1</result>\n<result>a&lt;/result></result>\n</function_results>"
+    )
+    with pytest.raises(DSMLError, match="V3.2, V4 and V4.1"):
+        render_tool_calls([call("f")], Dialect("v9", "x", "invoke", "parameter"))

@@ -3,7 +3,7 @@
 DSML (shared/DSML.md) is the XML-like markup DeepSeek models write tool calls in. agentcore
 teaches it to every model family, so this is the only tool-call parser. It reads all three
 dialects (V3.2 ``function_calls``, V4 ``tool_calls``, V4.1 ``<｜DSML｜ calls>``) and renders
-V4 and V4.1.
+them (V3.2's results as a ``<function_results>`` block: ``render_function_results``).
 
 Invariants (tested)
 - Rendering is byte-exact to DeepSeek's encoders (golden fixtures in tests/data/dsml/) and
@@ -32,6 +32,8 @@ from agentcore.dsml.markup import (
 )
 from agentcore.dsml.parse import ParsedCompletion, completion_of, parse_completion
 from agentcore.dsml.render import (
+    render_function_result,
+    render_function_results,
     render_tool_calls,
     render_tool_result,
     render_tool_results,
@@ -71,6 +73,8 @@ __all__ = [
     "Visible",
     "completion_of",
     "parse_completion",
+    "render_function_result",
+    "render_function_results",
     "render_tool_calls",
     "render_tool_result",
     "render_tool_results",

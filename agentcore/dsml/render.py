@@ -1,5 +1,6 @@
 """Rendering: the tools block, tool-call blocks and tool results, byte-exact to DeepSeek's
-encoders (``encoding_dsv4.py`` for V4, ``encoding/encoding.py`` of V4.1).
+encoders (``encoding_dsv32.py`` for V3.2, ``encoding_dsv4.py`` for V4, ``encoding/encoding.py``
+of V4.1).
 
 Deterministic: a changed byte in the prompt invalidates every cached prefix after it. Every
 rendered call parses back to the same names and arguments. One deliberate deviation from
@@ -21,6 +22,7 @@ from agentcore.dsml.markup import (
     TOOL_RESULT_END,
     TOOL_RESULT_START,
     V4,
+    V32,
     V41,
     Dialect,
 )
@@ -60,15 +62,61 @@ You MUST strictly follow the above defined tool name and parameter schemas to in
 """
 
 
+# V3.2's tools block (encoding_dsv32.py's TOOLS_SYSTEM_TEMPLATE): its own wording, the schemas
+# inside <functions>, and the example of a thinking block after <function_results>.
+_TOOLS_TEMPLATE_V32 = """## Tools
+
+You have access to a set of tools you can use to answer the user's question.
+You can invoke functions by writing a "<{D}function_calls>" block like the following as part of your reply to the user:
+<{D}function_calls>
+<{D}invoke name="$FUNCTION_NAME">
+<{D}parameter name="$PARAMETER_NAME" string="true|false">$PARAMETER_VALUE</{D}parameter>
+...
+</{D}invoke>
+<{D}invoke name="$FUNCTION_NAME2">
+...
+</{D}invoke>
+</{D}function_calls>
+
+String and scalar parameters should be specified as is without any escaping or quotes, \
+while lists and objects should use JSON format. The "string" attribute should be set to "true" \
+for string type parameters and "false" for other types (numbers, booleans, arrays, objects).
+
+If the thinking_mode is enabled, then after function results you should strongly consider \
+outputting a thinking block. Here is an example:
+
+<{D}function_calls>
+...
+</{D}function_calls>
+
+<function_results>
+...
+</function_results>
+
+<think>...thinking about results</think>
+
+Here are the functions available in JSONSchema format:
+<functions>
+{schemas}
+</functions>
+"""
+
+FUNCTION_RESULTS_START = "<function_results>"
+FUNCTION_RESULTS_END = "</function_results>"
+RESULT_END = "</result>"
+
+
 def _check_renderable(dialect: Dialect) -> None:
-    if dialect not in (V4, V41):
-        raise DSMLError(f"rendering supports the V4 and V4.1 dialects, not {dialect.name}")
+    if dialect not in (V32, V4, V41):
+        raise DSMLError(f"rendering supports the V3.2, V4 and V4.1 dialects, not {dialect.name}")
 
 
 def render_tools(specs: Sequence[ToolSpec], dialect: Dialect = V4) -> str:
     """The tools block, ending in a newline; the system text and it are joined by "\\n\\n"."""
     _check_renderable(dialect)
     schemas = "\n".join(json.dumps(s.function_object(), ensure_ascii=False) for s in specs)
+    if dialect is V32:
+        return _TOOLS_TEMPLATE_V32.replace("{D}", DSML).replace("{schemas}", schemas)
     names = {"D": DSML, "block": dialect.block, "invoke": dialect.invoke}
     names["parameter"] = dialect.parameter
     text = _TOOLS_TEMPLATE
@@ -99,6 +147,20 @@ def render_tool_result(content: str) -> str:
     # A literal closing tag would end the result early; ds4 neutralises it the same way.
     safe = content.replace(TOOL_RESULT_END, "&lt;/tool_result>")
     return f"{TOOL_RESULT_START}{safe}{TOOL_RESULT_END}"
+
+
+def render_function_result(content: str) -> str:
+    """One V3.2 result, ``\\n<result>…</result>``, as it follows ``<function_results>`` or the
+    result before it. A literal ``</result>`` inside is written ``&lt;/result>`` (the encoder
+    writes it raw, which ends the result early), as V4's ``</tool_result>`` is."""
+    return f"\n<result>{content.replace(RESULT_END, '&lt;/result>')}{RESULT_END}"
+
+
+def render_function_results(results: Sequence[str | ToolMessage]) -> str:
+    """All results of one V3.2 assistant turn, in call order: the ``<function_results>`` block
+    with the "\\n\\n" that separates it from the turn's end."""
+    body = "".join(render_function_result(r.content if isinstance(r, ToolMessage) else r) for r in results)
+    return f"\n\n{FUNCTION_RESULTS_START}{body}\n{FUNCTION_RESULTS_END}"
 
 
 def render_tool_results(results: Sequence[str | ToolMessage]) -> str:

@@ -88,6 +88,16 @@ _DEEPSEEK_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<｜Assistant｜></think>' }}{% endif %}"
 )
 # DeepSeek V3's template is told apart by its own tool-call markers.
+# DeepSeek V3.2: user turns that hand over with </think>, results in <function_results>.
+_DEEPSEEK_V32_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{{ '<｜User｜>' + message['content'] + '<｜Assistant｜></think>' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + '<｜end▁of▁sentence｜>' }}"
+    "{% elif message['role'] == 'tool' %}{{ '\n\n<function_results>\n<result>' + message['content'] }}"
+    "{{ '</result>\n</function_results>\n\n</think>' }}{% else %}{{ message['content'] }}{% endif %}"
+    "{% endfor %}{# <｜DSML｜function_calls> #}"
+)
+
 _DEEPSEEK_V3_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
     "{{ '<｜User｜>' + message['content'] }}{% elif message['role'] == 'assistant' %}"
@@ -113,6 +123,12 @@ _CHAT: dict[str, tuple[tuple[str, ...], tuple[str, ...], str, str, bool, str, st
         ("<think>", "</think>", "｜DSML｜"),
         "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", True, "deepseek-v3",
         _DEEPSEEK_TEMPLATE,
+    ),
+    "deepseek-v3.2": (
+        ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"),
+        ("<think>", "</think>", "｜DSML｜"),
+        "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", True, "deepseek-v3",
+        _DEEPSEEK_V32_TEMPLATE,
     ),
     "deepseek-v3": (
         ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"),

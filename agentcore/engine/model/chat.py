@@ -23,7 +23,8 @@ everywhere keeps the DSML convention uniform). The first ToolMessage's segment o
 turn, each later one appends "\\n\\n" + its result; the turn's closing tokens belong to the
 segment of the next non-tool message, or to the generation prompt when the conversation
 ends in tool results. DeepSeek (V4, V4.1) follows its official encoders instead, which also
-merge consecutive user messages into one turn: see DeepSeekV4.
+merge consecutive user messages into one turn: see DeepSeekV4; V3.2 puts one turn's results in
+a ``<function_results>`` block of their own, with no user turn: see DeepSeekV32.
 """
 
 from __future__ import annotations
@@ -31,7 +32,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
-from agentcore.dsml import V4, V41, Dialect, render_tool_calls, render_tool_result, render_tools
+from agentcore.dsml import (
+    V4,
+    V32,
+    V41,
+    Dialect,
+    render_function_result,
+    render_tool_calls,
+    render_tool_result,
+    render_tools,
+)
 from agentcore.engine.model.gguf import GGUFModel
 from agentcore.engine.model.tokenizer import Tokenizer
 from agentcore.errors import TokenizerError
@@ -45,8 +55,17 @@ from agentcore.messages import (
 )
 
 __all__ = [
-    "CHAT_FORMATS", "ChatFormat", "ChatML", "DeepSeekV3", "DeepSeekV4", "DeepSeekV41", "Llama3",
-    "chat_format_for_template", "chat_format_named", "detect_chat_format",
+    "CHAT_FORMATS",
+    "ChatFormat",
+    "ChatML",
+    "DeepSeekV3",
+    "DeepSeekV4",
+    "DeepSeekV32",
+    "DeepSeekV41",
+    "Llama3",
+    "chat_format_for_template",
+    "chat_format_named",
+    "detect_chat_format",
 ]  # fmt: skip
 
 
@@ -293,8 +312,7 @@ class DeepSeekV4(ChatFormat):
         self.stop_ids.add(eos)
 
     def _marker(self, text: str) -> list[int]:
-        tid = self.tokenizer.special_ids.get(text)
-        return [tid] if tid is not None else self.tokenizer.encode(text)
+        return _special_or_text(self.tokenizer, text)
 
     # ChatFormat's hooks, used only by the base class's generic parts
     def _open(self, role: str, text: str) -> list[int]:
@@ -423,7 +441,174 @@ class DeepSeekV41(DeepSeekV4):
         )
 
 
+class DeepSeekV32(ChatFormat):
+    """DeepSeek V3.2, byte-exact to DeepSeek's ``encoding_dsv32.py`` (golden fixtures in
+    tests/data/dsml/v3.2.json): BOS, the system text (the first one followed by "\\n\\n" and
+    V3.2's tools block), each user message as ``<｜User｜>{text}<｜Assistant｜>`` plus ``<think>``
+    (thinking) or ``</think>`` (chat), each assistant turn as ``{reasoning}</think>`` (thinking
+    only) ``{content}{calls}<｜end▁of▁sentence｜>`` with calls in ``<｜DSML｜function_calls>``.
+    The results of one assistant turn follow it as one block, no user turn:
+    ``\\n\\n<function_results>``, ``\\n<result>…</result>`` each, and after as many results as
+    the turn made calls ``\\n</function_results>\\n\\n`` plus ``<think>`` or ``</think>``. So a
+    user message's segment and a complete block's last segment end with what hands the turn to
+    the model, and ``generation_prompt`` adds nothing after them.
+
+    ``drop_thinking``: in thinking mode the encoder writes ``<think>`` and reasoning only from
+    the last user message on; every earlier user message gets ``</think>`` and earlier turns
+    lose their reasoning, so each new user message rewrites the history before it. agentcore's
+    default keeps every turn as the model saw and wrote it (``<think>``, reasoning): the
+    encoder's output whenever the conversation has one user message (an agent's task with all
+    its tool rounds), and prefix-stable across user messages; ``drop_thinking=True`` gives the
+    encoder's output always (a segment then depends on later messages).
+
+    Deliberate deviations (the encoder has no sensible output there): an assistant message
+    after a system message, another assistant message or nothing gets ``<｜Assistant｜>`` and
+    the marker first; results with no calls before them, or more results than calls, are a
+    block each; a block cut short by a message other than a result is closed before it; a
+    literal ``</result>`` inside a result is written ``&lt;/result>``; a string argument holding
+    its own closing parameter tag is written as a JSON string (see agentcore.dsml.render).
+    Results are rendered in the order given (the encoder does not sort them by call).
+    """
+
+    name = "deepseek-v3.2"
+    dialect: Dialect = V32
+
+    def __init__(
+        self, tokenizer: Tokenizer, *, thinking: bool = False, drop_thinking: bool = False
+    ) -> None:
+        super().__init__(tokenizer)
+        self.thinking = thinking
+        self.drop_thinking = drop_thinking
+        self.bos = [tokenizer.special("<｜begin▁of▁sentence｜>")]
+        eos = tokenizer.special("<｜end▁of▁sentence｜>")
+        self._user = tokenizer.special("<｜User｜>")
+        self._assistant_id = tokenizer.special("<｜Assistant｜>")
+        self._think = _special_or_text(tokenizer, "<think>")
+        self._think_end = _special_or_text(tokenizer, "</think>")
+        self.end_of_turn = [eos]
+        self.separator = []
+        self.stop_ids.add(eos)
+
+    # ChatFormat's hooks (render and generation_prompt below do not use the generic parts)
+    def _open(self, role: str, text: str) -> list[int]:
+        marker = [] if role == "system" else [self._user]
+        return marker + self.tokenizer.encode(text)
+
+    def _close(self) -> list[int]:
+        return []
+
+    def _assistant_prompt(self, *, think: bool | None = None) -> list[int]:
+        return [self._assistant_id, *self._marker(think)]
+
+    def _marker(self, think: bool | None) -> list[int]:
+        return self._think if (self.thinking if think is None else think) else self._think_end
+
+    def _results_end(self, think: bool) -> list[int]:
+        return self.tokenizer.encode("\n</function_results>\n\n") + self._marker(think)
+
+    # -- the conversation
+    def render(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> list[list[int]]:
+        """One token segment per message (see the class docstring)."""
+        later_user = _later_user_turns(messages, lambda m, i: isinstance(m, UserMessage))
+        segments: list[list[int]] = []
+        calls = 0  # the calls of the assistant turn the current results answer
+        pending = False  # a results block is open (fewer results than calls so far)
+        seen = 0
+        for i, message in enumerate(messages):
+            segment = self._first_prefix(message, tools) if i == 0 else []
+            # thinking from here on: in drop mode only after the last user message
+            think = self.thinking and not (self.drop_thinking and later_user[i])
+            if pending and not isinstance(message, ToolMessage):
+                segment += self._results_end(think)
+                pending = False
+            if isinstance(message, ToolMessage):
+                if not pending:
+                    segment += self.tokenizer.encode("\n\n<function_results>")
+                    pending, seen = True, 0
+                    if not isinstance(messages[i - 1] if i else None, AssistantMessage | ToolMessage):
+                        calls = 0
+                segment += self.tokenizer.encode(render_function_result(message.content))
+                seen += 1
+                if seen >= calls:
+                    segment += self._results_end(think)
+                    pending, calls = False, 0
+            elif isinstance(message, UserMessage):
+                segment += [self._user, *self.tokenizer.encode(message.content), self._assistant_id]
+                segment += self._marker(think)
+                calls = 0
+            elif isinstance(message, SystemMessage):
+                segment += self._system(message, tools, first=i == 0)
+                calls = 0
+            else:
+                assert isinstance(message, AssistantMessage)
+                # After a user message or a results block (closed above if it was cut
+                # short) the turn is already the model's.
+                if not isinstance(messages[i - 1] if i else None, UserMessage | ToolMessage):
+                    segment += self._assistant_prompt(think=think)
+                segment += self._assistant_turn(message, think=think)
+                calls = len(message.tool_calls)
+            segments.append(segment)
+        return segments
+
+    def generation_prompt(self, messages: Sequence[Message]) -> list[int]:
+        if not messages:
+            return self.bos + self._assistant_prompt()
+        last = messages[-1]
+        if isinstance(last, UserMessage):
+            return []
+        if isinstance(last, ToolMessage):
+            return [] if self._results_closed(messages) else self._results_end(self.thinking)
+        return self._assistant_prompt()
+
+    def _results_closed(self, messages: Sequence[Message]) -> bool:
+        """Whether the results run that ends ``messages`` closed its block (render's rule)."""
+        calls, seen, pending = 0, 0, False
+        for i, m in enumerate(messages):
+            if isinstance(m, ToolMessage):
+                if not pending:
+                    pending, seen = True, 0
+                    if not isinstance(messages[i - 1] if i else None, AssistantMessage | ToolMessage):
+                        calls = 0
+                seen += 1
+                if seen >= calls:
+                    pending, calls = False, 0
+            else:
+                pending = False
+                calls = len(m.tool_calls) if isinstance(m, AssistantMessage) else 0
+        return not pending
+
+    def _first_prefix(self, first: Message, tools: Sequence[ToolSpec]) -> list[int]:
+        prefix = list(self.bos)
+        if tools and not isinstance(first, SystemMessage):
+            prefix += self._system(SystemMessage(content=""), tools, first=True)
+        return prefix
+
+    def _system(self, message: SystemMessage, tools: Sequence[ToolSpec], *, first: bool) -> list[int]:
+        text = message.content
+        if first and tools:
+            text = f"{text}\n\n{render_tools(tools, self.dialect)}"
+        return self.tokenizer.encode(text)
+
+    def _assistant_turn(self, message: AssistantMessage, *, think: bool) -> list[int]:
+        if message.token_ids is not None and (think or not self.thinking):
+            ids = list(message.token_ids)
+            closed = bool(ids) and ids[-1] in self.stop_ids
+            return ids + ([] if closed else self.end_of_turn)
+        visible = self.tokenizer.encode(
+            message.content + render_tool_calls(message.tool_calls, self.dialect)
+        )
+        if think:
+            visible = self.tokenizer.encode(message.reasoning or "") + self._think_end + visible
+        return visible + self.end_of_turn
+
+
 _EFFORTS = {"low": 50, "high": 75, "max": 100}
+
+
+def _special_or_text(tokenizer: Tokenizer, text: str) -> list[int]:
+    """A marker as its special token where the vocabulary has one, else as text."""
+    tid = tokenizer.special_ids.get(text)
+    return [tid] if tid is not None else tokenizer.encode(text)
 
 
 def _in_call_order(messages: Sequence[Message]) -> list[Message]:
@@ -489,9 +674,10 @@ def chat_format_for_template(
     """The chat format a chat template (a GGUF's, or a server's) and a vocabulary speak.
 
     ``thinking`` and ``drop_thinking`` select DeepSeek's modes; other formats ignore them.
-    ``dialect`` ("v4" or "v4.1") overrides the DeepSeek generation read from the template
-    (V4.1 is told by its ``<｜System｜>`` token or its spaced ``<｜DSML｜ calls>`` tag; V3 by
-    its own ``<｜tool▁calls▁begin｜>`` markers).
+    ``dialect`` ("v3.2", "v4" or "v4.1") overrides the DeepSeek generation read from the
+    template (V3.2 is told by DSML with its ``function_calls`` / ``function_results``; V4.1 by
+    its ``<｜System｜>`` token or its spaced ``<｜DSML｜ calls>`` tag; V3 by its own
+    ``<｜tool▁calls▁begin｜>`` markers).
     """
     specials = getattr(tokenizer, "special_ids", {})
 
@@ -503,6 +689,10 @@ def chat_format_for_template(
     v2_turns = "User: " in template and "Assistant:" in template and "<｜Assistant｜>" not in template
     if dialect is None and v2_turns and has("<｜begin▁of▁sentence｜>"):
         return DeepSeekV2(tokenizer)
+    if dialect is None and has("<｜Assistant｜>") and "DSML" in template and (
+        "function_calls" in template or "function_results" in template
+    ):
+        dialect = "v3.2"  # V3.2's DSML block and results (before V3's check: a template may hold both)
     if dialect is None and has("<｜Assistant｜>") and "tool▁calls▁begin" in template:
         return DeepSeekV3(tokenizer)  # V3's own template; V4 and V4.1 write DSML instead
     if has("<｜Assistant｜>") or dialect is not None:
@@ -518,7 +708,8 @@ def chat_format_for_template(
     raise TokenizerError(
         "no supported chat format found in the chat template or special tokens; supported: "
         "ChatML (<|im_start|>), Llama 3 (<|start_header_id|>), DeepSeek V2 ('User: ' / "
-        "'Assistant:' turns), V3 (<｜tool▁calls▁begin｜> in the template), V4 and V4.1 (<｜Assistant｜>)"
+        "'Assistant:' turns), V3 (<｜tool▁calls▁begin｜> in the template), V3.2 (DSML function_calls), "
+        "V4 and V4.1 (<｜Assistant｜>)"
     )
 
 
@@ -527,10 +718,14 @@ def chat_format_named(name: str, tokenizer: Tokenizer, *, thinking: bool = False
     if name not in CHAT_FORMATS:
         raise ValueError(f"chat_format must be one of {', '.join(CHAT_FORMATS)}, not {name!r}")
     fmt = CHAT_FORMATS[name]
-    return fmt(tokenizer, thinking=thinking) if issubclass(fmt, DeepSeekV4) else fmt(tokenizer)
+    if issubclass(fmt, DeepSeekV4 | DeepSeekV32):
+        return fmt(tokenizer, thinking=thinking)
+    return fmt(tokenizer)
 
 
-_DEEPSEEK: dict[str, type[DeepSeekV4]] = {"v4": DeepSeekV4, "v4.1": DeepSeekV41}
+_DEEPSEEK: dict[str, type[DeepSeekV4 | DeepSeekV32]] = {
+    "v3.2": DeepSeekV32, "v4": DeepSeekV4, "v4.1": DeepSeekV41,
+}  # fmt: skip
 CHAT_FORMATS: dict[str, type[ChatFormat]] = {
-    f.name: f for f in (ChatML, Llama3, DeepSeekV2, DeepSeekV3, DeepSeekV4, DeepSeekV41)
+    f.name: f for f in (ChatML, Llama3, DeepSeekV2, DeepSeekV3, DeepSeekV32, DeepSeekV4, DeepSeekV41)
 }
