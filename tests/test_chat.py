@@ -551,3 +551,41 @@ def test_detect_chat_format_reads_v32_from_the_template(paths):
     assert type(detect_chat_format(model, tokenizer)) is DeepSeekV32
     assert type(detect_chat_format(model, tokenizer, dialect="v4")) is DeepSeekV4
     assert type(chat_format_for_template("", tokenizer, dialect="v3.2", thinking=True)) is DeepSeekV32
+
+
+@pytest.mark.parametrize("chat", ["deepseek-v3.2", "deepseek"])
+def test_local_engine_speaks_the_models_dialect_end_to_end(tmp_path, chat):
+    # A V3.2 model (detected from its template) gets V3.2's tools block and, when a call is
+    # required, a constrained <｜DSML｜function_calls> block, which parses into the call; its
+    # result goes back in a <function_results> block. V4 as the control.
+    import anyio
+
+    from agentcore.engine import GenerationRequest, LocalEngine
+
+    path = write_synthetic_gguf(tmp_path / "m.gguf", chat=chat, vocab=2000, context_length=4096)
+    eng = LocalEngine.from_gguf(path, device="cpu", context_length=4096)
+    v32 = chat == "deepseek-v3.2"
+    assert type(eng.chat) is (DeepSeekV32 if v32 else DeepSeekV4)
+    req = GenerationRequest(session_id="s", messages=[UserMessage(content="Weather in Taipei?")],
+                            tools=TOOLS, tool_choice="required", max_tokens=200)  # fmt: skip
+
+    async def run(r):
+        async for item in eng.stream(r):
+            done = item
+        return done
+
+    done = anyio.run(run, req)
+    block = "function_calls" if v32 else "tool_calls"
+    assert done.finish_reason == "tool_calls" and f"<｜DSML｜{block}>" in done.text
+    from agentcore.dsml import parse_completion
+
+    calls = parse_completion(done.text, tools=TOOLS, ended=True).tool_calls
+    assert [c.name for c in calls] == ["get_weather"]
+    prompt = text(eng.chat, eng._prompt(req, generation=True)[0])
+    assert ("<functions>" in prompt) is v32
+    follow = req.model_copy(update={"tool_choice": "auto", "messages": [
+        *req.messages, AssistantMessage(content="", tool_calls=calls, token_ids=done.token_ids),
+        ToolMessage(call_id=calls[0].id, name="get_weather", content="28C")]})  # fmt: skip
+    prompt = text(eng.chat, eng._prompt(follow, generation=True)[0])
+    result = "<function_results>\n<result>28C</result>\n</function_results>\n\n</think>" if v32 else "<tool_result>28C</tool_result>"
+    assert result in prompt

@@ -428,3 +428,28 @@ def test_constrained_steps_take_under_five_ms(tok):
         print(f"{kind}: {len(ms)} steps, mean {ms.mean():.3f} ms, p99 "
               f"{np.percentile(ms, 99):.3f} ms, max {ms.max():.3f} ms")  # fmt: skip
         assert ms.mean() < 5.0
+
+
+@pytest.mark.parametrize("dialect", ["v3.2", "v4.1"])
+@pytest.mark.parametrize("policy", POLICIES, ids=lambda p: p.__name__)
+def test_the_block_is_written_in_the_models_dialect(tok, prose, policy, dialect):
+    # A V3.2 model's block is <｜DSML｜function_calls>, a V4.1 model's has the spaced tags: the
+    # constraint (given the chat format's dialect) writes the model's own, required or taken
+    # over once the model opens one, and every one parses into one valid call in that dialect.
+    from agentcore.dsml import DIALECTS
+
+    d = DIALECTS[dialect]
+    opening, closing = f"<｜DSML｜{d.block}>", f"</｜DSML｜{d.block}>"
+    for seed in range(EPISODES // 2):
+        rng = np.random.default_rng(seed)
+        episode = drive(ToolCallConstraint(tok, SPECS, "required", dialect=d), tok, rng, policy, never)
+        the_call(episode)
+        assert episode.text.startswith(opening + "\n") and episode.text.endswith(closing)
+        assert f"<｜DSML｜{d.invoke} name=" in episode.text and "tool_calls" not in episode.text
+        free = writer(prose, rng, tok.encode("Let me look. " + opening))
+        episode = drive(ToolCallConstraint(tok, SPECS, "auto", dialect=d), tok, rng, policy, free)
+        the_call(episode)
+        assert episode.text.endswith(closing)
+    # The V4 opening is plain text to a V3.2 model's constraint: nothing is taken over.
+    constraint = ToolCallConstraint(tok, SPECS, "auto", dialect=DIALECTS["v3.2"])
+    assert constraint.next("<｜DSML｜tool_calls>\n") is None

@@ -53,22 +53,13 @@ from typing import Any
 
 import numpy as np
 
-from agentcore.dsml import (
-    DSML,
-    INVOKE_END,
-    PARAMETER_END,
-    THINK_END,
-    THINK_START,
-    TOOL_CALLS_END,
-    TOOL_CALLS_START,
-)
+from agentcore.dsml import DSML, THINK_END, THINK_START, V4, Dialect
 from agentcore.engine.decode.json_values import ValueNode, admits_string, fixed_values, json_node
 from agentcore.errors import DSMLError
 from agentcore.messages import ToolSpec
 
 __all__ = ["Allowed", "Forced", "ToolCallConstraint"]
 
-_ASCII_TOOL_CALLS_START = TOOL_CALLS_START.replace("｜", "|")
 _MIN_TRIGGER = 2  # "<" alone is too common to commit to a block
 _JSON_MASKS_KEPT = 256  # masks of JSON states kept per constraint (one vocabulary of bools each)
 
@@ -97,7 +88,9 @@ class ToolCallConstraint:
     ``tool_choice``: ``"auto"`` (free text until the model starts a tool_calls block itself,
     then constrained), ``"required"`` (a block of one call to any tool, from the first step),
     ``{"name": NAME}`` (a call to that tool) or ``"none"`` (never constrained). ``thinking``:
-    the prompt ended with ``<think>``, so no block starts before ``</think>``.
+    the prompt ended with ``<think>``, so no block starts before ``</think>``. ``dialect``: the
+    DSML the model speaks (the chat format's: V4's ``tool_calls``, V3.2's ``function_calls``,
+    V4.1's spaced tags); the block is read and written in it.
     ``max_value_tokens``: sampled tokens per value before it is closed. ``vocab_size``: the
     length of the masks, the model's number of logits (default: the tokenizer's vocabulary;
     ids past it are never allowed).
@@ -114,11 +107,13 @@ class ToolCallConstraint:
         thinking: bool = False,
         max_value_tokens: int = 64,
         vocab_size: int | None = None,
+        dialect: Dialect = V4,
     ) -> None:
         if max_value_tokens < 1:
             raise ValueError("max_value_tokens must be at least 1")
         self._tokenizer = tokenizer
-        self._vocab = _Vocab.of(tokenizer, vocab_size or tokenizer.vocab_size)
+        self._tags = _Tags.of(dialect)
+        self._vocab = _Vocab.of(tokenizer, vocab_size or tokenizer.vocab_size, self._tags.parameter_end)
         self._thinking = thinking
         self._max_value_tokens = max_value_tokens
         self._mode, self._tools = _resolve_choice(tools, tool_choice)
@@ -129,7 +124,7 @@ class ToolCallConstraint:
 
     @property
     def done(self) -> bool:
-        """The closing ``</｜DSML｜tool_calls>`` has been written: the engine stops here."""
+        """The block's closing tag (``</｜DSML｜tool_calls>``) has been written: the engine stops here."""
         return self._machine is not None and self._machine.done
 
     def next(self, text: str) -> Step:
@@ -155,13 +150,13 @@ class ToolCallConstraint:
         if self._mode == "required":
             if self._thinking and THINK_END not in text:
                 return None
-            return _Machine(self._grammar(TOOL_CALLS_START))
+            return _Machine(self._grammar(self._tags.start))
         # auto: look for a tag opening in the text that is new since the last call.
-        first = max(0, len(self._seen) - len(TOOL_CALLS_START))
+        first = max(0, len(self._seen) - len(self._tags.start))
         at = text.find("<", first)
         while at >= 0:
             tail = text[at:]
-            for opening in (TOOL_CALLS_START, _ASCII_TOOL_CALLS_START):
+            for opening in (self._tags.start, self._tags.start.replace("｜", "|")):
                 begun = len(tail) >= _MIN_TRIGGER and opening.startswith(tail)
                 if (begun or tail.startswith(opening)) and self._visible(text, at):
                     machine = _Machine(self._grammar(opening))
@@ -179,7 +174,7 @@ class ToolCallConstraint:
         return head.rfind(THINK_START) <= closed
 
     def _grammar(self, opening: str) -> Iterator[_Part]:
-        return _block(opening, self._tools, fullwidth_bar=self._vocab.writes_fullwidth_bar)
+        return _block(opening, self._tools, self._tags, fullwidth_bar=self._vocab.writes_fullwidth_bar)
 
     # ---------------------------------------------------------------- the next step
 
@@ -296,9 +291,8 @@ class _Param:
     options: tuple[str, ...] | None  # the written forms of a fixed set of values
     node: ValueNode | None  # JSON grammar of a string="false" value without fixed options
 
-    @property
-    def opening(self) -> str:
-        return f'<{DSML}parameter name="{self.name}" string="{"true" if self.string else "false"}">'
+    def opening(self, tags: _Tags) -> str:
+        return f'{tags.parameter} name="{self.name}" string="{"true" if self.string else "false"}">'
 
     @classmethod
     def of(cls, name: str, schema: Any, required: bool) -> _Param:
@@ -325,9 +319,26 @@ class _ToolPlan:
         return cls(spec.name, tuple(_Param.of(n, s, n in required) for n, s in properties.items()))
 
 
-def _block(opening: str, tools: Sequence[_ToolPlan], *, fullwidth_bar: bool) -> Iterator[_Part]:
-    """The parts of one tool_calls block, in order; choices are sent back as written."""
-    yield f'{opening}\n<{DSML}invoke name="'
+@dataclass(frozen=True, slots=True)
+class _Tags:
+    """A dialect's tags as the block grammar writes them."""
+
+    start: str
+    end: str
+    invoke: str  # the opening's start, before its name attribute
+    invoke_end: str
+    parameter: str
+    parameter_end: str
+
+    @classmethod
+    def of(cls, d: Dialect) -> _Tags:
+        return cls(f"<{DSML}{d.block}>", f"</{DSML}{d.block}>", f"<{DSML}{d.invoke}",
+                   f"</{DSML}{d.invoke}>", f"<{DSML}{d.parameter}", f"</{DSML}{d.parameter}>")  # fmt: skip
+
+
+def _block(opening: str, tools: Sequence[_ToolPlan], tags: _Tags, *, fullwidth_bar: bool) -> Iterator[_Part]:
+    """The parts of one tool-call block, in order; choices are sent back as written."""
+    yield f'{opening}\n{tags.invoke} name="'
     by_option = {f'{t.name}">': t for t in tools}
     tool = by_option[(yield _Choice(tuple(by_option)))]
     yield "\n"
@@ -339,9 +350,9 @@ def _block(opening: str, tools: Sequence[_ToolPlan], *, fullwidth_bar: bool) -> 
         ahead = params[i:]
         required = next((k for k, p in enumerate(ahead) if p.required), None)
         reachable = ahead if required is None else ahead[: required + 1]
-        targets = [(p.opening, i + k) for k, p in enumerate(reachable)]
+        targets = [(p.opening(tags), i + k) for k, p in enumerate(reachable)]
         if required is None:
-            targets.append((INVOKE_END, len(params)))
+            targets.append((tags.invoke_end, len(params)))
         if not fullwidth_bar and len(targets) > 1:
             targets += [(tag.replace("｜", "|"), k) for tag, k in targets]
         picked = yield _Choice(tuple(t for t, _ in targets), tuple(k for _, k in targets))
@@ -350,13 +361,13 @@ def _block(opening: str, tools: Sequence[_ToolPlan], *, fullwidth_bar: bool) -> 
             break
         param = params[j]
         if param.options is not None:
-            yield _Choice(tuple(v + PARAMETER_END for v in param.options))
+            yield _Choice(tuple(v + tags.parameter_end for v in param.options))
         else:
             yield _Value(param.node)
-            yield PARAMETER_END
+            yield tags.parameter_end
         yield "\n"
         i = j + 1
-    yield "\n" + TOOL_CALLS_END
+    yield "\n" + tags.end
 
 
 class _Machine:
@@ -460,15 +471,17 @@ class _Vocab:
     """Token texts of one tokenizer and the masks that depend on them alone (built once)."""
 
     @classmethod
-    def of(cls, tokenizer: Any, size: int) -> _Vocab:
-        sizes = _VOCABS.setdefault(tokenizer, {})
-        vocab = sizes.get(size)
+    def of(cls, tokenizer: Any, size: int, parameter_end: str) -> _Vocab:
+        kept = _VOCABS.setdefault(tokenizer, {})
+        vocab = kept.get((size, parameter_end))
         if vocab is None:
-            vocab = sizes[size] = cls(tokenizer, size)
+            vocab = kept[size, parameter_end] = cls(tokenizer, size, parameter_end)
         return vocab
 
-    def __init__(self, tokenizer: Any, size: int) -> None:
+    def __init__(self, tokenizer: Any, size: int, parameter_end: str) -> None:
+        """``parameter_end``: the dialect's closing parameter tag, which ends a value."""
         n = self.size = size
+        self.parameter_end = parameter_end
         texts = [tokenizer.token_bytes(i).decode("utf-8", errors="replace") for i in range(n)]
         usable = np.ones(n, dtype=bool)
         for text, i in tokenizer.special_ids.items():
@@ -493,7 +506,7 @@ class _Vocab:
             if "\n" not in head and "\r" not in head:
                 if cut < 0:
                     raw_body[i] = True
-                elif PARAMETER_END.startswith(t[cut:]):
+                elif parameter_end.startswith(t[cut:]):
                     raw_close[i] = True
                     raw_close_after[i] = cut > 0
             if '"' in t or "\\" in t:
@@ -534,7 +547,8 @@ class _Vocab:
         else:
             candidates = self._json_candidates(node, state)
         texts, inert_from = self.texts, self._inert_from
-        fits = [i for i in candidates.tolist() if _fits(node, state, texts[i], inert_from[i])]
+        end = self.parameter_end
+        fits = [i for i in candidates.tolist() if _fits(node, state, texts[i], inert_from[i], end)]
         mask[fits] = True
         return _frozen(mask)
 
@@ -554,7 +568,7 @@ class _Vocab:
         return np.concatenate(found) if found else _NONE
 
 
-_VOCABS: weakref.WeakKeyDictionary[Any, dict[int, _Vocab]] = weakref.WeakKeyDictionary()
+_VOCABS: weakref.WeakKeyDictionary[Any, dict[tuple[int, str], _Vocab]] = weakref.WeakKeyDictionary()
 _NONE = np.zeros(0, dtype=np.int64)
 _CLOSING = object()  # a trie walk past the "<" that ends a value
 _KEY_CHARS = 3
@@ -571,14 +585,14 @@ def _frozen(mask: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _fits(node: ValueNode, state: Hashable, text: str, inert_from: int) -> bool:
+def _fits(node: ValueNode, state: Hashable, text: str, inert_from: int, parameter_end: str) -> bool:
     """Whether ``text`` continues the value from ``state`` (``text[inert_from:]`` has no
     '"', '\\', '<' or control character: inside a string body it changes nothing)."""
     for k, ch in enumerate(text):
         if k >= inert_from and node.in_string(state):
             return True
         if ch == "<" and node.accepting(state):
-            return PARAMETER_END.startswith(text[k:])
+            return parameter_end.startswith(text[k:])
         state = node.step(state, ch)
         if state is None:
             return False
