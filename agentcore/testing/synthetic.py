@@ -15,7 +15,7 @@ Invariants: the same arguments give the same bytes; files are written one tensor
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -157,12 +157,17 @@ def write_synthetic_gguf(
     tokenizer: str | None = "byte-bpe",
     chat: str = "chatml",
     tied: bool = False,
+    merges: Sequence[tuple[str, str]] | None = None,
+    pre: str | None = None,
 ) -> Path:
     """Write a random-weight GGUF model and return its path.
 
     ``qtype`` is one GGML type name for every matrix, or a mapping from role (see
     ``MATRIX_ROLES``; key ``"default"`` for the rest) to a type name. Norms and biases are
-    F32. ``tokenizer=None`` omits the vocabulary (for tests of tokenizer errors).
+    F32. ``tokenizer=None`` omits the vocabulary (for tests of tokenizer errors). ``merges``
+    (byte-level BPE merges in rank order, each part a byte token or an earlier merge) replace
+    the letter-word merges, and then ``vocab`` is ignored; ``pre`` replaces the chat format's
+    pre-tokenizer name.
     """
     if arch not in ("llama", "qwen2", "qwen3"):
         raise ValueError(f"arch must be llama, qwen2 or qwen3, not {arch!r}")
@@ -171,6 +176,8 @@ def write_synthetic_gguf(
     if tokenizer not in ("byte-bpe", None):
         raise ValueError(f"tokenizer must be 'byte-bpe' or None, not {tokenizer!r}")
     path = Path(path)
+    if merges is not None:  # the vocabulary is the specials, the 256 bytes and the merges
+        vocab = len(_CHAT[chat][0]) + len(_CHAT[chat][1]) + 256 + len(merges)
     hd = head_dim or n_embd // n_heads
     types = _role_types(qtype)
     writer = GGUFWriter(path, arch)
@@ -187,7 +194,7 @@ def write_synthetic_gguf(
     writer.add_rope_freq_base(rope_base)
     writer.add_layer_norm_rms_eps(1e-5 if arch == "llama" else 1e-6)
     if tokenizer is not None:
-        _add_vocabulary(writer, vocab, chat)
+        _add_vocabulary(writer, vocab, chat, merges, pre)
 
     plan = list(_tensor_plan(arch, n_layers, n_embd, n_heads, n_kv_heads, hd, n_ff, vocab, tied))
     for name, role, shape in plan:
@@ -309,14 +316,20 @@ def _unit_std(qt: GGMLQuantizationType) -> float:
 _LETTERS = "etaoinshrdlucmfwypvbgkjqxz"
 
 
-def _add_vocabulary(writer: GGUFWriter, vocab: int, chat: str) -> None:
-    control, user_defined, bos, eos, add_bos, pre, template = _CHAT[chat]
+def _add_vocabulary(writer: GGUFWriter, vocab: int, chat: str,
+                    merges: Sequence[tuple[str, str]] | None = None, pre: str | None = None) -> None:  # fmt: skip
+    control, user_defined, bos, eos, add_bos, chat_pre, template = _CHAT[chat]
+    pre = pre or chat_pre
     specials = control + user_defined
     byte_tokens = list(bytes_to_unicode().values())
-    n_merges = vocab - len(specials) - len(byte_tokens)
-    if n_merges < 0:
-        raise ValueError(f"vocab must be at least {len(specials) + 256}, not {vocab}")
-    merges = _synthetic_merges(n_merges)
+    if merges is None:
+        n_merges = vocab - len(specials) - len(byte_tokens)
+        if n_merges < 0:
+            raise ValueError(f"vocab must be at least {len(specials) + 256}, not {vocab}")
+        merges = _synthetic_merges(n_merges)
+    else:
+        merges = [(str(a), str(b)) for a, b in merges]
+        vocab = len(specials) + len(byte_tokens) + len(merges)
     tokens = [*specials, *byte_tokens, *(a + b for a, b in merges)]
     types = [TokenType.CONTROL] * len(control) + [TokenType.USER_DEFINED] * len(user_defined)
     types += [TokenType.NORMAL] * (vocab - len(specials))
