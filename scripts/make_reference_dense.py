@@ -2,8 +2,9 @@
 
 The referee for the dense architectures of model/transformer.py beyond the real SmolLM2
 (tests/data/reference_smollm2.json): GQA, tied and untied heads, qwen2's QKV biases, qwen3's
-per-head Q/K norms, a head_dim that is not n_embd / n_heads, NORM and NEOX RoPE, and the weight
-types read in place. Each preset's keyword arguments for ``write_synthetic_gguf`` are recorded
+per-head Q/K norms, a head_dim that is not n_embd / n_heads, NORM and NEOX RoPE, RoPE scaling
+(a ``rope_freqs.weight`` tensor of per-frequency divisors, as converters write Llama 3.1's;
+linear), and the weight types read in place. Each preset's keyword arguments for ``write_synthetic_gguf`` are recorded
 with the sha256 of the file they give (the test rewrites it and checks it is the file the
 referee ran). llama.cpp runs on the CPU via llama-cpp-python with an F32 KV cache and flash
 attention off. Run it with an interpreter that has llama-cpp-python and the repository on
@@ -54,6 +55,8 @@ PRESETS: dict[str, dict] = {
     "qwen2-bias": {"arch": "qwen2", "qtype": "F32", "n_layers": 3, "rope_base": 1000000.0},
     "qwen3-norms": {"arch": "qwen3", "qtype": "F32", "n_heads": 4, "n_kv_heads": 2, "head_dim": 32},
     "qwen3-hd24": {"arch": "qwen3", "qtype": "F32", "n_heads": 4, "n_kv_heads": 1, "head_dim": 24},
+    "llama-rope-freqs": {"arch": "llama", "qtype": "F32", "rope_freq_factors": True, "rope_base": 500000.0},
+    "qwen2-rope-linear": {"arch": "qwen2", "qtype": "F32", "rope_scaling": 4.0},
     "llama-q8_0": {"arch": "llama", "qtype": "Q8_0", "n_embd": 256, "n_ff": 512, "n_heads": 4, "n_kv_heads": 2},
     "llama-q4_k": {"arch": "llama", "qtype": "Q4_K", "n_embd": 256, "n_ff": 512, "n_heads": 4, "n_kv_heads": 2},
     "qwen2-q6_k": {"arch": "qwen2", "qtype": "Q6_K", "n_embd": 256, "n_ff": 512, "n_heads": 4, "n_kv_heads": 2},

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, TokenType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, RopeScalingType, TokenType
 from gguf import quants as gguf_quants
 
 from agentcore.engine.model.tokenizer import bytes_to_unicode
@@ -159,6 +159,8 @@ def write_synthetic_gguf(
     tied: bool = False,
     merges: Sequence[tuple[str, str]] | None = None,
     pre: str | None = None,
+    rope_scaling: float | None = None,
+    rope_freq_factors: bool = False,
 ) -> Path:
     """Write a random-weight GGUF model and return its path.
 
@@ -167,7 +169,9 @@ def write_synthetic_gguf(
     F32. ``tokenizer=None`` omits the vocabulary (for tests of tokenizer errors). ``merges``
     (byte-level BPE merges in rank order, each part a byte token or an earlier merge) replace
     the letter-word merges, and then ``vocab`` is ignored; ``pre`` replaces the chat format's
-    pre-tokenizer name.
+    pre-tokenizer name. ``rope_scaling``: a linear RoPE scaling factor (``rope.scaling.*``);
+    ``rope_freq_factors``: a ``rope_freqs.weight`` tensor of per-frequency divisors in [1, 8]
+    (how converters write Llama 3.1's scaling).
     """
     if arch not in ("llama", "qwen2", "qwen3"):
         raise ValueError(f"arch must be llama, qwen2 or qwen3, not {arch!r}")
@@ -193,19 +197,24 @@ def write_synthetic_gguf(
     writer.add_rope_dimension_count(hd)
     writer.add_rope_freq_base(rope_base)
     writer.add_layer_norm_rms_eps(1e-5 if arch == "llama" else 1e-6)
+    if rope_scaling is not None:
+        writer.add_rope_scaling_type(RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(rope_scaling))
     if tokenizer is not None:
         _add_vocabulary(writer, vocab, chat, merges, pre)
 
     plan = list(_tensor_plan(arch, n_layers, n_embd, n_heads, n_kv_heads, hd, n_ff, vocab, tied))
+    if rope_freq_factors:
+        plan.insert(1, ("rope_freqs.weight", "rope_freqs", (hd // 2,)))
     for name, role, shape in plan:
-        qt = _F32 if role in ("norm", "bias") else types[role]
+        qt = _F32 if role in ("norm", "bias", "rope_freqs") else types[role]
         writer.add_tensor_info(name, shape, np.dtype(np.float32), _nbytes(name, shape, qt), qt)
     writer.write_header_to_file(path)
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     for index, (name, role, shape) in enumerate(plan):
         rng = np.random.default_rng([seed, index])
-        qt = _F32 if role in ("norm", "bias") else types[role]
+        qt = _F32 if role in ("norm", "bias", "rope_freqs") else types[role]
         writer.write_tensor_data(_random_tensor(rng, role, shape, qt))
     writer.close()
     return path
@@ -280,6 +289,8 @@ def _random_tensor(
         return (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
     if role == "bias":
         return (0.02 * rng.standard_normal(shape)).astype(np.float32)
+    if role == "rope_freqs":
+        return rng.uniform(1.0, 8.0, shape).astype(np.float32)
     std = 1.0 / np.sqrt(shape[-1])
     if qt in _FLOAT_TYPES:
         x = (std * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
