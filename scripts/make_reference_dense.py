@@ -4,7 +4,7 @@ The referee for the dense architectures of model/transformer.py beyond the real 
 (tests/data/reference_smollm2.json): GQA, tied and untied heads, qwen2's QKV biases, qwen3's
 per-head Q/K norms, a head_dim that is not n_embd / n_heads, NORM and NEOX RoPE, RoPE scaling
 (a ``rope_freqs.weight`` tensor of per-frequency divisors, as converters write Llama 3.1's;
-linear), and the weight types read in place. Each preset's keyword arguments for ``write_synthetic_gguf`` are recorded
+linear; YaRN, as long-context Qwen files carry it), and the weight types read in place. Each preset's keyword arguments for ``write_synthetic_gguf`` are recorded
 with the sha256 of the file they give (the test rewrites it and checks it is the file the
 referee ran). llama.cpp runs on the CPU via llama-cpp-python with an F32 KV cache and flash
 attention off. Run it with an interpreter that has llama-cpp-python and the repository on
@@ -57,6 +57,12 @@ PRESETS: dict[str, dict] = {
     "qwen3-hd24": {"arch": "qwen3", "qtype": "F32", "n_heads": 4, "n_kv_heads": 1, "head_dim": 24},
     "llama-rope-freqs": {"arch": "llama", "qtype": "F32", "rope_freq_factors": True, "rope_base": 500000.0},
     "qwen2-rope-linear": {"arch": "qwen2", "qtype": "F32", "rope_scaling": 4.0},
+    "qwen2-yarn": {"arch": "qwen2", "qtype": "F32", "context_length": 8192,
+                   "rope_scaling": {"type": "yarn", "factor": 4.0, "original_context_length": 2048}},
+    "qwen3-yarn": {"arch": "qwen3", "qtype": "F32", "head_dim": 32, "rope_base": 1000000.0,
+                   "rope_scaling": {"type": "yarn", "factor": 8.0, "original_context_length": 256}},
+    "llama-yarn": {"arch": "llama", "qtype": "F32",
+                   "rope_scaling": {"type": "yarn", "factor": 2.0, "original_context_length": 1024}},
     "llama-q8_0": {"arch": "llama", "qtype": "Q8_0", "n_embd": 256, "n_ff": 512, "n_heads": 4, "n_kv_heads": 2},
     "llama-q4_k": {"arch": "llama", "qtype": "Q4_K", "n_embd": 256, "n_ff": 512, "n_heads": 4, "n_kv_heads": 2},
     "qwen2-q6_k": {"arch": "qwen2", "qtype": "Q6_K", "n_embd": 256, "n_ff": 512, "n_heads": 4, "n_kv_heads": 2},

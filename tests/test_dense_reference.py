@@ -95,4 +95,5 @@ def test_the_presets_cover_every_dense_architecture_and_the_in_place_types():
     assert {"Q8_0", "Q4_K", "Q6_K", "Q5_0", "Q4_1"} <= {k["qtype"] for k in kwargs}
     assert any(k.get("tied") for k in kwargs)
     assert any(k.get("rope_freq_factors") for k in kwargs) and any(k.get("rope_scaling") for k in kwargs)
+    assert {k["arch"] for k in kwargs if isinstance(k.get("rope_scaling"), dict)} == {"llama", "qwen2", "qwen3"}
     assert any(k.get("head_dim") and k["head_dim"] * k["n_heads"] != k.get("n_embd", 64) for k in kwargs)

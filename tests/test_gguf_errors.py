@@ -231,8 +231,12 @@ def test_unknown_metadata_value_type_is_named(tmp_path, good):
 
 
 def test_unsupported_rope_scaling_is_named(tmp_path, good):
-    path = rewrite(good, tmp_path / "m.gguf", kv={"llama.rope.scaling.type": "yarn"})
-    with pytest.raises(ModelFormatError, match="rope scaling 'yarn'.*linear"):
+    path = rewrite(good, tmp_path / "m.gguf", kv={"llama.rope.scaling.type": "longrope"})
+    with pytest.raises(ModelFormatError, match="rope scaling 'longrope'.*linear, yarn"):
+        load_gguf(path)
+    # YaRN needs the context it was trained at, to place its ramp.
+    path = rewrite(good, tmp_path / "y.gguf", kv={"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0})
+    with pytest.raises(ModelFormatError, match="rope scaling 'yarn'.*original_context_length"):
         load_gguf(path)
 
 

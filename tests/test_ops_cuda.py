@@ -645,8 +645,9 @@ def _agree(ref, got) -> float:
 @pytest.mark.parametrize(
     ("preset", "n"),
     [(TINY["llama"], 100), (TINY["qwen2"], 100), (TINY["qwen3"], 100),
+     ({**TINY["qwen3"], "rope_scaling": {"type": "yarn", "factor": 4.0, "original_context_length": 64}}, 100),
      ({**SMOLLM2_135M}, 150), ({**LLAMA3_8B, "n_layers": 2}, 80)],
-    ids=["tiny-llama", "tiny-qwen2", "tiny-qwen3", "smollm2-135m", "llama3-8b-2layer"],
+    ids=["tiny-llama", "tiny-qwen2", "tiny-qwen3", "tiny-qwen3-yarn", "smollm2-135m", "llama3-8b-2layer"],
 )  # fmt: skip
 @pytest.mark.parametrize("int8", [True, False], ids=["int8-act", "fp32-act"])
 def test_end_to_end_logits_and_graph_decode_match_numpy(tmp_path, preset, n, int8):

@@ -159,7 +159,7 @@ def write_synthetic_gguf(
     tied: bool = False,
     merges: Sequence[tuple[str, str]] | None = None,
     pre: str | None = None,
-    rope_scaling: float | None = None,
+    rope_scaling: float | Mapping[str, Any] | None = None,
     rope_freq_factors: bool = False,
 ) -> Path:
     """Write a random-weight GGUF model and return its path.
@@ -169,7 +169,8 @@ def write_synthetic_gguf(
     F32. ``tokenizer=None`` omits the vocabulary (for tests of tokenizer errors). ``merges``
     (byte-level BPE merges in rank order, each part a byte token or an earlier merge) replace
     the letter-word merges, and then ``vocab`` is ignored; ``pre`` replaces the chat format's
-    pre-tokenizer name. ``rope_scaling``: a linear RoPE scaling factor (``rope.scaling.*``);
+    pre-tokenizer name. ``rope_scaling``: a linear RoPE scaling factor, or ``{"type": "yarn",
+    "factor": F, "original_context_length": N}`` (written as ``rope.scaling.*``);
     ``rope_freq_factors``: a ``rope_freqs.weight`` tensor of per-frequency divisors in [1, 8]
     (how converters write Llama 3.1's scaling).
     """
@@ -197,9 +198,15 @@ def write_synthetic_gguf(
     writer.add_rope_dimension_count(hd)
     writer.add_rope_freq_base(rope_base)
     writer.add_layer_norm_rms_eps(1e-5 if arch == "llama" else 1e-6)
-    if rope_scaling is not None:
+    if isinstance(rope_scaling, int | float):
         writer.add_rope_scaling_type(RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(rope_scaling))
+    elif rope_scaling is not None:
+        if rope_scaling.get("type") != "yarn":
+            raise ValueError(f"rope_scaling: a linear factor or a yarn mapping, not {rope_scaling!r}")
+        writer.add_rope_scaling_type(RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(float(rope_scaling["factor"]))
+        writer.add_rope_scaling_orig_ctx_len(int(rope_scaling["original_context_length"]))
     if tokenizer is not None:
         _add_vocabulary(writer, vocab, chat, merges, pre)
 

@@ -47,9 +47,10 @@ class Linear:
 class Rope:
     """Rotary tables: cos/sin of shape (positions, head_dim // 2), grown on demand."""
 
-    def __init__(self, inv_freq: np.ndarray, neox: bool, positions: int) -> None:
+    def __init__(self, inv_freq: np.ndarray, neox: bool, positions: int, magnitude: float = 1.0) -> None:
         self.inv_freq = np.asarray(inv_freq, dtype=np.float64)
         self.neox = neox
+        self.magnitude = float(magnitude)
         self.cos = self.sin = np.empty((0, len(self.inv_freq)), np.float32)
         self.ensure(positions)
 
@@ -60,7 +61,8 @@ class Rope:
         angles = np.outer(
             np.arange(max(positions, 2 * len(self.cos)), dtype=np.float64), self.inv_freq
         )
-        self.cos, self.sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+        m = self.magnitude
+        self.cos, self.sin = (m * np.cos(angles)).astype(np.float32), (m * np.sin(angles)).astype(np.float32)
 
 
 class DenseKV:
@@ -265,8 +267,9 @@ class NumpyOps:
         # The (vocab, n_embd) table already is the (out, in) head matrix: share, don't copy.
         return Linear(embedding)
 
-    def prepare_rope(self, inv_freq: np.ndarray, neox: bool, max_positions: int) -> Rope:
-        return Rope(inv_freq, neox, max_positions)
+    def prepare_rope(self, inv_freq: np.ndarray, neox: bool, max_positions: int, *,
+                     magnitude: float = 1.0) -> Rope:  # fmt: skip
+        return Rope(inv_freq, neox, max_positions, magnitude)
 
     def new_kv(self, spec: ModelSpec, capacity: int) -> DenseKV:
         """The live KV for ``spec`` in ``kv_dtype`` ("float32", "float16" or "q8_0")."""

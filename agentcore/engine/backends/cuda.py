@@ -249,9 +249,10 @@ def _upload_matrices(tensors: Sequence[WeightTensor]) -> list[QMatrix]:
 class CudaRope:
     """cos/sin tables (positions, head_dim // 2) float32 on the device, grown on demand."""
 
-    def __init__(self, inv_freq: np.ndarray, neox: bool, positions: int) -> None:
+    def __init__(self, inv_freq: np.ndarray, neox: bool, positions: int, magnitude: float = 1.0) -> None:
         self.inv_freq = np.asarray(inv_freq, dtype=np.float64)
         self.neox = neox
+        self.magnitude = float(magnitude)
         self.cos = self.sin = None
         self.positions = 0
         self.ensure(positions)
@@ -262,8 +263,8 @@ class CudaRope:
         cp = _cupy()
         n = max(positions, 2 * self.positions)
         angles = np.outer(np.arange(n, dtype=np.float64), self.inv_freq)
-        self.cos = cp.asarray(np.cos(angles).astype(np.float32))
-        self.sin = cp.asarray(np.sin(angles).astype(np.float32))
+        self.cos = cp.asarray((self.magnitude * np.cos(angles)).astype(np.float32))
+        self.sin = cp.asarray((self.magnitude * np.sin(angles)).astype(np.float32))
         self.positions = n
 
 
@@ -587,8 +588,9 @@ class CudaOps(MLAOps):
     def tied_linear(self, embedding: CudaLinear) -> CudaLinear:
         return embedding
 
-    def prepare_rope(self, inv_freq: np.ndarray, neox: bool, max_positions: int) -> CudaRope:
-        return CudaRope(inv_freq, neox, max_positions)
+    def prepare_rope(self, inv_freq: np.ndarray, neox: bool, max_positions: int, *,
+                     magnitude: float = 1.0) -> CudaRope:  # fmt: skip
+        return CudaRope(inv_freq, neox, max_positions, magnitude)
 
     def compute(self) -> Any:
         """Entered around each forward: makes this ops' GPU the current device."""

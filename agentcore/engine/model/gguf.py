@@ -466,14 +466,25 @@ def _rope_scaling(
         return {"type": "freq_factors", "tensor": "rope_freqs.weight"}
     kind = md.get(f"{arch}.rope.scaling.type", "none")
     factor = md.get(f"{arch}.rope.scaling.factor")
-    if kind == "none" or (kind == "linear" and factor in (None, 1.0)):
+    if kind == "none" or (kind in ("linear", "yarn") and factor in (None, 1.0)):
         return None
     positive = isinstance(factor, int | float) and math.isfinite(factor) and factor > 0
     if kind == "linear" and positive:
         return {"type": "linear", "factor": float(factor)}
+    orig = md.get(f"{arch}.rope.scaling.original_context_length")
+    if kind == "yarn" and positive and isinstance(orig, int) and orig > 0:
+        # llama.cpp's YaRN (ggml rope_yarn, ext_factor 1): beta_fast/slow from the file or
+        # 32/1, and the rotated dims scaled by attn_factor * (1 + 0.1 ln factor).
+        fast = float(md.get(f"{arch}.rope.scaling.yarn_beta_fast", 32.0))
+        slow = float(md.get(f"{arch}.rope.scaling.yarn_beta_slow", 1.0))
+        attn = float(md.get(f"{arch}.rope.scaling.attn_factor", 1.0))
+        return {"type": "yarn", "factor": float(factor), "original_context_length": orig,
+                "beta_fast": fast, "beta_slow": slow,
+                "magnitude": attn * (1.0 + 0.1 * math.log(float(factor)))}  # fmt: skip
     raise ModelFormatError(
         f"{path}: rope scaling {kind!r} (factor {factor!r}) is not supported; supported: "
-        "none, linear, and per-frequency factors (rope_freqs.weight, Llama 3.1 style)"
+        "none, linear, yarn (with original_context_length), and per-frequency factors "
+        "(rope_freqs.weight, Llama 3.1 style)"
     )
 
 

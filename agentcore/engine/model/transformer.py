@@ -53,7 +53,9 @@ class Ops(Protocol):
     def tied_linear(self, embedding: Any) -> Any:
         """The LM head that shares the embedding table's storage."""
 
-    def prepare_rope(self, inv_freq: np.ndarray, neox: bool, max_positions: int) -> Any: ...
+    def prepare_rope(self, inv_freq: np.ndarray, neox: bool, max_positions: int, *,
+                     magnitude: float = 1.0) -> Any:  # fmt: skip
+        """cos/sin tables of ``inv_freq``, times ``magnitude`` (YaRN scales the rotated dims)."""
     def new_kv(self, spec: ModelSpec, capacity: int) -> LiveKV: ...
     def compute(self) -> AbstractContextManager[object]:
         """Entered around each forward (thread pinning, device or stream selection)."""
@@ -91,7 +93,25 @@ def rope_inv_freq(spec: ModelSpec, freq_factors: np.ndarray | None = None) -> np
         return inv_freq / spec.rope_scaling["factor"]
     if kind == "freq_factors":
         return inv_freq / np.asarray(freq_factors, dtype=np.float64)
+    if kind == "yarn":
+        return yarn_inv_freq(inv_freq, spec.rope_scaling, spec.rope_base)
     return inv_freq
+
+
+def yarn_inv_freq(inv_freq: np.ndarray, scaling: dict, base: float) -> np.ndarray:
+    """YaRN's frequencies (ggml's rope_yarn, ext_factor 1): each one interpolated by
+    ``1 / factor`` below the ramp between the dims that turn beta_slow and beta_fast times in
+    the original context, kept above it, blended in between."""
+    n = 2 * len(inv_freq)
+    fs = 1.0 / scaling["factor"]
+
+    def corr_dim(n_rot: float) -> float:
+        return n * math.log(scaling["original_context_length"] / (n_rot * 2 * math.pi)) / (2 * math.log(base))
+
+    lo = max(0.0, math.floor(corr_dim(scaling["beta_fast"])))
+    hi = min(n - 1.0, math.ceil(corr_dim(scaling["beta_slow"])))
+    ramp = 1.0 - np.clip((np.arange(n // 2) - lo) / max(0.001, hi - lo), 0.0, 1.0)
+    return inv_freq * (fs * (1.0 - ramp) + ramp)
 
 
 @dataclass
@@ -186,8 +206,9 @@ class Transformer(ChunkedForward):
         factors = None
         if spec.rope_scaling and spec.rope_scaling.get("type") == "freq_factors":
             factors = t(spec.rope_scaling["tensor"]).dequantize()
+        magnitude = (spec.rope_scaling or {}).get("magnitude", 1.0)
         self.rope = ops.prepare_rope(
-            rope_inv_freq(spec, factors), spec.rope_neox, spec.context_length
+            rope_inv_freq(spec, factors), spec.rope_neox, spec.context_length, magnitude=magnitude
         )
         self.layers = [self._layer(model, f"blk.{i}.") for i in range(spec.n_layers)]
 
