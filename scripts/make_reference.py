@@ -42,7 +42,7 @@ import string
 from pathlib import Path
 
 import llama_cpp
-import numpy as np
+from referee import llama_answers
 
 MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GREEDY_TOKENS = 32
@@ -188,24 +188,8 @@ def tokenize(llm: llama_cpp.Llama, text: str, special: bool) -> list[int]:
 
 def run_prompt(llm: llama_cpp.Llama, name: str, text: str, special: bool) -> dict:
     ids = tokenize(llm, text, special)
-    llm.reset()
-    llm.eval(ids)
-    scores = np.array(llm.scores[: llm.n_tokens], dtype=np.float32)
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :TOP_K]
-    greedy = []
-    for _ in range(GREEDY_TOKENS):
-        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        greedy.append(nxt)
-        llm.eval([nxt])
-    return {
-        "name": name,
-        "text": text,
-        "special": special,
-        "ids": ids,
-        "top_ids": top.tolist(),
-        "top_logits": np.round(np.take_along_axis(scores, top, axis=1), 4).tolist(),
-        "greedy": greedy,
-    }
+    answers = llama_answers(llm, ids, top_k=TOP_K, greedy_tokens=GREEDY_TOKENS, decimals=4)
+    return {"name": name, "text": text, "special": special, "ids": ids, **answers}
 
 
 def main() -> None:

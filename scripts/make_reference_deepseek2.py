@@ -39,6 +39,7 @@ from pathlib import Path
 
 import llama_cpp
 import numpy as np
+from referee import llama_answers
 
 from agentcore.testing.synthetic_deepseek2 import PRESETS, write_synthetic_deepseek2
 
@@ -59,21 +60,7 @@ def sha256(path: Path) -> str:
 
 
 def run_prompt(llm: llama_cpp.Llama, ids: list[int]) -> dict:
-    llm.reset()
-    llm.eval(ids)
-    scores = np.array(llm.scores[: llm.n_tokens], dtype=np.float32)
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :TOP_K]
-    greedy = []
-    for _ in range(GREEDY_TOKENS):
-        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        greedy.append(nxt)
-        llm.eval([nxt])
-    return {
-        "ids": ids,
-        "top_ids": top.tolist(),
-        "top_logits": np.round(np.take_along_axis(scores, top, axis=1), 5).tolist(),
-        "greedy": greedy,
-    }
+    return {"ids": ids, **llama_answers(llm, ids, top_k=TOP_K, greedy_tokens=GREEDY_TOKENS, decimals=5)}
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from agentcore.engine.model.gguf import GGUFModel, load_gguf
@@ -37,3 +38,14 @@ def smollm2_tokenizer(smollm2_model: GGUFModel) -> Tokenizer:
 def reference_smollm2() -> dict:
     """llama.cpp's tokenizations and logits for SmolLM2 (schema: scripts/make_reference.py)."""
     return json.loads(REFERENCE_SMOLLM2.read_text(encoding="utf-8"))
+
+
+def greedy_continuation(model, ids: list[int], n: int) -> list[int]:
+    """``n`` argmax tokens after ``ids``, each fed through the KV cache before the next (the
+    way llama.cpp's referee decodes), from a cache that starts small and grows."""
+    kv = model.ops.new_kv(model.spec, 8)
+    x, out = model.forward(ids, 0, kv), []
+    for pos in range(len(ids), len(ids) + n):
+        out.append(int(np.argmax(x)))
+        x = model.forward([out[-1]], pos, kv)
+    return out

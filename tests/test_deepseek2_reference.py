@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from engine_fixtures import greedy_continuation
 from gguf import GGMLQuantizationType, quants
 
 from agentcore.engine.backends.cpu import NumpyOps
@@ -44,15 +45,6 @@ def _compare(model, prompt) -> tuple[np.ndarray, np.ndarray]:
     return logits.argmax(axis=1) == top[:, 0], delta.max(axis=1)
 
 
-def _greedy(model, ids: list[int], n: int) -> list[int]:
-    kv = model.ops.new_kv(model.spec, 8)  # small on purpose: decode grows it
-    x, out = model.forward(ids, 0, kv), []
-    for pos in range(len(ids), len(ids) + n):
-        out.append(int(np.argmax(x)))
-        x = model.forward([out[-1]], pos, kv)
-    return out
-
-
 @pytest.mark.parametrize("preset", list(FILES))
 def test_synthetic_file_is_the_one_the_referee_ran(models, preset):
     path, _ = models[preset]
@@ -73,7 +65,7 @@ def test_f32_logits_match_llama_cpp(models, preset):
 def test_f32_greedy_continuations_equal_llama_cpp(models, preset):
     _, model = models[preset]
     for prompt in FILES[preset]["prompts"]:
-        assert _greedy(model, prompt["ids"], len(prompt["greedy"])) == prompt["greedy"]
+        assert greedy_continuation(model, prompt["ids"], len(prompt["greedy"])) == prompt["greedy"]
 
 
 def test_q8_0_logits_are_close_to_llama_cpp_despite_its_8_bit_activations(models):

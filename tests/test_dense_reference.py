@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from engine_fixtures import greedy_continuation
 
 from agentcore.engine.backends.cpu import NumpyOps
 from agentcore.engine.model import build_model
@@ -54,15 +55,6 @@ def _gaps(model, prompt) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
     return logits.argmax(axis=1) == top[:, 0], delta, float(np.ptp(logits)), below
 
 
-def _greedy(model, ids: list[int], n: int) -> list[int]:
-    kv = model.ops.new_kv(model.spec, 8)  # small on purpose: decode grows it
-    x, out = model.forward(ids, 0, kv), []
-    for pos in range(len(ids), len(ids) + n):
-        out.append(int(np.argmax(x)))
-        x = model.forward([out[-1]], pos, kv)
-    return out
-
-
 @pytest.mark.parametrize("preset", list(FILES))
 def test_synthetic_file_is_the_one_the_referee_ran(models, preset):
     path, _ = models[preset]
@@ -75,7 +67,7 @@ def test_f32_logits_and_greedy_decode_match_llama_cpp(models, preset):
     for prompt in FILES[preset]["prompts"]:
         same, delta, _, _ = _gaps(model, prompt)
         assert same.all() and delta.max() < 1e-3, (len(prompt["ids"]), delta.max())
-        assert _greedy(model, prompt["ids"], len(prompt["greedy"])) == prompt["greedy"]
+        assert greedy_continuation(model, prompt["ids"], len(prompt["greedy"])) == prompt["greedy"]
 
 
 @pytest.mark.parametrize("preset", QUANTIZED)

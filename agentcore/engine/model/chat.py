@@ -265,7 +265,71 @@ class DeepSeekV3(ChatFormat):
         return [self._assistant_id]
 
 
-class DeepSeekV4(ChatFormat):
+class DeepSeekDSML(ChatFormat):
+    """What DeepSeek's DSML chat formats (V3.2, V4, V4.1) share: BOS, the ``<｜User｜>`` and
+    ``<｜Assistant｜>`` tokens, ``<think>`` / ``</think>``, the tools block after the first
+    system text, and an assistant turn as ``{reasoning}</think>{content}{calls}`` plus EOS
+    (reasoning in thinking mode, unless the turn is dropped). Subclasses render the turns."""
+
+    dialect: Dialect = V4
+
+    def __init__(
+        self, tokenizer: Tokenizer, *, thinking: bool = False, drop_thinking: bool = False
+    ) -> None:
+        super().__init__(tokenizer)
+        self.thinking = thinking
+        self.drop_thinking = drop_thinking
+        self.bos = [tokenizer.special("<｜begin▁of▁sentence｜>")]
+        eos = tokenizer.special("<｜end▁of▁sentence｜>")
+        self._user = tokenizer.special("<｜User｜>")
+        self._assistant_id = tokenizer.special("<｜Assistant｜>")
+        self._think = self._marker("<think>")
+        self._think_end = self._marker("</think>")
+        self.end_of_turn = [eos]
+        self.separator = []
+        self.stop_ids.add(eos)
+
+    def _marker(self, text: str) -> list[int]:
+        return _special_or_text(self.tokenizer, text)
+
+    # ChatFormat's hooks (the subclasses' own render and generation_prompt do the rest)
+    def _open(self, role: str, text: str) -> list[int]:
+        marker = [] if role == "system" else [self._user]
+        return marker + self.tokenizer.encode(text)
+
+    def _close(self) -> list[int]:
+        return []
+
+    def _assistant_prompt(self, *, think: bool | None = None) -> list[int]:
+        think = self.thinking if think is None else think
+        return [self._assistant_id, *(self._think if think else self._think_end)]
+
+    def _first_prefix(self, first: Message, tools: Sequence[ToolSpec]) -> list[int]:
+        prefix = list(self.bos)
+        if tools and not isinstance(first, SystemMessage):
+            prefix += self._system(SystemMessage(content=""), tools, first=True)
+        return prefix
+
+    def _system(self, message: SystemMessage, tools: Sequence[ToolSpec], *, first: bool) -> list[int]:
+        text = message.content
+        if first and tools:
+            text = f"{text}\n\n{render_tools(tools, self.dialect)}"
+        return self.tokenizer.encode(text)
+
+    def _assistant_turn(self, message: AssistantMessage, *, dropped: bool) -> list[int]:
+        if message.token_ids is not None and not dropped:
+            ids = list(message.token_ids)
+            closed = bool(ids) and ids[-1] in self.stop_ids
+            return ids + ([] if closed else self.end_of_turn)
+        visible = self.tokenizer.encode(
+            message.content + render_tool_calls(message.tool_calls, self.dialect)
+        )
+        if self.thinking and not dropped:
+            visible = self.tokenizer.encode(message.reasoning or "") + self._think_end + visible
+        return visible + self.end_of_turn
+
+
+class DeepSeekV4(DeepSeekDSML):
     """DeepSeek V4, byte-exact to DeepSeek's ``encoding_dsv4.py`` (golden fixtures in
     tests/data/dsml/): BOS, system text, ``<｜User｜>…<｜Assistant｜><think>…EOS``.
 
@@ -294,37 +358,6 @@ class DeepSeekV4(ChatFormat):
 
     name = "deepseek-v4"
     dialect: Dialect = V4
-
-    def __init__(
-        self, tokenizer: Tokenizer, *, thinking: bool = False, drop_thinking: bool = False
-    ) -> None:
-        super().__init__(tokenizer)
-        self.thinking = thinking
-        self.drop_thinking = drop_thinking
-        self.bos = [tokenizer.special("<｜begin▁of▁sentence｜>")]
-        eos = tokenizer.special("<｜end▁of▁sentence｜>")
-        self._user = tokenizer.special("<｜User｜>")
-        self._assistant_id = tokenizer.special("<｜Assistant｜>")
-        self._think = self._marker("<think>")
-        self._think_end = self._marker("</think>")
-        self.end_of_turn = [eos]
-        self.separator = []
-        self.stop_ids.add(eos)
-
-    def _marker(self, text: str) -> list[int]:
-        return _special_or_text(self.tokenizer, text)
-
-    # ChatFormat's hooks, used only by the base class's generic parts
-    def _open(self, role: str, text: str) -> list[int]:
-        marker = [] if role == "system" else [self._user]
-        return marker + self.tokenizer.encode(text)
-
-    def _close(self) -> list[int]:
-        return []
-
-    def _assistant_prompt(self, *, think: bool | None = None) -> list[int]:
-        think = self.thinking if think is None else think
-        return [self._assistant_id, *(self._think if think else self._think_end)]
 
     # -- the conversation
     def render(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> list[list[int]]:
@@ -359,32 +392,8 @@ class DeepSeekV4(ChatFormat):
     def generation_prompt(self, messages: Sequence[Message]) -> list[int]:
         return ([] if messages else self.bos) + self._assistant_prompt()
 
-    def _first_prefix(self, first: Message, tools: Sequence[ToolSpec]) -> list[int]:
-        prefix = list(self.bos)
-        if tools and not isinstance(first, SystemMessage):
-            prefix += self._system(SystemMessage(content=""), tools, first=True)
-        return prefix
-
-    def _system(self, message: SystemMessage, tools: Sequence[ToolSpec], *, first: bool) -> list[int]:
-        text = message.content
-        if first and tools:
-            text = f"{text}\n\n{render_tools(tools, self.dialect)}"
-        return self.tokenizer.encode(text)
-
     def _is_user_turn(self, message: Message, index: int) -> bool:
         return isinstance(message, UserMessage | ToolMessage)
-
-    def _assistant_turn(self, message: AssistantMessage, *, dropped: bool) -> list[int]:
-        if message.token_ids is not None and not dropped:
-            ids = list(message.token_ids)
-            closed = bool(ids) and ids[-1] in self.stop_ids
-            return ids + ([] if closed else self.end_of_turn)
-        visible = self.tokenizer.encode(
-            message.content + render_tool_calls(message.tool_calls, self.dialect)
-        )
-        if self.thinking and not dropped:
-            visible = self.tokenizer.encode(message.reasoning or "") + self._think_end + visible
-        return visible + self.end_of_turn
 
 
 class DeepSeekV41(DeepSeekV4):
@@ -441,7 +450,7 @@ class DeepSeekV41(DeepSeekV4):
         )
 
 
-class DeepSeekV32(ChatFormat):
+class DeepSeekV32(DeepSeekDSML):
     """DeepSeek V3.2, byte-exact to DeepSeek's ``encoding_dsv32.py`` (golden fixtures in
     tests/data/dsml/v3.2.json): BOS, the system text (the first one followed by "\\n\\n" and
     V3.2's tools block), each user message as ``<｜User｜>{text}<｜Assistant｜>`` plus ``<think>``
@@ -473,80 +482,45 @@ class DeepSeekV32(ChatFormat):
     name = "deepseek-v3.2"
     dialect: Dialect = V32
 
-    def __init__(
-        self, tokenizer: Tokenizer, *, thinking: bool = False, drop_thinking: bool = False
-    ) -> None:
-        super().__init__(tokenizer)
-        self.thinking = thinking
-        self.drop_thinking = drop_thinking
-        self.bos = [tokenizer.special("<｜begin▁of▁sentence｜>")]
-        eos = tokenizer.special("<｜end▁of▁sentence｜>")
-        self._user = tokenizer.special("<｜User｜>")
-        self._assistant_id = tokenizer.special("<｜Assistant｜>")
-        self._think = _special_or_text(tokenizer, "<think>")
-        self._think_end = _special_or_text(tokenizer, "</think>")
-        self.end_of_turn = [eos]
-        self.separator = []
-        self.stop_ids.add(eos)
-
-    # ChatFormat's hooks (render and generation_prompt below do not use the generic parts)
-    def _open(self, role: str, text: str) -> list[int]:
-        marker = [] if role == "system" else [self._user]
-        return marker + self.tokenizer.encode(text)
-
-    def _close(self) -> list[int]:
-        return []
-
-    def _assistant_prompt(self, *, think: bool | None = None) -> list[int]:
-        return [self._assistant_id, *self._marker(think)]
-
-    def _marker(self, think: bool | None) -> list[int]:
-        return self._think if (self.thinking if think is None else think) else self._think_end
+    def _handover(self, think: bool) -> list[int]:
+        """What ends a user message or a results block: the turn is the model's."""
+        return self._think if think else self._think_end
 
     def _results_end(self, think: bool) -> list[int]:
-        return self.tokenizer.encode("\n</function_results>\n\n") + self._marker(think)
+        return self.tokenizer.encode("\n</function_results>\n\n") + self._handover(think)
 
     # -- the conversation
     def render(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> list[list[int]]:
         """One token segment per message (see the class docstring)."""
         later_user = _later_user_turns(messages, lambda m, i: isinstance(m, UserMessage))
+        blocks = _result_blocks(messages)
         segments: list[list[int]] = []
-        calls = 0  # the calls of the assistant turn the current results answer
-        pending = False  # a results block is open (fewer results than calls so far)
-        seen = 0
         for i, message in enumerate(messages):
             segment = self._first_prefix(message, tools) if i == 0 else []
             # thinking from here on: in drop mode only after the last user message
             think = self.thinking and not (self.drop_thinking and later_user[i])
-            if pending and not isinstance(message, ToolMessage):
-                segment += self._results_end(think)
-                pending = False
+            previous = messages[i - 1] if i else None
+            if isinstance(previous, ToolMessage) and not blocks[i - 1][1] and not isinstance(message, ToolMessage):
+                segment += self._results_end(think)  # a block cut short: closed before this
             if isinstance(message, ToolMessage):
-                if not pending:
+                opens, closes = blocks[i]
+                if opens:
                     segment += self.tokenizer.encode("\n\n<function_results>")
-                    pending, seen = True, 0
-                    if not isinstance(messages[i - 1] if i else None, AssistantMessage | ToolMessage):
-                        calls = 0
                 segment += self.tokenizer.encode(render_function_result(message.content))
-                seen += 1
-                if seen >= calls:
+                if closes:
                     segment += self._results_end(think)
-                    pending, calls = False, 0
             elif isinstance(message, UserMessage):
                 segment += [self._user, *self.tokenizer.encode(message.content), self._assistant_id]
-                segment += self._marker(think)
-                calls = 0
+                segment += self._handover(think)
             elif isinstance(message, SystemMessage):
                 segment += self._system(message, tools, first=i == 0)
-                calls = 0
             else:
                 assert isinstance(message, AssistantMessage)
                 # After a user message or a results block (closed above if it was cut
                 # short) the turn is already the model's.
-                if not isinstance(messages[i - 1] if i else None, UserMessage | ToolMessage):
+                if not isinstance(previous, UserMessage | ToolMessage):
                     segment += self._assistant_prompt(think=think)
-                segment += self._assistant_turn(message, think=think)
-                calls = len(message.tool_calls)
+                segment += self._assistant_turn(message, dropped=self.thinking and not think)
             segments.append(segment)
         return segments
 
@@ -557,49 +531,31 @@ class DeepSeekV32(ChatFormat):
         if isinstance(last, UserMessage):
             return []
         if isinstance(last, ToolMessage):
-            return [] if self._results_closed(messages) else self._results_end(self.thinking)
+            return [] if _result_blocks(messages)[-1][1] else self._results_end(self.thinking)
         return self._assistant_prompt()
 
-    def _results_closed(self, messages: Sequence[Message]) -> bool:
-        """Whether the results run that ends ``messages`` closed its block (render's rule)."""
-        calls, seen, pending = 0, 0, False
-        for i, m in enumerate(messages):
-            if isinstance(m, ToolMessage):
-                if not pending:
-                    pending, seen = True, 0
-                    if not isinstance(messages[i - 1] if i else None, AssistantMessage | ToolMessage):
-                        calls = 0
-                seen += 1
-                if seen >= calls:
-                    pending, calls = False, 0
-            else:
-                pending = False
-                calls = len(m.tool_calls) if isinstance(m, AssistantMessage) else 0
-        return not pending
 
-    def _first_prefix(self, first: Message, tools: Sequence[ToolSpec]) -> list[int]:
-        prefix = list(self.bos)
-        if tools and not isinstance(first, SystemMessage):
-            prefix += self._system(SystemMessage(content=""), tools, first=True)
-        return prefix
-
-    def _system(self, message: SystemMessage, tools: Sequence[ToolSpec], *, first: bool) -> list[int]:
-        text = message.content
-        if first and tools:
-            text = f"{text}\n\n{render_tools(tools, self.dialect)}"
-        return self.tokenizer.encode(text)
-
-    def _assistant_turn(self, message: AssistantMessage, *, think: bool) -> list[int]:
-        if message.token_ids is not None and (think or not self.thinking):
-            ids = list(message.token_ids)
-            closed = bool(ids) and ids[-1] in self.stop_ids
-            return ids + ([] if closed else self.end_of_turn)
-        visible = self.tokenizer.encode(
-            message.content + render_tool_calls(message.tool_calls, self.dialect)
-        )
-        if think:
-            visible = self.tokenizer.encode(message.reasoning or "") + self._think_end + visible
-        return visible + self.end_of_turn
+def _result_blocks(messages: Sequence[Message]) -> list[tuple[bool, bool]]:
+    """Per message, for V3.2: (opens a ``<function_results>`` block, closes it). A result
+    opens one when no block is open, and closes it once the block holds as many results as
+    the assistant turn before the run made calls (at once when that turn made none, or the
+    run follows no assistant turn); other messages give (False, False)."""
+    out, calls, seen, pending = [], 0, 0, False
+    for message in messages:
+        if not isinstance(message, ToolMessage):
+            out.append((False, False))
+            pending = False
+            calls = len(message.tool_calls) if isinstance(message, AssistantMessage) else 0
+            continue
+        opens = not pending
+        if opens:
+            pending, seen = True, 0
+        seen += 1
+        closes = seen >= calls
+        if closes:
+            pending, calls = False, 0
+        out.append((opens, closes))
+    return out
 
 
 _EFFORTS = {"low": 50, "high": 75, "max": 100}
