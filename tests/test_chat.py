@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from engine_fixtures import REFERENCE_SMOLLM2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agentcore.dsml import render_tool_calls, render_tools
 from agentcore.engine.model.chat import (
@@ -589,3 +591,35 @@ def test_local_engine_speaks_the_models_dialect_end_to_end(tmp_path, chat):
     prompt = text(eng.chat, eng._prompt(follow, generation=True)[0])
     result = "<function_results>\n<result>28C</result>\n</function_results>\n\n</think>" if v32 else "<tool_result>28C</tool_result>"
     assert result in prompt
+
+
+# ---------------------------------------------------------------------------- random conversations
+
+_any_message = st.one_of(
+    st.builds(lambda t: SystemMessage(content=t), st.sampled_from(["sys", "be brief", ""])),
+    st.builds(lambda t: UserMessage(content=t), st.sampled_from(["hi", "q?", "a </result> b"])),
+    st.builds(lambda n, r: AssistantMessage(content="ok", reasoning=r, tool_calls=CALLS[:n]),
+              st.integers(0, 2), st.sampled_from([None, "because"])),
+    st.builds(lambda c: ToolMessage(call_id="1", name="get_weather", content=c), st.sampled_from(["28C", "x"])),
+)  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(messages=st.lists(_any_message, min_size=1, max_size=9), thinking=st.booleans(), tools=st.booleans())
+def test_deepseek_formats_keep_prefixes_and_replay_on_any_message_sequence(paths, messages, thinking, tools):
+    # Any order of messages (results with no calls, more results than calls, assistants in a
+    # row): one segment each, every prefix renders as a prefix, and the prompt plus sampled
+    # ids is a prefix of the next prompt, for V3.2, V4 and V4.1 with reasoning kept.
+    specs = TOOLS if tools else []
+    for dialect in ("v3.2", "v4", "v4.1"):
+        fmt = _golden_format(paths, dialect, {"thinking": thinking, "drop_thinking": False})
+        segments = fmt.render(messages, specs)
+        assert len(segments) == len(messages)
+        for n in range(len(messages)):
+            shorter = flat(fmt.render(messages[:n], specs))
+            assert flat(fmt.render(messages[: n + 1], specs))[: len(shorter)] == shorter
+        prompt = flat(segments) + fmt.generation_prompt(messages)
+        sampled = sampled_ids(fmt)
+        following = [*messages, AssistantMessage(token_ids=sampled), UserMessage(content="next")]
+        nxt = flat(fmt.render(following, specs))
+        assert nxt[: len(prompt) + len(sampled)] == prompt + sampled
