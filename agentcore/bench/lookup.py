@@ -1,6 +1,6 @@
 """Prompt-lookup speculative decoding on agent transcripts: acceptance and speedup.
 
-``python -m agentcore.bench lookup [--model smollm2] [--draft-tokens 8] [--out DIR]``
+``python -m agentcore.bench lookup [--model smollm2] [--draft-tokens 8] [--device cpu|cuda] [--out DIR]``
 
 Each transcript is what an agent loop sends for its next reply: a system prompt, the task,
 the model's tool call, the tool's result (a file), and the follow-up request. The reply is
@@ -90,13 +90,26 @@ def transcripts() -> list[tuple[str, list[Any]]]:
     ]  # fmt: skip
 
 
-def run_one(path: Path, messages: list[Any], draft_tokens: int, max_tokens: int) -> Any:
-    eng = LocalEngine.from_gguf(path, device="cpu", draft_tokens=draft_tokens)  # drafts: the CPU decoder
+def run_one(path: Path, messages: list[Any], draft_tokens: int, max_tokens: int, device: str = "cpu") -> Any:
+    eng = LocalEngine.from_gguf(path, device=device, draft_tokens=draft_tokens)
+    if device == "cuda":  # the CUDA decoder's check and the batched GEMV under it (off by default)
+        from agentcore.engine.backends.cuda_graph import CudaDecoder
+
+        CudaDecoder.verify_drafts = draft_tokens > 0
+        eng.ops.multi_token_gemv = draft_tokens > 0
     req = GenerationRequest(session_id="bench", messages=messages, tools=[READ_FILE],
                             max_tokens=max_tokens, sampling=Sampling(temperature=0.0))  # fmt: skip
     done = anyio.run(complete, eng, req)
     eng.close()
     return done
+
+
+def _device(device: str) -> str:
+    if device == "cuda":
+        import cupy as cp
+
+        return cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    return f"cpu ({os.cpu_count()} cores, {platform.machine()})"
 
 
 def main(argv: list[str]) -> int:
@@ -105,6 +118,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--draft-tokens", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=160)
     p.add_argument("--out", default=None, help="a folder for results.jsonl (default: stdout only)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: switches CudaDecoder.verify_drafts and CudaOps.multi_token_gemv on for the runs "
+                        "with drafts (both off by default: not yet measured on a GPU)")  # fmt: skip
     args = p.parse_args(argv)
     from agentcore.model_cache import resolve_model
 
@@ -116,8 +132,8 @@ def main(argv: list[str]) -> int:
         sink = (Path(args.out) / "results.jsonl").open("a", encoding="utf-8")
     for name, messages in transcripts():
         t0 = time.perf_counter()
-        base = run_one(path, messages, 0, args.max_tokens)
-        spec = run_one(path, messages, args.draft_tokens, args.max_tokens)
+        base = run_one(path, messages, 0, args.max_tokens, args.device)
+        spec = run_one(path, messages, args.draft_tokens, args.max_tokens, args.device)
         u0, u1 = base.usage, spec.usage
         steps = u1.completion_tokens - u1.accepted_draft_tokens  # model steps (one token each, plus kept drafts)
         fig = {
@@ -131,7 +147,7 @@ def main(argv: list[str]) -> int:
             "tokens_per_step": round(u1.completion_tokens / steps, 3) if steps else None,
             "same_tokens": spec.token_ids == base.token_ids, "finish_reason": spec.finish_reason,
             "seconds": round(time.perf_counter() - t0, 1),
-            "device": f"cpu ({os.cpu_count()} cores, {platform.machine()})", "git_sha": git_sha(),
+            "device": _device(args.device), "git_sha": git_sha(),
             "command": command,
         }  # fmt: skip
         line = json.dumps(fig)

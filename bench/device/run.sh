@@ -8,7 +8,9 @@
 # (attention_ab.py new 65,4096,32768), fuse (decode_ab.py: quant_x launches against fused
 # output quantization, 8B and SmolLM2 at 64 and 32K, both KV dtypes), verify (prompt-lookup
 # drafts on the CUDA decoder: tests/test_gpu_lookup.py, then verify_ab.py's ms a verify of 2, 4
-# and 8 tokens against a graph step, VERIFY_MODELS at VERIFY_CTX), decode (8B and
+# and 8 tokens against a graph step, VERIFY_MODELS at VERIFY_CTX), lookup (the public-path
+# figure: `agentcore.bench lookup --device cuda` on the real SmolLM2, carried in two halves:
+# bench/device/model_parts.sh), decode (8B and
 # SmolLM2 at 64 and 32K, both KV dtypes), prefill (8B, 512 and 8K), cache (8B restore tiers at
 # 32K). llama.cpp builds detached from the start (~335 s on 16 cores): decode and prefill
 # first wait for it (the bench itself would, inside its step's limit), so put the steps that
@@ -60,6 +62,11 @@ for s in $STEPS; do
     fuse) timeout $lim python3 bench/experiments/decode_ab.py ${FUSE_MODELS:-llama3-8b-q4_k,smollm2-135m} ${FUSE_CTX:-64,32768} \
             --kv=${FUSE_KV:-float16,q8_0} --variants=${FUSE_VARIANTS:-unfused,attn,ffn,fused,unfused,fused} --git-sha="$SHA" >"$OUT/fuse-ab.jsonl" 2>"$OUT/fuse-ab.err" ;;
     ab) timeout $lim python3 bench/experiments/attention_ab.py new 65,4096,32768 >"$OUT/ab.jsonl" 2>"$OUT/ab.err" ;;
+    lookup) m=/tmp/smollm2.gguf  # the real SmolLM2 from its two carried halves (bench/device/model_parts.sh)
+            cat .models-a/smollm2.part-a .models-b/smollm2.part-b > $m 2>/dev/null
+            if [ "$(sha256sum $m | cut -c1-64)" = "$(python3 -c 'from agentcore.model_cache import KNOWN_MODELS as K; print(K["smollm2"].sha256)')" ]; then
+              timeout $lim python3 -m agentcore.bench lookup --device cuda --model $m --out "$OUT/lookup" 2>"$OUT/lookup.err" >/dev/null
+            else echo "lookup: no real SmolLM2 here (carry .models-a, then .models-b)"; fi ;;
     verify) timeout $(( lim / 2 )) python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_gpu_lookup.py >"$OUT/verify-tests.log" 2>&1
             timeout $(( lim / 2 )) python3 bench/experiments/verify_ab.py ${VERIFY_MODELS:-llama3-8b-q4_k,smollm2-135m} ${VERIFY_CTX:-64,32768} \
               --git-sha="$SHA" >"$OUT/verify-ab.jsonl" 2>"$OUT/verify-ab.err" ;;
