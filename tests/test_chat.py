@@ -623,3 +623,16 @@ def test_deepseek_formats_keep_prefixes_and_replay_on_any_message_sequence(paths
         following = [*messages, AssistantMessage(token_ids=sampled), UserMessage(content="next")]
         nxt = flat(fmt.render(following, specs))
         assert nxt[: len(prompt) + len(sampled)] == prompt + sampled
+
+
+def test_local_engine_takes_a_chat_format_by_name_or_object_over_the_template(tmp_path):
+    from agentcore.engine import LocalEngine
+
+    path = write_synthetic_gguf(tmp_path / "m.gguf", chat="deepseek", vocab=2000)
+    assert type(LocalEngine.from_gguf(path, device="cpu").chat) is DeepSeekV4  # from the template
+    named = LocalEngine.from_gguf(path, device="cpu", chat_format="deepseek-v3.2", thinking=True)
+    assert type(named.chat) is DeepSeekV32 and named.chat.thinking
+    fmt = DeepSeekV41(named.tokenizer)
+    assert LocalEngine.from_gguf(path, device="cpu", chat_format=fmt).chat is fmt
+    with pytest.raises(ValueError, match="chat_format must be one of"):
+        LocalEngine.from_gguf(path, device="cpu", chat_format="vicuna")

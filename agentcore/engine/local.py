@@ -55,7 +55,7 @@ from agentcore.engine.kvstore.blocks import (
 from agentcore.engine.kvstore.hostmem import PinnedBlocks
 from agentcore.engine.kvstore.store import CheckpointStore
 from agentcore.engine.model import build_model
-from agentcore.engine.model.chat import ChatFormat, detect_chat_format
+from agentcore.engine.model.chat import ChatFormat, chat_format_named, detect_chat_format
 from agentcore.engine.model.gguf import GGUFModel, check_logits, load_gguf
 from agentcore.engine.model.tokenizer import Tokenizer
 from agentcore.engine.session import Session
@@ -177,6 +177,10 @@ class LocalEngine:
     at most 8 tokens through the decode GEMVs, drawn by its own sampler kernel), off by
     default (``CudaDecoder.verify_drafts``) until its GPU tests and a speed figure have run,
     so there the option has no effect yet.
+    ``chat_format``: the prompt format, read from the file's chat template by default
+    (``chat.detect_chat_format``); a name from ``chat.CHAT_FORMATS`` (``"chatml"``,
+    ``"llama3"``, ``"deepseek-v3.2"``, ``"deepseek-v4"``, ...) or a ``ChatFormat`` overrides it,
+    for files whose template says too little (a DeepSeek file converted without its template).
     Every ``stream`` and ``checkpoint`` runs on the engine's one compute thread, in the order
     they arrive. On CUDA a checkpoint's copy to the host is saved behind the turn; the next
     turn waits for it only when that save holds KV the turn's own live cache lacks.
@@ -197,6 +201,7 @@ class LocalEngine:
         thinking: bool = False,
         kv_dtype: str | None = None,
         draft_tokens: int = 8,
+        chat_format: str | ChatFormat | None = None,
     ) -> None:
         self.model = model
         if draft_tokens < 0:
@@ -222,7 +227,12 @@ class LocalEngine:
             check_kv_dtype(self.spec, kv_dtype)
         self.ops.kv_dtype = kv_dtype
         self.tokenizer = Tokenizer.from_gguf(model)
-        self.chat: ChatFormat = detect_chat_format(model, self.tokenizer, thinking=thinking)
+        if isinstance(chat_format, ChatFormat):
+            self.chat: ChatFormat = chat_format
+        elif chat_format is not None:
+            self.chat = chat_format_named(chat_format, self.tokenizer, thinking=thinking)
+        else:
+            self.chat = detect_chat_format(model, self.tokenizer, thinking=thinking)
         self.thinking = thinking
         self.transformer = build_model(model, self.ops)
         if mla is None:
