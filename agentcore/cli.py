@@ -58,7 +58,7 @@ def default_kv_dir() -> Path:
 
 
 def _load_engine(model: str, ctx: int | None, kv_dir: str | Path | None, device: str,
-                 quiet: bool = False):
+                 quiet: bool = False, chat_format: str | None = None):
     """The engine, with a progress bar on stderr: the model (pulled if missing), the weights."""
     from tqdm import tqdm
 
@@ -73,7 +73,7 @@ def _load_engine(model: str, ctx: int | None, kv_dir: str | Path | None, device:
         bar.update()
         bar.set_description(f"loading {path.name}: weights")
         engine = LocalEngine.from_gguf(
-            path, context_length=ctx, device=device, kv_dir=kv_dir or default_kv_dir()
+            path, context_length=ctx, device=device, kv_dir=kv_dir or default_kv_dir(), chat_format=chat_format
         )
         bar.update()
     if not quiet:
@@ -204,7 +204,7 @@ async def _demo(args: argparse.Namespace) -> int:
     try:
         for name, text in DEMO_FILES.items():
             (workspace / name).write_text(text, encoding="utf-8")
-        engine = _load_engine(args.model, args.ctx, kv_dir, args.device, quiet=args.json)
+        engine = _load_engine(args.model, args.ctx, kv_dir, args.device, quiet=args.json, chat_format=args.chat_format)
         for i, (task, source, expected) in enumerate(DEMO_TASKS, 1):
             answer = await _demo_task(engine, workspace, task, f"{i}", args, rows)
             ok = _answered(answer, workspace, source, expected)
@@ -213,7 +213,7 @@ async def _demo(args: argparse.Namespace) -> int:
                 print(f"[check] {'correct' if ok else 'WRONG'}: {source} says {expected!r}")
         # A restart: a new engine on the same kv_dir serves the shared prefix from disk.
         engine.close()  # written-behind checkpoints are on disk once close returns
-        engine = _load_engine(args.model, args.ctx, kv_dir, args.device, quiet=args.json)
+        engine = _load_engine(args.model, args.ctx, kv_dir, args.device, quiet=args.json, chat_format=args.chat_format)
         await _demo_task(engine, workspace, DEMO_TASKS[0][0], "restart", args, rows)
         restart = next(r for r in rows if r["task"] == "restart")
         if args.json:
@@ -297,7 +297,7 @@ async def _chat(args: argparse.Namespace) -> int:
     from agentcore import Agent
     from agentcore.messages import TextDelta, ToolCallEvent
 
-    engine = _load_engine(args.model, args.ctx, args.kv_dir, args.device)
+    engine = _load_engine(args.model, args.ctx, args.kv_dir, args.device, chat_format=args.chat_format)
     tools: list[Any] = []
     if args.tools:
         from agentcore.tools.builtin import builtin_tools
@@ -366,7 +366,7 @@ async def _run(args: argparse.Namespace) -> int:
     from agentcore.messages import FinalEvent, TextDelta, ToolCallEvent, ToolResultEvent
     from agentcore.tools.builtin import builtin_tools
 
-    engine = _load_engine(args.model, args.ctx, args.kv_dir, args.device, quiet=args.json)
+    engine = _load_engine(args.model, args.ctx, args.kv_dir, args.device, quiet=args.json, chat_format=args.chat_format)
     agent = Agent(engine, tools=builtin_tools(args.workspace), system=args.system,
                   workspace=args.workspace, max_steps=args.max_steps, max_tokens=args.max_tokens)
     async for event in agent.stream(args.task):
@@ -448,6 +448,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from agentcore.engine.model.chat import CHAT_FORMATS
+
     p = argparse.ArgumentParser(prog="agentcore", description="Tool-using agents on a local GGUF model.")
     p.add_argument("-v", "--verbose", action="store_true", help="log kv cache lines to stderr")
     sub = p.add_subparsers(dest="command", required=True)
@@ -457,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--ctx", type=int, default=8192, help="context length in tokens (default 8192)")
         sp.add_argument("--kv-dir", default=None, help=f"checkpoint directory (default {default_kv_dir()})")
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        sp.add_argument("--chat-format", default=None, choices=sorted(CHAT_FORMATS),
+                        help="the prompt format (default: read from the file's chat template)")
         sp.add_argument("--max-tokens", type=int, default=256, help="max new tokens per turn")
         sp.add_argument("--json", action="store_true", help="JSON lines on stdout")
 
