@@ -43,7 +43,7 @@ from agentcore.engine.model.gguf import (
     ModelSpec,
     WeightTensor,
 )
-from agentcore.engine.model.transformer import ChunkedForward
+from agentcore.engine.model.transformer import ChunkedForward, yarn_inv_freq
 from agentcore.errors import ModelFormatError
 
 __all__ = ["DeepSeek2", "MLAParams", "MoEParams", "build_spec", "expected_shapes", "route"]
@@ -356,19 +356,9 @@ def rope_inv_freq(spec: ModelSpec) -> np.ndarray:
     scaling = spec.rope_scaling
     if scaling is None:
         return inv_freq
-    fs = 1.0 / scaling["factor"]
     if scaling["type"] == "linear":
-        return inv_freq * fs
-
-    def corr_dim(n_rot: float) -> float:
-        orig = scaling["original_context_length"]
-        return n * math.log(orig / (n_rot * 2 * math.pi)) / (2 * math.log(spec.rope_base))
-
-    lo = max(0.0, math.floor(corr_dim(scaling["beta_fast"])))
-    hi = min(n - 1.0, math.ceil(corr_dim(scaling["beta_slow"])))
-    y = (np.arange(n // 2) - lo) / max(0.001, hi - lo)
-    ramp = 1.0 - np.clip(y, 0.0, 1.0)
-    return inv_freq * (fs * (1.0 - ramp) + ramp)
+        return inv_freq * (1.0 / scaling["factor"])
+    return yarn_inv_freq(inv_freq, scaling, spec.rope_base)
 
 
 # ---------------------------------------------------------------------------- routing
