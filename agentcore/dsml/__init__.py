@@ -32,6 +32,8 @@ from agentcore.dsml.markup import (
 )
 from agentcore.dsml.parse import ParsedCompletion, completion_of, parse_completion
 from agentcore.dsml.render import (
+    FUNCTION_RESULTS_END,
+    FUNCTION_RESULTS_START,
     render_function_result,
     render_function_results,
     render_tool_calls,
@@ -52,6 +54,8 @@ __all__ = [
     "DIALECTS",
     "DSML",
     "EOS",
+    "FUNCTION_RESULTS_END",
+    "FUNCTION_RESULTS_START",
     "INVOKE_END",
     "PARAMETER_END",
     "THINK_END",

@@ -33,7 +33,7 @@ import anyio
 import anyio.lowlevel
 import numpy as np
 
-from agentcore.dsml import V4, StreamParser
+from agentcore.dsml import StreamParser
 from agentcore.engine.backends import select_ops
 from agentcore.engine.base import (
     CheckpointInfo,
@@ -550,7 +550,7 @@ class LocalEngine:
             return None
         return ToolCallConstraint(self.tokenizer, request.tools, request.tool_choice,
                                   thinking=self.thinking, vocab_size=self.spec.vocab_size,
-                                  dialect=getattr(self.chat, "dialect", V4))  # fmt: skip
+                                  dialect=self.chat.dialect)  # fmt: skip
 
     def _completion(self, ids: list[int], record: TurnRecord, result: GenerationResult) -> Completion:
         return Completion(

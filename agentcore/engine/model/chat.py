@@ -33,6 +33,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from agentcore.dsml import (
+    FUNCTION_RESULTS_END,
+    FUNCTION_RESULTS_START,
     V4,
     V32,
     V41,
@@ -73,6 +75,9 @@ class ChatFormat(ABC):
     """Base of the chat formats; subclasses define how one turn opens, closes and ends."""
 
     name = "base"
+    # The DSML the format renders tools and calls in (and the tool-call constraint writes):
+    # V4's for every family that is taught it; DeepSeek's formats speak their own.
+    dialect: Dialect = V4
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
@@ -99,7 +104,7 @@ class ChatFormat(ABC):
 
     def _assistant_body(self, message: AssistantMessage) -> list[int]:
         """Tokens of an assistant turn written as text (no token_ids), before end_of_turn."""
-        text = message.content + render_tool_calls(message.tool_calls)
+        text = message.content + render_tool_calls(message.tool_calls, self.dialect)
         if message.reasoning:
             text = f"<think>{message.reasoning}</think>{text}"
         return self.tokenizer.encode(text)
@@ -126,7 +131,7 @@ class ChatFormat(ABC):
             else:
                 text = message.content
                 if i == 0 and isinstance(message, SystemMessage) and tools:
-                    text = f"{text}\n\n{render_tools(tools)}"
+                    text = f"{text}\n\n{render_tools(tools, self.dialect)}"
                 segment += self._open(message.role, text) + self._close()
             segments.append(segment)
         return segments
@@ -142,7 +147,7 @@ class ChatFormat(ABC):
         """BOS, and a system turn for the tools when the conversation has no system message."""
         prefix = list(self.bos)
         if tools and not isinstance(first, SystemMessage):
-            prefix += self._open("system", render_tools(tools)) + self._close()
+            prefix += self._open("system", render_tools(tools, self.dialect)) + self._close()
         return prefix
 
     def _assistant(self, message: AssistantMessage) -> list[int]:
@@ -271,8 +276,6 @@ class DeepSeekDSML(ChatFormat):
     system text, and an assistant turn as ``{reasoning}</think>{content}{calls}`` plus EOS
     (reasoning in thinking mode, unless the turn is dropped). Subclasses render the turns."""
 
-    dialect: Dialect = V4
-
     def __init__(
         self, tokenizer: Tokenizer, *, thinking: bool = False, drop_thinking: bool = False
     ) -> None:
@@ -357,7 +360,6 @@ class DeepSeekV4(DeepSeekDSML):
     """
 
     name = "deepseek-v4"
-    dialect: Dialect = V4
 
     # -- the conversation
     def render(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> list[list[int]]:
@@ -487,7 +489,7 @@ class DeepSeekV32(DeepSeekDSML):
         return self._think if think else self._think_end
 
     def _results_end(self, think: bool) -> list[int]:
-        return self.tokenizer.encode("\n</function_results>\n\n") + self._handover(think)
+        return self.tokenizer.encode(f"\n{FUNCTION_RESULTS_END}\n\n") + self._handover(think)
 
     # -- the conversation
     def render(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> list[list[int]]:
@@ -505,7 +507,7 @@ class DeepSeekV32(DeepSeekDSML):
             if isinstance(message, ToolMessage):
                 opens, closes = blocks[i]
                 if opens:
-                    segment += self.tokenizer.encode("\n\n<function_results>")
+                    segment += self.tokenizer.encode(f"\n\n{FUNCTION_RESULTS_START}")
                 segment += self.tokenizer.encode(render_function_result(message.content))
                 if closes:
                     segment += self._results_end(think)
@@ -674,12 +676,12 @@ def chat_format_named(name: str, tokenizer: Tokenizer, *, thinking: bool = False
     if name not in CHAT_FORMATS:
         raise ValueError(f"chat_format must be one of {', '.join(CHAT_FORMATS)}, not {name!r}")
     fmt = CHAT_FORMATS[name]
-    if issubclass(fmt, DeepSeekV4 | DeepSeekV32):
+    if issubclass(fmt, DeepSeekDSML):
         return fmt(tokenizer, thinking=thinking)
     return fmt(tokenizer)
 
 
-_DEEPSEEK: dict[str, type[DeepSeekV4 | DeepSeekV32]] = {
+_DEEPSEEK: dict[str, type[DeepSeekDSML]] = {
     "v3.2": DeepSeekV32, "v4": DeepSeekV4, "v4.1": DeepSeekV41,
 }  # fmt: skip
 CHAT_FORMATS: dict[str, type[ChatFormat]] = {
