@@ -178,10 +178,10 @@ class _NarrowDecoder(EagerDecoder):
 
 
 class _SwitchedOff(EagerDecoder):
-    can_verify = False  # a decoder that has verify but says it does not check drafts now
+    verify_drafts = False  # a decoder that has verify but its switch is off (as CUDA's by default)
 
     def verify(self, ids):
-        raise AssertionError("a decoder whose can_verify is False is never asked to verify")
+        raise AssertionError("a decoder whose verify_drafts is off is never asked to verify")
 
 
 @pytest.mark.parametrize("decoder", [_NarrowDecoder, _SwitchedOff])

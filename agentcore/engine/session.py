@@ -83,9 +83,9 @@ class Session:
     @property
     def can_verify(self) -> bool:
         """Whether the decoder checks drafts in one batched step (``verify``/``rewind``; a
-        decoder with its own ``can_verify`` says whether it does now)."""
+        decoder with a ``verify_drafts`` switch, the CUDA one, only while it is on)."""
         d = self.decoder
-        return hasattr(d, "verify") and hasattr(d, "rewind") and bool(getattr(d, "can_verify", True))
+        return hasattr(d, "verify") and hasattr(d, "rewind") and bool(getattr(d, "verify_drafts", True))
 
     @property
     def max_verify(self) -> int | None:

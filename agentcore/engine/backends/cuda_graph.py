@@ -209,11 +209,6 @@ class CudaDecoder:
     # never the prefill's GEMMs.
     max_verify = GEMV_MAX_T
 
-    @property
-    def can_verify(self) -> bool:
-        """Whether this decoder checks drafts (``verify_drafts``); the decode loop asks."""
-        return self.verify_drafts
-
     def verify(self, ids: Sequence[int]) -> list[int]:
         """Feed ``ids`` (the last sampled token, then a draft; at most ``max_verify``) in one
         batch and draw the token after each of them, unmasked, with the graph's own sampler
