@@ -87,7 +87,6 @@ _DEEPSEEK_TEMPLATE = (
     "{% else %}{{ message['content'] }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<｜Assistant｜></think>' }}{% endif %}"
 )
-# DeepSeek V3's template is told apart by its own tool-call markers.
 # DeepSeek V3.2: user turns that hand over with </think>, results in <function_results>.
 _DEEPSEEK_V32_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
@@ -98,6 +97,7 @@ _DEEPSEEK_V32_TEMPLATE = (
     "{% endfor %}{# <｜DSML｜function_calls> #}"
 )
 
+# DeepSeek V3's template is told apart by its own tool-call markers.
 _DEEPSEEK_V3_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
     "{{ '<｜User｜>' + message['content'] }}{% elif message['role'] == 'assistant' %}"
@@ -214,20 +214,21 @@ def write_synthetic_gguf(
     if rope_freq_factors:
         plan.insert(1, ("rope_freqs.weight", "rope_freqs", (hd // 2,)))
     for name, role, shape in plan:
-        qt = _F32 if role in ("norm", "bias", "rope_freqs") else types[role]
+        qt = _F32 if role in _F32_ROLES else types[role]
         writer.add_tensor_info(name, shape, np.dtype(np.float32), _nbytes(name, shape, qt), qt)
     writer.write_header_to_file(path)
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     for index, (name, role, shape) in enumerate(plan):
         rng = np.random.default_rng([seed, index])
-        qt = _F32 if role in ("norm", "bias", "rope_freqs") else types[role]
+        qt = _F32 if role in _F32_ROLES else types[role]
         writer.write_tensor_data(_random_tensor(rng, role, shape, qt))
     writer.close()
     return path
 
 
 _F32 = _Q.F32
+_F32_ROLES = ("norm", "bias", "rope_freqs")  # tensors written F32 whatever qtype says
 
 
 def _role_types(qtype: str | Mapping[str, str]) -> dict[str, GGMLQuantizationType]:
@@ -345,9 +346,7 @@ def _add_vocabulary(writer: GGUFWriter, vocab: int, chat: str,
         if n_merges < 0:
             raise ValueError(f"vocab must be at least {len(specials) + 256}, not {vocab}")
         merges = _synthetic_merges(n_merges)
-    else:
-        merges = [(str(a), str(b)) for a, b in merges]
-        vocab = len(specials) + len(byte_tokens) + len(merges)
+    merges = [(str(a), str(b)) for a, b in merges]  # the caller sized vocab for given merges
     tokens = [*specials, *byte_tokens, *(a + b for a, b in merges)]
     types = [TokenType.CONTROL] * len(control) + [TokenType.USER_DEFINED] * len(user_defined)
     types += [TokenType.NORMAL] * (vocab - len(specials))
