@@ -4,9 +4,9 @@ The referee for the dense architectures of model/transformer.py beyond the real 
 (tests/data/reference_smollm2.json): GQA, tied and untied heads, qwen2's QKV biases, qwen3's
 per-head Q/K norms, a head_dim that is not n_embd / n_heads, NORM and NEOX RoPE, RoPE scaling
 (a ``rope_freqs.weight`` tensor of per-frequency divisors, as converters write Llama 3.1's;
-linear; YaRN, as long-context Qwen files carry it), and the weight types read in place. Each preset's keyword arguments for ``write_synthetic_gguf`` are recorded
-with the sha256 of the file they give (the test rewrites it and checks it is the file the
-referee ran). llama.cpp runs on the CPU via llama-cpp-python with an F32 KV cache and flash
+linear; YaRN, as long-context Qwen files carry it), and the weight types read in place. Each
+preset's keyword arguments for ``write_synthetic_gguf`` are recorded with the sha256 of the
+file they give (the test rewrites it and checks it is the file the referee ran). llama.cpp runs on the CPU via llama-cpp-python with an F32 KV cache and flash
 attention off. Run it with an interpreter that has llama-cpp-python and the repository on
 its path:
 
